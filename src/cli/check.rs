@@ -1,0 +1,1 @@
+//! `pgshepherd check`: offline validation of plans and their migration sets.

@@ -1,0 +1,1 @@
+//! A throwaway PostgreSQL cluster for the demo and the tests.

@@ -1,0 +1,96 @@
+//! Durations as people write them in plans: `500ms`, `30s`, `15m`, `1h`, `1h30m`.
+
+use std::time::Duration;
+
+/// Parse `30s`, `15m`, `1h`, `1h30m`, `500ms`. A bare number is refused: the unit
+/// is what makes a plan readable.
+pub fn parse(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    if text.is_empty() {
+        return Err("empty duration; write it like 30s, 15m or 1h".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration {text:?}; write it like 30s, 15m or 1h"));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("duration {text:?} is too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            "" => return Err(format!("duration {text:?} has no unit; write it like 30s, 15m or 1h")),
+            other => return Err(format!("unknown unit {other:?} in duration {text:?}; use ms, s, m, h or d")),
+        };
+        total = total.checked_add(part).ok_or_else(|| format!("duration {text:?} is too large"))?;
+    }
+    Ok(total)
+}
+
+/// Render a duration the way `parse` reads it (`1h30m`, `45s`, `250ms`).
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let mut secs = d.as_secs();
+    let mut out = String::new();
+    for (unit, size) in [("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    out
+}
+
+/// Serialize a `Duration` as fractional seconds in events and JSON output.
+pub mod serde_secs {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_common_forms() {
+        assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn refuses_bare_numbers_and_unknown_units() {
+        assert!(parse("30").unwrap_err().contains("no unit"));
+        assert!(parse("3 weeks").is_err());
+        assert!(parse("5y").unwrap_err().contains("unknown unit"));
+        assert!(parse("").is_err());
+        assert!(parse("m").is_err());
+        assert!(parse("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for s in ["1h30m", "45s", "250ms", "2h", "0s"] {
+            assert_eq!(format(parse(s).unwrap()), s);
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The steps of a run: backup, migrate, soak, rollback.
+
+pub mod backup;
