@@ -1,5 +1,8 @@
 //! Migration sets and how they are applied to and undone on a target.
 
+pub mod apply;
+pub mod history;
 pub mod set;
+pub mod split;
 
 pub use set::{Migration, MigrationSet, Script};

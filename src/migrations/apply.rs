@@ -1,0 +1,336 @@
+//! Applying and undoing one migration on a locked target.
+//!
+//! Transactional scripts run in one transaction together with their history row,
+//! so a failure leaves the target exactly as it was. No-transaction scripts run
+//! statement by statement between a `started` and an `applied` history row; a
+//! failed `CREATE INDEX CONCURRENTLY` leaves an INVALID index behind, which is
+//! found (by comparing with the invalid indexes that existed before) and dropped.
+//!
+//! Every attempt runs with `lock_timeout`, so a migration never queues behind a
+//! long transaction while the application's queries queue behind it; a lock
+//! timeout (or deadlock / serialization failure) is retried with backoff.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::migrations::history;
+use crate::migrations::split::statements;
+use crate::migrations::{Migration, Script};
+use crate::pg::{TargetLock, server_message, sqlstate};
+use crate::plan::LockSettings;
+
+/// SQLSTATEs worth another attempt: lock_not_available, deadlock_detected,
+/// serialization_failure.
+const RETRYABLE: [&str; 3] = ["55P03", "40P01", "40001"];
+
+/// Timeouts and retry rules for one script.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub lock: LockSettings,
+    pub statement_timeout: Duration,
+}
+
+/// A failed attempt that will be retried.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retry {
+    pub attempt: u32,
+    pub of: u32,
+    pub wait_ms: u64,
+    pub error: String,
+}
+
+/// What a successful script did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScriptReport {
+    pub file: String,
+    pub checksum: String,
+    pub transactional: bool,
+    pub duration_ms: u64,
+    pub attempts: u32,
+    /// INVALID indexes left by failed attempts and dropped.
+    pub cleaned_invalid_indexes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, thiserror::Error)]
+#[error("{file} failed after {attempts} attempt(s): {message}{}", cleanup_note(.cleaned_invalid_indexes))]
+pub struct ScriptError {
+    pub file: String,
+    pub message: String,
+    pub sqlstate: Option<String>,
+    pub attempts: u32,
+    /// Statements of a no-transaction script that completed before the failure.
+    /// Zero means the target is as it was before this script.
+    pub statements_done: usize,
+    pub cleaned_invalid_indexes: Vec<String>,
+}
+
+fn cleanup_note(cleaned: &[String]) -> String {
+    if cleaned.is_empty() { String::new() } else { format!(" (dropped INVALID index {})", cleaned.join(", ")) }
+}
+
+impl ScriptError {
+    fn new(script: &Script, e: &tokio_postgres::Error, attempts: u32) -> Self {
+        ScriptError {
+            file: script.file.clone(),
+            message: server_message(e),
+            sqlstate: sqlstate(e).map(str::to_string),
+            attempts,
+            statements_done: 0,
+            cleaned_invalid_indexes: Vec::new(),
+        }
+    }
+
+    /// True when nothing of the failed script is left on the target.
+    pub fn left_nothing(&self) -> bool {
+        self.statements_done == 0
+    }
+}
+
+/// What to do with the history row, inside the script's transaction when there is one.
+enum History<'a> {
+    Record { set: &'a str, migration: &'a Migration, run_id: &'a str },
+    Remove { set: &'a str, version: i64 },
+}
+
+/// Apply `m`'s up script and record it in the history.
+pub async fn apply_up(
+    lock: &TargetLock,
+    set: &str,
+    m: &Migration,
+    run_id: &str,
+    limits: &Limits,
+    on_retry: &mut (dyn FnMut(&Retry) + Send),
+) -> Result<ScriptReport, ScriptError> {
+    let client = lock.client();
+    client.batch_execute(history::CREATE).await.map_err(|e| ScriptError::new(&m.up, &e, 0))?;
+    let history = History::Record { set, migration: m, run_id };
+    if m.up.transactional {
+        run_transactional(client, &m.up, limits, history, on_retry).await
+    } else {
+        history::record_started(client, set, m, run_id).await.map_err(|e| ScriptError::new(&m.up, &e, 0))?;
+        let result = run_statements(client, &m.up, limits, history, on_retry).await;
+        if let Err(err) = &result {
+            if err.left_nothing() {
+                // Nothing ran, so the intent row would only make the next run refuse.
+                let _ = history::remove(client, set, m.version).await;
+            }
+        }
+        result
+    }
+}
+
+/// Run `m`'s down script and remove its history row.
+pub async fn apply_down(
+    lock: &TargetLock,
+    set: &str,
+    m: &Migration,
+    down: &Script,
+    limits: &Limits,
+    on_retry: &mut (dyn FnMut(&Retry) + Send),
+) -> Result<ScriptReport, ScriptError> {
+    let history = History::Remove { set, version: m.version };
+    if down.transactional {
+        run_transactional(lock.client(), down, limits, history, on_retry).await
+    } else {
+        run_statements(lock.client(), down, limits, history, on_retry).await
+    }
+}
+
+/// Run a verify script in a transaction that is always rolled back: it can look,
+/// and fail, but never change anything.
+pub async fn run_verify(lock: &TargetLock, script: &Script, limits: &Limits) -> Result<Duration, ScriptError> {
+    let client = lock.client();
+    let started = Instant::now();
+    let result = async {
+        client.batch_execute("BEGIN").await?;
+        client.batch_execute(&set_timeouts("SET LOCAL", limits)).await?;
+        client.batch_execute(&script.sql).await
+    }
+    .await;
+    let _ = client.batch_execute("ROLLBACK").await;
+    result.map(|_| started.elapsed()).map_err(|e| ScriptError::new(script, &e, 1))
+}
+
+fn set_timeouts(verb: &str, limits: &Limits) -> String {
+    format!(
+        "{verb} lock_timeout = {}; {verb} statement_timeout = {}",
+        limits.lock.lock_timeout.as_millis().max(1),
+        limits.statement_timeout.as_millis().max(1)
+    )
+}
+
+async fn run_transactional(
+    client: &Client,
+    script: &Script,
+    limits: &Limits,
+    history: History<'_>,
+    on_retry: &mut (dyn FnMut(&Retry) + Send),
+) -> Result<ScriptReport, ScriptError> {
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = async {
+            client.batch_execute("BEGIN").await?;
+            client.batch_execute(&set_timeouts("SET LOCAL", limits)).await?;
+            client.batch_execute(&script.sql).await?;
+            match &history {
+                History::Record { set, migration, run_id } => {
+                    let ms = started.elapsed().as_millis() as i64;
+                    history::record_applied(client, set, migration, run_id, ms).await?
+                }
+                History::Remove { set, version } => history::remove(client, set, *version).await?,
+            }
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(report(script, started, attempt, Vec::new())),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                if !should_retry(&e, attempt, &limits.lock, on_retry).await {
+                    return Err(ScriptError::new(script, &e, attempt));
+                }
+            }
+        }
+    }
+}
+
+async fn run_statements(
+    client: &Client,
+    script: &Script,
+    limits: &Limits,
+    history: History<'_>,
+    on_retry: &mut (dyn FnMut(&Retry) + Send),
+) -> Result<ScriptReport, ScriptError> {
+    let started = Instant::now();
+    let mut attempts = 0;
+    let mut cleaned = Vec::new();
+    client.batch_execute(&set_timeouts("SET", limits)).await.map_err(|e| ScriptError::new(script, &e, 0))?;
+    let invalid_before = invalid_indexes(client).await.map_err(|e| ScriptError::new(script, &e, 0))?;
+    let result = async {
+        for (done, statement) in statements(&script.sql).iter().enumerate() {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                attempts += 1;
+                let Err(e) = client.batch_execute(statement).await else { break };
+                cleaned.extend(drop_new_invalid_indexes(client, &invalid_before).await);
+                if !should_retry(&e, attempt, &limits.lock, on_retry).await {
+                    let mut err = ScriptError::new(script, &e, attempts);
+                    err.statements_done = done;
+                    err.cleaned_invalid_indexes = cleaned.clone();
+                    return Err(err);
+                }
+            }
+        }
+        let outcome = match &history {
+            History::Record { set, migration, run_id } => {
+                history::record_applied(client, set, migration, run_id, started.elapsed().as_millis() as i64).await
+            }
+            History::Remove { set, version } => history::remove(client, set, *version).await,
+        };
+        outcome.map_err(|e| {
+            let mut err = ScriptError::new(script, &e, attempts);
+            err.statements_done = usize::MAX;
+            err
+        })
+    }
+    .await;
+    let _ = client.batch_execute("RESET lock_timeout; RESET statement_timeout").await;
+    result.map(|()| report(script, started, attempts, cleaned))
+}
+
+fn report(script: &Script, started: Instant, attempts: u32, cleaned: Vec<String>) -> ScriptReport {
+    ScriptReport {
+        file: script.file.clone(),
+        checksum: script.checksum.clone(),
+        transactional: script.transactional,
+        duration_ms: started.elapsed().as_millis() as u64,
+        attempts,
+        cleaned_invalid_indexes: cleaned,
+    }
+}
+
+/// Sleep before the next attempt and return true, or return false when the error
+/// is not retryable or the attempts are used up.
+async fn should_retry(
+    e: &tokio_postgres::Error,
+    attempt: u32,
+    lock: &LockSettings,
+    on_retry: &mut (dyn FnMut(&Retry) + Send),
+) -> bool {
+    let retryable = sqlstate(e).is_some_and(|s| RETRYABLE.contains(&s));
+    if !retryable || attempt > lock.retries {
+        return false;
+    }
+    let wait = backoff(lock, attempt);
+    on_retry(&Retry { attempt, of: lock.retries + 1, wait_ms: wait.as_millis() as u64, error: server_message(e) });
+    tokio::time::sleep(wait).await;
+    true
+}
+
+/// Exponential backoff from `lock.backoff`, capped at `lock.max_backoff`, with
+/// ±25% jitter so that several waiting runs do not retry in lockstep.
+pub fn backoff(lock: &LockSettings, attempt: u32) -> Duration {
+    let exp = lock.backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let capped = exp.min(lock.max_backoff);
+    let jitter = 0.75 + 0.5 * unit_random();
+    capped.mul_f64(jitter)
+}
+
+fn unit_random() -> f64 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let n = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    f64::from(n) / f64::from(u32::MAX)
+}
+
+async fn invalid_indexes(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname)
+               FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE NOT i.indisvalid",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Drop INVALID indexes that were not there before the script started.
+async fn drop_new_invalid_indexes(client: &Client, before: &[String]) -> Vec<String> {
+    let Ok(now) = invalid_indexes(client).await else { return Vec::new() };
+    let mut dropped = Vec::new();
+    for name in now.into_iter().filter(|n| !before.contains(n)) {
+        if client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}")).await.is_ok() {
+            dropped.push(name);
+        }
+    }
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock() -> LockSettings {
+        LockSettings {
+            acquire_timeout: Duration::from_secs(1),
+            lock_timeout: Duration::from_secs(1),
+            retries: 5,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        for (attempt, base) in [(1, 100.0), (2, 200.0), (3, 400.0), (4, 500.0), (9, 500.0)] {
+            let ms = backoff(&lock(), attempt).as_secs_f64() * 1000.0;
+            assert!(ms >= base * 0.75 - 1.0 && ms <= base * 1.25 + 1.0, "attempt {attempt}: {ms}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The migration history pgshepherd keeps on each target, in `pgshepherd.history`.
+//!
+//! A transactional migration's row is written in the migration's own transaction.
+//! A no-transaction migration gets a `started` row before its first statement and
+//! becomes `applied` after its last, so an interrupted one is visible as `started`.
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::migrations::{Migration, MigrationSet};
+
+pub const CREATE: &str = "
+CREATE SCHEMA IF NOT EXISTS pgshepherd;
+CREATE TABLE IF NOT EXISTS pgshepherd.history (
+    migration_set text        NOT NULL,
+    version       bigint      NOT NULL,
+    name          text        NOT NULL,
+    checksum      text        NOT NULL,
+    state         text        NOT NULL CHECK (state IN ('started', 'applied')),
+    transactional boolean     NOT NULL,
+    run_id        text        NOT NULL,
+    applied_at    timestamptz NOT NULL DEFAULT now(),
+    duration_ms   bigint,
+    PRIMARY KEY (migration_set, version)
+);";
+
+/// One row of the target's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub version: i64,
+    pub name: String,
+    pub checksum: String,
+    /// `false` while a no-transaction migration has started but not finished.
+    pub complete: bool,
+    pub run_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("while reading pgshepherd.history: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error(
+        "checksum drift: {label} was applied with checksum {applied} but the file now has {current}. \
+         Applied migrations must not be edited; restore the file or add a new migration"
+    )]
+    Drift { label: String, applied: String, current: String },
+    #[error("the target has V{version} ({name}) applied, which is not in this migration set; refusing to guess")]
+    Unknown { version: i64, name: String },
+    #[error(
+        "V{version} ({name}) was started outside a transaction by run {run_id} and never finished. \
+         Inspect the target, finish or undo it by hand, then delete its row from pgshepherd.history"
+    )]
+    Interrupted { version: i64, name: String, run_id: String },
+    #[error("the history has a hole: V{missing} is not applied but V{later} is")]
+    Hole { missing: i64, later: i64 },
+}
+
+/// The applied rows of `set`, in version order; an empty list when pgshepherd has
+/// never touched the target.
+pub async fn read(client: &Client, set: &str) -> Result<Vec<Applied>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('pgshepherd.history') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT version, name, checksum, state = 'applied', run_id
+               FROM pgshepherd.history WHERE migration_set = $1 ORDER BY version",
+            &[&set],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Applied { version: r.get(0), name: r.get(1), checksum: r.get(2), complete: r.get(3), run_id: r.get(4) })
+        .collect())
+}
+
+/// Where a target stands against a migration set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Versions applied, in order.
+    pub applied: Vec<i64>,
+    /// Migrations still to apply, in order.
+    pub pending: Vec<i64>,
+}
+
+/// Compare the history with the set and refuse drifted or dirty state before
+/// anything runs.
+pub fn reconcile(set: &MigrationSet, history: &[Applied]) -> Result<Status, HistoryError> {
+    let mut applied = Vec::new();
+    for row in history {
+        let Some(m) = set.migrations.iter().find(|m| m.version == row.version) else {
+            return Err(HistoryError::Unknown { version: row.version, name: row.name.clone() });
+        };
+        if !row.complete {
+            return Err(HistoryError::Interrupted { version: row.version, name: row.name.clone(), run_id: row.run_id.clone() });
+        }
+        if row.checksum != m.up.checksum {
+            return Err(HistoryError::Drift { label: m.label(), applied: row.checksum.clone(), current: m.up.checksum.clone() });
+        }
+        applied.push(row.version);
+    }
+    let pending: Vec<i64> = set.migrations.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect();
+    if let (Some(first_pending), Some(last_applied)) = (pending.first(), applied.last()) {
+        if first_pending < last_applied {
+            return Err(HistoryError::Hole { missing: *first_pending, later: *last_applied });
+        }
+    }
+    Ok(Status { applied, pending })
+}
+
+pub(crate) async fn record_started(client: &Client, set: &str, m: &Migration, run_id: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO pgshepherd.history (migration_set, version, name, checksum, state, transactional, run_id)
+             VALUES ($1, $2, $3, $4, 'started', false, $5)",
+            &[&set, &m.version, &m.name, &m.up.checksum, &run_id],
+        )
+        .await
+        .map(|_| ())
+}
+
+pub(crate) async fn record_applied(
+    client: &impl tokio_postgres::GenericClient,
+    set: &str,
+    m: &Migration,
+    run_id: &str,
+    duration_ms: i64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO pgshepherd.history (migration_set, version, name, checksum, state, transactional, run_id, duration_ms)
+             VALUES ($1, $2, $3, $4, 'applied', $5, $6, $7)
+             ON CONFLICT (migration_set, version)
+             DO UPDATE SET state = 'applied', duration_ms = EXCLUDED.duration_ms, applied_at = now()",
+            &[&set, &m.version, &m.name, &m.up.checksum, &m.up.transactional, &run_id, &duration_ms],
+        )
+        .await
+        .map(|_| ())
+}
+
+pub(crate) async fn remove(client: &impl tokio_postgres::GenericClient, set: &str, version: i64) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("DELETE FROM pgshepherd.history WHERE migration_set = $1 AND version = $2", &[&set, &version])
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,132 @@
+//! The per-target advisory lock. Holding a [`TargetLock`] is the only way to get a
+//! connection that may change a target, so two runs can never interleave.
+//!
+//! The lock is taken by polling `pg_try_advisory_lock`, never by a blocking
+//! `pg_advisory_lock`: a session queued on an advisory lock can deadlock with a
+//! concurrent `CREATE INDEX CONCURRENTLY`, which waits for every older transaction.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::pg::Dsn;
+
+/// Advisory lock key: "pgsh" in ASCII. Advisory locks are per database, so this is
+/// one lock per target database.
+pub const LOCK_KEY: i64 = 0x7067_7368;
+
+/// The session holding the lock, as far as pg_stat_activity tells.
+#[derive(Debug, Clone, Serialize)]
+pub struct Holder {
+    pub pid: i32,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub since: Option<String>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let app = if self.application_name.is_empty() { "an unnamed session" } else { &self.application_name };
+        write!(f, "{app} (pid {}", self.pid)?;
+        if let Some(addr) = &self.client_addr {
+            write!(f, " from {addr}")?;
+        }
+        if let Some(since) = &self.since {
+            write!(f, ", connected since {since}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot connect to the target {dsn}: {source}")]
+    Connect { dsn: String, source: tokio_postgres::Error },
+    #[error("the target is locked by {holder}; waited {waited:?}. Another pgshepherd run is changing this database: wait for it to finish, or stop it")]
+    Busy { holder: Holder, waited: Duration },
+    #[error("the target is locked by another session (it left before it could be identified); waited {waited:?}")]
+    BusyUnknown { waited: Duration },
+    #[error("while taking the advisory lock: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// A session-level advisory lock on one target database, held on a dedicated
+/// connection for as long as this value lives. Dropping the value closes the
+/// connection, which releases the lock even if `release` is never called.
+pub struct TargetLock {
+    client: Client,
+    pid: i32,
+}
+
+impl TargetLock {
+    /// Poll `pg_try_advisory_lock` every 250 ms until it succeeds or `timeout` has
+    /// passed. `on_busy` is told who holds it the first time it is found taken.
+    pub async fn acquire(
+        dsn: &Dsn,
+        application_name: &str,
+        timeout: Duration,
+        mut on_busy: impl FnMut(&Holder),
+    ) -> Result<TargetLock, LockError> {
+        let client = dsn
+            .connect(application_name, &[])
+            .await
+            .map_err(|source| LockError::Connect { dsn: dsn.to_string(), source })?;
+        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]).await?.get(0);
+            if got {
+                return Ok(TargetLock { client, pid });
+            }
+            let holder = holder(&client).await?;
+            if !told {
+                if let Some(h) = &holder {
+                    on_busy(h);
+                    told = true;
+                }
+            }
+            if started.elapsed() >= timeout {
+                let waited = started.elapsed();
+                return Err(match holder {
+                    Some(holder) => LockError::Busy { holder, waited },
+                    None => LockError::BusyUnknown { waited },
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The locked session. Everything that changes the target goes through it.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Backend pid of the locked session (so checks can tell it apart).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub async fn release(self) -> Result<(), tokio_postgres::Error> {
+        self.client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await.map(|_| ())
+    }
+}
+
+/// Who holds the lock in the current database, if anyone.
+pub async fn holder(client: &Client) -> Result<Option<Holder>, tokio_postgres::Error> {
+    // A bigint key is stored as classid = high 32 bits, objid = low 32 bits, objsubid = 1.
+    let row = client
+        .query_opt(
+            "SELECT a.pid, coalesce(a.application_name, ''), host(a.client_addr),
+                    to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'advisory' AND l.granted
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid AND l.objsubid = 1
+              LIMIT 1",
+            &[&LOCK_KEY],
+        )
+        .await?;
+    Ok(row.map(|r| Holder { pid: r.get(0), application_name: r.get(1), client_addr: r.get(2), since: r.get(3) }))
+}

@@ -1,0 +1,84 @@
+//! `run --dry-run`: what a run would do, checked against the live target, without
+//! changing anything.
+
+use serde_json::{Value, json};
+
+use crate::migrations::Migration;
+use crate::plan::RollbackStrategy;
+use crate::steps::StepContext;
+use crate::steps::soak::Monitor;
+
+/// The pending migrations with their SQL and directives, the rollback strategy and
+/// whether every down script exists, the checks with their thresholds, and the
+/// baseline each check measures right now.
+pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i64]) -> Value {
+    let plan = ctx.plan;
+    let migrations: Vec<Value> = pending
+        .iter()
+        .map(|m| {
+            json!({
+                "version": m.version,
+                "label": m.label(),
+                "file": m.up.file,
+                "checksum": m.up.checksum,
+                "transactional": m.up.transactional,
+                "sql": m.up.sql,
+                "down_file": m.down.as_ref().map(|d| &d.file),
+                "down_transactional": m.down.as_ref().map(|d| d.transactional),
+                "verify_file": m.verify.as_ref().map(|v| &v.file),
+            })
+        })
+        .collect();
+    let missing_down: Vec<String> = pending.iter().filter(|m| m.down.is_none()).map(|m| m.label()).collect();
+    let mut monitor = Monitor::new(&plan.soak.checks, ctx.dsn);
+    let baseline_error = monitor.measure_baseline(ctx, plan.soak.baseline_samples, plan.soak.interval).await.err();
+    let checks: Vec<Value> = monitor
+        .check_plans()
+        .into_iter()
+        .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+        .collect();
+    let rollback_ready = match plan.rollback.strategy {
+        RollbackStrategy::Down => missing_down.is_empty(),
+        RollbackStrategy::Restore => plan.backup.enabled && plan.rollback.allow_data_loss,
+        RollbackStrategy::Hold => true,
+    };
+    ctx.events.progress(&format!(
+        "  dry run: {} pending migration(s), rollback {:?} {}",
+        pending.len(),
+        plan.rollback.strategy,
+        if rollback_ready { "ready" } else { "NOT ready" }
+    ));
+    for m in pending {
+        ctx.events.progress(&format!(
+            "  would apply {}{}{}:\n{}",
+            m.label(),
+            if m.up.transactional { "" } else { " (no transaction)" },
+            m.down.as_ref().map(|d| format!(", undone by {}", d.file)).unwrap_or_else(|| ", NO down script".into()),
+            indent(&m.up.sql)
+        ));
+    }
+    json!({
+        "applied": applied,
+        "pending": migrations,
+        "rollback": {
+            "strategy": plan.rollback.strategy,
+            "allow_data_loss": plan.rollback.allow_data_loss,
+            "missing_down_scripts": missing_down,
+            "ready": rollback_ready,
+            "confirm_s": plan.rollback.confirm.as_secs_f64(),
+        },
+        "backup": plan.backup,
+        "lock": plan.lock,
+        "statement_timeout_s": plan.statement_timeout.as_secs_f64(),
+        "soak": {
+            "duration_s": plan.soak.duration.as_secs_f64(),
+            "interval_s": plan.soak.interval.as_secs_f64(),
+            "checks": checks,
+            "baseline_error": baseline_error,
+        },
+    })
+}
+
+fn indent(sql: &str) -> String {
+    sql.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n")
+}

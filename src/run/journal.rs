@@ -1,0 +1,124 @@
+//! Where a run's events go: the journal file (the record a person can undo the run
+//! from by hand), JSON lines on stdout, and human progress on stderr.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::run::event::{Event, EventKind, Step};
+use crate::run::render;
+use crate::run::state::RunState;
+
+/// Append-only JSON-lines journal plus the latest persisted state, in
+/// `<dir>/<run_id>.jsonl` and `<dir>/<run_id>.state.json`.
+pub struct Journal {
+    path: PathBuf,
+    state_path: PathBuf,
+    file: File,
+}
+
+impl Journal {
+    pub fn create(dir: &Path, run_id: &str) -> io::Result<Journal> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{run_id}.jsonl"));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Journal { state_path: dir.join(format!("{run_id}.state.json")), path, file })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn append(&mut self, event: &Event) -> io::Result<()> {
+        let mut line = serde_json::to_vec(event)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        // The journal is how a person reconstructs what happened after a crash.
+        self.file.sync_data()
+    }
+
+    /// Persist the state atomically (write, fsync, rename).
+    pub fn save_state(&self, state: &RunState) -> io::Result<()> {
+        let tmp = self.state_path.with_extension("json.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(state)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.state_path)
+    }
+}
+
+/// Fans events out to the journal, stdout (`--json`) and stderr (human).
+pub struct Emitter {
+    run_id: String,
+    journal: Option<Mutex<Journal>>,
+    json: bool,
+    human: bool,
+    observers: Vec<Observer>,
+}
+
+/// Something that reacts to events in-process (the demo's simulated application,
+/// later the daemon's subscribers).
+pub type Observer = Box<dyn Fn(&Event) + Send + Sync>;
+
+impl Emitter {
+    pub fn new(run_id: &str, journal: Option<Journal>, json: bool, human: bool) -> Emitter {
+        Emitter { run_id: run_id.to_string(), journal: journal.map(Mutex::new), json, human, observers: Vec::new() }
+    }
+
+    pub fn observe(mut self, observer: Observer) -> Emitter {
+        self.observers.push(observer);
+        self
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn journal_path(&self) -> Option<String> {
+        self.journal.as_ref().map(|j| j.lock().unwrap_or_else(|e| e.into_inner()).path().display().to_string())
+    }
+
+    pub fn emit(&self, step: Option<Step>, kind: EventKind) {
+        let event = Event { ts: chrono::Utc::now(), run_id: self.run_id.clone(), step, kind };
+        if let Some(j) = &self.journal {
+            let mut j = j.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = j.append(&event) {
+                eprintln!("warning: cannot write the run journal {}: {e}", j.path().display());
+            }
+        }
+        if self.json {
+            if let Ok(line) = serde_json::to_string(&event) {
+                let mut out = io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        }
+        if self.human {
+            if let Some(text) = render::human(&event) {
+                eprintln!("{text}");
+            }
+        }
+        for observer in &self.observers {
+            observer(&event);
+        }
+    }
+
+    /// Persist the state; a failure here is reported but does not stop the run,
+    /// whose target-side history stays authoritative.
+    pub fn save_state(&self, state: &RunState) {
+        if let Some(j) = &self.journal {
+            let j = j.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = j.save_state(state) {
+                eprintln!("warning: cannot persist the run state next to {}: {e}", j.path().display());
+            }
+        }
+    }
+
+    /// A progress line on stderr only (not an event): backup bytes, soak ticks.
+    pub fn progress(&self, text: &str) {
+        if self.human {
+            eprintln!("{text}");
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The soak: every check sampled at each interval, each sample judged by the
+//! verdict rules, until the duration is over or a verdict fires. The same loop
+//! measures baselines before the migration and confirms a rollback afterwards.
+
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::checks::Sampler;
+use crate::checks::verdict::{CheckState, Observation, Verdict, num};
+use crate::pg::Dsn;
+use crate::plan::Check;
+use crate::run::event::{CheckPlan, CheckTally, EventKind, Step};
+use crate::steps::context::StepContext;
+
+/// How a soak (or a confirmation period) ended.
+#[derive(Debug, Clone)]
+pub enum SoakEnd {
+    /// The full duration ran, no verdict fired and every check has its min_samples.
+    Passed,
+    /// A rule fired (breach, hold) or a check lacked valid samples at the end.
+    Verdict(Verdict),
+    /// The operator stopped the run; a cut-short soak never passes.
+    Aborted,
+}
+
+#[derive(Debug, Clone)]
+pub struct SoakResult {
+    pub end: SoakEnd,
+    pub elapsed: Duration,
+    pub tallies: Vec<CheckTally>,
+}
+
+/// The plan's checks with their samplers and baselines.
+pub struct Monitor {
+    checks: Vec<Check>,
+    samplers: Vec<Option<Sampler>>,
+    baselines: Vec<Option<f64>>,
+}
+
+impl Monitor {
+    pub fn new(checks: &[Check], dsn: &Dsn) -> Monitor {
+        Monitor {
+            checks: checks.to_vec(),
+            samplers: checks.iter().map(|c| Some(Sampler::new(c, dsn))).collect(),
+            baselines: vec![None; checks.len()],
+        }
+    }
+
+    pub fn baselines(&self) -> impl Iterator<Item = (&str, Option<f64>)> {
+        self.checks.iter().map(|c| c.name.as_str()).zip(self.baselines.iter().copied())
+    }
+
+    async fn prime(&mut self) {
+        let mut set = JoinSet::new();
+        for (i, slot) in self.samplers.iter_mut().enumerate() {
+            if let Some(mut s) = slot.take() {
+                set.spawn(async move {
+                    s.prime().await;
+                    (i, s)
+                });
+            }
+        }
+        while let Some(Ok((i, s))) = set.join_next().await {
+            self.samplers[i] = Some(s);
+        }
+    }
+
+    /// Sample every check concurrently; a sampler that panicked yields an
+    /// inconclusive observation and is rebuilt.
+    async fn sample_all(&mut self, dsn: &Dsn) -> Vec<(Observation, Duration)> {
+        let mut set = JoinSet::new();
+        for (i, slot) in self.samplers.iter_mut().enumerate() {
+            let mut s = slot.take().unwrap_or_else(|| Sampler::new(&self.checks[i], dsn));
+            set.spawn(async move {
+                let started = Instant::now();
+                let obs = s.sample().await;
+                (i, s, obs, started.elapsed())
+            });
+        }
+        let mut out = vec![(Observation::inconclusive("the sampler failed unexpectedly"), Duration::ZERO); self.checks.len()];
+        while let Some(joined) = set.join_next().await {
+            if let Ok((i, s, obs, took)) = joined {
+                self.samplers[i] = Some(s);
+                out[i] = (obs, took);
+            }
+        }
+        out
+    }
+
+    /// Measure each check's baseline before the change: the median of `samples`
+    /// valid values taken one interval apart. Fails when a check whose thresholds
+    /// are relative to the baseline has no valid value: missing data is never a pass.
+    pub async fn measure_baseline(&mut self, ctx: &StepContext<'_>, samples: u32, interval: Duration) -> Result<(), String> {
+        self.prime().await;
+        let mut values: Vec<Vec<f64>> = vec![Vec::new(); self.checks.len()];
+        let mut seen: Vec<Vec<serde_json::Value>> = vec![Vec::new(); self.checks.len()];
+        for _ in 0..samples {
+            if !ctx.sleep(interval).await {
+                return Err("aborted by the operator while measuring baselines".into());
+            }
+            for (i, (obs, _)) in self.sample_all(ctx.dsn).await.into_iter().enumerate() {
+                seen[i].push(observation_json(&obs));
+                if let Observation::Value(v) = obs {
+                    if v.is_finite() {
+                        values[i].push(v);
+                    }
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        for (i, check) in self.checks.iter().enumerate() {
+            let baseline = median(&mut values[i]);
+            self.baselines[i] = baseline;
+            ctx.emit(
+                Step::Baseline,
+                EventKind::BaselineMeasured {
+                    check: check.name.clone(),
+                    baseline,
+                    valid_samples: values[i].len() as u32,
+                    samples: std::mem::take(&mut seen[i]),
+                },
+            );
+            if baseline.is_none() && check.thresholds.needs_baseline() {
+                missing.push(check.name.clone());
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no valid baseline sample for {} (its thresholds are relative to the baseline)",
+                missing.join(", ")
+            ))
+        }
+    }
+
+    pub fn check_plans(&self) -> Vec<CheckPlan> {
+        self.checks
+            .iter()
+            .zip(&self.baselines)
+            .map(|(c, b)| CheckPlan {
+                check: c.name.clone(),
+                source: c.source.describe(),
+                thresholds: c.thresholds.clone(),
+                baseline: *b,
+                consecutive: c.consecutive,
+                min_samples: c.min_samples,
+                on_inconclusive: c.on_inconclusive,
+                max_inconclusive: c.max_inconclusive,
+            })
+            .collect()
+    }
+
+    /// Watch the checks for `duration`, one sample per check every `interval`
+    /// (`floor(duration / interval)` samples). Returns as soon as a verdict fires.
+    /// `min_samples` overrides each check's own minimum (the confirmation period
+    /// after a rollback asks for one valid sample each).
+    pub async fn watch(
+        &mut self,
+        ctx: &StepContext<'_>,
+        step: Step,
+        duration: Duration,
+        interval: Duration,
+        min_samples: Option<u32>,
+    ) -> SoakResult {
+        let mut states: Vec<CheckState> = self
+            .checks
+            .iter()
+            .zip(&self.baselines)
+            .map(|(c, b)| {
+                let mut c = c.clone();
+                if let Some(m) = min_samples {
+                    c.min_samples = m;
+                }
+                CheckState::new(&c, *b)
+            })
+            .collect();
+        let mut cost: Vec<(Duration, u32)> = vec![(Duration::ZERO, 0); self.checks.len()];
+        self.prime().await;
+        let started = Instant::now();
+        let ticks = (duration.as_secs_f64() / interval.as_secs_f64()).floor() as u32;
+        for tick in 1..=ticks {
+            let at = tokio::time::Instant::from_std(started + interval * tick);
+            let mut abort = ctx.abort.clone();
+            let aborted = *abort.borrow()
+                || tokio::select! {
+                    _ = tokio::time::sleep_until(at) => false,
+                    _ = abort.wait_for(|a| *a) => true,
+                };
+            if aborted {
+                return SoakResult { end: SoakEnd::Aborted, elapsed: started.elapsed(), tallies: tally(&self.checks, &states, &cost, min_samples) };
+            }
+            let samples = self.sample_all(ctx.dsn).await;
+            let elapsed = started.elapsed();
+            let mut fired: Vec<Verdict> = Vec::new();
+            let mut line = Vec::new();
+            for (i, (obs, took)) in samples.into_iter().enumerate() {
+                cost[i].0 += took;
+                cost[i].1 += 1;
+                let assessment = states[i].observe(&obs);
+                line.push(progress_cell(&assessment));
+                if let Some(v) = &assessment.verdict {
+                    fired.push(v.clone());
+                }
+                ctx.emit(
+                    step,
+                    EventKind::CheckSample {
+                        elapsed_s: round3(elapsed.as_secs_f64()),
+                        sample_ms: round3(took.as_secs_f64() * 1000.0),
+                        assessment,
+                    },
+                );
+            }
+            ctx.events.progress(&format!(
+                "  {} {:>4}s/{}s  {}",
+                step_label(step),
+                elapsed.as_secs(),
+                duration.as_secs(),
+                line.join("  ")
+            ));
+            // A breach outranks a hold: the change demonstrably hurts, so undo it.
+            fired.sort_by_key(|v| !matches!(v, Verdict::Breach { .. }));
+            if let Some(verdict) = fired.into_iter().next() {
+                self.emit_verdict(ctx, step, &verdict);
+                return SoakResult { end: SoakEnd::Verdict(verdict), elapsed, tallies: tally(&self.checks, &states, &cost, min_samples) };
+            }
+        }
+        // Wait out the remainder so a soak lasts its full duration.
+        let rest = duration.saturating_sub(started.elapsed());
+        if !ctx.sleep(rest).await {
+            return SoakResult { end: SoakEnd::Aborted, elapsed: started.elapsed(), tallies: tally(&self.checks, &states, &cost, min_samples) };
+        }
+        for state in &states {
+            if let Some(verdict) = state.finish() {
+                self.emit_verdict(ctx, step, &verdict);
+                return SoakResult { end: SoakEnd::Verdict(verdict), elapsed: started.elapsed(), tallies: tally(&self.checks, &states, &cost, min_samples) };
+            }
+        }
+        SoakResult { end: SoakEnd::Passed, elapsed: started.elapsed(), tallies: tally(&self.checks, &states, &cost, min_samples) }
+    }
+
+    fn emit_verdict(&self, ctx: &StepContext<'_>, step: Step, verdict: &Verdict) {
+        let source = self.checks.iter().find(|c| c.name == verdict.check()).map(|c| c.source.describe()).unwrap_or_default();
+        let decision = match verdict {
+            Verdict::Hold { .. } => "hold_for_human",
+            _ if step == Step::Confirm => "rollback_unhealthy",
+            _ => "roll_back",
+        };
+        ctx.emit(
+            step,
+            EventKind::CheckVerdict {
+                check: verdict.check().to_string(),
+                source,
+                message: verdict.message(),
+                decision,
+                verdict: verdict.clone(),
+            },
+        );
+    }
+}
+
+fn tally(checks: &[Check], states: &[CheckState], cost: &[(Duration, u32)], min_samples: Option<u32>) -> Vec<CheckTally> {
+    states
+        .iter()
+        .zip(cost)
+        .zip(checks)
+        .map(|((s, (total, n)), c)| CheckTally {
+            check: c.name.clone(),
+            valid: s.counts().valid_samples,
+            inconclusive: s.counts().inconclusive_samples,
+            min_samples: min_samples.unwrap_or(c.min_samples),
+            mean_sample_ms: if *n == 0 { 0.0 } else { total.as_secs_f64() * 1000.0 / f64::from(*n) },
+        })
+        .collect()
+}
+
+fn step_label(step: Step) -> &'static str {
+    match step {
+        Step::Confirm => "confirm",
+        _ => "soak",
+    }
+}
+
+fn progress_cell(a: &crate::checks::verdict::Assessment) -> String {
+    let value = a.value.map(num).unwrap_or_else(|| "-".into());
+    let flag = if !a.valid {
+        "inconclusive".to_string()
+    } else if a.breaching {
+        format!("BREACH {}x", a.counts.breaches_in_a_row)
+    } else {
+        "ok".into()
+    };
+    format!("{}={} {}", a.check, value, flag)
+}
+
+fn observation_json(obs: &Observation) -> serde_json::Value {
+    match obs {
+        Observation::Value(v) if v.is_finite() => serde_json::json!({ "value": v }),
+        Observation::Value(v) => serde_json::json!({ "inconclusive": format!("value is {v}") }),
+        Observation::Failed { value, reason } => serde_json::json!({ "failed": reason, "value": value }),
+        Observation::Inconclusive { reason } => serde_json::json!({ "inconclusive": reason }),
+    }
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&mut []), None);
+    }
+}
