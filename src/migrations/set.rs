@@ -1,9 +1,32 @@
 //! A migration set: `V{n}__{name}.sql` with optional `.down.sql` and `.verify.sql`,
 //! loaded from a directory or from submitted file contents.
+//!
+//! Loading reports every problem at once, each at the file it concerns:
+//! - names: `V{version}__{name}.sql` (up), `.down.sql` (undo), `.verify.sql` (must
+//!   succeed after the up script); version a positive integer, name letters,
+//!   digits and `_`. Any other `.sql` file is an error; files that do not end in
+//!   `.sql` (README.md, ...), hidden files and subdirectories are ignored;
+//! - versions start at 1 and are consecutive: a gap names the missing versions, a
+//!   duplicate names both files; a `.down.sql`/`.verify.sql` needs its up file;
+//! - an up or verify script must contain a statement; a down script may be
+//!   comments only (an explicit no-op undo) but not empty;
+//! - the only directive is `-- pgshepherd:no-transaction` as the first line; any
+//!   other `-- pgshepherd:` line is refused, so a typo cannot silently run
+//!   `CREATE INDEX CONCURRENTLY` inside a transaction.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::plan::Diagnostic;
+
+/// The first line that makes a script run outside a transaction.
+pub const NO_TRANSACTION: &str = "-- pgshepherd:no-transaction";
+
+/// Larger SQL files are refused rather than read into memory.
+pub const MAX_SCRIPT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// One SQL file of a migration.
 #[derive(Debug, Clone, Serialize)]
@@ -41,4 +64,657 @@ pub struct MigrationSet {
     /// Where the files were read from, when they came from disk.
     pub dir: Option<PathBuf>,
     pub migrations: Vec<Migration>,
+}
+
+/// Which of a migration's scripts a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Up,
+    Down,
+    Verify,
+}
+
+/// A file name that follows the naming rule.
+#[derive(Debug)]
+struct Named {
+    version: i64,
+    name: String,
+    kind: Kind,
+}
+
+impl MigrationSet {
+    /// Read every `.sql` file of `dir`; the set is named after the directory.
+    pub fn from_dir(dir: &Path) -> Result<MigrationSet, Vec<Diagnostic>> {
+        let whole = |message: String| vec![Diagnostic::new(dir, 0, 0, message)];
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(whole(format!(
+                    "migration directory {} does not exist",
+                    dir.display()
+                )));
+            }
+            Err(e) => {
+                return Err(whole(format!(
+                    "cannot read migration directory {}: {e}",
+                    dir.display()
+                )));
+            }
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                whole(format!(
+                    "cannot read migration directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            let Ok(name) = entry.file_name().into_string() else {
+                // A non-UTF-8 name cannot be a `V{n}__{name}.sql` file; report it if it claims to be one.
+                let lossy = entry.file_name().to_string_lossy().into_owned();
+                if lossy.to_ascii_lowercase().ends_with(".sql") {
+                    names.push((lossy, true));
+                }
+                continue;
+            };
+            if name.starts_with('.') || !name.to_ascii_lowercase().ends_with(".sql") {
+                continue;
+            }
+            if entry.path().is_dir() {
+                continue;
+            }
+            names.push((name, false));
+        }
+        names.sort();
+
+        let mut diagnostics = Vec::new();
+        let mut files = Vec::new();
+        for (name, bad_name) in names {
+            let path = dir.join(&name);
+            if bad_name {
+                diagnostics.push(Diagnostic::new(&path, 1, 1, "file name is not valid UTF-8"));
+                continue;
+            }
+            match read_script(&path) {
+                Ok(text) => files.push((name, text)),
+                Err(message) => diagnostics.push(Diagnostic::new(&path, 1, 1, message)),
+            }
+        }
+        let set_name = dir_name(dir);
+        match MigrationSet::from_files(set_name, Some(dir.to_path_buf()), files) {
+            Ok(set) if diagnostics.is_empty() => Ok(set),
+            Ok(_) => Err(diagnostics),
+            Err(mut more) => {
+                diagnostics.append(&mut more);
+                sort(&mut diagnostics);
+                Err(diagnostics)
+            }
+        }
+    }
+
+    /// Build a set from file names and contents (a directory's files, or files
+    /// submitted with a plan). Diagnostics name `dir/file`, or `name/file` without `dir`.
+    pub fn from_files(
+        name: impl Into<String>,
+        dir: Option<PathBuf>,
+        files: Vec<(String, String)>,
+    ) -> Result<MigrationSet, Vec<Diagnostic>> {
+        let name = name.into();
+        let base = dir.clone().unwrap_or_else(|| PathBuf::from(&name));
+        let at = |file: &str| base.join(file);
+        let mut diagnostics = Vec::new();
+
+        let mut ups: BTreeMap<i64, Vec<(String, Named, String)>> = BTreeMap::new();
+        let mut extras: Vec<(String, Named, String)> = Vec::new();
+        for (file, text) in files {
+            match parse_name(&file) {
+                Ok(named) if named.kind == Kind::Up => ups
+                    .entry(named.version)
+                    .or_default()
+                    .push((file, named, text)),
+                Ok(named) => extras.push((file, named, text)),
+                Err(message) => diagnostics.push(Diagnostic::new(at(&file), 1, 1, message)),
+            }
+        }
+
+        // Duplicates: every file of a shared version learns about the others.
+        for files in ups.values().filter(|f| f.len() > 1) {
+            for (file, named, _) in files {
+                let others: Vec<&str> = files
+                    .iter()
+                    .map(|(f, ..)| f.as_str())
+                    .filter(|f| f != file)
+                    .collect();
+                diagnostics.push(Diagnostic::new(
+                    at(file),
+                    1,
+                    1,
+                    format!(
+                        "duplicate version {}: also {}",
+                        named.version,
+                        others.join(", ")
+                    ),
+                ));
+            }
+        }
+
+        // Gaps: versions run 1, 2, 3, ... so that "the next migration" is never ambiguous.
+        let mut expected = 1i64;
+        for (version, files) in &ups {
+            if *version != expected {
+                let missing = if *version - 1 == expected {
+                    format!("V{expected}")
+                } else {
+                    format!("V{expected} to V{}", version - 1)
+                };
+                let after = if expected == 1 {
+                    "versions start at 1".to_string()
+                } else {
+                    format!(
+                        "versions must be consecutive, and V{} is followed by V{version}",
+                        expected - 1
+                    )
+                };
+                diagnostics.push(Diagnostic::new(
+                    at(&files[0].0),
+                    1,
+                    1,
+                    format!("missing {missing}: {after}"),
+                ));
+            }
+            expected = version + 1;
+        }
+
+        // Scripts, and extras paired with their up file (whose content may be broken:
+        // the extra is still checked so that one run reports everything).
+        let mut up_names: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
+        let mut migrations: BTreeMap<(i64, String), Migration> = BTreeMap::new();
+        for (file, named, text) in ups.into_values().flatten() {
+            up_names
+                .entry(named.version)
+                .or_default()
+                .push((named.name.clone(), file.clone()));
+            match script(&at(&file), &file, text, Kind::Up) {
+                Ok(up) => {
+                    let m = Migration {
+                        version: named.version,
+                        name: named.name.clone(),
+                        up,
+                        down: None,
+                        verify: None,
+                    };
+                    migrations.insert((named.version, named.name), m);
+                }
+                Err(mut d) => diagnostics.append(&mut d),
+            }
+        }
+        for (file, named, text) in extras {
+            let siblings = up_names
+                .get(&named.version)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if !siblings.iter().any(|(n, _)| *n == named.name) {
+                let up_file = format!("V{}__{}.sql", named.version, named.name);
+                let hint = if siblings.is_empty() {
+                    String::new()
+                } else {
+                    let others: Vec<&str> = siblings.iter().map(|(_, f)| f.as_str()).collect();
+                    format!(" (V{} is {})", named.version, others.join(", "))
+                };
+                diagnostics.push(Diagnostic::new(
+                    at(&file),
+                    1,
+                    1,
+                    format!("{file} has no up script {up_file}{hint}"),
+                ));
+                continue;
+            }
+            match (
+                script(&at(&file), &file, text, named.kind),
+                migrations.get_mut(&(named.version, named.name)),
+            ) {
+                (Ok(s), Some(m)) if named.kind == Kind::Down => m.down = Some(s),
+                (Ok(s), Some(m)) => m.verify = Some(s),
+                (Ok(_), None) => {}
+                (Err(mut d), _) => diagnostics.append(&mut d),
+            }
+        }
+
+        if migrations.is_empty() && diagnostics.is_empty() {
+            diagnostics.push(Diagnostic::new(
+                &base,
+                0,
+                0,
+                format!("migration set {name} has no migrations: expected files named like V1__create_table.sql"),
+            ));
+        }
+        if !diagnostics.is_empty() {
+            sort(&mut diagnostics);
+            return Err(diagnostics);
+        }
+        Ok(MigrationSet {
+            name,
+            dir,
+            migrations: migrations.into_values().collect(),
+        })
+    }
+
+    /// Labels like `V1__create_table`, in order.
+    pub fn labels(&self) -> Vec<String> {
+        self.migrations.iter().map(Migration::label).collect()
+    }
+}
+
+fn sort(d: &mut [Diagnostic]) {
+    d.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+}
+
+fn dir_name(dir: &Path) -> String {
+    let named = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+    named(dir)
+        .or_else(|| dir.canonicalize().ok().and_then(|p| named(&p)))
+        .unwrap_or_else(|| "migrations".to_string())
+}
+
+fn read_script(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.len() > MAX_SCRIPT_BYTES {
+        return Err(format!(
+            "file is larger than {} MiB",
+            MAX_SCRIPT_BYTES / 1024 / 1024
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| "file is not valid UTF-8".to_string())
+}
+
+/// Check a file name against `V{version}__{name}{.sql|.down.sql|.verify.sql}`.
+fn parse_name(file: &str) -> Result<Named, String> {
+    const SHAPE: &str = "expected V{version}__{name}.sql, .down.sql or .verify.sql";
+    if file.contains(['/', '\\']) || file.is_empty() {
+        return Err(format!("invalid file name {file:?}: {SHAPE}"));
+    }
+    let (stem, kind) = if let Some(stem) = file.strip_suffix(".down.sql") {
+        (stem, Kind::Down)
+    } else if let Some(stem) = file.strip_suffix(".verify.sql") {
+        (stem, Kind::Verify)
+    } else if let Some(stem) = file.strip_suffix(".sql") {
+        (stem, Kind::Up)
+    } else {
+        return Err(format!("{file}: the extension must be lowercase .sql"));
+    };
+    let rest = match stem.as_bytes().first() {
+        Some(b'V') => &stem[1..],
+        Some(b'v') => {
+            return Err(format!(
+                "{file}: migration files start with an uppercase V ({SHAPE})"
+            ));
+        }
+        Some(b'U') => {
+            return Err(format!(
+                "{file}: unversioned (U) migrations are not supported ({SHAPE})"
+            ));
+        }
+        _ => return Err(format!("{file} is not a migration file name: {SHAPE}")),
+    };
+    let Some((version, name)) = rest.split_once("__") else {
+        return Err(format!(
+            "{file}: missing `__` between the version and the name ({SHAPE})"
+        ));
+    };
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{file}: the version {version:?} is not a positive integer ({SHAPE})"
+        ));
+    }
+    let version: i64 = version
+        .parse()
+        .map_err(|_| format!("{file}: the version {version} is too large"))?;
+    if version < 1 {
+        return Err(format!("{file}: versions start at 1"));
+    }
+    if name.is_empty() {
+        return Err(format!("{file}: the name after `__` is empty ({SHAPE})"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        let hint = if name.contains('.') {
+            "; undo and verify scripts end in .down.sql and .verify.sql"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{file}: the name {name:?} may only contain letters, digits and _{hint}"
+        ));
+    }
+    Ok(Named {
+        version,
+        name: name.to_string(),
+        kind,
+    })
+}
+
+/// Checksum the file and read its directive.
+fn script(path: &Path, file: &str, sql: String, kind: Kind) -> Result<Script, Vec<Diagnostic>> {
+    let mut diagnostics = Vec::new();
+    let mut transactional = true;
+    for (i, line) in sql.lines().enumerate() {
+        let line = if i == 0 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            line
+        };
+        let trimmed = line.trim();
+        let Some(comment) = trimmed.strip_prefix("--") else {
+            continue;
+        };
+        let directive = comment.trim_start();
+        if !directive.to_ascii_lowercase().starts_with("pgshepherd") {
+            continue;
+        }
+        if i == 0 && trimmed == NO_TRANSACTION {
+            transactional = false;
+            continue;
+        }
+        let column = line.chars().take_while(|c| c.is_whitespace()).count() as u32 + 1;
+        let message = if directive.to_ascii_lowercase().replace(' ', "")
+            == "pgshepherd:no-transaction"
+        {
+            if i == 0 {
+                format!("write the directive exactly as `{NO_TRANSACTION}`")
+            } else {
+                format!("`{NO_TRANSACTION}` only counts on the first line of the file")
+            }
+        } else {
+            format!(
+                "unknown directive `{trimmed}`; the only directive is `{NO_TRANSACTION}` on the first line"
+            )
+        };
+        diagnostics.push(Diagnostic::new(path, i as u32 + 1, column, message));
+    }
+    let statements = crate::migrations::split::statements(&sql);
+    match kind {
+        Kind::Up | Kind::Verify if statements.is_empty() => {
+            let what = if kind == Kind::Up { "up script" } else { "verify script" };
+            diagnostics.push(Diagnostic::new(path, 1, 1, format!("{what} {file} contains no SQL statement")));
+        }
+        Kind::Down if sql.trim_start_matches('\u{feff}').trim().is_empty() => diagnostics.push(Diagnostic::new(
+            path,
+            1,
+            1,
+            format!(
+                "down script {file} is empty; write the undo, or a comment such as `-- nothing to undo` \
+                 to make a no-op undo explicit"
+            ),
+        )),
+        _ => {}
+    }
+    if !diagnostics.is_empty() {
+        return Err(diagnostics);
+    }
+    let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
+    Ok(Script {
+        file: file.to_string(),
+        sql,
+        checksum,
+        transactional,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .collect()
+    }
+
+    fn errors(list: &[(&str, &str)]) -> Vec<String> {
+        MigrationSet::from_files("set", None, files(list))
+            .unwrap_err()
+            .into_iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn loads_a_good_set_in_version_order() {
+        let set = MigrationSet::from_files(
+            "jobs",
+            None,
+            files(&[
+                (
+                    "V2__add_index.sql",
+                    "-- pgshepherd:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);\n",
+                ),
+                ("V1__create.sql", "CREATE TABLE t (c int);\n"),
+                (
+                    "V2__add_index.down.sql",
+                    "-- pgshepherd:no-transaction\nDROP INDEX CONCURRENTLY i;\n",
+                ),
+                ("V1__create.down.sql", "DROP TABLE t;\n"),
+                ("V1__create.verify.sql", "SELECT 1 FROM t LIMIT 0;\n"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(set.labels(), ["V1__create", "V2__add_index"]);
+        let v1 = &set.migrations[0];
+        assert!(v1.up.transactional && v1.down.is_some() && v1.verify.is_some());
+        let v2 = &set.migrations[1];
+        assert!(
+            !v2.up.transactional && !v2.down.as_ref().unwrap().transactional && v2.verify.is_none()
+        );
+        // sha256("CREATE TABLE t (c int);\n")
+        assert_eq!(
+            v1.up.checksum,
+            hex::encode(Sha256::digest(b"CREATE TABLE t (c int);\n"))
+        );
+        assert_eq!(v1.up.checksum.len(), 64);
+        assert!(
+            v1.up
+                .checksum
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+    }
+
+    #[test]
+    fn reports_a_gap_with_the_missing_version() {
+        let e = errors(&[
+            ("V1__a.sql", "SELECT 1;"),
+            ("V2__b.sql", "SELECT 1;"),
+            ("V4__d.sql", "SELECT 1;"),
+        ]);
+        assert_eq!(
+            e,
+            [
+                "set/V4__d.sql:1:1: missing V3: versions must be consecutive, and V2 is followed by V4"
+            ]
+        );
+        let e = errors(&[("V3__c.sql", "SELECT 1;")]);
+        assert_eq!(
+            e,
+            ["set/V3__c.sql:1:1: missing V1 to V2: versions start at 1"]
+        );
+    }
+
+    #[test]
+    fn reports_both_files_of_a_duplicate() {
+        let e = errors(&[("V1__a.sql", "SELECT 1;"), ("V1__b.sql", "SELECT 1;")]);
+        assert_eq!(
+            e,
+            [
+                "set/V1__a.sql:1:1: duplicate version 1: also V1__b.sql",
+                "set/V1__b.sql:1:1: duplicate version 1: also V1__a.sql"
+            ]
+        );
+        // V01 and V1 are the same version.
+        assert_eq!(
+            errors(&[("V01__a.sql", "SELECT 1;"), ("V1__b.sql", "SELECT 1;")]).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn refuses_bad_names_and_orphans() {
+        let e = errors(&[
+            ("V1__a.sql", "SELECT 1;"),
+            ("V2_b.sql", "SELECT 1;"),
+            ("v3__c.sql", "SELECT 1;"),
+            ("V0__z.sql", "SELECT 1;"),
+            ("Vx__y.sql", "SELECT 1;"),
+            ("V1__a.up.sql", "SELECT 1;"),
+            ("V1__a.SQL", "SELECT 1;"),
+            ("init.sql", "SELECT 1;"),
+            ("V1__other.down.sql", "SELECT 1;"),
+            ("V9__nine.verify.sql", "SELECT 1;"),
+        ]);
+        let joined = e.join("\n");
+        assert!(
+            joined.contains("set/V2_b.sql:1:1: V2_b.sql: missing `__`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "set/v3__c.sql:1:1: v3__c.sql: migration files start with an uppercase V"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("set/V0__z.sql:1:1: V0__z.sql: versions start at 1"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "set/Vx__y.sql:1:1: Vx__y.sql: the version \"x\" is not a positive integer"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined
+                .contains("set/V1__a.up.sql:1:1: V1__a.up.sql: the name \"a.up\" may only contain"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("set/V1__a.SQL:1:1: V1__a.SQL: the extension must be lowercase .sql"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("set/init.sql:1:1: init.sql is not a migration file name"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("set/V1__other.down.sql:1:1: V1__other.down.sql has no up script V1__other.sql (V1 is V1__a.sql)"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "set/V9__nine.verify.sql:1:1: V9__nine.verify.sql has no up script V9__nine.sql"
+            ),
+            "{joined}"
+        );
+        assert_eq!(e.len(), 9, "{joined}");
+    }
+
+    #[test]
+    fn directives_are_checked() {
+        let e = errors(&[
+            ("V1__a.sql", "-- pgshepherd:no-transactoin\nSELECT 1;"),
+            ("V2__b.sql", "SELECT 1;\n  -- pgshepherd:no-transaction\n"),
+            ("V3__c.sql", "--pgshepherd:no-transaction\nSELECT 1;"),
+        ]);
+        assert_eq!(
+            e,
+            [
+                "set/V1__a.sql:1:1: unknown directive `-- pgshepherd:no-transactoin`; the only directive is `-- pgshepherd:no-transaction` on the first line",
+                "set/V2__b.sql:2:3: `-- pgshepherd:no-transaction` only counts on the first line of the file",
+                "set/V3__c.sql:1:1: write the directive exactly as `-- pgshepherd:no-transaction`",
+            ]
+        );
+        // Leading/trailing blanks on the first line are fine.
+        let set = MigrationSet::from_files(
+            "s",
+            None,
+            files(&[("V1__a.sql", "  -- pgshepherd:no-transaction  \nSELECT 1;")]),
+        )
+        .unwrap();
+        assert!(!set.migrations[0].up.transactional);
+    }
+
+    #[test]
+    fn empty_scripts_are_refused() {
+        let e = errors(&[
+            ("V1__a.sql", "  \n"),
+            (
+                "V2__b.sql",
+                "-- pgshepherd:no-transaction\n-- only a comment\n",
+            ),
+            ("V2__b.down.sql", ""),
+            ("V2__b.verify.sql", "-- nothing\n"),
+        ]);
+        assert_eq!(e.len(), 4, "{e:?}");
+        let joined = e.join("\n");
+        assert!(
+            joined.contains("set/V1__a.sql:1:1: up script V1__a.sql contains no SQL statement"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("set/V2__b.down.sql:1:1: down script V2__b.down.sql is empty"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "set/V2__b.verify.sql:1:1: verify script V2__b.verify.sql contains no SQL"
+            ),
+            "{joined}"
+        );
+        // A comment-only down script is an explicit no-op undo.
+        assert!(
+            MigrationSet::from_files(
+                "s",
+                None,
+                files(&[
+                    ("V1__a.sql", "SELECT 1;"),
+                    ("V1__a.down.sql", "-- nothing to undo\n")
+                ])
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_empty_set_is_an_error() {
+        let e = MigrationSet::from_files("s", None, vec![]).unwrap_err();
+        assert_eq!((e[0].line, e[0].column), (0, 0));
+        assert!(e[0].message.contains("has no migrations"));
+    }
+
+    #[test]
+    fn from_dir_names_the_set_and_ignores_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let set_dir = dir.path().join("job_summaries");
+        std::fs::create_dir(&set_dir).unwrap();
+        std::fs::write(set_dir.join("V1__create.sql"), "CREATE TABLE t (c int);\n").unwrap();
+        std::fs::write(set_dir.join("README.md"), "notes").unwrap();
+        std::fs::write(set_dir.join(".V9__swap.sql"), "editor junk").unwrap();
+        std::fs::create_dir(set_dir.join("archive")).unwrap();
+        let set = MigrationSet::from_dir(&set_dir).unwrap();
+        assert_eq!(set.name, "job_summaries");
+        assert_eq!(set.dir.as_deref(), Some(set_dir.as_path()));
+        assert_eq!(set.labels(), ["V1__create"]);
+
+        let missing = MigrationSet::from_dir(&dir.path().join("nope")).unwrap_err();
+        assert!(missing[0].message.contains("does not exist"));
+
+        std::fs::write(set_dir.join("V2__bin.sql"), [0xff, 0xfe, 0x00]).unwrap();
+        let e = MigrationSet::from_dir(&set_dir).unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            format!(
+                "{}:1:1: file is not valid UTF-8",
+                set_dir.join("V2__bin.sql").display()
+            )
+        );
+    }
 }

@@ -12,13 +12,26 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("invalid duration {text:?}; write it like 30s, 15m or 1h"));
+            return Err(format!(
+                "invalid duration {text:?}; write it like 30s, 15m or 1h"
+            ));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| format!("duration {text:?} is too large"))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("duration {text:?} is too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        if rest.starts_with(char::is_whitespace) {
+            return Err(format!(
+                "duration {text:?} contains a space; write it without, like 15m or 1h30m"
+            ));
+        }
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -27,10 +40,20 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
-            "" => return Err(format!("duration {text:?} has no unit; write it like 30s, 15m or 1h")),
-            other => return Err(format!("unknown unit {other:?} in duration {text:?}; use ms, s, m, h or d")),
+            "" => {
+                return Err(format!(
+                    "duration {text:?} has no unit; write it like 30s, 15m or 1h"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in duration {text:?}; use ms, s, m, h or d"
+                ));
+            }
         };
-        total = total.checked_add(part).ok_or_else(|| format!("duration {text:?} is too large"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("duration {text:?} is too large"))?;
     }
     Ok(total)
 }
@@ -41,7 +64,7 @@ pub fn format(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut secs = d.as_secs();
@@ -80,7 +103,7 @@ mod tests {
     #[test]
     fn refuses_bare_numbers_and_unknown_units() {
         assert!(parse("30").unwrap_err().contains("no unit"));
-        assert!(parse("3 weeks").is_err());
+        assert!(parse("3 weeks").unwrap_err().contains("space"));
         assert!(parse("5y").unwrap_err().contains("unknown unit"));
         assert!(parse("").is_err());
         assert!(parse("m").is_err());

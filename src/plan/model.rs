@@ -104,7 +104,9 @@ pub struct Check {
 #[serde(rename_all = "snake_case")]
 pub enum CheckSource {
     /// A single SELECT returning one numeric value.
-    Sql { query: String },
+    Sql {
+        query: String,
+    },
     Http(HttpProbe),
     Builtin(BuiltinSignal),
 }
