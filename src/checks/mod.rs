@@ -1,2 +1,18 @@
 //! Soak checks: SQL, HTTP and built-in PostgreSQL signals, and the verdict rules
 //! that turn their samples into decisions.
+//!
+//! - [`sampler`]: one [`Sampler`] per check, `prime()` then `sample()` each interval.
+//! - [`sql`], [`http`], [`builtin`]: the sources; [`session`] is the read-only,
+//!   time-boxed connection SQL checks and builtins share.
+//! - [`verdict`]: [`CheckState`] turns observations into [`Assessment`]s and
+//!   [`Verdict`]s.
+
+pub mod builtin;
+pub mod http;
+pub mod sampler;
+pub mod session;
+pub mod sql;
+pub mod verdict;
+
+pub use sampler::Sampler;
+pub use verdict::{Assessment, Bound, CheckState, Counts, Observation, Rule, Verdict};

@@ -1,0 +1,215 @@
+//! Built-in PostgreSQL signals, read through the same read-only, time-boxed session
+//! as SQL checks.
+//!
+//! - `deadlocks_per_second`, `rollbacks_per_second`: the change of
+//!   `pg_stat_database.{deadlocks, xact_rollback}` for the current database between
+//!   two readings, divided by the seconds between them. The first reading comes
+//!   from `prime`; a counter that went backwards or a changed `stats_reset` means
+//!   the statistics were reset, which is inconclusive (the next sample has a fresh
+//!   base). These counters cannot tell sessions apart, so pgshepherd's own
+//!   rollbacks (a migration retried after `lock_timeout`) are included; the checks
+//!   themselves COMMIT their read-only transactions so they add nothing.
+//!   Since PostgreSQL 15 backends flush their statistics at most about once a
+//!   second, so a rate over a short interval is lumpy but not lost.
+//! - `longest_transaction_seconds`: the age of the oldest open transaction among
+//!   other client sessions on the database; 0 when there is none, which is a real
+//!   measurement, not missing data.
+//! - `lock_waiting_sessions`: client sessions on the database waiting on a
+//!   heavyweight lock (`wait_event_type = 'Lock'`) right now.
+//!
+//! Sessions whose `application_name` starts with `pgshepherd` are excluded from the
+//! last two: the migration itself waiting on a lock is the lock step's business.
+
+use std::time::{Duration, Instant};
+
+use crate::checks::session::ReadOnlySession;
+use crate::checks::verdict::Observation;
+use crate::pg::Dsn;
+use crate::plan::model::BuiltinSignal;
+
+const COUNTERS_SQL: &str = "SELECT deadlocks, xact_rollback, stats_reset::text \
+     FROM pg_stat_database WHERE datname = current_database()";
+
+const LONGEST_TRANSACTION_SQL: &str = "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)::float8 \
+     FROM pg_stat_activity \
+     WHERE datname = current_database() AND backend_type = 'client backend' \
+       AND xact_start IS NOT NULL AND pid <> pg_backend_pid() \
+       AND coalesce(application_name, '') NOT LIKE 'pgshepherd%'";
+
+const LOCK_WAITING_SQL: &str = "SELECT count(*)::float8 \
+     FROM pg_stat_activity \
+     WHERE datname = current_database() AND backend_type = 'client backend' \
+       AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() \
+       AND coalesce(application_name, '') NOT LIKE 'pgshepherd%'";
+
+/// One reading of a cumulative counter.
+#[derive(Debug, Clone)]
+struct Reading {
+    value: i64,
+    stats_reset: Option<String>,
+    at: Instant,
+}
+
+pub struct BuiltinSampler {
+    signal: BuiltinSignal,
+    session: ReadOnlySession,
+    last: Option<Reading>,
+}
+
+impl BuiltinSampler {
+    pub fn new(signal: BuiltinSignal, dsn: &Dsn, timeout: Duration) -> Self {
+        BuiltinSampler {
+            signal,
+            session: ReadOnlySession::new(dsn, timeout),
+            last: None,
+        }
+    }
+
+    fn is_rate(&self) -> bool {
+        matches!(
+            self.signal,
+            BuiltinSignal::DeadlocksPerSecond | BuiltinSignal::RollbacksPerSecond
+        )
+    }
+
+    /// Takes the first counter reading of a rate signal, so the first sample is
+    /// already a rate. A failure here only means the first sample re-primes.
+    pub async fn prime(&mut self) {
+        if self.is_rate()
+            && let Ok(reading) = self.read_counter().await
+        {
+            self.last = Some(reading);
+        }
+    }
+
+    pub async fn sample(&mut self) -> Observation {
+        match self.signal {
+            BuiltinSignal::DeadlocksPerSecond | BuiltinSignal::RollbacksPerSecond => {
+                self.sample_rate().await
+            }
+            BuiltinSignal::LongestTransactionSeconds => self.gauge(LONGEST_TRANSACTION_SQL).await,
+            BuiltinSignal::LockWaitingSessions => self.gauge(LOCK_WAITING_SQL).await,
+        }
+    }
+
+    async fn gauge(&mut self, sql: &str) -> Observation {
+        let rows = match self.session.read(sql, None).await {
+            Ok(read) => read.rows,
+            Err(reason) => return Observation::Inconclusive { reason },
+        };
+        match rows.first().map(|r| r.try_get::<_, f64>(0)) {
+            Some(Ok(v)) => Observation::Value(v),
+            Some(Err(e)) => {
+                Observation::inconclusive(format!("cannot read {}: {e}", self.signal.as_str()))
+            }
+            None => Observation::inconclusive(format!("no row for {}", self.signal.as_str())),
+        }
+    }
+
+    async fn sample_rate(&mut self) -> Observation {
+        let now = match self.read_counter().await {
+            Ok(reading) => reading,
+            Err(reason) => return Observation::Inconclusive { reason },
+        };
+        let Some(prev) = self.last.replace(now.clone()) else {
+            return Observation::inconclusive(format!(
+                "first reading of {} (value {}); a rate needs two",
+                self.counter_name(),
+                now.value
+            ));
+        };
+        rate(self.counter_name(), &prev, &now)
+    }
+
+    fn counter_name(&self) -> &'static str {
+        match self.signal {
+            BuiltinSignal::DeadlocksPerSecond => "pg_stat_database.deadlocks",
+            _ => "pg_stat_database.xact_rollback",
+        }
+    }
+
+    async fn read_counter(&mut self) -> Result<Reading, String> {
+        let read = self.session.read(COUNTERS_SQL, None).await?;
+        let at = Instant::now();
+        let row = read
+            .rows
+            .first()
+            .ok_or("current database not found in pg_stat_database")?;
+        let column = if self.signal == BuiltinSignal::DeadlocksPerSecond {
+            0
+        } else {
+            1
+        };
+        let value: i64 = row
+            .try_get(column)
+            .map_err(|e| format!("cannot read {}: {e}", self.counter_name()))?;
+        let stats_reset: Option<String> = row
+            .try_get(2)
+            .map_err(|e| format!("cannot read stats_reset: {e}"))?;
+        Ok(Reading {
+            value,
+            stats_reset,
+            at,
+        })
+    }
+}
+
+fn rate(counter: &str, prev: &Reading, now: &Reading) -> Observation {
+    if now.stats_reset != prev.stats_reset || now.value < prev.value {
+        return Observation::inconclusive(format!(
+            "{counter} was reset (from {} to {}, stats_reset {}); the next sample starts from here",
+            prev.value,
+            now.value,
+            now.stats_reset.as_deref().unwrap_or("unknown")
+        ));
+    }
+    let seconds = now.at.duration_since(prev.at).as_secs_f64();
+    if seconds <= 0.0 {
+        return Observation::inconclusive(format!("two readings of {counter} at the same instant"));
+    }
+    let per_second = (now.value - prev.value) as f64 / seconds;
+    Observation::Value(per_second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(value: i64, reset: &str, at: Instant) -> Reading {
+        Reading {
+            value,
+            stats_reset: Some(reset.to_string()),
+            at,
+        }
+    }
+
+    #[test]
+    fn rate_is_delta_over_elapsed_seconds() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(4);
+        let obs = rate("c", &reading(10, "r", t0), &reading(12, "r", t1));
+        assert_eq!(obs, Observation::Value(0.5));
+        assert_eq!(
+            rate("c", &reading(10, "r", t0), &reading(10, "r", t1)),
+            Observation::Value(0.0)
+        );
+    }
+
+    #[test]
+    fn a_counter_reset_is_inconclusive() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(matches!(
+            rate("c", &reading(10, "r", t0), &reading(3, "r", t1)),
+            Observation::Inconclusive { .. }
+        ));
+        assert!(matches!(
+            rate("c", &reading(1, "r", t0), &reading(30, "r2", t1)),
+            Observation::Inconclusive { .. }
+        ));
+        assert!(matches!(
+            rate("c", &reading(1, "r", t0), &reading(2, "r", t0)),
+            Observation::Inconclusive { .. }
+        ));
+    }
+}
