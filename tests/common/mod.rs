@@ -1,0 +1,192 @@
+//! Shared integration-test harness: one throwaway PostgreSQL cluster per test
+//! process, a fresh database per test.
+//!
+//! Use it with `mod common;` at the top of a test file:
+//!
+//! ```ignore
+//! #[tokio::test]
+//! async fn adds_the_index() {
+//!     let db = common::fresh_db().await;
+//!     db.execute("CREATE TABLE t (id int)").await;
+//!     assert!(db.table_exists("t").await);
+//! }
+//! ```
+//!
+//! The cluster starts lazily on first use (about a second) and lives in a static,
+//! so under `cargo test` every test thread of a binary shares it, and under nextest
+//! (one process per test) each process gets its own. Statics are never dropped:
+//! the cluster's reaper stops it and deletes its directory once the test process
+//! has exited. Databases are never reused between tests, so tests may run in
+//! parallel and leave whatever they like behind.
+//!
+//! The helpers panic with the SQL that failed: they are for tests only.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use pgshepherd::pg::Dsn;
+use pgshepherd::pg::cluster::{PgBinaries, TempCluster};
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+
+static BINARIES: OnceLock<PgBinaries> = OnceLock::new();
+static CLUSTER: OnceLock<TempCluster> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(1);
+
+/// The PostgreSQL tools the cluster runs on (pg_dump, pg_restore, psql too).
+pub fn binaries() -> &'static PgBinaries {
+    BINARIES.get_or_init(|| {
+        PgBinaries::locate().unwrap_or_else(|e| panic!("integration tests need PostgreSQL: {e}"))
+    })
+}
+
+/// This process's throwaway cluster, started on first use.
+pub fn cluster() -> &'static TempCluster {
+    CLUSTER.get_or_init(|| {
+        TempCluster::start(binaries())
+            .unwrap_or_else(|e| panic!("could not start the test PostgreSQL cluster: {e}"))
+    })
+}
+
+/// The `pgshepherd` binary built for these tests.
+pub fn pgshepherd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pgshepherd"))
+}
+
+/// A temporary directory deleted when the returned value is dropped.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("pgshepherd-test-")
+        .tempdir()
+        .expect("creating a scratch directory")
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub name: String,
+    pub dsn: Dsn,
+    pub url: String,
+}
+
+/// Create a new, empty database (a copy of `template0`) with a name unique in this
+/// process, derived from the test's name where the harness tells us (thread name).
+pub async fn fresh_db() -> TestDb {
+    let cluster = cluster();
+    let name = unique_name();
+    let admin = cluster
+        .dsn("postgres")
+        .connect("pgshepherd-test", &[])
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test cluster: {e}"));
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE template0"))
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {}", db_error(&e)));
+    TestDb {
+        dsn: cluster.dsn(&name),
+        url: cluster.url(&name),
+        name,
+    }
+}
+
+fn unique_name() -> String {
+    let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
+    let thread = std::thread::current();
+    let hint: String = thread
+        .name()
+        .unwrap_or("test")
+        .rsplit("::")
+        .next()
+        .unwrap_or("test")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut name = format!("t{n}_{hint}");
+    // PostgreSQL truncates identifiers to 63 bytes; two long test names sharing a
+    // prefix would collide after truncation, so truncate ourselves (ASCII only).
+    name.truncate(63);
+    name
+}
+
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+impl TestDb {
+    /// A new connection to this database (`application_name` `pgshepherd-test`).
+    pub async fn client(&self) -> Client {
+        self.dsn
+            .connect("pgshepherd-test", &[])
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.name))
+    }
+
+    /// Run one or more statements (simple query protocol).
+    pub async fn execute(&self, sql: &str) {
+        self.client()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", db_error(&e)));
+    }
+
+    /// The first column of the only row of `sql`, an integer (smallint, int, bigint).
+    pub async fn query_i64(&self, sql: &str) -> i64 {
+        let row = self
+            .client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", db_error(&e)));
+        let column_type = row.columns()[0].type_().clone();
+        let value: Option<i64> = match column_type {
+            Type::INT8 => row.get(0),
+            Type::INT4 => row.get::<_, Option<i32>>(0).map(i64::from),
+            Type::INT2 => row.get::<_, Option<i16>>(0).map(i64::from),
+            other => {
+                panic!("{sql}: query_i64 needs an integer column, got {other}; cast it (::bigint)")
+            }
+        };
+        value.unwrap_or_else(|| panic!("{sql}: returned NULL"))
+    }
+
+    /// Whether a table (ordinary or partitioned) called `name` is visible
+    /// (`schema.table` or a name on the search path).
+    pub async fn table_exists(&self, name: &str) -> bool {
+        self.relation_exists(name, &["r", "p"]).await
+    }
+
+    /// Whether an index called `name` exists (`schema.index` or on the search path).
+    pub async fn index_exists(&self, name: &str) -> bool {
+        self.relation_exists(name, &["i", "I"]).await
+    }
+
+    async fn relation_exists(&self, name: &str, kinds: &[&str]) -> bool {
+        let sql = "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass($1) AND relkind::text = ANY($2))";
+        let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+        self.client()
+            .await
+            .query_one(sql, &[&name, &kinds])
+            .await
+            .unwrap_or_else(|e| panic!("checking whether {name} exists: {}", db_error(&e)))
+            .get(0)
+    }
+
+    /// `SELECT count(*) FROM table` (`table` is spliced in as written).
+    pub async fn row_count(&self, table: &str) -> i64 {
+        self.query_i64(&format!("SELECT count(*) FROM {table}"))
+            .await
+    }
+}
