@@ -44,10 +44,16 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
-        let fail = |line: u32, col: u32, msg: String| Diagnostics(vec![Diagnostic::new(path, line, col, msg)]);
-        let text = std::fs::read_to_string(path).map_err(|e| fail(0, 0, format!("cannot read the config: {e}")))?;
+        let fail = |line: u32, col: u32, msg: String| {
+            Diagnostics(vec![Diagnostic::new(path, line, col, msg)])
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(0, 0, format!("cannot read the config: {e}")))?;
         let raw: RawConfig = serde_saphyr::from_str(&text).map_err(|e| {
-            let (line, col) = e.location().map(|l| (l.line() as u32, l.column() as u32)).unwrap_or((0, 0));
+            let (line, col) = e
+                .location()
+                .map(|l| (l.line() as u32, l.column() as u32))
+                .unwrap_or((0, 0));
             fail(line, col, first_line(&e.to_string()))
         })?;
         let mut errors = Vec::new();
@@ -60,11 +66,16 @@ impl Config {
                 }
             }
         };
-        let state_database = raw.state_database.as_deref().and_then(|s| dsn("state_database", s));
+        let state_database = raw
+            .state_database
+            .as_deref()
+            .and_then(|s| dsn("state_database", s));
         let targets = raw
             .targets
             .iter()
-            .filter_map(|(name, t)| dsn(&format!("targets.{name}.dsn"), &t.dsn).map(|d| (name.clone(), d)))
+            .filter_map(|(name, t)| {
+                dsn(&format!("targets.{name}.dsn"), &t.dsn).map(|d| (name.clone(), d))
+            })
             .collect();
         let backup_dir = match raw.backup_dir.as_deref().map(expand_env).transpose() {
             Ok(d) => d.map(PathBuf::from),
@@ -77,7 +88,13 @@ impl Config {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
-        Ok(Config { path: path.to_path_buf(), listen: raw.listen, state_database, backup_dir, targets })
+        Ok(Config {
+            path: path.to_path_buf(),
+            listen: raw.listen,
+            state_database,
+            backup_dir,
+            targets,
+        })
     }
 }
 
@@ -96,9 +113,12 @@ pub fn expand_env(s: &str) -> Result<String, String> {
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
             let name = &body[..end];
-            let value = std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+            let value = std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?;
             out.push_str(&value);
             rest = &body[end + 1..];
         } else {
@@ -118,8 +138,18 @@ mod tests {
     fn expands_set_variables_and_refuses_unset_ones() {
         // SAFETY: tests in this module are the only users of this variable name.
         unsafe { std::env::set_var("PGSHEPHERD_TEST_PW", "s3cret") };
-        assert_eq!(expand_env("postgres://u:${PGSHEPHERD_TEST_PW}@h/db").unwrap(), "postgres://u:s3cret@h/db");
-        assert_eq!(expand_env("cost $$5 and $HOME").unwrap(), "cost $5 and $HOME");
-        assert!(expand_env("${PGSHEPHERD_NOT_SET_ANYWHERE}").unwrap_err().contains("PGSHEPHERD_NOT_SET_ANYWHERE"));
+        assert_eq!(
+            expand_env("postgres://u:${PGSHEPHERD_TEST_PW}@h/db").unwrap(),
+            "postgres://u:s3cret@h/db"
+        );
+        assert_eq!(
+            expand_env("cost $$5 and $HOME").unwrap(),
+            "cost $5 and $HOME"
+        );
+        assert!(
+            expand_env("${PGSHEPHERD_NOT_SET_ANYWHERE}")
+                .unwrap_err()
+                .contains("PGSHEPHERD_NOT_SET_ANYWHERE")
+        );
     }
 }

@@ -11,8 +11,11 @@
 
 pub mod checks;
 pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod migrations;
 pub mod pg;
 pub mod plan;
+pub mod run;
 pub mod steps;
 pub mod window;

@@ -1,3 +1,4 @@
 //! Command implementations behind the thin binary.
 
 pub mod check;
+pub mod run;

@@ -67,7 +67,11 @@ pub struct ScriptError {
 }
 
 fn cleanup_note(cleaned: &[String]) -> String {
-    if cleaned.is_empty() { String::new() } else { format!(" (dropped INVALID index {})", cleaned.join(", ")) }
+    if cleaned.is_empty() {
+        String::new()
+    } else {
+        format!(" (dropped INVALID index {})", cleaned.join(", "))
+    }
 }
 
 impl ScriptError {
@@ -90,8 +94,15 @@ impl ScriptError {
 
 /// What to do with the history row, inside the script's transaction when there is one.
 enum History<'a> {
-    Record { set: &'a str, migration: &'a Migration, run_id: &'a str },
-    Remove { set: &'a str, version: i64 },
+    Record {
+        set: &'a str,
+        migration: &'a Migration,
+        run_id: &'a str,
+    },
+    Remove {
+        set: &'a str,
+        version: i64,
+    },
 }
 
 /// Apply `m`'s up script and record it in the history.
@@ -104,18 +115,23 @@ pub async fn apply_up(
     on_retry: &mut (dyn FnMut(&Retry) + Send),
 ) -> Result<ScriptReport, ScriptError> {
     let client = lock.client();
-    client.batch_execute(history::CREATE).await.map_err(|e| ScriptError::new(&m.up, &e, 0))?;
-    let history = History::Record { set, migration: m, run_id };
+    let history = History::Record {
+        set,
+        migration: m,
+        run_id,
+    };
     if m.up.transactional {
         run_transactional(client, &m.up, limits, history, on_retry).await
     } else {
-        history::record_started(client, set, m, run_id).await.map_err(|e| ScriptError::new(&m.up, &e, 0))?;
+        history::record_started(client, set, m, run_id)
+            .await
+            .map_err(|e| ScriptError::new(&m.up, &e, 0))?;
         let result = run_statements(client, &m.up, limits, history, on_retry).await;
-        if let Err(err) = &result {
-            if err.left_nothing() {
-                // Nothing ran, so the intent row would only make the next run refuse.
-                let _ = history::remove(client, set, m.version).await;
-            }
+        if let Err(err) = &result
+            && err.left_nothing()
+        {
+            // Nothing ran, so the intent row would only make the next run refuse.
+            let _ = history::remove(client, set, m.version).await;
         }
         result
     }
@@ -130,7 +146,10 @@ pub async fn apply_down(
     limits: &Limits,
     on_retry: &mut (dyn FnMut(&Retry) + Send),
 ) -> Result<ScriptReport, ScriptError> {
-    let history = History::Remove { set, version: m.version };
+    let history = History::Remove {
+        set,
+        version: m.version,
+    };
     if down.transactional {
         run_transactional(lock.client(), down, limits, history, on_retry).await
     } else {
@@ -140,17 +159,25 @@ pub async fn apply_down(
 
 /// Run a verify script in a transaction that is always rolled back: it can look,
 /// and fail, but never change anything.
-pub async fn run_verify(lock: &TargetLock, script: &Script, limits: &Limits) -> Result<Duration, ScriptError> {
+pub async fn run_verify(
+    lock: &TargetLock,
+    script: &Script,
+    limits: &Limits,
+) -> Result<Duration, ScriptError> {
     let client = lock.client();
     let started = Instant::now();
     let result = async {
         client.batch_execute("BEGIN").await?;
-        client.batch_execute(&set_timeouts("SET LOCAL", limits)).await?;
+        client
+            .batch_execute(&set_timeouts("SET LOCAL", limits))
+            .await?;
         client.batch_execute(&script.sql).await
     }
     .await;
     let _ = client.batch_execute("ROLLBACK").await;
-    result.map(|_| started.elapsed()).map_err(|e| ScriptError::new(script, &e, 1))
+    result
+        .map(|_| started.elapsed())
+        .map_err(|e| ScriptError::new(script, &e, 1))
 }
 
 fn set_timeouts(verb: &str, limits: &Limits) -> String {
@@ -173,17 +200,16 @@ async fn run_transactional(
     loop {
         attempt += 1;
         let result = async {
-            client.batch_execute("BEGIN").await?;
-            client.batch_execute(&set_timeouts("SET LOCAL", limits)).await?;
-            client.batch_execute(&script.sql).await?;
-            match &history {
-                History::Record { set, migration, run_id } => {
-                    let ms = started.elapsed().as_millis() as i64;
-                    history::record_applied(client, set, migration, run_id, ms).await?
-                }
-                History::Remove { set, version } => history::remove(client, set, *version).await?,
-            }
-            client.batch_execute("COMMIT").await
+            // Two round trips: the script inside its transaction, then the
+            // history row together with the COMMIT.
+            let begin = format!(
+                "BEGIN; {};\n{}",
+                set_timeouts("SET LOCAL", limits),
+                script.sql
+            );
+            client.batch_execute(&begin).await?;
+            let finish = history_sql(&history, started);
+            client.batch_execute(&format!("{finish};\nCOMMIT")).await
         }
         .await;
         match result {
@@ -206,17 +232,27 @@ async fn run_statements(
     on_retry: &mut (dyn FnMut(&Retry) + Send),
 ) -> Result<ScriptReport, ScriptError> {
     let started = Instant::now();
-    let mut attempts = 0;
+    // Attempts of the script as a whole: 1 plus every retry of any statement.
+    let mut attempts = 1;
     let mut cleaned = Vec::new();
-    client.batch_execute(&set_timeouts("SET", limits)).await.map_err(|e| ScriptError::new(script, &e, 0))?;
-    let invalid_before = invalid_indexes(client).await.map_err(|e| ScriptError::new(script, &e, 0))?;
+    client
+        .batch_execute(&set_timeouts("SET", limits))
+        .await
+        .map_err(|e| ScriptError::new(script, &e, 0))?;
+    let invalid_before = invalid_indexes(client)
+        .await
+        .map_err(|e| ScriptError::new(script, &e, 0))?;
     let result = async {
         for (done, statement) in statements(&script.sql).iter().enumerate() {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                attempts += 1;
-                let Err(e) = client.batch_execute(statement).await else { break };
+                if attempt > 1 {
+                    attempts += 1;
+                }
+                let Err(e) = client.batch_execute(statement).await else {
+                    break;
+                };
                 cleaned.extend(drop_new_invalid_indexes(client, &invalid_before).await);
                 if !should_retry(&e, attempt, &limits.lock, on_retry).await {
                     let mut err = ScriptError::new(script, &e, attempts);
@@ -226,21 +262,36 @@ async fn run_statements(
                 }
             }
         }
-        let outcome = match &history {
-            History::Record { set, migration, run_id } => {
-                history::record_applied(client, set, migration, run_id, started.elapsed().as_millis() as i64).await
-            }
-            History::Remove { set, version } => history::remove(client, set, *version).await,
-        };
-        outcome.map_err(|e| {
-            let mut err = ScriptError::new(script, &e, attempts);
-            err.statements_done = usize::MAX;
-            err
-        })
+        client
+            .batch_execute(&history_sql(&history, started))
+            .await
+            .map_err(|e| {
+                let mut err = ScriptError::new(script, &e, attempts);
+                err.statements_done = usize::MAX;
+                err
+            })
     }
     .await;
-    let _ = client.batch_execute("RESET lock_timeout; RESET statement_timeout").await;
+    let _ = client
+        .batch_execute("RESET lock_timeout; RESET statement_timeout")
+        .await;
     result.map(|()| report(script, started, attempts, cleaned))
+}
+
+fn history_sql(history: &History<'_>, started: Instant) -> String {
+    match history {
+        History::Record {
+            set,
+            migration,
+            run_id,
+        } => history::record_applied_sql(
+            set,
+            migration,
+            run_id,
+            started.elapsed().as_millis() as i64,
+        ),
+        History::Remove { set, version } => history::remove_sql(set, *version),
+    }
 }
 
 fn report(script: &Script, started: Instant, attempts: u32, cleaned: Vec<String>) -> ScriptReport {
@@ -267,7 +318,12 @@ async fn should_retry(
         return false;
     }
     let wait = backoff(lock, attempt);
-    on_retry(&Retry { attempt, of: lock.retries + 1, wait_ms: wait.as_millis() as u64, error: server_message(e) });
+    on_retry(&Retry {
+        attempt,
+        of: lock.retries + 1,
+        wait_ms: wait.as_millis() as u64,
+        error: server_message(e),
+    });
     tokio::time::sleep(wait).await;
     true
 }
@@ -275,7 +331,9 @@ async fn should_retry(
 /// Exponential backoff from `lock.backoff`, capped at `lock.max_backoff`, with
 /// ±25% jitter so that several waiting runs do not retry in lockstep.
 pub fn backoff(lock: &LockSettings, attempt: u32) -> Duration {
-    let exp = lock.backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let exp = lock
+        .backoff
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let capped = exp.min(lock.max_backoff);
     let jitter = 0.75 + 0.5 * unit_random();
     capped.mul_f64(jitter)
@@ -302,10 +360,16 @@ async fn invalid_indexes(client: &Client) -> Result<Vec<String>, tokio_postgres:
 
 /// Drop INVALID indexes that were not there before the script started.
 async fn drop_new_invalid_indexes(client: &Client, before: &[String]) -> Vec<String> {
-    let Ok(now) = invalid_indexes(client).await else { return Vec::new() };
+    let Ok(now) = invalid_indexes(client).await else {
+        return Vec::new();
+    };
     let mut dropped = Vec::new();
     for name in now.into_iter().filter(|n| !before.contains(n)) {
-        if client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}")).await.is_ok() {
+        if client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+            .await
+            .is_ok()
+        {
             dropped.push(name);
         }
     }
@@ -330,7 +394,10 @@ mod tests {
     fn backoff_doubles_with_jitter_and_is_capped() {
         for (attempt, base) in [(1, 100.0), (2, 200.0), (3, 400.0), (4, 500.0), (9, 500.0)] {
             let ms = backoff(&lock(), attempt).as_secs_f64() * 1000.0;
-            assert!(ms >= base * 0.75 - 1.0 && ms <= base * 1.25 + 1.0, "attempt {attempt}: {ms}");
+            assert!(
+                ms >= base * 0.75 - 1.0 && ms <= base * 1.25 + 1.0,
+                "attempt {attempt}: {ms}"
+            );
         }
     }
 }

@@ -43,14 +43,24 @@ pub enum HistoryError {
         "checksum drift: {label} was applied with checksum {applied} but the file now has {current}. \
          Applied migrations must not be edited; restore the file or add a new migration"
     )]
-    Drift { label: String, applied: String, current: String },
-    #[error("the target has V{version} ({name}) applied, which is not in this migration set; refusing to guess")]
+    Drift {
+        label: String,
+        applied: String,
+        current: String,
+    },
+    #[error(
+        "the target has V{version} ({name}) applied, which is not in this migration set; refusing to guess"
+    )]
     Unknown { version: i64, name: String },
     #[error(
         "V{version} ({name}) was started outside a transaction by run {run_id} and never finished. \
          Inspect the target, finish or undo it by hand, then delete its row from pgshepherd.history"
     )]
-    Interrupted { version: i64, name: String, run_id: String },
+    Interrupted {
+        version: i64,
+        name: String,
+        run_id: String,
+    },
     #[error("the history has a hole: V{missing} is not applied but V{later} is")]
     Hole { missing: i64, later: i64 },
 }
@@ -74,7 +84,13 @@ pub async fn read(client: &Client, set: &str) -> Result<Vec<Applied>, tokio_post
         .await?;
     Ok(rows
         .iter()
-        .map(|r| Applied { version: r.get(0), name: r.get(1), checksum: r.get(2), complete: r.get(3), run_id: r.get(4) })
+        .map(|r| Applied {
+            version: r.get(0),
+            name: r.get(1),
+            checksum: r.get(2),
+            complete: r.get(3),
+            run_id: r.get(4),
+        })
         .collect())
 }
 
@@ -93,26 +109,50 @@ pub fn reconcile(set: &MigrationSet, history: &[Applied]) -> Result<Status, Hist
     let mut applied = Vec::new();
     for row in history {
         let Some(m) = set.migrations.iter().find(|m| m.version == row.version) else {
-            return Err(HistoryError::Unknown { version: row.version, name: row.name.clone() });
+            return Err(HistoryError::Unknown {
+                version: row.version,
+                name: row.name.clone(),
+            });
         };
         if !row.complete {
-            return Err(HistoryError::Interrupted { version: row.version, name: row.name.clone(), run_id: row.run_id.clone() });
+            return Err(HistoryError::Interrupted {
+                version: row.version,
+                name: row.name.clone(),
+                run_id: row.run_id.clone(),
+            });
         }
         if row.checksum != m.up.checksum {
-            return Err(HistoryError::Drift { label: m.label(), applied: row.checksum.clone(), current: m.up.checksum.clone() });
+            return Err(HistoryError::Drift {
+                label: m.label(),
+                applied: row.checksum.clone(),
+                current: m.up.checksum.clone(),
+            });
         }
         applied.push(row.version);
     }
-    let pending: Vec<i64> = set.migrations.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect();
-    if let (Some(first_pending), Some(last_applied)) = (pending.first(), applied.last()) {
-        if first_pending < last_applied {
-            return Err(HistoryError::Hole { missing: *first_pending, later: *last_applied });
-        }
+    let pending: Vec<i64> = set
+        .migrations
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect();
+    if let (Some(first_pending), Some(last_applied)) = (pending.first(), applied.last())
+        && first_pending < last_applied
+    {
+        return Err(HistoryError::Hole {
+            missing: *first_pending,
+            later: *last_applied,
+        });
     }
     Ok(Status { applied, pending })
 }
 
-pub(crate) async fn record_started(client: &Client, set: &str, m: &Migration, run_id: &str) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn record_started(
+    client: &Client,
+    set: &str,
+    m: &Migration,
+    run_id: &str,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO pgshepherd.history (migration_set, version, name, checksum, state, transactional, run_id)
@@ -123,28 +163,57 @@ pub(crate) async fn record_started(client: &Client, set: &str, m: &Migration, ru
         .map(|_| ())
 }
 
-pub(crate) async fn record_applied(
-    client: &impl tokio_postgres::GenericClient,
+/// The statement recording `m` as applied, as text so that it travels in the same
+/// round trip as the migration's COMMIT. Every value is quoted as a literal.
+pub(crate) fn record_applied_sql(
     set: &str,
     m: &Migration,
     run_id: &str,
     duration_ms: i64,
-) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "INSERT INTO pgshepherd.history (migration_set, version, name, checksum, state, transactional, run_id, duration_ms)
-             VALUES ($1, $2, $3, $4, 'applied', $5, $6, $7)
-             ON CONFLICT (migration_set, version)
-             DO UPDATE SET state = 'applied', duration_ms = EXCLUDED.duration_ms, applied_at = now()",
-            &[&set, &m.version, &m.name, &m.up.checksum, &m.up.transactional, &run_id, &duration_ms],
-        )
-        .await
-        .map(|_| ())
+) -> String {
+    format!(
+        "INSERT INTO pgshepherd.history \
+         (migration_set, version, name, checksum, state, transactional, run_id, duration_ms) \
+         VALUES ({}, {}, {}, {}, 'applied', {}, {}, {duration_ms}) \
+         ON CONFLICT (migration_set, version) \
+         DO UPDATE SET state = 'applied', duration_ms = EXCLUDED.duration_ms, applied_at = now()",
+        literal(set),
+        m.version,
+        literal(&m.name),
+        literal(&m.up.checksum),
+        m.up.transactional,
+        literal(run_id),
+    )
 }
 
-pub(crate) async fn remove(client: &impl tokio_postgres::GenericClient, set: &str, version: i64) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute("DELETE FROM pgshepherd.history WHERE migration_set = $1 AND version = $2", &[&set, &version])
-        .await
-        .map(|_| ())
+/// The statement forgetting `version` of `set`.
+pub(crate) fn remove_sql(set: &str, version: i64) -> String {
+    format!(
+        "DELETE FROM pgshepherd.history WHERE migration_set = {} AND version = {version}",
+        literal(set)
+    )
+}
+
+/// A standard SQL string literal (standard_conforming_strings is on since 9.1).
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+pub(crate) async fn remove(
+    client: &Client,
+    set: &str,
+    version: i64,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(&remove_sql(set, version)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal;
+
+    #[test]
+    fn literals_double_their_quotes() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("plain"), "'plain'");
+    }
 }

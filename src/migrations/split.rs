@@ -12,6 +12,14 @@ pub fn statements(sql: &str) -> Vec<String> {
     let mut start = 0;
     let mut i = 0;
     let mut has_code = false;
+    // Marks the first code character of the current statement; leading comments
+    // and whitespace are not part of it.
+    let mark = |has_code: &mut bool, start: &mut usize, at: usize| {
+        if !*has_code {
+            *has_code = true;
+            *start = at;
+        }
+    };
     while i < b.len() {
         match b[i] {
             b'-' if b.get(i + 1) == Some(&b'-') => {
@@ -24,21 +32,24 @@ pub fn statements(sql: &str) -> Vec<String> {
             }
             b'\'' => {
                 // E'...' strings honour backslash escapes; standard strings do not.
-                let escapes = i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
+                let escapes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
+                mark(&mut has_code, &mut start, if escapes { i - 1 } else { i });
                 i = skip_quoted(b, i, b'\'', escapes);
-                has_code = true;
                 continue;
             }
             b'"' => {
+                mark(&mut has_code, &mut start, i);
                 i = skip_quoted(b, i, b'"', false);
-                has_code = true;
                 continue;
             }
             b'$' if i == 0 || !is_ident(b[i - 1]) => {
                 if let Some(end) = dollar_tag_end(b, i) {
+                    mark(&mut has_code, &mut start, i);
                     let tag = &sql[i..end];
-                    i = sql[end..].find(tag).map_or(b.len(), |n| end + n + tag.len());
-                    has_code = true;
+                    i = sql[end..]
+                        .find(tag)
+                        .map_or(b.len(), |n| end + n + tag.len());
                     continue;
                 }
             }
@@ -49,7 +60,7 @@ pub fn statements(sql: &str) -> Vec<String> {
                 start = i + 1;
                 has_code = false;
             }
-            c if !c.is_ascii_whitespace() => has_code = true,
+            c if !c.is_ascii_whitespace() => mark(&mut has_code, &mut start, i),
             _ => {}
         }
         i += 1;
@@ -121,8 +132,12 @@ mod tests {
 
     #[test]
     fn splits_on_top_level_semicolons_only() {
-        let sql = "-- pgshepherd:no-transaction\nCREATE INDEX CONCURRENTLY a ON t (x);\n\nANALYZE t;\n";
-        assert_eq!(statements(sql), vec!["CREATE INDEX CONCURRENTLY a ON t (x)", "ANALYZE t"]);
+        let sql =
+            "-- pgshepherd:no-transaction\nCREATE INDEX CONCURRENTLY a ON t (x);\n\nANALYZE t;\n";
+        assert_eq!(
+            statements(sql),
+            vec!["CREATE INDEX CONCURRENTLY a ON t (x)", "ANALYZE t"]
+        );
     }
 
     #[test]

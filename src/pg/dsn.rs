@@ -26,7 +26,10 @@ impl FromStr for Dsn {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Config::from_str(s)
             .map(|config| Dsn { config })
-            .map_err(|source| DsnError { redacted: redact_text(s), source })
+            .map_err(|source| DsnError {
+                redacted: redact_text(s),
+                source,
+            })
     }
 }
 
@@ -85,7 +88,11 @@ impl Dsn {
 
     /// Connect with an `application_name` (so pgshepherd's own sessions can be told
     /// apart in pg_stat_activity) and extra `-c` options.
-    pub async fn connect(&self, application_name: &str, options: &[(&str, &str)]) -> Result<Client, tokio_postgres::Error> {
+    pub async fn connect(
+        &self,
+        application_name: &str,
+        options: &[(&str, &str)],
+    ) -> Result<Client, tokio_postgres::Error> {
         let mut config = self.config.clone();
         config.application_name(application_name);
         if config.get_connect_timeout().is_none() {
@@ -130,7 +137,13 @@ pub fn redact_text(s: &str) -> String {
         return s.to_string();
     }
     s.split_whitespace()
-        .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***"
+            } else {
+                kv
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -141,16 +154,26 @@ mod tests {
 
     #[test]
     fn display_never_shows_the_password() {
-        let dsn: Dsn = "postgres://app:s3cret@db.example:6432/orders".parse().unwrap();
+        let dsn: Dsn = "postgres://app:s3cret@db.example:6432/orders"
+            .parse()
+            .unwrap();
         assert_eq!(dsn.to_string(), "postgres://app@db.example:6432/orders");
         assert!(!format!("{dsn:?}").contains("s3cret"));
-        let kv: Dsn = "host=localhost user=app password=s3cret dbname=x".parse().unwrap();
+        let kv: Dsn = "host=localhost user=app password=s3cret dbname=x"
+            .parse()
+            .unwrap();
         assert!(!kv.to_string().contains("s3cret"));
     }
 
     #[test]
     fn unparsable_dsn_errors_are_redacted() {
-        assert_eq!(redact_text("postgres://u:pw@h:notaport/db"), "postgres://u:***@h:notaport/db");
-        assert_eq!(redact_text("host=x password=pw port=abc"), "host=x password=*** port=abc");
+        assert_eq!(
+            redact_text("postgres://u:pw@h:notaport/db"),
+            "postgres://u:***@h:notaport/db"
+        );
+        assert_eq!(
+            redact_text("host=x password=pw port=abc"),
+            "host=x password=*** port=abc"
+        );
     }
 }

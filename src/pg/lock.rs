@@ -27,7 +27,11 @@ pub struct Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let app = if self.application_name.is_empty() { "an unnamed session" } else { &self.application_name };
+        let app = if self.application_name.is_empty() {
+            "an unnamed session"
+        } else {
+            &self.application_name
+        };
         write!(f, "{app} (pid {}", self.pid)?;
         if let Some(addr) = &self.client_addr {
             write!(f, " from {addr}")?;
@@ -42,10 +46,17 @@ impl std::fmt::Display for Holder {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("cannot connect to the target {dsn}: {source}")]
-    Connect { dsn: String, source: tokio_postgres::Error },
-    #[error("the target is locked by {holder}; waited {waited:?}. Another pgshepherd run is changing this database: wait for it to finish, or stop it")]
+    Connect {
+        dsn: String,
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "the target is locked by {holder}; waited {waited:?}. Another pgshepherd run is changing this database: wait for it to finish, or stop it"
+    )]
     Busy { holder: Holder, waited: Duration },
-    #[error("the target is locked by another session (it left before it could be identified); waited {waited:?}")]
+    #[error(
+        "the target is locked by another session (it left before it could be identified); waited {waited:?}"
+    )]
     BusyUnknown { waited: Duration },
     #[error("while taking the advisory lock: {0}")]
     Query(#[from] tokio_postgres::Error),
@@ -68,24 +79,31 @@ impl TargetLock {
         timeout: Duration,
         mut on_busy: impl FnMut(&Holder),
     ) -> Result<TargetLock, LockError> {
-        let client = dsn
-            .connect(application_name, &[])
-            .await
-            .map_err(|source| LockError::Connect { dsn: dsn.to_string(), source })?;
-        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        let client =
+            dsn.connect(application_name, &[])
+                .await
+                .map_err(|source| LockError::Connect {
+                    dsn: dsn.to_string(),
+                    source,
+                })?;
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
         let started = Instant::now();
         let mut told = false;
         loop {
-            let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]).await?.get(0);
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+                .await?
+                .get(0);
             if got {
                 return Ok(TargetLock { client, pid });
             }
             let holder = holder(&client).await?;
-            if !told {
-                if let Some(h) = &holder {
-                    on_busy(h);
-                    told = true;
-                }
+            if !told && let Some(h) = &holder {
+                on_busy(h);
+                told = true;
             }
             if started.elapsed() >= timeout {
                 let waited = started.elapsed();
@@ -109,7 +127,10 @@ impl TargetLock {
     }
 
     pub async fn release(self) -> Result<(), tokio_postgres::Error> {
-        self.client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await.map(|_| ())
+        self.client
+            .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+            .await
+            .map(|_| ())
     }
 }
 
@@ -123,10 +144,15 @@ pub async fn holder(client: &Client) -> Result<Option<Holder>, tokio_postgres::E
                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
               WHERE l.locktype = 'advisory' AND l.granted
                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid AND l.objsubid = 1
+                AND l.classid = ($1::bigint >> 32)::oid AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1
               LIMIT 1",
             &[&LOCK_KEY],
         )
         .await?;
-    Ok(row.map(|r| Holder { pid: r.get(0), application_name: r.get(1), client_addr: r.get(2), since: r.get(3) }))
+    Ok(row.map(|r| Holder {
+        pid: r.get(0),
+        application_name: r.get(1),
+        client_addr: r.get(2),
+        since: r.get(3),
+    }))
 }

@@ -29,9 +29,16 @@ pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i6
             })
         })
         .collect();
-    let missing_down: Vec<String> = pending.iter().filter(|m| m.down.is_none()).map(|m| m.label()).collect();
+    let missing_down: Vec<String> = pending
+        .iter()
+        .filter(|m| m.down.is_none())
+        .map(|m| m.label())
+        .collect();
     let mut monitor = Monitor::new(&plan.soak.checks, ctx.dsn);
-    let baseline_error = monitor.measure_baseline(ctx, plan.soak.baseline_samples, plan.soak.interval).await.err();
+    let baseline_error = monitor
+        .measure_baseline(ctx, plan.soak.baseline_samples, plan.soak.interval)
+        .await
+        .err();
     let checks: Vec<Value> = monitor
         .check_plans()
         .into_iter()
@@ -52,8 +59,15 @@ pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i6
         ctx.events.progress(&format!(
             "  would apply {}{}{}:\n{}",
             m.label(),
-            if m.up.transactional { "" } else { " (no transaction)" },
-            m.down.as_ref().map(|d| format!(", undone by {}", d.file)).unwrap_or_else(|| ", NO down script".into()),
+            if m.up.transactional {
+                ""
+            } else {
+                " (no transaction)"
+            },
+            m.down
+                .as_ref()
+                .map(|d| format!(", undone by {}", d.file))
+                .unwrap_or_else(|| ", NO down script".into()),
             indent(&m.up.sql)
         ));
     }
@@ -80,5 +94,8 @@ pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i6
 }
 
 fn indent(sql: &str) -> String {
-    sql.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n")
+    sql.lines()
+        .map(|l| format!("      {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

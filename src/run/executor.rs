@@ -11,8 +11,8 @@ use std::time::Instant;
 use chrono::{SecondsFormat, Utc};
 use tokio::sync::watch;
 
-use crate::migrations::history::{self, HistoryError};
 use crate::migrations::Migration;
+use crate::migrations::history::{self, HistoryError};
 use crate::pg::cluster::PgBinaries;
 use crate::pg::{Dsn, TargetLock};
 use crate::plan::{Plan, RollbackStrategy};
@@ -20,11 +20,11 @@ use crate::run::dry_run;
 use crate::run::event::{EventKind, Outcome, Step};
 use crate::run::journal::Emitter;
 use crate::run::state::RunState;
+use crate::steps::StepContext;
 use crate::steps::backup::{self, Backup};
 use crate::steps::migrate::{self, MigrateEnd};
 use crate::steps::rollback;
 use crate::steps::soak::{Monitor, SoakEnd};
-use crate::steps::StepContext;
 
 /// Choices made on the command line rather than in the plan.
 #[derive(Debug, Clone)]
@@ -73,7 +73,14 @@ impl<'a> Runner<'a> {
             events,
             abort,
         };
-        Runner { ctx, opts, state: RunState::Created, starting: Vec::new(), applied_by_run: Vec::new(), backup: None }
+        Runner {
+            ctx,
+            opts,
+            state: RunState::Created,
+            starting: Vec::new(),
+            applied_by_run: Vec::new(),
+            backup: None,
+        }
     }
 
     /// The single way the run changes state: legal transitions only, persisted
@@ -91,8 +98,16 @@ impl<'a> Runner<'a> {
         self.finish_with_code(outcome, reason, outcome.exit_code())
     }
 
-    fn finish_with_code(&mut self, outcome: Outcome, reason: Option<String>, exit_code: i32) -> Finished {
-        let next = RunState::Finished { outcome, reason: reason.clone() };
+    fn finish_with_code(
+        &mut self,
+        outcome: Outcome,
+        reason: Option<String>,
+        exit_code: i32,
+    ) -> Finished {
+        let next = RunState::Finished {
+            outcome,
+            reason: reason.clone(),
+        };
         if self.state.advance(next.clone()).is_err() {
             self.state = next;
         }
@@ -109,7 +124,11 @@ impl<'a> Runner<'a> {
                 journal: ev.journal_path(),
             },
         );
-        Finished { outcome, reason, exit_code }
+        Finished {
+            outcome,
+            reason,
+            exit_code,
+        }
     }
 
     pub async fn run(mut self) -> Finished {
@@ -118,7 +137,11 @@ impl<'a> Runner<'a> {
         let client = match self.ctx.dsn.connect("pgshepherd preflight", &[]).await {
             Ok(c) => c,
             Err(e) => {
-                let reason = format!("cannot connect to {}: {}", self.ctx.dsn, crate::pg::server_message(&e));
+                let reason = format!(
+                    "cannot connect to {}: {}",
+                    self.ctx.dsn,
+                    crate::pg::server_message(&e)
+                );
                 return self.finish_with_code(Outcome::Stopped, Some(reason), 1);
             }
         };
@@ -129,13 +152,19 @@ impl<'a> Runner<'a> {
         drop(client);
         let status = match status {
             Ok(s) => s,
-            Err(e @ HistoryError::Query(_)) => return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 1),
+            Err(e @ HistoryError::Query(_)) => {
+                return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 1);
+            }
             // Drifted or dirty history is a problem with the input: nothing ran.
             Err(e) => return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 2),
         };
         self.starting = status.applied.clone();
-        let pending: Vec<&Migration> =
-            plan.migrations.migrations.iter().filter(|m| status.pending.contains(&m.version)).collect();
+        let pending: Vec<&Migration> = plan
+            .migrations
+            .migrations
+            .iter()
+            .filter(|m| status.pending.contains(&m.version))
+            .collect();
         self.ctx.events.emit(
             Some(Step::Preflight),
             EventKind::RunStarted {
@@ -153,14 +182,26 @@ impl<'a> Runner<'a> {
         );
         if self.opts.dry_run {
             let report = dry_run::report(&self.ctx, &pending, &status.applied).await;
-            self.ctx.events.emit(Some(Step::Preflight), EventKind::DryRun { report });
-            return self.finish(Outcome::Succeeded, Some("dry run: nothing was changed".into()));
+            self.ctx
+                .events
+                .emit(Some(Step::Preflight), EventKind::DryRun { report });
+            return self.finish(
+                Outcome::Succeeded,
+                Some("dry run: nothing was changed".into()),
+            );
         }
         if pending.is_empty() {
             self.advance(RunState::Locking);
             self.advance(RunState::MeasuringBaseline);
-            let at = status.applied.last().map(|v| format!("V{v}")).unwrap_or_else(|| "no version".into());
-            return self.finish(Outcome::Succeeded, Some(format!("nothing to apply: the target is already at {at}")));
+            let at = status
+                .applied
+                .last()
+                .map(|v| format!("V{v}"))
+                .unwrap_or_else(|| "no version".into());
+            return self.finish(
+                Outcome::Succeeded,
+                Some(format!("nothing to apply: the target is already at {at}")),
+            );
         }
 
         // Window: the migration may only start inside it.
@@ -178,13 +219,21 @@ impl<'a> Runner<'a> {
                         opens_at: opens.to_rfc3339_opts(SecondsFormat::Secs, false),
                     },
                 );
-                let wait = (opens.with_timezone(&Utc) - Utc::now()).to_std().unwrap_or_default();
+                let wait = (opens.with_timezone(&Utc) - Utc::now())
+                    .to_std()
+                    .unwrap_or_default();
                 if !self.ctx.sleep(wait).await {
-                    return self.finish(Outcome::Stopped, Some("aborted while waiting for the window".into()));
+                    return self.finish(
+                        Outcome::Stopped,
+                        Some("aborted while waiting for the window".into()),
+                    );
                 }
             }
-            let closes = window.current(Utc::now()).map(|(_, c)| c.to_rfc3339_opts(SecondsFormat::Secs, true));
-            self.ctx.emit(Step::Window, EventKind::WindowOpen { closes_at: closes });
+            let closes = window
+                .current(Utc::now())
+                .map(|(_, c)| c.to_rfc3339_opts(SecondsFormat::Secs, true));
+            self.ctx
+                .emit(Step::Window, EventKind::WindowOpen { closes_at: closes });
         }
 
         // Lock: from here on, only this run changes the target.
@@ -194,19 +243,38 @@ impl<'a> Runner<'a> {
             self.ctx.dsn,
             &format!("pgshepherd run {}", self.ctx.run_id),
             plan.lock.acquire_timeout,
-            |holder| self.ctx.emit(Step::Lock, EventKind::LockBusy { holder: holder.clone() }),
+            |holder| {
+                self.ctx.emit(
+                    Step::Lock,
+                    EventKind::LockBusy {
+                        holder: holder.clone(),
+                    },
+                )
+            },
         )
         .await
         {
             Ok(lock) => lock,
             Err(e) => return self.finish(Outcome::Stopped, Some(e.to_string())),
         };
-        self.ctx.emit(Step::Lock, EventKind::LockAcquired { waited_ms: started.elapsed().as_millis() as u64 });
+        self.ctx.emit(
+            Step::Lock,
+            EventKind::LockAcquired {
+                waited_ms: started.elapsed().as_millis() as u64,
+            },
+        );
         // Someone may have migrated between preflight and the lock: look again.
-        match history::read(lock.client(), &plan.migrations.name).await.map_err(HistoryError::Query).and_then(|rows| history::reconcile(&plan.migrations, &rows)) {
+        match history::read(lock.client(), &plan.migrations.name)
+            .await
+            .map_err(HistoryError::Query)
+            .and_then(|rows| history::reconcile(&plan.migrations, &rows))
+        {
             Ok(s) if s.applied == self.starting => {}
             Ok(s) => {
-                let reason = format!("the target changed while waiting for the lock (now at {:?}); run again", s.applied);
+                let reason = format!(
+                    "the target changed while waiting for the lock (now at {:?}); run again",
+                    s.applied
+                );
                 return self.finish(Outcome::Stopped, Some(reason));
             }
             Err(e) => return self.finish(Outcome::Stopped, Some(e.to_string())),
@@ -215,7 +283,10 @@ impl<'a> Runner<'a> {
         // Baseline, before anything (including the backup's load) disturbs it.
         self.advance(RunState::MeasuringBaseline);
         let mut monitor = Monitor::new(&plan.soak.checks, self.ctx.dsn);
-        if let Err(reason) = monitor.measure_baseline(&self.ctx, plan.soak.baseline_samples, plan.soak.interval).await {
+        if let Err(reason) = monitor
+            .measure_baseline(&self.ctx, plan.soak.baseline_samples, plan.soak.interval)
+            .await
+        {
             return self.finish(Outcome::Stopped, Some(format!("baseline: {reason}")));
         }
 
@@ -225,7 +296,12 @@ impl<'a> Runner<'a> {
             match self.take_backup().await {
                 Ok(b) => self.backup = Some(b),
                 Err(reason) => {
-                    self.ctx.emit(Step::Backup, EventKind::BackupFailed { reason: reason.clone() });
+                    self.ctx.emit(
+                        Step::Backup,
+                        EventKind::BackupFailed {
+                            reason: reason.clone(),
+                        },
+                    );
                     return self.finish(Outcome::Stopped, Some(format!("backup: {reason}")));
                 }
             }
@@ -233,16 +309,24 @@ impl<'a> Runner<'a> {
         if self.ctx.aborted() {
             return self.finish(Outcome::Stopped, Some("aborted before migrating".into()));
         }
-        if let Some(window) = plan.window.as_ref().filter(|_| !self.opts.now) {
-            if window.current(Utc::now()).is_none() {
-                return self.finish(Outcome::Stopped, Some("the window closed before the migration could start".into()));
-            }
+        if let Some(window) = plan.window.as_ref().filter(|_| !self.opts.now)
+            && window.current(Utc::now()).is_none()
+        {
+            return self.finish(
+                Outcome::Stopped,
+                Some("the window closed before the migration could start".into()),
+            );
         }
 
         // Migrate.
-        self.advance(RunState::Migrating { applied: Vec::new() });
+        self.advance(RunState::Migrating {
+            applied: Vec::new(),
+        });
         let mut states = Vec::new();
-        let end = migrate::migrate(&self.ctx, &lock, &pending, &mut |applied| states.push(applied.to_vec())).await;
+        let end = migrate::migrate(&self.ctx, &lock, &pending, &mut |applied| {
+            states.push(applied.to_vec())
+        })
+        .await;
         for applied in states {
             self.advance(RunState::Migrating { applied });
         }
@@ -255,12 +339,16 @@ impl<'a> Runner<'a> {
                         drop(lock);
                         return self.finish(Outcome::Succeeded, None);
                     }
-                    Err(SoakFailure::Hold(reason)) => return self.finish(Outcome::NeedsHuman, Some(reason)),
+                    Err(SoakFailure::Hold(reason)) => {
+                        return self.finish(Outcome::NeedsHuman, Some(reason));
+                    }
                     Err(SoakFailure::Failed(cause)) => (self.applied_by_run.clone(), cause),
                 }
             }
             MigrateEnd::Failed { undo, cause } => (undo, cause),
-            MigrateEnd::Aborted { undo } => (undo, "aborted by the operator during the migration".into()),
+            MigrateEnd::Aborted { undo } => {
+                (undo, "aborted by the operator during the migration".into())
+            }
         };
         self.applied_by_run = undo.clone();
         self.rollback(&lock, &mut monitor, undo, cause).await
@@ -269,7 +357,9 @@ impl<'a> Runner<'a> {
     async fn take_backup(&mut self) -> Result<Backup, String> {
         let plan = self.ctx.plan;
         let Some(bins) = self.ctx.bins else {
-            return Err("pg_dump and pg_restore were not found; install the PostgreSQL client tools".into());
+            return Err(
+                "pg_dump and pg_restore were not found; install the PostgreSQL client tools".into(),
+            );
         };
         self.ctx.emit(
             Step::Backup,
@@ -311,7 +401,9 @@ impl<'a> Runner<'a> {
             },
         );
         let verify_started = Instant::now();
-        let verified = backup::verify(bins, &backup, &plan.backup.expect_tables).await.map_err(|e| e.to_string())?;
+        let verified = backup::verify(bins, &backup, &plan.backup.expect_tables)
+            .await
+            .map_err(|e| e.to_string())?;
         self.ctx.emit(
             Step::Backup,
             EventKind::BackupVerified {
@@ -325,10 +417,15 @@ impl<'a> Runner<'a> {
         match backup::prune(&self.ctx.backup_dir, &self.opts.target, plan.backup.keep) {
             Ok(removed) if !removed.is_empty() => self.ctx.emit(
                 Step::Backup,
-                EventKind::BackupPruned { removed: removed.iter().map(|p| p.display().to_string()).collect() },
+                EventKind::BackupPruned {
+                    removed: removed.iter().map(|p| p.display().to_string()).collect(),
+                },
             ),
             Ok(_) => {}
-            Err(e) => self.ctx.events.progress(&format!("  warning: pruning old backups failed: {e}")),
+            Err(e) => self
+                .ctx
+                .events
+                .progress(&format!("  warning: pruning old backups failed: {e}")),
         }
         Ok(backup)
     }
@@ -343,81 +440,167 @@ impl<'a> Runner<'a> {
                 checks: monitor.check_plans(),
             },
         );
-        let result = monitor.watch(&self.ctx, Step::Soak, plan.soak.duration, plan.soak.interval, None).await;
+        let result = monitor
+            .watch(
+                &self.ctx,
+                Step::Soak,
+                plan.soak.duration,
+                plan.soak.interval,
+                None,
+            )
+            .await;
         let (passed, failure) = match &result.end {
             SoakEnd::Passed => (true, None),
-            SoakEnd::Verdict(v @ crate::checks::verdict::Verdict::Hold { .. }) => (false, Some(SoakFailure::Hold(v.message()))),
+            SoakEnd::Verdict(v @ crate::checks::verdict::Verdict::Hold { .. }) => {
+                (false, Some(SoakFailure::Hold(v.message())))
+            }
             SoakEnd::Verdict(v) => (false, Some(SoakFailure::Failed(v.message()))),
-            SoakEnd::Aborted => (false, Some(SoakFailure::Failed("the soak was cut short by the operator".into()))),
+            SoakEnd::Aborted => (
+                false,
+                Some(SoakFailure::Failed(
+                    "the soak was cut short by the operator".into(),
+                )),
+            ),
         };
         let reason = failure.as_ref().map(|f| match f {
             SoakFailure::Hold(r) | SoakFailure::Failed(r) => r.clone(),
         });
         self.ctx.emit(
             Step::Soak,
-            EventKind::SoakFinished { passed, reason, elapsed_s: result.elapsed.as_secs_f64(), tallies: result.tallies },
+            EventKind::SoakFinished {
+                passed,
+                reason,
+                elapsed_s: result.elapsed.as_secs_f64(),
+                tallies: result.tallies,
+            },
         );
         failure.map_or(Ok(()), Err)
     }
 
-    async fn rollback(&mut self, lock: &TargetLock, monitor: &mut Monitor, undo: Vec<i64>, cause: String) -> Finished {
+    async fn rollback(
+        &mut self,
+        lock: &TargetLock,
+        monitor: &mut Monitor,
+        undo: Vec<i64>,
+        cause: String,
+    ) -> Finished {
         let plan = self.ctx.plan;
         let strategy = plan.rollback.strategy;
-        self.advance(RunState::RollingBack { applied: undo.clone(), cause: cause.clone() });
+        self.advance(RunState::RollingBack {
+            applied: undo.clone(),
+            cause: cause.clone(),
+        });
         if strategy == RollbackStrategy::Hold {
-            return self.finish(Outcome::NeedsHuman, Some(format!("{cause}; the plan says hold, so nothing was undone")));
+            return self.finish(
+                Outcome::NeedsHuman,
+                Some(format!(
+                    "{cause}; the plan says hold, so nothing was undone"
+                )),
+            );
         }
         if undo.is_empty() {
             // The failed migration rolled back on its own; nothing of this run is left.
             return self.confirm(lock, monitor, cause).await;
         }
-        self.ctx.emit(Step::Rollback, EventKind::RollbackStarted { strategy, cause: cause.clone(), undo: undo.clone() });
+        self.ctx.emit(
+            Step::Rollback,
+            EventKind::RollbackStarted {
+                strategy,
+                cause: cause.clone(),
+                undo: undo.clone(),
+            },
+        );
         let mut states = Vec::new();
         let result =
-            rollback::roll_back(&self.ctx, lock, &undo, self.backup.as_ref(), &mut |left| states.push(left.to_vec())).await;
+            rollback::roll_back(&self.ctx, lock, &undo, self.backup.as_ref(), &mut |left| {
+                states.push(left.to_vec())
+            })
+            .await;
         for left in states {
-            self.advance(RunState::RollingBack { applied: left, cause: cause.clone() });
+            self.advance(RunState::RollingBack {
+                applied: left,
+                cause: cause.clone(),
+            });
         }
         if let Err(reason) = result {
-            self.ctx.emit(Step::Rollback, EventKind::RollbackFailed { reason: reason.clone() });
-            return self.finish(Outcome::NeedsHuman, Some(format!("{cause}; rollback failed: {reason}")));
+            self.ctx.emit(
+                Step::Rollback,
+                EventKind::RollbackFailed {
+                    reason: reason.clone(),
+                },
+            );
+            return self.finish(
+                Outcome::NeedsHuman,
+                Some(format!("{cause}; rollback failed: {reason}")),
+            );
         }
         self.confirm(lock, monitor, cause).await
     }
 
     /// Prove the rollback: the target is at its starting version, and the checks are
     /// healthy for the confirmation period.
-    async fn confirm(&mut self, lock: &TargetLock, monitor: &mut Monitor, cause: String) -> Finished {
+    async fn confirm(
+        &mut self,
+        lock: &TargetLock,
+        monitor: &mut Monitor,
+        cause: String,
+    ) -> Finished {
         let plan = self.ctx.plan;
         let now = match rollback::applied_now(&self.ctx, lock).await {
             Ok(v) => v,
-            Err(reason) => return self.finish(Outcome::NeedsHuman, Some(format!("{cause}; {reason}"))),
+            Err(reason) => {
+                return self.finish(Outcome::NeedsHuman, Some(format!("{cause}; {reason}")));
+            }
         };
         let at_start = now == self.starting;
         self.ctx.emit(
             Step::Rollback,
-            EventKind::RollbackFinished { strategy: plan.rollback.strategy, applied: now.clone(), at_starting_version: at_start },
+            EventKind::RollbackFinished {
+                strategy: plan.rollback.strategy,
+                applied: now.clone(),
+                at_starting_version: at_start,
+            },
         );
         if !at_start {
-            let reason = format!("{cause}; after the rollback the target is at {now:?}, not at its starting {:?}", self.starting);
+            let reason = format!(
+                "{cause}; after the rollback the target is at {now:?}, not at its starting {:?}",
+                self.starting
+            );
             return self.finish(Outcome::NeedsHuman, Some(reason));
         }
-        self.advance(RunState::Confirming { cause: cause.clone() });
+        self.advance(RunState::Confirming {
+            cause: cause.clone(),
+        });
         let confirm = plan.rollback.confirm;
         if !confirm.is_zero() {
             let interval = plan.soak.interval.min(confirm);
-            let result = monitor.watch(&self.ctx, Step::Confirm, confirm, interval, Some(1)).await;
+            let result = monitor
+                .watch(
+                    &self.ctx.without_abort(),
+                    Step::Confirm,
+                    confirm,
+                    interval,
+                    Some(1),
+                )
+                .await;
             let unhealthy = match result.end {
                 SoakEnd::Passed => None,
                 SoakEnd::Verdict(v) => Some(v.message()),
-                SoakEnd::Aborted => Some("the confirmation was cut short by the operator".to_string()),
+                SoakEnd::Aborted => {
+                    Some("the confirmation was cut short by the operator".to_string())
+                }
             };
             if let Some(why) = unhealthy {
-                let reason = format!("{cause}; rolled back to the starting version but the confirmation failed: {why}");
+                let reason = format!(
+                    "{cause}; rolled back to the starting version but the confirmation failed: {why}"
+                );
                 return self.finish(Outcome::NeedsHuman, Some(reason));
             }
         }
-        self.finish(Outcome::RolledBack, Some(format!("{cause}; rolled back and confirmed healthy")))
+        self.finish(
+            Outcome::RolledBack,
+            Some(format!("{cause}; rolled back and confirmed healthy")),
+        )
     }
 }
 

@@ -23,7 +23,11 @@ impl Journal {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{run_id}.jsonl"));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(Journal { state_path: dir.join(format!("{run_id}.state.json")), path, file })
+        Ok(Journal {
+            state_path: dir.join(format!("{run_id}.state.json")),
+            path,
+            file,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -63,7 +67,13 @@ pub type Observer = Box<dyn Fn(&Event) + Send + Sync>;
 
 impl Emitter {
     pub fn new(run_id: &str, journal: Option<Journal>, json: bool, human: bool) -> Emitter {
-        Emitter { run_id: run_id.to_string(), journal: journal.map(Mutex::new), json, human, observers: Vec::new() }
+        Emitter {
+            run_id: run_id.to_string(),
+            journal: journal.map(Mutex::new),
+            json,
+            human,
+            observers: Vec::new(),
+        }
     }
 
     pub fn observe(mut self, observer: Observer) -> Emitter {
@@ -76,28 +86,42 @@ impl Emitter {
     }
 
     pub fn journal_path(&self) -> Option<String> {
-        self.journal.as_ref().map(|j| j.lock().unwrap_or_else(|e| e.into_inner()).path().display().to_string())
+        self.journal.as_ref().map(|j| {
+            j.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .path()
+                .display()
+                .to_string()
+        })
     }
 
     pub fn emit(&self, step: Option<Step>, kind: EventKind) {
-        let event = Event { ts: chrono::Utc::now(), run_id: self.run_id.clone(), step, kind };
+        let event = Event {
+            ts: chrono::Utc::now(),
+            run_id: self.run_id.clone(),
+            step,
+            kind,
+        };
         if let Some(j) = &self.journal {
             let mut j = j.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = j.append(&event) {
-                eprintln!("warning: cannot write the run journal {}: {e}", j.path().display());
+                eprintln!(
+                    "warning: cannot write the run journal {}: {e}",
+                    j.path().display()
+                );
             }
         }
-        if self.json {
-            if let Ok(line) = serde_json::to_string(&event) {
-                let mut out = io::stdout().lock();
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
-            }
+        if self.json
+            && let Ok(line) = serde_json::to_string(&event)
+        {
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
         }
-        if self.human {
-            if let Some(text) = render::human(&event) {
-                eprintln!("{text}");
-            }
+        if self.human
+            && let Some(text) = render::human(&event)
+        {
+            eprintln!("{text}");
         }
         for observer in &self.observers {
             observer(&event);
@@ -110,7 +134,10 @@ impl Emitter {
         if let Some(j) = &self.journal {
             let j = j.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = j.save_state(state) {
-                eprintln!("warning: cannot persist the run state next to {}: {e}", j.path().display());
+                eprintln!(
+                    "warning: cannot persist the run state next to {}: {e}",
+                    j.path().display()
+                );
             }
         }
     }

@@ -7,45 +7,106 @@ pub fn human(event: &Event) -> Option<String> {
     use EventKind::*;
     let time = event.ts.format("%H:%M:%S");
     let text = match &event.kind {
-        RunStarted { plan_name, database, pending, applied, rollback_strategy, dry_run, journal, .. } => {
-            let at = applied.last().map(|v| format!("V{v}")).unwrap_or_else(|| "nothing applied".into());
+        RunStarted {
+            plan_name,
+            database,
+            pending,
+            applied,
+            rollback_strategy,
+            dry_run,
+            journal,
+            ..
+        } => {
+            let at = applied
+                .last()
+                .map(|v| format!("V{v}"))
+                .unwrap_or_else(|| "nothing applied".into());
             format!(
                 "run {} {}plan {plan_name} on {database} (at {at}; pending: {}; rollback: {rollback_strategy:?}){}",
                 event.run_id,
                 if *dry_run { "(dry run) " } else { "" },
-                if pending.is_empty() { "none".to_string() } else { pending.join(", ") },
-                journal.as_ref().map(|j| format!("\n         journal: {j}")).unwrap_or_default()
+                if pending.is_empty() {
+                    "none".to_string()
+                } else {
+                    pending.join(", ")
+                },
+                journal
+                    .as_ref()
+                    .map(|j| format!("\n         journal: {j}"))
+                    .unwrap_or_default()
             )
         }
-        WaitingForWindow { cron, timezone, opens_at } => format!("waiting for the window ({cron} {timezone}): opens {opens_at}"),
-        WindowOpen { closes_at } => format!("window open{}", closes_at.as_ref().map(|c| format!(" until {c}")).unwrap_or_default()),
+        WaitingForWindow {
+            cron,
+            timezone,
+            opens_at,
+        } => format!("waiting for the window ({cron} {timezone}): opens {opens_at}"),
+        WindowOpen { closes_at } => format!(
+            "window open{}",
+            closes_at
+                .as_ref()
+                .map(|c| format!(" until {c}"))
+                .unwrap_or_default()
+        ),
         LockBusy { holder } => format!("target locked by {holder}; waiting"),
         LockAcquired { waited_ms } => format!("lock acquired ({waited_ms} ms)"),
-        BaselineMeasured { check, baseline, valid_samples, .. } => format!(
+        BaselineMeasured {
+            check,
+            baseline,
+            valid_samples,
+            ..
+        } => format!(
             "baseline {check} = {} ({valid_samples} valid samples)",
             baseline.map(num).unwrap_or_else(|| "none".into())
         ),
-        BackupStarted { format, compression, directory } => {
+        BackupStarted {
+            format,
+            compression,
+            directory,
+        } => {
             format!("backup started ({format:?}, compression {compression}) into {directory}")
         }
-        BackupWritten { path, size_bytes, sha256, duration_ms } => format!(
+        BackupWritten {
+            path,
+            size_bytes,
+            sha256,
+            duration_ms,
+        } => format!(
             "backup written: {path} ({:.1} MB, sha256 {}…, {:.1}s)",
             *size_bytes as f64 / 1e6,
             &sha256[..sha256.len().min(12)],
             *duration_ms as f64 / 1000.0
         ),
-        BackupVerified { tables, duration_ms, .. } => format!(
+        BackupVerified {
+            tables,
+            duration_ms,
+            ..
+        } => format!(
             "backup verified: checksum, table of contents ({tables} tables) and every data block read back ({:.1}s)",
             *duration_ms as f64 / 1000.0
         ),
         BackupFailed { reason } => format!("BACKUP FAILED: {reason}"),
         BackupPruned { removed } => format!("pruned {} old backup(s)", removed.len()),
-        MigrationStarted { file, transactional, .. } => {
-            format!("applying {file}{}", if *transactional { "" } else { " (no transaction)" })
+        MigrationStarted {
+            file,
+            transactional,
+            ..
+        } => {
+            format!(
+                "applying {file}{}",
+                if *transactional {
+                    ""
+                } else {
+                    " (no transaction)"
+                }
+            )
         }
         MigrationRetry { version, retry } => format!(
             "V{version}: {} — attempt {}/{} in {} ms",
-            retry.error, retry.attempt + 1, retry.of, retry.wait_ms
+            retry.error,
+            retry.attempt + 1,
+            retry.of,
+            retry.wait_ms
         ),
         MigrationApplied { report, .. } => format!(
             "applied {} in {} ms ({} attempt{}){}",
@@ -56,20 +117,38 @@ pub fn human(event: &Event) -> Option<String> {
             if report.cleaned_invalid_indexes.is_empty() {
                 String::new()
             } else {
-                format!("; dropped INVALID {}", report.cleaned_invalid_indexes.join(", "))
+                format!(
+                    "; dropped INVALID {}",
+                    report.cleaned_invalid_indexes.join(", ")
+                )
             }
         ),
         MigrationFailed { error, .. } => format!("MIGRATION FAILED: {error}"),
-        VerifyPassed { file, duration_ms, .. } => format!("verified by {file} ({duration_ms} ms)"),
+        VerifyPassed {
+            file, duration_ms, ..
+        } => format!("verified by {file} ({duration_ms} ms)"),
         VerifyFailed { error, .. } => format!("VERIFY FAILED: {error}"),
-        SoakStarted { duration_s, interval_s, checks } => format!(
+        SoakStarted {
+            duration_s,
+            interval_s,
+            checks,
+        } => format!(
             "soak started: {}s, a sample every {}s of {}",
             duration_s,
             interval_s,
-            checks.iter().map(|c| c.check.as_str()).collect::<Vec<_>>().join(", ")
+            checks
+                .iter()
+                .map(|c| c.check.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         CheckSample { .. } => return None,
-        CheckVerdict { message, source, decision, .. } => format!("VERDICT ({decision}): {message}\n         measured by {source}"),
+        CheckVerdict {
+            message,
+            source,
+            decision,
+            ..
+        } => format!("VERDICT ({decision}): {message}\n         measured by {source}"),
         SoakFinished { passed, reason, .. } => match (passed, reason) {
             (true, _) => "soak passed".into(),
             (false, Some(r)) => format!("soak failed: {r}"),
@@ -77,24 +156,60 @@ pub fn human(event: &Event) -> Option<String> {
         },
         RollbackStarted { strategy, undo, .. } => format!(
             "ROLLING BACK ({strategy:?}): {}",
-            undo.iter().rev().map(|v| format!("V{v}")).collect::<Vec<_>>().join(", ")
+            undo.iter()
+                .rev()
+                .map(|v| format!("V{v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
-        RollbackRetry { version, retry } => format!("undo V{version}: {} — attempt {}/{}", retry.error, retry.attempt + 1, retry.of),
-        RollbackStepDone { report, .. } => format!("undone by {} in {} ms", report.file, report.duration_ms),
-        BackupRestored { path, duration_ms, .. } => format!("restored {path} ({duration_ms} ms)"),
-        RollbackFinished { applied, at_starting_version, .. } => format!(
+        RollbackRetry { version, retry } => format!(
+            "undo V{version}: {} — attempt {}/{}",
+            retry.error,
+            retry.attempt + 1,
+            retry.of
+        ),
+        RollbackStepDone { report, .. } => {
+            format!("undone by {} in {} ms", report.file, report.duration_ms)
+        }
+        BackupRestored {
+            path, duration_ms, ..
+        } => format!("restored {path} ({duration_ms} ms)"),
+        RollbackFinished {
+            applied,
+            at_starting_version,
+            ..
+        } => format!(
             "rollback finished: target at {} ({})",
-            applied.last().map(|v| format!("V{v}")).unwrap_or_else(|| "no version".into()),
-            if *at_starting_version { "its starting version" } else { "NOT its starting version" }
+            applied
+                .last()
+                .map(|v| format!("V{v}"))
+                .unwrap_or_else(|| "no version".into()),
+            if *at_starting_version {
+                "its starting version"
+            } else {
+                "NOT its starting version"
+            }
         ),
         RollbackFailed { reason } => format!("ROLLBACK FAILED: {reason}"),
         DryRun { .. } => return None,
-        RunFinished { outcome, reason, exit_code, journal, .. } => format!(
+        RunFinished {
+            outcome,
+            reason,
+            exit_code,
+            journal,
+            ..
+        } => format!(
             "run {}: {}{} (exit {exit_code}){}",
             event.run_id,
             outcome.as_str(),
-            reason.as_ref().map(|r| format!(" — {r}")).unwrap_or_default(),
-            journal.as_ref().map(|j| format!("\n         journal: {j}")).unwrap_or_default()
+            reason
+                .as_ref()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default(),
+            journal
+                .as_ref()
+                .map(|j| format!("\n         journal: {j}"))
+                .unwrap_or_default()
         ),
     };
     Some(format!("[{time}] {text}"))

@@ -14,11 +14,23 @@ pub enum RunState {
     MeasuringBaseline,
     BackingUp,
     /// `applied`: versions this run has applied so far (what a rollback undoes).
-    Migrating { applied: Vec<i64> },
-    Soaking { applied: Vec<i64> },
-    RollingBack { applied: Vec<i64>, cause: String },
-    Confirming { cause: String },
-    Finished { outcome: Outcome, reason: Option<String> },
+    Migrating {
+        applied: Vec<i64>,
+    },
+    Soaking {
+        applied: Vec<i64>,
+    },
+    RollingBack {
+        applied: Vec<i64>,
+        cause: String,
+    },
+    Confirming {
+        cause: String,
+    },
+    Finished {
+        outcome: Outcome,
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +62,11 @@ impl RunState {
     pub fn before_change(&self) -> bool {
         matches!(
             self,
-            RunState::Created | RunState::WaitingForWindow | RunState::Locking | RunState::MeasuringBaseline | RunState::BackingUp
+            RunState::Created
+                | RunState::WaitingForWindow
+                | RunState::Locking
+                | RunState::MeasuringBaseline
+                | RunState::BackingUp
         )
     }
 
@@ -59,10 +75,34 @@ impl RunState {
         use RunState::*;
         let legal = match (&*self, &next) {
             (Finished { .. }, _) => false,
-            (_, Finished { outcome: Outcome::Stopped, .. }) => self.before_change(),
-            (_, Finished { outcome: Outcome::Succeeded, .. }) => matches!(self, Soaking { .. } | Locking | MeasuringBaseline),
-            (_, Finished { outcome: Outcome::RolledBack, .. }) => matches!(self, Confirming { .. }),
-            (_, Finished { outcome: Outcome::NeedsHuman, .. }) => !self.before_change(),
+            (
+                _,
+                Finished {
+                    outcome: Outcome::Stopped,
+                    ..
+                },
+            ) => self.before_change(),
+            (
+                _,
+                Finished {
+                    outcome: Outcome::Succeeded,
+                    ..
+                },
+            ) => matches!(self, Soaking { .. } | Locking | MeasuringBaseline),
+            (
+                _,
+                Finished {
+                    outcome: Outcome::RolledBack,
+                    ..
+                },
+            ) => matches!(self, Confirming { .. }),
+            (
+                _,
+                Finished {
+                    outcome: Outcome::NeedsHuman,
+                    ..
+                },
+            ) => !self.before_change(),
             (Created, WaitingForWindow | Locking) => true,
             (WaitingForWindow, Locking) => true,
             (Locking, MeasuringBaseline) => true,
@@ -74,7 +114,11 @@ impl RunState {
             _ => false,
         };
         if !legal {
-            return Err(IllegalTransition { from: self.name(), to: next.name(), advice: advice(self) });
+            return Err(IllegalTransition {
+                from: self.name(),
+                to: next.name(),
+                advice: advice(self),
+            });
         }
         *self = next;
         Ok(())
@@ -87,8 +131,12 @@ fn advice(from: &RunState) -> &'static str {
         RunState::RollingBack { .. } | RunState::Confirming { .. } => {
             "a rollback in progress can only finish or be confirmed; wait for it"
         }
-        s if s.before_change() => "nothing has been changed yet; the run can only go forward or stop",
-        _ => "the target has been changed; the run can only soak, roll back or hand over to a human",
+        s if s.before_change() => {
+            "nothing has been changed yet; the run can only go forward or stop"
+        }
+        _ => {
+            "the target has been changed; the run can only soak, roll back or hand over to a human"
+        }
     }
 }
 
@@ -97,7 +145,10 @@ mod tests {
     use super::*;
 
     fn finished(outcome: Outcome) -> RunState {
-        RunState::Finished { outcome, reason: None }
+        RunState::Finished {
+            outcome,
+            reason: None,
+        }
     }
 
     #[test]
@@ -128,16 +179,30 @@ mod tests {
 
     #[test]
     fn rolled_back_needs_a_confirmation_and_finished_is_final() {
-        let mut s = RunState::RollingBack { applied: vec![1], cause: "breach".into() };
+        let mut s = RunState::RollingBack {
+            applied: vec![1],
+            cause: "breach".into(),
+        };
         assert!(s.clone().advance(finished(Outcome::RolledBack)).is_err());
-        s.advance(RunState::Confirming { cause: "breach".into() }).unwrap();
+        s.advance(RunState::Confirming {
+            cause: "breach".into(),
+        })
+        .unwrap();
         s.advance(finished(Outcome::RolledBack)).unwrap();
-        assert!(s.advance(RunState::Locking).unwrap_err().to_string().contains("run is over"));
+        assert!(
+            s.advance(RunState::Locking)
+                .unwrap_err()
+                .to_string()
+                .contains("run is over")
+        );
     }
 
     #[test]
     fn state_round_trips_through_json() {
-        let s = RunState::RollingBack { applied: vec![1, 2], cause: "x".into() };
+        let s = RunState::RollingBack {
+            applied: vec![1, 2],
+            cause: "x".into(),
+        };
         let text = serde_json::to_string(&s).unwrap();
         assert!(text.contains("\"state\":\"rolling_back\""));
         assert_eq!(serde_json::from_str::<RunState>(&text).unwrap(), s);

@@ -23,7 +23,7 @@ pub struct StepContext<'a> {
     pub abort: watch::Receiver<bool>,
 }
 
-impl StepContext<'_> {
+impl<'a> StepContext<'a> {
     pub fn emit(&self, step: Step, kind: EventKind) {
         self.events.emit(Some(step), kind);
     }
@@ -32,15 +32,34 @@ impl StepContext<'_> {
         *self.abort.borrow()
     }
 
+    /// Resolves when the operator asks the run to stop; never, if the signal's
+    /// sender is gone (a dropped sender is not a request).
+    pub async fn abort_requested(&self) {
+        let mut abort = self.abort.clone();
+        if abort.wait_for(|a| *a).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The same context, deaf to stop requests: a rollback and its confirmation
+    /// always run to the end once started.
+    pub fn without_abort(&self) -> StepContext<'a> {
+        StepContext {
+            target: self.target.clone(),
+            backup_dir: self.backup_dir.clone(),
+            abort: watch::channel(false).1,
+            ..*self
+        }
+    }
+
     /// Sleep for `d`, waking early (and returning false) if the run is aborted.
     pub async fn sleep(&self, d: std::time::Duration) -> bool {
-        let mut abort = self.abort.clone();
-        if *abort.borrow() {
+        if self.aborted() {
             return false;
         }
         tokio::select! {
             _ = tokio::time::sleep(d) => true,
-            _ = abort.wait_for(|a| *a) => false,
+            _ = self.abort_requested() => false,
         }
     }
 }

@@ -3,23 +3,34 @@
 
 use crate::migrations::Migration;
 use crate::migrations::apply::{self, Limits};
+use crate::migrations::history;
 use crate::pg::TargetLock;
 use crate::run::event::{EventKind, Step};
 use crate::steps::context::StepContext;
 
 #[derive(Debug, Clone)]
 pub enum MigrateEnd {
-    Done { applied: Vec<i64> },
+    Done {
+        applied: Vec<i64>,
+    },
     /// `undo` lists, in apply order, every version of this run that left something
     /// on the target: the applied ones, a verified-and-failed one, a partly
     /// applied no-transaction one.
-    Failed { undo: Vec<i64>, cause: String },
+    Failed {
+        undo: Vec<i64>,
+        cause: String,
+    },
     /// The operator stopped the run between migrations.
-    Aborted { undo: Vec<i64> },
+    Aborted {
+        undo: Vec<i64>,
+    },
 }
 
 pub fn limits(ctx: &StepContext<'_>) -> Limits {
-    Limits { lock: ctx.plan.lock.clone(), statement_timeout: ctx.plan.statement_timeout }
+    Limits {
+        lock: ctx.plan.lock.clone(),
+        statement_timeout: ctx.plan.statement_timeout,
+    }
 }
 
 /// Apply `pending` in order. `checkpoint` is called with the versions applied so
@@ -34,6 +45,15 @@ pub async fn migrate(
     let set = &ctx.plan.migrations.name;
     let limits = limits(ctx);
     let mut applied: Vec<i64> = Vec::new();
+    if let Err(e) = lock.client().batch_execute(history::CREATE).await {
+        return MigrateEnd::Failed {
+            undo: applied,
+            cause: format!(
+                "cannot create pgshepherd.history: {}",
+                crate::pg::server_message(&e)
+            ),
+        };
+    }
     for m in pending {
         if ctx.aborted() {
             return MigrateEnd::Aborted { undo: applied };
@@ -49,13 +69,25 @@ pub async fn migrate(
             },
         );
         let version = m.version;
-        let mut on_retry = |r: &apply::Retry| ctx.emit(Step::Migrate, EventKind::MigrationRetry { version, retry: r.clone() });
+        let mut on_retry = |r: &apply::Retry| {
+            ctx.emit(
+                Step::Migrate,
+                EventKind::MigrationRetry {
+                    version,
+                    retry: r.clone(),
+                },
+            )
+        };
         match apply::apply_up(lock, set, m, ctx.run_id, &limits, &mut on_retry).await {
             Ok(report) => {
                 applied.push(m.version);
                 ctx.emit(
                     Step::Migrate,
-                    EventKind::MigrationApplied { version, report, down_file: m.down.as_ref().map(|d| d.file.clone()) },
+                    EventKind::MigrationApplied {
+                        version,
+                        report,
+                        down_file: m.down.as_ref().map(|d| d.file.clone()),
+                    },
                 );
             }
             Err(error) => {
@@ -64,19 +96,29 @@ pub async fn migrate(
                     applied.push(m.version);
                 }
                 ctx.emit(Step::Migrate, EventKind::MigrationFailed { version, error });
-                return MigrateEnd::Failed { undo: applied, cause };
+                return MigrateEnd::Failed {
+                    undo: applied,
+                    cause,
+                };
             }
         }
         if let Some(verify) = &m.verify {
             match apply::run_verify(lock, verify, &limits).await {
                 Ok(took) => ctx.emit(
                     Step::Migrate,
-                    EventKind::VerifyPassed { version, file: verify.file.clone(), duration_ms: took.as_millis() as u64 },
+                    EventKind::VerifyPassed {
+                        version,
+                        file: verify.file.clone(),
+                        duration_ms: took.as_millis() as u64,
+                    },
                 ),
                 Err(error) => {
                     let cause = format!("verify script {} failed: {}", verify.file, error.message);
                     ctx.emit(Step::Migrate, EventKind::VerifyFailed { version, error });
-                    return MigrateEnd::Failed { undo: applied, cause };
+                    return MigrateEnd::Failed {
+                        undo: applied,
+                        cause,
+                    };
                 }
             }
         }

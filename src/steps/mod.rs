@@ -1,3 +1,9 @@
 //! The steps of a run: backup, migrate, soak, rollback.
 
 pub mod backup;
+pub mod context;
+pub mod migrate;
+pub mod rollback;
+pub mod soak;
+
+pub use context::StepContext;

@@ -28,7 +28,9 @@ pub async fn roll_back(
                 return Err("the plan restores a backup, but this run took none".into());
             };
             let Some(bins) = ctx.bins else {
-                return Err("pg_restore and psql were not found, so the backup cannot be restored".into());
+                return Err(
+                    "pg_restore and psql were not found, so the backup cannot be restored".into(),
+                );
             };
             checkpoint(undo);
             let started = Instant::now();
@@ -49,7 +51,12 @@ pub async fn roll_back(
     }
 }
 
-async fn down(ctx: &StepContext<'_>, lock: &TargetLock, undo: &[i64], checkpoint: &mut dyn FnMut(&[i64])) -> Result<(), String> {
+async fn down(
+    ctx: &StepContext<'_>,
+    lock: &TargetLock,
+    undo: &[i64],
+    checkpoint: &mut dyn FnMut(&[i64]),
+) -> Result<(), String> {
     let set = &ctx.plan.migrations.name;
     let limits = limits(ctx);
     let mut remaining: Vec<i64> = undo.to_vec();
@@ -65,13 +72,26 @@ async fn down(ctx: &StepContext<'_>, lock: &TargetLock, undo: &[i64], checkpoint
         let Some(down) = &m.down else {
             return Err(format!("{} has no down script; undo it by hand", m.label()));
         };
-        let mut on_retry =
-            |r: &apply::Retry| ctx.emit(Step::Rollback, EventKind::RollbackRetry { version: *version, retry: r.clone() });
+        let mut on_retry = |r: &apply::Retry| {
+            ctx.emit(
+                Step::Rollback,
+                EventKind::RollbackRetry {
+                    version: *version,
+                    retry: r.clone(),
+                },
+            )
+        };
         let report = apply::apply_down(lock, set, m, down, &limits, &mut on_retry)
             .await
             .map_err(|e| format!("down script of {} failed: {e}", m.label()))?;
         remaining.pop();
-        ctx.emit(Step::Rollback, EventKind::RollbackStepDone { version: *version, report });
+        ctx.emit(
+            Step::Rollback,
+            EventKind::RollbackStepDone {
+                version: *version,
+                report,
+            },
+        );
     }
     checkpoint(&remaining);
     Ok(())

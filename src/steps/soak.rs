@@ -48,7 +48,10 @@ impl Monitor {
     }
 
     pub fn baselines(&self) -> impl Iterator<Item = (&str, Option<f64>)> {
-        self.checks.iter().map(|c| c.name.as_str()).zip(self.baselines.iter().copied())
+        self.checks
+            .iter()
+            .map(|c| c.name.as_str())
+            .zip(self.baselines.iter().copied())
     }
 
     async fn prime(&mut self) {
@@ -71,14 +74,22 @@ impl Monitor {
     async fn sample_all(&mut self, dsn: &Dsn) -> Vec<(Observation, Duration)> {
         let mut set = JoinSet::new();
         for (i, slot) in self.samplers.iter_mut().enumerate() {
-            let mut s = slot.take().unwrap_or_else(|| Sampler::new(&self.checks[i], dsn));
+            let mut s = slot
+                .take()
+                .unwrap_or_else(|| Sampler::new(&self.checks[i], dsn));
             set.spawn(async move {
                 let started = Instant::now();
                 let obs = s.sample().await;
                 (i, s, obs, started.elapsed())
             });
         }
-        let mut out = vec![(Observation::inconclusive("the sampler failed unexpectedly"), Duration::ZERO); self.checks.len()];
+        let mut out = vec![
+            (
+                Observation::inconclusive("the sampler failed unexpectedly"),
+                Duration::ZERO
+            );
+            self.checks.len()
+        ];
         while let Some(joined) = set.join_next().await {
             if let Ok((i, s, obs, took)) = joined {
                 self.samplers[i] = Some(s);
@@ -91,7 +102,12 @@ impl Monitor {
     /// Measure each check's baseline before the change: the median of `samples`
     /// valid values taken one interval apart. Fails when a check whose thresholds
     /// are relative to the baseline has no valid value: missing data is never a pass.
-    pub async fn measure_baseline(&mut self, ctx: &StepContext<'_>, samples: u32, interval: Duration) -> Result<(), String> {
+    pub async fn measure_baseline(
+        &mut self,
+        ctx: &StepContext<'_>,
+        samples: u32,
+        interval: Duration,
+    ) -> Result<(), String> {
         self.prime().await;
         let mut values: Vec<Vec<f64>> = vec![Vec::new(); self.checks.len()];
         let mut seen: Vec<Vec<serde_json::Value>> = vec![Vec::new(); self.checks.len()];
@@ -101,10 +117,10 @@ impl Monitor {
             }
             for (i, (obs, _)) in self.sample_all(ctx.dsn).await.into_iter().enumerate() {
                 seen[i].push(observation_json(&obs));
-                if let Observation::Value(v) = obs {
-                    if v.is_finite() {
-                        values[i].push(v);
-                    }
+                if let Observation::Value(v) = obs
+                    && v.is_finite()
+                {
+                    values[i].push(v);
                 }
             }
         }
@@ -182,14 +198,17 @@ impl Monitor {
         let ticks = (duration.as_secs_f64() / interval.as_secs_f64()).floor() as u32;
         for tick in 1..=ticks {
             let at = tokio::time::Instant::from_std(started + interval * tick);
-            let mut abort = ctx.abort.clone();
-            let aborted = *abort.borrow()
+            let aborted = ctx.aborted()
                 || tokio::select! {
                     _ = tokio::time::sleep_until(at) => false,
-                    _ = abort.wait_for(|a| *a) => true,
+                    _ = ctx.abort_requested() => true,
                 };
             if aborted {
-                return SoakResult { end: SoakEnd::Aborted, elapsed: started.elapsed(), tallies: tally(&self.checks, &states, &cost, min_samples) };
+                return SoakResult {
+                    end: SoakEnd::Aborted,
+                    elapsed: started.elapsed(),
+                    tallies: tally(&self.checks, &states, &cost, min_samples),
+                };
             }
             let samples = self.sample_all(ctx.dsn).await;
             let elapsed = started.elapsed();
@@ -223,25 +242,46 @@ impl Monitor {
             fired.sort_by_key(|v| !matches!(v, Verdict::Breach { .. }));
             if let Some(verdict) = fired.into_iter().next() {
                 self.emit_verdict(ctx, step, &verdict);
-                return SoakResult { end: SoakEnd::Verdict(verdict), elapsed, tallies: tally(&self.checks, &states, &cost, min_samples) };
+                return SoakResult {
+                    end: SoakEnd::Verdict(verdict),
+                    elapsed,
+                    tallies: tally(&self.checks, &states, &cost, min_samples),
+                };
             }
         }
         // Wait out the remainder so a soak lasts its full duration.
         let rest = duration.saturating_sub(started.elapsed());
         if !ctx.sleep(rest).await {
-            return SoakResult { end: SoakEnd::Aborted, elapsed: started.elapsed(), tallies: tally(&self.checks, &states, &cost, min_samples) };
+            return SoakResult {
+                end: SoakEnd::Aborted,
+                elapsed: started.elapsed(),
+                tallies: tally(&self.checks, &states, &cost, min_samples),
+            };
         }
         for state in &states {
             if let Some(verdict) = state.finish() {
                 self.emit_verdict(ctx, step, &verdict);
-                return SoakResult { end: SoakEnd::Verdict(verdict), elapsed: started.elapsed(), tallies: tally(&self.checks, &states, &cost, min_samples) };
+                return SoakResult {
+                    end: SoakEnd::Verdict(verdict),
+                    elapsed: started.elapsed(),
+                    tallies: tally(&self.checks, &states, &cost, min_samples),
+                };
             }
         }
-        SoakResult { end: SoakEnd::Passed, elapsed: started.elapsed(), tallies: tally(&self.checks, &states, &cost, min_samples) }
+        SoakResult {
+            end: SoakEnd::Passed,
+            elapsed: started.elapsed(),
+            tallies: tally(&self.checks, &states, &cost, min_samples),
+        }
     }
 
     fn emit_verdict(&self, ctx: &StepContext<'_>, step: Step, verdict: &Verdict) {
-        let source = self.checks.iter().find(|c| c.name == verdict.check()).map(|c| c.source.describe()).unwrap_or_default();
+        let source = self
+            .checks
+            .iter()
+            .find(|c| c.name == verdict.check())
+            .map(|c| c.source.describe())
+            .unwrap_or_default();
         let decision = match verdict {
             Verdict::Hold { .. } => "hold_for_human",
             _ if step == Step::Confirm => "rollback_unhealthy",
@@ -260,7 +300,12 @@ impl Monitor {
     }
 }
 
-fn tally(checks: &[Check], states: &[CheckState], cost: &[(Duration, u32)], min_samples: Option<u32>) -> Vec<CheckTally> {
+fn tally(
+    checks: &[Check],
+    states: &[CheckState],
+    cost: &[(Duration, u32)],
+    min_samples: Option<u32>,
+) -> Vec<CheckTally> {
     states
         .iter()
         .zip(cost)
@@ -270,7 +315,11 @@ fn tally(checks: &[Check], states: &[CheckState], cost: &[(Duration, u32)], min_
             valid: s.counts().valid_samples,
             inconclusive: s.counts().inconclusive_samples,
             min_samples: min_samples.unwrap_or(c.min_samples),
-            mean_sample_ms: if *n == 0 { 0.0 } else { total.as_secs_f64() * 1000.0 / f64::from(*n) },
+            mean_sample_ms: if *n == 0 {
+                0.0
+            } else {
+                total.as_secs_f64() * 1000.0 / f64::from(*n)
+            },
         })
         .collect()
 }
@@ -298,7 +347,9 @@ fn observation_json(obs: &Observation) -> serde_json::Value {
     match obs {
         Observation::Value(v) if v.is_finite() => serde_json::json!({ "value": v }),
         Observation::Value(v) => serde_json::json!({ "inconclusive": format!("value is {v}") }),
-        Observation::Failed { value, reason } => serde_json::json!({ "failed": reason, "value": value }),
+        Observation::Failed { value, reason } => {
+            serde_json::json!({ "failed": reason, "value": value })
+        }
         Observation::Inconclusive { reason } => serde_json::json!({ "inconclusive": reason }),
     }
 }
@@ -309,7 +360,11 @@ fn median(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
 }
 
 fn round3(x: f64) -> f64 {

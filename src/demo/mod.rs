@@ -1,0 +1,218 @@
+//! `pgshepherd demo`: the example plan end to end on a throwaway cluster.
+//!
+//! The scenario: a job runner writes `job_execution_summaries`; the cancellations
+//! dashboard needs an index on `results->>'cancel_reason'`. While the plan soaks,
+//! a simulated job runner keeps inserting cancelled jobs.
+//!
+//! With `--breach` the job runner's new release starts storing whole stack traces
+//! as cancel reasons once the soak begins. Without the index that is harmless; with
+//! it every such insert fails ("index row size exceeds btree maximum"), the failed
+//! transactions show up in the built-in `rollbacks_per_second` signal, the check
+//! breaches, pgshepherd drops the index with the down script, the inserts succeed
+//! again and the confirmation period sees healthy numbers. Nothing in the verdict
+//! code knows this is a demo: a real measurement crosses a real threshold.
+
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::run::execute;
+use crate::pg::Dsn;
+use crate::pg::cluster::{PgBinaries, TempCluster};
+use crate::run::{EventKind, RunOptions};
+
+const SEED: &str = include_str!("seed.sql");
+const PLAN: &str = include_str!("../../plans/job-summaries-cancel-reason.yaml");
+const MIGRATIONS: [(&str, &str); 3] = [
+    (
+        "V1__cancel_reason_index.sql",
+        include_str!("../../migrations/job_summaries/V1__cancel_reason_index.sql"),
+    ),
+    (
+        "V1__cancel_reason_index.down.sql",
+        include_str!("../../migrations/job_summaries/V1__cancel_reason_index.down.sql"),
+    ),
+    (
+        "V1__cancel_reason_index.verify.sql",
+        include_str!("../../migrations/job_summaries/V1__cancel_reason_index.verify.sql"),
+    ),
+];
+const INDEX: &str = "idx_job_summaries_cancel_reason";
+const DASHBOARD_QUERY: &str =
+    "SELECT count(*) FROM job_execution_summaries WHERE results ->> 'cancel_reason' = 'timeout'";
+
+pub struct DemoArgs {
+    pub breach: bool,
+    pub database_url: Option<String>,
+    pub json: bool,
+}
+
+pub async fn run(args: DemoArgs) -> i32 {
+    match demo(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            1
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> Result<i32, String> {
+    let bins = PgBinaries::locate().map_err(|e| e.to_string())?;
+    let work = tempfile::Builder::new()
+        .prefix("pgshepherd-demo-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let (_cluster, dsn) = match &args.database_url {
+        Some(url) => (None, url.parse::<Dsn>().map_err(|e| e.to_string())?),
+        None => {
+            eprintln!("[demo] starting a throwaway PostgreSQL cluster");
+            let cluster = TempCluster::start(&bins).map_err(|e| e.to_string())?;
+            let admin = cluster
+                .dsn("postgres")
+                .connect("pgshepherd demo", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            admin
+                .batch_execute("CREATE DATABASE jobs")
+                .await
+                .map_err(|e| e.to_string())?;
+            let dsn = cluster.dsn("jobs");
+            (Some(cluster), dsn)
+        }
+    };
+    let client = dsn
+        .connect("pgshepherd demo", &[])
+        .await
+        .map_err(|e| format!("cannot connect to {dsn}: {e}"))?;
+    client
+        .batch_execute(SEED)
+        .await
+        .map_err(|e| format!("seeding job_execution_summaries: {e}"))?;
+    let rows_before = count(&client).await?;
+    let cancelled: i64 = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE results ->> 'cancel_reason' IS NULL) FROM job_execution_summaries WHERE status = 'cancelled'",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    eprintln!(
+        "[demo] {dsn}: job_execution_summaries has {rows_before} rows, {cancelled} cancelled jobs without a cancel_reason"
+    );
+
+    let plan_path =
+        write_example(work.path()).map_err(|e| format!("writing the example plan: {e}"))?;
+    let mut plan = crate::plan::load(&plan_path).map_err(|d| d.to_string())?;
+    shorten_for_demo(&mut plan);
+
+    let writer = writer::JobRunner::start(dsn.clone(), args.breach);
+    let on_event = {
+        let writer = Arc::clone(&writer);
+        Box::new(move |event: &crate::run::Event| {
+            if let EventKind::SoakStarted { .. } = event.kind {
+                writer.release_new_version();
+            }
+        })
+    };
+    let backup_dir = match &args.database_url {
+        Some(_) => PathBuf::from("pgshepherd-demo-backups"),
+        None => work.path().join("backups"),
+    };
+    let opts = RunOptions {
+        target: "jobs".into(),
+        backup_dir,
+        now: true,
+        dry_run: false,
+    };
+    let code = execute(&plan, &dsn, opts, args.json, Some(on_event)).await;
+    let stats = writer.stop().await;
+
+    let rows_after = count(&client).await?;
+    let index_exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("public.{INDEX}")],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    eprintln!(
+        "[demo] the simulated job runner committed {} inserts ({} failed){}",
+        stats.committed,
+        stats.failed,
+        stats
+            .last_error
+            .as_ref()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default()
+    );
+    let lost = rows_before + stats.committed as i64 - rows_after;
+    eprintln!(
+        "[demo] rows: {rows_before} before, {rows_after} after; {}",
+        if lost == 0 {
+            "no row lost".to_string()
+        } else {
+            format!("{lost} ROWS MISSING")
+        }
+    );
+    if index_exists {
+        eprintln!("[demo] {INDEX} exists; the dashboard query's plan:");
+        for line in explain(&client).await? {
+            eprintln!("         {line}");
+        }
+    } else {
+        eprintln!("[demo] {INDEX} does not exist");
+    }
+    if lost != 0 {
+        return Err(format!("{lost} rows are missing after the run"));
+    }
+    Ok(code)
+}
+
+/// The example as shipped, written where `plan::load` can read it with its
+/// migration set beside it, exactly like a checkout of this repository.
+fn write_example(dir: &Path) -> std::io::Result<PathBuf> {
+    let plans = dir.join("plans");
+    let set = dir.join("migrations/job_summaries");
+    std::fs::create_dir_all(&plans)?;
+    std::fs::create_dir_all(&set)?;
+    for (name, text) in MIGRATIONS {
+        std::fs::write(set.join(name), text)?;
+    }
+    let path = plans.join("job-summaries-cancel-reason.yaml");
+    std::fs::write(&path, PLAN)?;
+    Ok(path)
+}
+
+/// An hour of soak becomes a few seconds; everything else is the plan as written.
+fn shorten_for_demo(plan: &mut crate::plan::Plan) {
+    plan.soak.duration = Duration::from_secs(8);
+    plan.soak.interval = Duration::from_secs(1);
+    plan.soak.baseline_samples = 2;
+    plan.rollback.confirm = Duration::from_secs(4);
+    for check in &mut plan.soak.checks {
+        check.min_samples = check.min_samples.min(4);
+        check.consecutive = check.consecutive.min(2);
+        check.timeout = check.timeout.min(Duration::from_secs(1));
+    }
+}
+
+async fn count(client: &tokio_postgres::Client) -> Result<i64, String> {
+    client
+        .query_one("SELECT count(*) FROM job_execution_summaries", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| e.to_string())
+}
+
+async fn explain(client: &tokio_postgres::Client) -> Result<Vec<String>, String> {
+    let rows = client
+        .query(&format!("EXPLAIN {DASHBOARD_QUERY}"), &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}

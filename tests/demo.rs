@@ -1,0 +1,117 @@
+//! `pgshepherd demo` as a user runs it: the real binary, its own throwaway cluster.
+
+mod common;
+
+use serde_json::Value;
+
+struct Demo {
+    code: i32,
+    events: Vec<Value>,
+    stderr: String,
+}
+
+async fn demo(args: &[&str]) -> Demo {
+    let out = tokio::process::Command::new(common::pgshepherd_bin())
+        .arg("demo")
+        .arg("--json")
+        .args(args)
+        .output()
+        .await
+        .expect("run pgshepherd demo");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{stderr}"))
+        })
+        .collect();
+    Demo {
+        code: out.status.code().unwrap_or(-1),
+        events,
+        stderr,
+    }
+}
+
+impl Demo {
+    fn named(&self, name: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["event"] == name).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_adds_the_index_the_dashboard_uses_and_exits_0() {
+    let d = demo(&[]).await;
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    let last = d.events.last().unwrap();
+    assert_eq!(last["event"], "run_finished");
+    assert_eq!(last["outcome"], "succeeded");
+    assert_eq!(
+        d.named("migration_applied")[0]["file"],
+        "V1__cancel_reason_index.sql"
+    );
+    assert_eq!(d.named("backup_verified").len(), 1);
+    assert!(d.stderr.contains("no row lost"), "{}", d.stderr);
+    // The dashboard query's plan uses the new index.
+    assert!(
+        d.stderr
+            .contains("Index Scan on idx_job_summaries_cancel_reason"),
+        "{}",
+        d.stderr
+    );
+    // The NULL-safe share counts the cancelled jobs without a reason: about a fifth.
+    let share: Vec<f64> = d
+        .named("check_sample")
+        .iter()
+        .filter(|e| e["check"] == "unknown_cancel_reason_share")
+        .filter_map(|e| e["value"].as_f64())
+        .collect();
+    assert!(
+        !share.is_empty() && share.iter().all(|v| (0.15..0.25).contains(v)),
+        "{share:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_breach_rolls_back_for_real_and_exits_3() {
+    let d = demo(&["--breach"]).await;
+    assert_eq!(d.code, 3, "{}", d.stderr);
+    let last = d.events.last().unwrap();
+    assert_eq!(last["outcome"], "rolled_back");
+    let verdict = &d.named("check_verdict")[0];
+    assert_eq!(verdict["check"], "rollbacks", "{verdict}");
+    assert_eq!(verdict["decision"], "roll_back");
+    assert!(
+        verdict["verdict"]["value"].as_f64().unwrap()
+            > verdict["verdict"]["limit"].as_f64().unwrap()
+    );
+    assert_eq!(d.named("rollback_finished")[0]["at_starting_version"], true);
+    assert!(
+        d.stderr
+            .contains("idx_job_summaries_cancel_reason does not exist"),
+        "{}",
+        d.stderr
+    );
+    assert!(d.stderr.contains("no row lost"), "{}", d.stderr);
+    // The failed inserts were the real cause: the btree entry limit.
+    assert!(d.stderr.contains("index row"), "{}", d.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_on_an_existing_database_leaves_the_result_in_place() {
+    let db = common::fresh_db().await;
+    let dir = common::scratch_dir();
+    let out = tokio::process::Command::new(common::pgshepherd_bin())
+        .current_dir(dir.path())
+        .args(["demo", "--database-url", &db.url])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(db.index_exists("idx_job_summaries_cancel_reason").await);
+    assert!(db.row_count("job_execution_summaries").await >= 20_000);
+}

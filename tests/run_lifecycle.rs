@@ -1,0 +1,691 @@
+//! `pgshepherd run` end to end: the real binary against a real PostgreSQL, through
+//! the success path and every way back. Each test gets a fresh database and its
+//! own plan + migration set in a scratch directory, then asserts the outcome, the
+//! events that explain it, and what is (and is not) left on the target.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::TestDb;
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+
+/// A plan and its migration set in a scratch directory, aimed at a fresh database.
+struct Scenario {
+    dir: tempfile::TempDir,
+    db: TestDb,
+}
+
+struct Outcome {
+    code: i32,
+    events: Vec<Value>,
+    stderr: String,
+}
+
+impl Outcome {
+    fn last(&self) -> &Value {
+        self.events.last().expect("no events")
+    }
+
+    fn outcome(&self) -> &str {
+        self.last()["outcome"].as_str().unwrap_or("")
+    }
+
+    fn reason(&self) -> String {
+        self.last()["reason"].as_str().unwrap_or("").to_string()
+    }
+
+    fn named(&self, name: &str) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["event"] == name).collect()
+    }
+}
+
+const TABLE_SETUP: &str = "CREATE TABLE accounts (id int PRIMARY KEY, email text); \
+                           INSERT INTO accounts SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 500) g;";
+
+impl Scenario {
+    async fn new() -> Scenario {
+        let db = common::fresh_db().await;
+        db.execute(TABLE_SETUP).await;
+        Scenario {
+            dir: common::scratch_dir(),
+            db,
+        }
+    }
+
+    fn set_dir(&self) -> PathBuf {
+        self.dir.path().join("migrations")
+    }
+
+    fn file(&self, name: &str, sql: &str) -> &Self {
+        std::fs::create_dir_all(self.set_dir()).unwrap();
+        std::fs::write(self.set_dir().join(name), sql).unwrap();
+        self
+    }
+
+    /// Write the plan with a short soak; `body` adds or overrides top-level keys
+    /// (`soak:` with its checks, `rollback:`...).
+    fn plan(&self, body: &str) -> PathBuf {
+        let path = self.dir.path().join("plan.yaml");
+        let text = format!(
+            "name: test-plan\ntarget: testdb\nmigrations: migrations\n\
+             lock:\n  acquire_timeout: 1s\n  lock_timeout: 300ms\n  retries: 2\n  backoff: 100ms\n  max_backoff: 200ms\n{body}"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    async fn run(&self, plan: &PathBuf, extra: &[&str]) -> Outcome {
+        let out = self
+            .command(plan, extra)
+            .output()
+            .await
+            .expect("run pgshepherd");
+        parse(out)
+    }
+
+    fn command(&self, plan: &PathBuf, extra: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(common::pgshepherd_bin());
+        cmd.arg("run")
+            .arg(plan)
+            .args([
+                "--database-url",
+                &self.db.url,
+                "--now",
+                "--json",
+                "--backup-dir",
+            ])
+            .arg(self.dir.path().join("backups"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
+fn parse(out: std::process::Output) -> Outcome {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}\nstderr:\n{stderr}"))
+        })
+        .collect();
+    for e in &events {
+        for key in ["ts", "run_id", "event", "step"] {
+            assert!(e.get(key).is_some(), "event without {key}: {e}");
+        }
+    }
+    let last = events
+        .last()
+        .unwrap_or_else(|| panic!("no events on stdout; stderr:\n{stderr}"));
+    assert_eq!(
+        last["event"], "run_finished",
+        "last line must be run_finished\nstderr:\n{stderr}"
+    );
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        events,
+        stderr,
+    }
+}
+
+/// A soak of `secs` seconds sampling every 500 ms with the given checks.
+fn soak(secs: u32, checks: &str) -> String {
+    format!(
+        "soak:\n  duration: {secs}s\n  interval: 500ms\n  baseline_samples: 1\n  checks:\n{checks}\nbackup:\n  keep: 2\n"
+    )
+}
+
+/// A check on the number of rows in `accounts` with max 10000: never breached
+/// unless a test inserts that many.
+const QUIET_CHECK: &str = "    - name: accounts_rows\n      sql: SELECT count(*) FROM accounts\n      max: 10000\n      consecutive: 2\n      min_samples: 1\n";
+
+/// Breaches as soon as the table `audit_log` exists.
+const AUDIT_LOG_ABSENT: &str = "    - name: audit_log_absent\n      sql: SELECT count(*) FROM pg_tables WHERE tablename = 'audit_log'\n      max: 0\n      consecutive: 2\n      min_samples: 1\n";
+
+fn add_audit_log(s: &Scenario) {
+    s.file("V1__audit_log.sql", "CREATE TABLE audit_log (id bigserial PRIMARY KEY, what text NOT NULL);\nINSERT INTO audit_log (what) VALUES ('created');\n");
+    s.file("V1__audit_log.down.sql", "DROP TABLE audit_log;\n");
+    s.file(
+        "V2__accounts_created_at.sql",
+        "ALTER TABLE accounts ADD COLUMN created_at timestamptz NOT NULL DEFAULT now();\n",
+    );
+    s.file(
+        "V2__accounts_created_at.down.sql",
+        "ALTER TABLE accounts DROP COLUMN created_at;\n",
+    );
+}
+
+async fn history_versions(db: &TestDb) -> Vec<i64> {
+    let client = db.client().await;
+    let exists: bool = client
+        .query_one("SELECT to_regclass('pgshepherd.history') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if !exists {
+        return Vec::new();
+    }
+    client
+        .query(
+            "SELECT version FROM pgshepherd.history WHERE state = 'applied' ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn column_exists(db: &TestDb, table: &str, column: &str) -> bool {
+    db.query_i64(&format!(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = '{table}' AND column_name = '{column}'"
+    ))
+    .await
+        == 1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn success_applies_every_migration_and_records_history() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&soak(2, QUIET_CHECK));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.outcome(), "succeeded");
+    assert!(s.db.table_exists("audit_log").await);
+    assert!(column_exists(&s.db, "accounts", "created_at").await);
+    assert_eq!(s.db.row_count("accounts").await, 500);
+    assert_eq!(history_versions(&s.db).await, vec![1, 2]);
+    // The journal holds every migration with its checksum, and the backup's sha256.
+    let applied = out.named("migration_applied");
+    assert_eq!(applied.len(), 2);
+    assert_eq!(applied[0]["checksum"].as_str().unwrap().len(), 64);
+    let verified = out.named("backup_verified");
+    assert_eq!(verified.len(), 1, "{}", out.stderr);
+    let journal = out.last()["journal"].as_str().unwrap();
+    let text = std::fs::read_to_string(journal).unwrap();
+    assert!(
+        text.contains("migration_applied")
+            && text.contains(verified[0]["sha256"].as_str().unwrap())
+    );
+    // Samples explain themselves.
+    let sample = out.named("check_sample")[0];
+    assert!(
+        sample["value"].is_number()
+            && sample["counts"].is_object()
+            && sample["thresholds"].is_string(),
+        "{sample}"
+    );
+
+    // Running again finds nothing to do.
+    let again = s.run(&plan, &[]).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.reason().contains("nothing to apply"),
+        "{}",
+        again.reason()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn breach_rolls_back_with_down_scripts_and_keeps_user_rows() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&format!(
+        "{}rollback:\n  strategy: down\n  confirm: 1s\n",
+        soak(4, AUDIT_LOG_ABSENT)
+    ));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(out.outcome(), "rolled_back");
+    assert!(!s.db.table_exists("audit_log").await);
+    assert!(!column_exists(&s.db, "accounts", "created_at").await);
+    assert_eq!(s.db.row_count("accounts").await, 500);
+    assert_eq!(history_versions(&s.db).await, Vec::<i64>::new());
+    // The decision carries the value, the threshold and the counts.
+    let verdict = out.named("check_verdict");
+    assert_eq!(verdict.len(), 1, "{}", out.stderr);
+    let v = &verdict[0]["verdict"];
+    assert_eq!(v["verdict"], "breach");
+    assert_eq!(v["value"], 1.0);
+    assert_eq!(v["limit"], 0.0);
+    assert_eq!(v["in_a_row"], 2);
+    // Down scripts ran in reverse order.
+    let undone: Vec<i64> = out
+        .named("rollback_step_done")
+        .iter()
+        .map(|e| e["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(undone, vec![2, 1]);
+    let finished = out.named("rollback_finished");
+    assert_eq!(finished[0]["at_starting_version"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn breach_restores_the_verified_backup_when_the_plan_allows_data_loss() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&format!(
+        "{}rollback:\n  strategy: restore\n  allow_data_loss: true\n  confirm: 1s\n",
+        soak(4, AUDIT_LOG_ABSENT)
+    ));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(out.named("backup_restored").len(), 1);
+    assert!(!s.db.table_exists("audit_log").await);
+    assert!(!column_exists(&s.db, "accounts", "created_at").await);
+    assert_eq!(s.db.row_count("accounts").await, 500);
+    assert_eq!(history_versions(&s.db).await, Vec::<i64>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hold_changes_nothing_after_a_breach_and_needs_a_human() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&format!(
+        "{}rollback:\n  strategy: hold\n",
+        soak(4, AUDIT_LOG_ABSENT)
+    ));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.outcome(), "needs_human");
+    assert!(out.reason().contains("hold"), "{}", out.reason());
+    assert!(s.db.table_exists("audit_log").await);
+    assert_eq!(history_versions(&s.db).await, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_migration_rolls_back_itself_and_the_earlier_ones_are_undone() {
+    let s = Scenario::new().await;
+    s.file("V1__audit_log.sql", "CREATE TABLE audit_log (id int);\n");
+    s.file("V1__audit_log.down.sql", "DROP TABLE audit_log;\n");
+    // Fails half-way: the ALTER must not survive the failure of the UPDATE.
+    s.file(
+        "V2__broken.sql",
+        "ALTER TABLE accounts ADD COLUMN score int;\nUPDATE accounts SET score = 1 / (id - id);\n",
+    );
+    s.file(
+        "V2__broken.down.sql",
+        "ALTER TABLE accounts DROP COLUMN score;\n",
+    );
+    let plan = s.plan(&format!(
+        "{}rollback:\n  confirm: 1s\n",
+        soak(2, QUIET_CHECK)
+    ));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let failed = out.named("migration_failed");
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("division by zero"),
+        "{}",
+        failed[0]
+    );
+    assert!(!column_exists(&s.db, "accounts", "score").await);
+    assert!(!s.db.table_exists("audit_log").await);
+    let undone: Vec<i64> = out
+        .named("rollback_step_done")
+        .iter()
+        .map(|e| e["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        undone,
+        vec![1],
+        "only V1 is undone; V2 rolled back with its transaction"
+    );
+    assert_eq!(history_versions(&s.db).await, Vec::<i64>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_verify_script_rolls_the_migration_back() {
+    let s = Scenario::new().await;
+    s.file(
+        "V1__email_unique.sql",
+        "ALTER TABLE accounts ADD COLUMN nickname text;\n",
+    );
+    s.file(
+        "V1__email_unique.down.sql",
+        "ALTER TABLE accounts DROP COLUMN nickname;\n",
+    );
+    s.file(
+        "V1__email_unique.verify.sql",
+        "DO $$ BEGIN IF (SELECT count(*) FROM accounts WHERE nickname IS NULL) > 0 THEN RAISE EXCEPTION 'accounts without a nickname'; END IF; END $$;\n",
+    );
+    let plan = s.plan(&format!(
+        "{}rollback:\n  confirm: 1s\n",
+        soak(2, QUIET_CHECK)
+    ));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let failed = out.named("verify_failed");
+    assert!(
+        failed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("accounts without a nickname")
+    );
+    assert!(!column_exists(&s.db, "accounts", "nickname").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_transaction_index_build_succeeds_and_a_failed_one_leaves_no_invalid_index() {
+    let s = Scenario::new().await;
+    s.file(
+        "V1__email_index.sql",
+        "-- pgshepherd:no-transaction\nCREATE INDEX CONCURRENTLY accounts_email_idx ON accounts (email);\n",
+    );
+    s.file(
+        "V1__email_index.down.sql",
+        "-- pgshepherd:no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS accounts_email_idx;\n",
+    );
+    let plan = s.plan(&soak(1, QUIET_CHECK));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(s.db.index_exists("accounts_email_idx").await);
+    assert_eq!(out.named("migration_applied")[0]["transactional"], false);
+
+    // A unique index over duplicate data fails in CONCURRENTLY's validation and
+    // leaves an INVALID index behind, which pgshepherd must drop.
+    s.db.execute("INSERT INTO accounts VALUES (1001, 'user1@example.com')")
+        .await;
+    s.file(
+        "V2__email_unique.sql",
+        "-- pgshepherd:no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY accounts_email_key ON accounts (email);\n",
+    );
+    s.file(
+        "V2__email_unique.down.sql",
+        "-- pgshepherd:no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS accounts_email_key;\n",
+    );
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let failed = &out.named("migration_failed")[0];
+    assert_eq!(
+        failed["cleaned_invalid_indexes"][0], "public.accounts_email_key",
+        "{failed}"
+    );
+    assert!(!s.db.index_exists("accounts_email_key").await);
+    assert_eq!(
+        s.db.query_i64("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+            .await,
+        0
+    );
+    assert_eq!(history_versions(&s.db).await, vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_applied_migration_whose_file_changed_is_refused_before_anything_runs() {
+    let s = Scenario::new().await;
+    s.file(
+        "V1__nickname.sql",
+        "ALTER TABLE accounts ADD COLUMN nickname text;\n",
+    );
+    s.file(
+        "V1__nickname.down.sql",
+        "ALTER TABLE accounts DROP COLUMN nickname;\n",
+    );
+    let plan = s.plan(&soak(1, QUIET_CHECK));
+    assert_eq!(s.run(&plan, &[]).await.code, 0);
+    s.file(
+        "V1__nickname.sql",
+        "ALTER TABLE accounts ADD COLUMN nickname varchar(20);\n",
+    );
+    s.file("V2__more.sql", "CREATE TABLE more (id int);\n");
+    s.file("V2__more.down.sql", "DROP TABLE more;\n");
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.reason().contains("checksum drift") && out.reason().contains("V1__nickname"),
+        "{}",
+        out.reason()
+    );
+    assert!(!s.db.table_exists("more").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_on_the_same_target_is_refused_and_names_the_holder() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&soak(5, QUIET_CHECK));
+    let first = s.command(&plan, &[]).spawn().unwrap();
+    // Wait until the first run holds the lock.
+    let mut held = false;
+    for _ in 0..100 {
+        let sql = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+        if s.db.query_i64(sql).await > 0 {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(held, "the first run never took the lock");
+    let second = s.run(&plan, &[]).await;
+    assert_eq!(second.code, 5, "{}", second.stderr);
+    assert!(
+        second.reason().contains("locked by pgshepherd run"),
+        "{}",
+        second.reason()
+    );
+    assert_eq!(second.named("lock_busy").len(), 1);
+    let first = parse(first.wait_with_output().await.unwrap());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(
+        second
+            .reason()
+            .contains(first.last()["run_id"].as_str().unwrap()),
+        "{}",
+        second.reason()
+    );
+    assert_eq!(history_versions(&s.db).await, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_timeout_retries_with_backoff_and_never_queues_behind_a_long_transaction() {
+    let s = Scenario::new().await;
+    s.file(
+        "V1__nickname.sql",
+        "ALTER TABLE accounts ADD COLUMN nickname text;\n",
+    );
+    s.file(
+        "V1__nickname.down.sql",
+        "ALTER TABLE accounts DROP COLUMN nickname;\n",
+    );
+    let plan = s.plan(&format!(
+        "{}rollback:\n  confirm: 1s\n",
+        soak(1, QUIET_CHECK)
+    ));
+
+    // A long transaction holds a lock the ALTER needs, for longer than all attempts.
+    let blocker = s.db.client().await;
+    blocker
+        .batch_execute("BEGIN; SELECT * FROM accounts LIMIT 1;")
+        .await
+        .unwrap();
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(out.named("migration_retry").len(), 2, "retries: 2");
+    let failed = &out.named("migration_failed")[0];
+    assert_eq!(failed["sqlstate"], "55P03");
+    assert!(!column_exists(&s.db, "accounts", "nickname").await);
+    // The application's reads were never queued behind the waiting ALTER: a probe
+    // with a short statement timeout succeeds while the blocker is still open.
+    let probe = s.db.client().await;
+    probe
+        .batch_execute("SET statement_timeout = '1s'")
+        .await
+        .unwrap();
+    let n: i64 = probe
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 500);
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+
+    // Released during the retries: the migration gets through.
+    blocker
+        .batch_execute("BEGIN; SELECT * FROM accounts LIMIT 1;")
+        .await
+        .unwrap();
+    let mut run = s.command(&plan, &[]).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let retry = line.contains("\"event\":\"migration_retry\"");
+        seen.push(line);
+        if retry {
+            blocker.batch_execute("ROLLBACK").await.unwrap();
+            break;
+        }
+    }
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line);
+    }
+    let output = run.wait_with_output().await.unwrap();
+    let out = parse(std::process::Output {
+        stdout: (seen.join("\n") + "\n").into_bytes(),
+        ..output
+    });
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.named("migration_retry").is_empty());
+    assert!(column_exists(&s.db, "accounts", "nickname").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_that_cannot_be_verified_stops_the_run_before_any_change() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&format!(
+        "{}  expect_tables: [public.accounts, public.invoices]\n",
+        soak(1, QUIET_CHECK)
+    ));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert_eq!(out.outcome(), "stopped");
+    assert!(out.reason().contains("invoices"), "{}", out.reason());
+    assert!(out.named("migration_started").is_empty());
+    assert!(!s.db.table_exists("audit_log").await);
+}
+
+/// NULL while `audit_log` exists, 1 otherwise: missing data appears with the change.
+fn null_while_migrated(policy: &str, min_samples: u32) -> String {
+    format!(
+        "    - name: nullable\n      sql: SELECT CASE WHEN to_regclass('audit_log') IS NULL THEN 1 END\n      max: 5\n      on_inconclusive: {policy}\n      max_inconclusive: 1\n      min_samples: {min_samples}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inconclusive_samples_beyond_the_tolerance_breach_under_policy_breach() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&format!(
+        "{}rollback:\n  confirm: 1s\n",
+        soak(4, &null_while_migrated("breach", 1))
+    ));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let v = &out.named("check_verdict")[0]["verdict"];
+    assert_eq!(v["rule"], "inconclusive", "{v}");
+    assert_eq!(v["in_a_row"], 2);
+    assert!(!s.db.table_exists("audit_log").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inconclusive_samples_beyond_the_tolerance_hold_for_a_human_under_policy_hold() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&soak(4, &null_while_migrated("hold", 1)));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.named("check_verdict")[0]["verdict"]["verdict"], "hold");
+    assert!(
+        s.db.table_exists("audit_log").await,
+        "hold must not undo anything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ignored_inconclusive_samples_still_cannot_pass_a_soak_without_min_samples() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&format!(
+        "{}rollback:\n  confirm: 1s\n",
+        soak(2, &null_while_migrated("ignore", 2))
+    ));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let v = &out.named("check_verdict")[0]["verdict"];
+    assert_eq!(v["verdict"], "insufficient_samples", "{v}");
+    assert_eq!(v["valid_samples"], 0);
+    assert_eq!(v["min_samples"], 2);
+    let finished = &out.named("soak_finished")[0];
+    assert_eq!(finished["passed"], false);
+    assert!(!s.db.table_exists("audit_log").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_reports_what_would_happen_and_changes_nothing() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&soak(2, QUIET_CHECK));
+    let out = s.run(&plan, &["--dry-run"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = &out.named("dry_run")[0]["report"];
+    assert_eq!(report["pending"].as_array().unwrap().len(), 2);
+    assert!(
+        report["pending"][0]["sql"]
+            .as_str()
+            .unwrap()
+            .contains("CREATE TABLE audit_log")
+    );
+    assert_eq!(report["rollback"]["ready"], true);
+    assert_eq!(report["soak"]["checks"][0]["baseline"], 500.0);
+    assert!(!s.db.table_exists("audit_log").await);
+    assert_eq!(history_versions(&s.db).await, Vec::<i64>::new());
+    assert_eq!(
+        s.db.query_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgshepherd'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_is_an_environment_error() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let plan = s.plan(&soak(1, QUIET_CHECK));
+    let out = tokio::process::Command::new(common::pgshepherd_bin())
+        .arg("run")
+        .arg(&plan)
+        .args([
+            "--database-url",
+            "postgres://nobody:hunter2@127.0.0.1:1/nothing",
+            "--now",
+            "--json",
+            "--backup-dir",
+        ])
+        .arg(s.dir.path().join("backups"))
+        .output()
+        .await
+        .unwrap();
+    let out = parse(out);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let all = format!(
+        "{}{}",
+        out.stderr,
+        serde_json::to_string(&out.events).unwrap()
+    );
+    assert!(!all.contains("hunter2"), "the password leaked: {all}");
+}

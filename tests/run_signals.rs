@@ -1,0 +1,124 @@
+//! Stopping a run from outside: a real SIGTERM to the real process.
+
+mod common;
+
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+struct Run {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    events: Vec<Value>,
+}
+
+impl Run {
+    fn start(plan: &std::path::Path, url: &str, backups: &std::path::Path, now: bool) -> Run {
+        let mut cmd = tokio::process::Command::new(common::pgshepherd_bin());
+        cmd.arg("run")
+            .arg(plan)
+            .args(["--database-url", url, "--json", "--backup-dir"])
+            .arg(backups);
+        if now {
+            cmd.arg("--now");
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Run {
+            child,
+            lines,
+            events: Vec::new(),
+        }
+    }
+
+    async fn wait_for(&mut self, event: &str) -> Value {
+        while let Some(line) = self.lines.next_line().await.unwrap() {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            self.events.push(v.clone());
+            if v["event"] == event {
+                return v;
+            }
+        }
+        panic!("the run ended without {event}: {:#?}", self.events);
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.id().unwrap() as i32;
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    async fn finish(mut self) -> (i32, Value) {
+        let last = self.wait_for("run_finished").await;
+        let status = self.child.wait().await.unwrap();
+        (status.code().unwrap_or(-1), last)
+    }
+}
+
+fn scenario(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let set = dir.join("migrations");
+    std::fs::create_dir_all(&set).unwrap();
+    std::fs::write(set.join("V1__t.sql"), "CREATE TABLE t (id int);\n").unwrap();
+    std::fs::write(set.join("V1__t.down.sql"), "DROP TABLE t;\n").unwrap();
+    let plan = dir.join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "name: signals\ntarget: db\nmigrations: migrations\nsoak:\n  duration: 60s\n  interval: 500ms\n  \
+             baseline_samples: 1\n  checks:\n    - name: one\n      sql: SELECT 1\n      max: 1\n\
+             rollback:\n  confirm: 1s\n{extra}"
+        ),
+    )
+    .unwrap();
+    plan
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_soak_cuts_it_short_and_rolls_back() {
+    let db = common::fresh_db().await;
+    let dir = common::scratch_dir();
+    let plan = scenario(dir.path(), "");
+    let mut run = Run::start(&plan, &db.url, &dir.path().join("backups"), true);
+    run.wait_for("soak_started").await;
+    assert!(db.table_exists("t").await);
+    run.terminate();
+    let (code, last) = run.finish().await;
+    assert_eq!(code, 3, "{last}");
+    assert!(
+        last["reason"].as_str().unwrap().contains("cut short"),
+        "{last}"
+    );
+    assert!(!db.table_exists("t").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_waiting_for_the_window_stops_with_nothing_changed() {
+    let db = common::fresh_db().await;
+    let dir = common::scratch_dir();
+    // Opens at 03:00 UTC on the 1st of January only: closed now (unless the test
+    // runs in that very hour, which the assertion below allows for).
+    let plan = scenario(
+        dir.path(),
+        "window:\n  cron: \"0 3 1 1 *\"\n  timezone: UTC\n  duration: 1h\n",
+    );
+    let mut run = Run::start(&plan, &db.url, &dir.path().join("backups"), false);
+    let waiting = run.wait_for("waiting_for_window").await;
+    assert!(
+        waiting["opens_at"]
+            .as_str()
+            .unwrap()
+            .contains("-01-01T03:00:00"),
+        "{waiting}"
+    );
+    run.terminate();
+    let (code, last) = run.finish().await;
+    assert_eq!(code, 5, "{last}");
+    assert_eq!(last["outcome"], "stopped");
+    assert!(!db.table_exists("t").await);
+}
