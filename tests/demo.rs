@@ -115,3 +115,20 @@ async fn demo_on_an_existing_database_leaves_the_result_in_place() {
     assert!(db.index_exists("idx_job_summaries_cancel_reason").await);
     assert!(db.row_count("job_execution_summaries").await >= 20_000);
 }
+
+#[test]
+fn demo_without_postgresql_binaries_exits_1_and_says_how_to_install_them() {
+    let empty = common::scratch_dir();
+    let out = std::process::Command::new(common::pgshepherd_bin())
+        .arg("demo")
+        .env("PGSHEPHERD_PG_BINDIR", empty.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no PostgreSQL server binaries found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
+}

@@ -45,6 +45,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Free-port races (another process binds the port between our probe and the
 /// postmaster's bind) are retried this many times with a new port.
 const PORT_ATTEMPTS: u32 = 5;
+/// Names the one directory to take the PostgreSQL binaries from.
+pub const BINDIR_ENV: &str = "PGSHEPHERD_PG_BINDIR";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -94,13 +96,22 @@ pub struct PgBinaries {
 }
 
 impl PgBinaries {
-    /// Find a directory holding `initdb`, `pg_ctl` and `postgres`: first on PATH,
-    /// then `pg_config --bindir`, then the highest `/usr/lib/postgresql/*/bin`
-    /// (and `/usr/pgsql-*/bin` on RHEL-like systems).
+    /// Find a directory holding `initdb`, `pg_ctl` and `postgres`: the one named
+    /// by `PGSHEPHERD_PG_BINDIR` if set (and only that one, to pin a version), else
+    /// first on PATH, then `pg_config --bindir`, then the highest
+    /// `/usr/lib/postgresql/*/bin` (and `/usr/pgsql-*/bin` on RHEL-like systems).
     pub fn locate() -> Result<PgBinaries, ClusterError> {
         let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).collect())
             .unwrap_or_default();
+        if let Some(pinned) = std::env::var_os(BINDIR_ENV).map(PathBuf::from) {
+            if !has_server_tools(&pinned) {
+                return Err(ClusterError::NotFound {
+                    searched: format!("{} ({BINDIR_ENV})", pinned.display()),
+                });
+            }
+            return Self::in_dir(resolve_bindir(&pinned), &path_dirs);
+        }
         let mut searched: Vec<String> = vec!["PATH".into()];
 
         let from_path = path_dirs
@@ -120,7 +131,10 @@ impl PgBinaries {
             .ok_or_else(|| ClusterError::NotFound {
                 searched: searched.join(", "),
             })?;
+        Self::in_dir(bindir, &path_dirs)
+    }
 
+    fn in_dir(bindir: PathBuf, path_dirs: &[PathBuf]) -> Result<PgBinaries, ClusterError> {
         let client = |tool: &'static str| -> Result<PathBuf, ClusterError> {
             let beside = bindir.join(tool);
             if is_executable(&beside) {
