@@ -18,4 +18,5 @@ pub mod pg;
 pub mod plan;
 pub mod run;
 pub mod steps;
+pub mod tls;
 pub mod window;

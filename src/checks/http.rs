@@ -26,6 +26,7 @@ fn client() -> reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
+            crate::tls::install_crypto_provider();
             reqwest::Client::builder()
                 .user_agent(concat!("pgshepherd-check/", env!("CARGO_PKG_VERSION")))
                 .build()
