@@ -513,25 +513,40 @@ async fn lock_timeout_retries_with_backoff_and_never_queues_behind_a_long_transa
         .batch_execute("BEGIN; SELECT * FROM accounts LIMIT 1;")
         .await
         .unwrap();
-    let out = s.run(&plan, &[]).await;
+    let mut run = s.command(&plan, &[]).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut probed = false;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if !probed && line.contains("\"event\":\"migration_retry\"") {
+            // While the ALTER is between attempts, the application's reads are
+            // not queued behind it: a probe with a short timeout gets through.
+            let probe = s.db.client().await;
+            probe
+                .batch_execute("SET statement_timeout = '1s'")
+                .await
+                .unwrap();
+            let n: i64 = probe
+                .query_one("SELECT count(*) FROM accounts", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 500);
+            probed = true;
+        }
+        seen.push(line);
+    }
+    assert!(probed, "no migration_retry event");
+    let output = run.wait_with_output().await.unwrap();
+    let out = parse(std::process::Output {
+        stdout: (seen.join("\n") + "\n").into_bytes(),
+        ..output
+    });
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert_eq!(out.named("migration_retry").len(), 2, "retries: 2");
     let failed = &out.named("migration_failed")[0];
     assert_eq!(failed["sqlstate"], "55P03");
     assert!(!column_exists(&s.db, "accounts", "nickname").await);
-    // The application's reads were never queued behind the waiting ALTER: a probe
-    // with a short statement timeout succeeds while the blocker is still open.
-    let probe = s.db.client().await;
-    probe
-        .batch_execute("SET statement_timeout = '1s'")
-        .await
-        .unwrap();
-    let n: i64 = probe
-        .query_one("SELECT count(*) FROM accounts", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 500);
     blocker.batch_execute("ROLLBACK").await.unwrap();
 
     // Released during the retries: the migration gets through.
@@ -688,4 +703,31 @@ async fn an_unreachable_database_is_an_environment_error() {
         serde_json::to_string(&out.events).unwrap()
     );
     assert!(!all.contains("hunter2"), "the password leaked: {all}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_whose_confirmation_still_breaches_needs_a_human() {
+    let s = Scenario::new().await;
+    // The down script undoes the schema change but not the row: the check, which
+    // counts rows, stays breached after the rollback.
+    s.file("V1__extra.sql", "ALTER TABLE accounts ADD COLUMN extra int;\nINSERT INTO accounts VALUES (9999, 'late@example.com');\n");
+    s.file(
+        "V1__extra.down.sql",
+        "ALTER TABLE accounts DROP COLUMN extra;\n",
+    );
+    let check = "    - name: accounts_rows\n      sql: SELECT count(*) FROM accounts\n      max: 500\n      consecutive: 3\n      min_samples: 1\n";
+    // confirm 1s at 500ms takes two samples, fewer than `consecutive: 3`: the
+    // confirmation must still fail when both breach.
+    let plan = s.plan(&format!("{}rollback:\n  confirm: 1s\n", soak(3, check)));
+    let out = s.run(&plan, &[]).await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.outcome(), "needs_human");
+    assert!(
+        out.reason().contains("confirmation failed"),
+        "{}",
+        out.reason()
+    );
+    let verdicts = out.named("check_verdict");
+    assert_eq!(verdicts.last().unwrap()["decision"], "rollback_unhealthy");
+    assert_eq!(verdicts.last().unwrap()["step"], "confirm");
 }

@@ -4,6 +4,7 @@ mod common;
 
 use std::process::Stdio;
 
+use chrono::Timelike;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -101,21 +102,14 @@ async fn sigterm_during_the_soak_cuts_it_short_and_rolls_back() {
 async fn sigterm_while_waiting_for_the_window_stops_with_nothing_changed() {
     let db = common::fresh_db().await;
     let dir = common::scratch_dir();
-    // Opens at 03:00 UTC on the 1st of January only: closed now (unless the test
-    // runs in that very hour, which the assertion below allows for).
-    let plan = scenario(
-        dir.path(),
-        "window:\n  cron: \"0 3 1 1 *\"\n  timezone: UTC\n  duration: 1h\n",
-    );
+    // A one-hour window opening at twelve hours from now's hour: certainly closed.
+    let hour = (chrono::Utc::now().hour() + 12) % 24;
+    let window = format!("window:\n  cron: \"0 {hour} * * *\"\n  timezone: UTC\n  duration: 1h\n");
+    let plan = scenario(dir.path(), &window);
     let mut run = Run::start(&plan, &db.url, &dir.path().join("backups"), false);
     let waiting = run.wait_for("waiting_for_window").await;
-    assert!(
-        waiting["opens_at"]
-            .as_str()
-            .unwrap()
-            .contains("-01-01T03:00:00"),
-        "{waiting}"
-    );
+    let opens = waiting["opens_at"].as_str().unwrap();
+    assert!(opens.contains(&format!("T{hour:02}:00:00")), "{waiting}");
     run.terminate();
     let (code, last) = run.finish().await;
     assert_eq!(code, 5, "{last}");

@@ -54,7 +54,10 @@ pub struct ScriptReport {
 }
 
 #[derive(Debug, Clone, Serialize, thiserror::Error)]
-#[error("{file} failed after {attempts} attempt(s): {message}{}", cleanup_note(.cleaned_invalid_indexes))]
+#[error(
+    "{file} failed after {attempts} attempt(s): {message}{}",
+    cleanup_note(.cleaned_invalid_indexes, .invalid_indexes_left)
+)]
 pub struct ScriptError {
     pub file: String,
     pub message: String,
@@ -64,14 +67,23 @@ pub struct ScriptError {
     /// Zero means the target is as it was before this script.
     pub statements_done: usize,
     pub cleaned_invalid_indexes: Vec<String>,
+    /// INVALID indexes left by the failure that could not be dropped: the target
+    /// is not as it was, so the migration counts as partly applied.
+    pub invalid_indexes_left: Vec<String>,
 }
 
-fn cleanup_note(cleaned: &[String]) -> String {
-    if cleaned.is_empty() {
-        String::new()
-    } else {
-        format!(" (dropped INVALID index {})", cleaned.join(", "))
+fn cleanup_note(cleaned: &[String], left: &[String]) -> String {
+    let mut note = String::new();
+    if !cleaned.is_empty() {
+        note.push_str(&format!(" (dropped INVALID index {})", cleaned.join(", ")));
     }
+    if !left.is_empty() {
+        note.push_str(&format!(
+            " (INVALID index {} could NOT be dropped)",
+            left.join(", ")
+        ));
+    }
+    note
 }
 
 impl ScriptError {
@@ -83,12 +95,13 @@ impl ScriptError {
             attempts,
             statements_done: 0,
             cleaned_invalid_indexes: Vec::new(),
+            invalid_indexes_left: Vec::new(),
         }
     }
 
     /// True when nothing of the failed script is left on the target.
     pub fn left_nothing(&self) -> bool {
-        self.statements_done == 0
+        self.statements_done == 0 && self.invalid_indexes_left.is_empty()
     }
 }
 
@@ -253,11 +266,13 @@ async fn run_statements(
                 let Err(e) = client.batch_execute(statement).await else {
                     break;
                 };
-                cleaned.extend(drop_new_invalid_indexes(client, &invalid_before).await);
+                let (dropped, left) = drop_new_invalid_indexes(client, &invalid_before).await;
+                cleaned.extend(dropped);
                 if !should_retry(&e, attempt, &limits.lock, on_retry).await {
                     let mut err = ScriptError::new(script, &e, attempts);
                     err.statements_done = done;
                     err.cleaned_invalid_indexes = cleaned.clone();
+                    err.invalid_indexes_left = left;
                     return Err(err);
                 }
             }
@@ -345,35 +360,56 @@ fn unit_random() -> f64 {
     f64::from(n) / f64::from(u32::MAX)
 }
 
+/// INVALID indexes that no session is building right now. An index another
+/// session's `CREATE INDEX CONCURRENTLY` or `REINDEX CONCURRENTLY` is still working
+/// on is INVALID too, and is not ours to drop.
 async fn invalid_indexes(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname)
                FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE NOT i.indisvalid",
+              WHERE NOT i.indisvalid
+                AND i.indexrelid NOT IN (SELECT index_relid FROM pg_stat_progress_create_index)
+                AND c.relname !~ '_cc(new|old)[0-9]*$'",
             &[],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Drop INVALID indexes that were not there before the script started.
-async fn drop_new_invalid_indexes(client: &Client, before: &[String]) -> Vec<String> {
+/// Drop the INVALID indexes that appeared since `before` (what a failed concurrent
+/// build leaves), retrying a lock timeout twice. Returns (dropped, still there).
+async fn drop_new_invalid_indexes(
+    client: &Client,
+    before: &[String],
+) -> (Vec<String>, Vec<String>) {
     let Ok(now) = invalid_indexes(client).await else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    let mut dropped = Vec::new();
+    let (mut dropped, mut left) = (Vec::new(), Vec::new());
     for name in now.into_iter().filter(|n| !before.contains(n)) {
-        if client
-            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-            .await
-            .is_ok()
-        {
-            dropped.push(name);
+        let mut ok = false;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
+            if client
+                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                .await
+                .is_ok()
+            {
+                ok = true;
+                break;
+            }
+        }
+        if ok {
+            dropped.push(name)
+        } else {
+            left.push(name)
         }
     }
-    dropped
+    (dropped, left)
 }
 
 #[cfg(test)]

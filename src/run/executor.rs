@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::migrations::Migration;
 use crate::migrations::history::{self, HistoryError};
 use crate::pg::cluster::PgBinaries;
+use crate::pg::lock::LockError;
 use crate::pg::{Dsn, TargetLock};
 use crate::plan::{Plan, RollbackStrategy};
 use crate::run::dry_run;
@@ -239,9 +240,10 @@ impl<'a> Runner<'a> {
         // Lock: from here on, only this run changes the target.
         self.advance(RunState::Locking);
         let started = Instant::now();
-        let lock = match TargetLock::acquire(
+        let application_name = format!("pgshepherd run {}", self.ctx.run_id);
+        let acquire = TargetLock::acquire(
             self.ctx.dsn,
-            &format!("pgshepherd run {}", self.ctx.run_id),
+            &application_name,
             plan.lock.acquire_timeout,
             |holder| {
                 self.ctx.emit(
@@ -251,10 +253,18 @@ impl<'a> Runner<'a> {
                     },
                 )
             },
-        )
-        .await
-        {
+        );
+        let acquired = tokio::select! {
+            acquired = acquire => acquired,
+            _ = self.ctx.abort_requested() => {
+                return self.finish(Outcome::Stopped, Some("aborted while waiting for the lock".into()));
+            }
+        };
+        let lock = match acquired {
             Ok(lock) => lock,
+            Err(e @ LockError::Connect { .. }) => {
+                return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 1);
+            }
             Err(e) => return self.finish(Outcome::Stopped, Some(e.to_string())),
         };
         self.ctx.emit(
@@ -277,7 +287,11 @@ impl<'a> Runner<'a> {
                 );
                 return self.finish(Outcome::Stopped, Some(reason));
             }
-            Err(e) => return self.finish(Outcome::Stopped, Some(e.to_string())),
+            // The same classes and exit codes as in preflight.
+            Err(e @ HistoryError::Query(_)) => {
+                return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 1);
+            }
+            Err(e) => return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 2),
         }
 
         // Baseline, before anything (including the backup's load) disturbs it.
@@ -306,6 +320,15 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+        // pgshepherd's own bookkeeping: created before the first migration so that
+        // nothing between the last abort check and the first migration can fail.
+        if let Err(e) = lock.client().batch_execute(history::CREATE).await {
+            let reason = format!(
+                "cannot create pgshepherd.history: {}",
+                crate::pg::server_message(&e)
+            );
+            return self.finish(Outcome::Stopped, Some(reason));
+        }
         if self.ctx.aborted() {
             return self.finish(Outcome::Stopped, Some("aborted before migrating".into()));
         }
@@ -322,14 +345,18 @@ impl<'a> Runner<'a> {
         self.advance(RunState::Migrating {
             applied: Vec::new(),
         });
-        let mut states = Vec::new();
+        // The checkpoint persists `Migrating { applied }` before each migration
+        // starts; `self.state` catches up when `migrate` returns.
+        let events = self.ctx.events;
+        let mut last = Vec::new();
         let end = migrate::migrate(&self.ctx, &lock, &pending, &mut |applied| {
-            states.push(applied.to_vec())
+            last = applied.to_vec();
+            events.save_state(&RunState::Migrating {
+                applied: last.clone(),
+            });
         })
         .await;
-        for applied in states {
-            self.advance(RunState::Migrating { applied });
-        }
+        self.advance(RunState::Migrating { applied: last });
         let (undo, cause) = match end {
             MigrateEnd::Done { applied } => {
                 self.applied_by_run = applied.clone();
@@ -446,7 +473,6 @@ impl<'a> Runner<'a> {
                 Step::Soak,
                 plan.soak.duration,
                 plan.soak.interval,
-                None,
             )
             .await;
         let (passed, failure) = match &result.end {
@@ -575,13 +601,7 @@ impl<'a> Runner<'a> {
         if !confirm.is_zero() {
             let interval = plan.soak.interval.min(confirm);
             let result = monitor
-                .watch(
-                    &self.ctx.without_abort(),
-                    Step::Confirm,
-                    confirm,
-                    interval,
-                    Some(1),
-                )
+                .watch(&self.ctx.without_abort(), Step::Confirm, confirm, interval)
                 .await;
             let unhealthy = match result.end {
                 SoakEnd::Passed => None,

@@ -3,7 +3,6 @@
 
 use crate::migrations::Migration;
 use crate::migrations::apply::{self, Limits};
-use crate::migrations::history;
 use crate::pg::TargetLock;
 use crate::run::event::{EventKind, Step};
 use crate::steps::context::StepContext;
@@ -45,17 +44,10 @@ pub async fn migrate(
     let set = &ctx.plan.migrations.name;
     let limits = limits(ctx);
     let mut applied: Vec<i64> = Vec::new();
-    if let Err(e) = lock.client().batch_execute(history::CREATE).await {
-        return MigrateEnd::Failed {
-            undo: applied,
-            cause: format!(
-                "cannot create pgshepherd.history: {}",
-                crate::pg::server_message(&e)
-            ),
-        };
-    }
     for m in pending {
-        if ctx.aborted() {
+        // Stop requests are honoured between migrations. Before the first one the
+        // executor has just checked, so `Aborted` always has something to undo.
+        if !applied.is_empty() && ctx.aborted() {
             return MigrateEnd::Aborted { undo: applied };
         }
         checkpoint(&applied);

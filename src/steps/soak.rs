@@ -170,32 +170,38 @@ impl Monitor {
 
     /// Watch the checks for `duration`, one sample per check every `interval`
     /// (`floor(duration / interval)` samples). Returns as soon as a verdict fires.
-    /// `min_samples` overrides each check's own minimum (the confirmation period
-    /// after a rollback asks for one valid sample each).
+    ///
+    /// The confirmation after a rollback (`step == Step::Confirm`) is shorter than a
+    /// soak, so its rules are tightened to what it can observe: one valid sample
+    /// per check suffices, but `consecutive` and `max_inconclusive` are capped so
+    /// that a check breaching (or inconclusive) on every sample always fails it.
     pub async fn watch(
         &mut self,
         ctx: &StepContext<'_>,
         step: Step,
         duration: Duration,
         interval: Duration,
-        min_samples: Option<u32>,
     ) -> SoakResult {
+        let ticks = sample_count(duration, interval);
+        let confirming = step == Step::Confirm;
         let mut states: Vec<CheckState> = self
             .checks
             .iter()
             .zip(&self.baselines)
             .map(|(c, b)| {
                 let mut c = c.clone();
-                if let Some(m) = min_samples {
-                    c.min_samples = m;
+                if confirming {
+                    c.min_samples = 1;
+                    c.consecutive = c.consecutive.clamp(1, ticks.max(1));
+                    c.max_inconclusive = c.max_inconclusive.min(ticks.saturating_sub(1));
                 }
                 CheckState::new(&c, *b)
             })
             .collect();
+        let min_samples = confirming.then_some(1);
         let mut cost: Vec<(Duration, u32)> = vec![(Duration::ZERO, 0); self.checks.len()];
         self.prime().await;
         let started = Instant::now();
-        let ticks = (duration.as_secs_f64() / interval.as_secs_f64()).floor() as u32;
         for tick in 1..=ticks {
             let at = tokio::time::Instant::from_std(started + interval * tick);
             let aborted = ctx.aborted()
@@ -324,6 +330,15 @@ fn tally(
         .collect()
 }
 
+/// `floor(duration / interval)` in whole nanoseconds, as `check` computes it, so
+/// that a plan promised N samples gets N.
+pub fn sample_count(duration: Duration, interval: Duration) -> u32 {
+    if interval.is_zero() {
+        return 0;
+    }
+    u32::try_from(duration.as_nanos() / interval.as_nanos()).unwrap_or(u32::MAX)
+}
+
 fn step_label(step: Step) -> &'static str {
     match step {
         Step::Confirm => "confirm",
@@ -374,6 +389,17 @@ fn round3(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::median;
+
+    #[test]
+    fn sample_count_is_exact_for_decimal_intervals() {
+        use super::sample_count;
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        assert_eq!(sample_count(ms(1200), ms(400)), 3);
+        assert_eq!(sample_count(ms(600), ms(200)), 3);
+        assert_eq!(sample_count(ms(999), ms(1000)), 0);
+        assert_eq!(sample_count(ms(8000), ms(1000)), 8);
+    }
 
     #[test]
     fn median_of_odd_even_and_empty() {
