@@ -54,7 +54,12 @@ impl Config {
                 .location()
                 .map(|l| (l.line() as u32, l.column() as u32))
                 .unwrap_or((0, 0));
-            fail(line, col, first_line(&e.to_string()))
+            // The parser may quote the offending value, which can be a DSN.
+            fail(
+                line,
+                col,
+                crate::pg::dsn::redact_text(&first_line(&e.to_string())),
+            )
         })?;
         let mut errors = Vec::new();
         let mut dsn = |what: &str, s: &str| -> Option<Dsn> {

@@ -13,10 +13,11 @@ pub struct Dsn {
     config: Config,
 }
 
+/// A connection string that does not parse. It is never echoed, not even
+/// redacted: a malformed string is exactly where a redactor can be fooled.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid database URL {redacted}: {source}")]
+#[error("invalid database URL (not shown, it may hold a password): {source}")]
 pub struct DsnError {
-    redacted: String,
     source: tokio_postgres::Error,
 }
 
@@ -26,10 +27,7 @@ impl FromStr for Dsn {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Config::from_str(s)
             .map(|config| Dsn { config })
-            .map_err(|source| DsnError {
-                redacted: redact_text(s),
-                source,
-            })
+            .map_err(|source| DsnError { source })
     }
 }
 
@@ -127,25 +125,57 @@ impl fmt::Debug for Dsn {
     }
 }
 
-/// Best-effort redaction of a connection string that failed to parse.
+/// Hide passwords in free text that may quote a connection string (a parser's
+/// error message, say): the password of every `scheme://user:password@host`
+/// (up to the last `@` of the authority) and the value of every `password=`
+/// (quoted or not, in key/value strings and URL query strings).
 pub fn redact_text(s: &str) -> String {
-    if let Some((scheme, rest)) = s.split_once("://") {
-        if let Some((userinfo, after)) = rest.split_once('@') {
-            let user = userinfo.split(':').next().unwrap_or("");
-            return format!("{scheme}://{user}:***@{after}");
-        }
-        return s.to_string();
-    }
-    s.split_whitespace()
-        .map(|kv| {
-            if kv.starts_with("password=") {
-                "password=***"
-            } else {
-                kv
+    redact_keyword(&redact_userinfo(s))
+}
+
+fn redact_userinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        let after = &rest[i + 3..];
+        let end = after
+            .find(|c: char| {
+                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
+            })
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
             }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+            _ => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_keyword(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.to_ascii_lowercase().find("password=") {
+        out.push_str(&rest[..i + "password=".len()]);
+        let value = &rest[i + "password=".len()..];
+        let end = match value.chars().next() {
+            Some(q @ ('\'' | '"')) => value[1..].find(q).map_or(value.len(), |n| n + 2),
+            _ => value
+                .find(|c: char| c == '&' || c.is_whitespace() || c == '"' || c == ',')
+                .unwrap_or(value.len()),
+        };
+        out.push_str("***");
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -166,14 +196,44 @@ mod tests {
     }
 
     #[test]
-    fn unparsable_dsn_errors_are_redacted() {
-        assert_eq!(
-            redact_text("postgres://u:pw@h:notaport/db"),
-            "postgres://u:***@h:notaport/db"
-        );
-        assert_eq!(
-            redact_text("host=x password=pw port=abc"),
-            "host=x password=*** port=abc"
-        );
+    fn unparsable_dsns_are_never_echoed() {
+        for bad in [
+            "postgres://u:hunter2@h:notaport/db",
+            "postgres://h:notaport/db?password=hunter2",
+            "host=x password='hun ter2' port=abc",
+        ] {
+            let err = bad.parse::<Dsn>().unwrap_err().to_string();
+            assert!(!err.contains("hunter2") && !err.contains("ter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn free_text_redaction_covers_the_awkward_cases() {
+        let cases = [
+            (
+                "postgres://u:pw@h:notaport/db",
+                "postgres://u:***@h:notaport/db",
+            ),
+            ("postgres://u:hun@ter2@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://h/db?sslmode=require&password=hunter2&x=1",
+                "postgres://h/db?sslmode=require&password=***&x=1",
+            ),
+            (
+                "host=x password=pw port=abc",
+                "host=x password=*** port=abc",
+            ),
+            (
+                "host=x password='hun ter2' port=abc",
+                "host=x password=*** port=abc",
+            ),
+            (
+                "invalid type: string \"postgres://app:s3cret@db/x\", expected",
+                "invalid type: string \"postgres://app:***@db/x\", expected",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_text(input), want, "{input}");
+        }
     }
 }
