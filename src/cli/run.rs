@@ -24,30 +24,18 @@ pub struct RunArgs {
 
 /// Run the plan and return the process exit code.
 pub async fn run(args: RunArgs) -> i32 {
+    let json = args.json;
     let plan = match crate::plan::load(&args.plan) {
         Ok(p) => p,
-        Err(diagnostics) => {
-            for d in &diagnostics.0 {
-                eprintln!("{d}");
-            }
-            return 2;
-        }
+        Err(diagnostics) => return refused(json, 2, &diagnostics.to_string()),
     };
     let config = match args.config.as_deref().map(Config::load).transpose() {
         Ok(c) => c,
-        Err(diagnostics) => {
-            for d in &diagnostics.0 {
-                eprintln!("{d}");
-            }
-            return 2;
-        }
+        Err(diagnostics) => return refused(json, 2, &diagnostics.to_string()),
     };
     let dsn = match resolve_target(&plan, args.database_url.as_deref(), config.as_ref()) {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
+        Err(e) => return refused(json, 2, &format!("error: {e}")),
     };
     let backup_dir = args
         .backup_dir
@@ -106,11 +94,11 @@ pub async fn execute(
     let journal = match Journal::create(&opts.backup_dir.join("journal"), &run_id) {
         Ok(j) => Some(j),
         Err(e) => {
-            eprintln!(
+            let reason = format!(
                 "error: cannot create the run journal under {}: {e}",
                 opts.backup_dir.display()
             );
-            return 1;
+            return refused(json, 1, &reason);
         }
     };
     let mut events = Emitter::new(&run_id, journal, json, true);
@@ -156,4 +144,25 @@ async fn wait_for_stop_signal() {
 pub fn new_run_id() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     id[..12].to_string()
+}
+
+/// A run refused before it started: the reason on stderr and, with `--json`, the
+/// `run_finished` line the event stream always ends with. Returns `exit_code`.
+pub fn refused(json: bool, exit_code: i32, reason: &str) -> i32 {
+    eprintln!("{reason}");
+    if json {
+        let events = Emitter::new(&new_run_id(), None, true, false);
+        events.emit(
+            None,
+            crate::run::EventKind::RunFinished {
+                outcome: crate::run::Outcome::Stopped,
+                reason: Some(reason.to_string()),
+                exit_code,
+                applied: Vec::new(),
+                backup: None,
+                journal: None,
+            },
+        );
+    }
+    exit_code
 }

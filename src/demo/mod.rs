@@ -50,8 +50,13 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> i32 {
-    match demo(args).await {
+    let json = args.json;
+    let mut started = false;
+    match demo(args, &mut started).await {
         Ok(code) => code,
+        // Failures before the run (no binaries, no cluster) still end the `--json`
+        // stream with `run_finished`; after the run, the stream has ended.
+        Err(e) if !started => crate::cli::run::refused(json, 1, &format!("demo: {e}")),
         Err(e) => {
             eprintln!("demo: {e}");
             1
@@ -59,7 +64,7 @@ pub async fn run(args: DemoArgs) -> i32 {
     }
 }
 
-async fn demo(args: DemoArgs) -> Result<i32, String> {
+async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, String> {
     let bins = PgBinaries::locate().map_err(|e| e.to_string())?;
     let work = tempfile::Builder::new()
         .prefix("pgshepherd-demo-")
@@ -128,6 +133,7 @@ async fn demo(args: DemoArgs) -> Result<i32, String> {
         now: true,
         dry_run: false,
     };
+    *started = true;
     let code = execute(&plan, &dsn, opts, args.json, Some(on_event)).await;
     let stats = writer.stop().await;
 

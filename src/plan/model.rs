@@ -55,6 +55,15 @@ pub enum BackupFormat {
     Directory,
 }
 
+impl BackupFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupFormat::Custom => "custom",
+            BackupFormat::Directory => "directory",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupSettings {
     /// `false` only when the plan says so explicitly; `restore` rollback needs a backup.
@@ -214,6 +223,16 @@ pub enum RollbackStrategy {
     Restore,
     /// Change nothing; page a human.
     Hold,
+}
+
+impl RollbackStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RollbackStrategy::Down => "down",
+            RollbackStrategy::Restore => "restore",
+            RollbackStrategy::Hold => "hold",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

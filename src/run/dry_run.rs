@@ -50,9 +50,9 @@ pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i6
         RollbackStrategy::Hold => true,
     };
     ctx.events.progress(&format!(
-        "  dry run: {} pending migration(s), rollback {:?} {}",
+        "  dry run: {} pending migration(s), rollback {} {}",
         pending.len(),
-        plan.rollback.strategy,
+        plan.rollback.strategy.as_str(),
         if rollback_ready { "ready" } else { "NOT ready" }
     ));
     for m in pending {

@@ -22,7 +22,7 @@ pub fn human(event: &Event) -> Option<String> {
                 .map(|v| format!("V{v}"))
                 .unwrap_or_else(|| "nothing applied".into());
             format!(
-                "run {} {}plan {plan_name} on {database} (at {at}; pending: {}; rollback: {rollback_strategy:?}){}",
+                "run {} {}plan {plan_name} on {database} (at {at}; pending: {}; rollback: {}){}",
                 event.run_id,
                 if *dry_run { "(dry run) " } else { "" },
                 if pending.is_empty() {
@@ -30,6 +30,7 @@ pub fn human(event: &Event) -> Option<String> {
                 } else {
                     pending.join(", ")
                 },
+                rollback_strategy.as_str(),
                 journal
                     .as_ref()
                     .map(|j| format!("\n         journal: {j}"))
@@ -64,7 +65,10 @@ pub fn human(event: &Event) -> Option<String> {
             compression,
             directory,
         } => {
-            format!("backup started ({format:?}, compression {compression}) into {directory}")
+            format!(
+                "backup started ({}, compression {compression}) into {directory}",
+                format.as_str()
+            )
         }
         BackupWritten {
             path,
@@ -155,7 +159,8 @@ pub fn human(event: &Event) -> Option<String> {
             (false, None) => "soak failed".into(),
         },
         RollbackStarted { strategy, undo, .. } => format!(
-            "ROLLING BACK ({strategy:?}): {}",
+            "ROLLING BACK ({}): {}",
+            strategy.as_str(),
             undo.iter()
                 .rev()
                 .map(|v| format!("V{v}"))
