@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Backup overhead: bare `pg_dump -Fc` (default gzip) vs pgshepherd's backup
 # including its full verification (take + verify). The work is done by
-# examples/backup_bench.rs; see docs/performance-backup.md for figures.
+# examples/backup_bench.rs; see docs/performance.md (Backup) for figures.
 #
 # Usage: benches/backup.sh [--size-mb 600] [--rounds 2] [--variants] [--database-url URL]
 # Starts its own throwaway cluster (as `postgres` when run as root) filled with
