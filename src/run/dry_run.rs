@@ -71,6 +71,24 @@ pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i6
             indent(&m.up.sql)
         ));
     }
+    for (check, (_, baseline)) in plan.soak.checks.iter().zip(monitor.baselines()) {
+        let state = crate::checks::CheckState::new(check, baseline);
+        let bounds: Vec<&str> = state.bounds().iter().map(|b| b.text.as_str()).collect();
+        ctx.events.progress(&format!(
+            "  would watch {} ({}): breach at {}, {} in a row; baseline now {}",
+            check.name,
+            check.source.describe().lines().next().unwrap_or_default(),
+            if bounds.is_empty() {
+                "no bound (no baseline)".to_string()
+            } else {
+                bounds.join(" or ")
+            },
+            check.consecutive,
+            baseline
+                .map(crate::checks::verdict::num)
+                .unwrap_or_else(|| "not measurable".into()),
+        ));
+    }
     json!({
         "applied": applied,
         "pending": migrations,
