@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, NoTls};
 
 /// A target's connection string. `Display` and `Debug` redact the password, so a
@@ -74,6 +74,10 @@ impl Dsn {
             ("PGPORT", port.to_string()),
             ("PGDATABASE", self.dbname().to_string()),
             ("PGCONNECT_TIMEOUT", "10".to_string()),
+            (
+                "PGSSLMODE",
+                ssl_mode_name(self.config.get_ssl_mode()).to_string(),
+            ),
         ];
         if let Some(u) = self.user() {
             env.push(("PGUSER", u.to_string()));
@@ -100,9 +104,18 @@ impl Dsn {
             let opts: Vec<String> = options.iter().map(|(k, v)| format!("-c {k}={v}")).collect();
             config.options(opts.join(" "));
         }
-        let (client, connection) = config.connect(NoTls).await?;
+        // libpq's sslmode: `disable` is plain; `prefer` (the default) and `require`
+        // negotiate TLS, `prefer` falling back to plain when the server has none.
+        if config.get_ssl_mode() == SslMode::Disable {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                // The error surfaces on the client's next call; nothing to do here.
+                let _ = connection.await;
+            });
+            return Ok(client);
+        }
+        let (client, connection) = config.connect(crate::tls::postgres_connector()).await?;
         tokio::spawn(async move {
-            // The error surfaces on the client's next call; nothing to do here.
             let _ = connection.await;
         });
         Ok(client)
@@ -122,6 +135,14 @@ impl fmt::Display for Dsn {
 impl fmt::Debug for Dsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Dsn({self})")
+    }
+}
+
+fn ssl_mode_name(mode: SslMode) -> &'static str {
+    match mode {
+        SslMode::Disable => "disable",
+        SslMode::Require => "require",
+        _ => "prefer",
     }
 }
 
