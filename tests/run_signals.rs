@@ -116,3 +116,65 @@ async fn sigterm_while_waiting_for_the_window_stops_with_nothing_changed() {
     assert_eq!(last["outcome"], "stopped");
     assert!(!db.table_exists("t").await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_backup_kills_pg_dump_and_leaves_nothing_behind() {
+    let db = common::fresh_db().await;
+    db.execute("CREATE TABLE accounts (id int)").await;
+    let dir = common::scratch_dir();
+    let plan = scenario(dir.path(), "");
+    // pg_dump waits for ACCESS SHARE on every table: this holds it up for good.
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE;")
+        .await
+        .unwrap();
+    let backups = dir.path().join("backups");
+    let mut run = Run::start(&plan, &db.url, &backups, true);
+    run.wait_for("backup_started").await;
+    // Until pg_dump is really waiting on the lock.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgshepherd-backup %' AND wait_event_type = 'Lock'";
+    for _ in 0..100 {
+        if db.query_i64(waiting).await > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        db.query_i64(waiting).await,
+        1,
+        "pg_dump never queued behind the lock"
+    );
+    run.terminate();
+    let (code, last) = run.finish().await;
+    assert_eq!(code, 5, "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("aborted during the backup"),
+        "{last}"
+    );
+    // pg_dump is gone, and so is its partial archive; nothing was migrated.
+    for _ in 0..50 {
+        if db
+            .query_i64("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgshepherd-backup %'")
+            .await
+            == 0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgshepherd-backup %'")
+            .await,
+        0
+    );
+    let left: Vec<_> = std::fs::read_dir(backups.join("db"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert!(!db.table_exists("t").await);
+}

@@ -307,7 +307,20 @@ impl<'a> Runner<'a> {
         // Backup: only a verified one lets the migration start.
         if plan.backup.enabled {
             self.advance(RunState::BackingUp);
-            match self.take_backup().await {
+            // A stop request cancels the backup: dropping it kills pg_dump, and
+            // whatever it had written is removed.
+            let taken = tokio::select! {
+                taken = self.take_backup() => taken,
+                _ = self.ctx.abort_requested() => {
+                    let removed = backup::cancel(self.ctx.dsn, &self.ctx.backup_dir, &self.opts.target, self.ctx.run_id).await;
+                    let reason = format!(
+                        "aborted during the backup; nothing was changed ({} partial file(s) removed)",
+                        removed.len()
+                    );
+                    return self.finish(Outcome::Stopped, Some(reason));
+                }
+            };
+            match taken {
                 Ok(b) => self.backup = Some(b),
                 Err(reason) => {
                     self.ctx.emit(
@@ -381,7 +394,7 @@ impl<'a> Runner<'a> {
         self.rollback(&lock, &mut monitor, undo, cause).await
     }
 
-    async fn take_backup(&mut self) -> Result<Backup, String> {
+    async fn take_backup(&self) -> Result<Backup, String> {
         let plan = self.ctx.plan;
         let Some(bins) = self.ctx.bins else {
             return Err(

@@ -40,6 +40,12 @@ use crate::plan::{BackupFormat, BackupSettings};
 /// `application_name` of pgshepherd's backup and restore sessions.
 pub const APPLICATION_NAME: &str = "pgshepherd-backup";
 
+/// `application_name` of one run's pg_dump sessions, so that an interrupted backup
+/// can find its own server sessions (see [`cancel`]).
+pub fn dump_application_name(run_id: &str) -> String {
+    format!("{APPLICATION_NAME} {run_id}")
+}
+
 /// pg_dump's `--lock-wait-timeout`: pg_dump takes ACCESS SHARE on every table when
 /// it starts; stuck behind someone's ACCESS EXCLUSIVE it would also block everything
 /// queued behind it, so it gives up instead.
@@ -390,10 +396,27 @@ pub async fn take(
     };
     let digest = match format {
         ArchiveFormat::Custom => {
-            dump_custom(bins, dsn, settings.compression, &path, progress).await?
+            dump_custom(
+                bins,
+                dsn,
+                &dump_application_name(run_id),
+                settings.compression,
+                &path,
+                progress,
+            )
+            .await?
         }
         ArchiveFormat::Directory => {
-            dump_directory(bins, dsn, settings.compression, jobs, &path, progress).await?
+            dump_directory(
+                bins,
+                dsn,
+                &dump_application_name(run_id),
+                settings.compression,
+                jobs,
+                &path,
+                progress,
+            )
+            .await?
         }
     };
     progress(digest.size_bytes);
@@ -536,6 +559,7 @@ enum Chunk {
 async fn dump_custom(
     bins: &PgBinaries,
     dsn: &Dsn,
+    application_name: &str,
     compression: u8,
     path: &Path,
     progress: &(dyn Fn(u64) + Sync),
@@ -545,7 +569,7 @@ async fn dump_custom(
         .create_new(true)
         .open(path)
         .map_err(io_err(format!("creating {}", path.display())))?;
-    let mut cmd = tool(&bins.pg_dump, dsn, APPLICATION_NAME);
+    let mut cmd = tool(&bins.pg_dump, dsn, application_name);
     cmd.arg("--format=custom")
         .arg(format!("--compress={compression}"))
         .arg(format!(
@@ -677,12 +701,13 @@ fn enlarge_pipe(fd: std::os::fd::RawFd) {
 async fn dump_directory(
     bins: &PgBinaries,
     dsn: &Dsn,
+    application_name: &str,
     compression: u8,
     jobs: u32,
     path: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ArchiveDigest, BackupError> {
-    let mut cmd = tool(&bins.pg_dump, dsn, APPLICATION_NAME);
+    let mut cmd = tool(&bins.pg_dump, dsn, application_name);
     cmd.arg("--format=directory")
         .arg(format!("--jobs={jobs}"))
         .arg(format!("--compress={compression}"))
@@ -1134,6 +1159,51 @@ fn missing_tables(
         }
     }
     missing
+}
+
+/// Clean up after a `take` that was dropped half-way (the run was stopped): end
+/// the server sessions of its pg_dump, which PostgreSQL keeps while they wait on a
+/// lock even though the client is gone (and later lock requests queue behind
+/// them), then remove its partial archive. Returns the files removed.
+pub async fn cancel(dsn: &Dsn, backup_dir: &Path, target: &str, run_id: &str) -> Vec<PathBuf> {
+    if let Ok(client) = dsn
+        .connect("pgshepherd cancel-backup", &[("statement_timeout", "10s")])
+        .await
+    {
+        let _ = client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&dump_application_name(run_id)],
+            )
+            .await;
+    }
+    discard_partial(backup_dir, target, run_id)
+}
+
+/// Remove what an interrupted `take` of run `run_id` left in the target's backup
+/// directory (an archive or directory without a manifest, or with one). Returns
+/// what was removed; errors are ignored, there is nothing better to do with them.
+pub fn discard_partial(backup_dir: &Path, target: &str, run_id: &str) -> Vec<PathBuf> {
+    let dir = backup_dir.join(path_component(target));
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().contains(run_id) {
+            continue;
+        }
+        let gone = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        if gone.is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
 }
 
 /// Keep the newest `keep` backups of `target` (by the manifests' `created_at`) and
