@@ -86,8 +86,33 @@ async fn sigterm_during_the_soak_cuts_it_short_and_rolls_back() {
     let dir = common::scratch_dir();
     let plan = scenario(dir.path(), "");
     let mut run = Run::start(&plan, &db.url, &dir.path().join("backups"), true);
-    run.wait_for("soak_started").await;
+    let soak = run.wait_for("soak_started").await;
     assert!(db.table_exists("t").await);
+    // The persisted state says where the run is, what it applied, and (from the
+    // first tick on) how far the soak has got with which counts.
+    let run_id = soak["run_id"].as_str().unwrap();
+    let state_file = dir
+        .path()
+        .join(format!("backups/journal/{run_id}.state.json"));
+    let read_state = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap()
+    };
+    let state = read_state();
+    assert_eq!(state["state"], "soaking", "{state}");
+    assert_eq!(state["applied"], serde_json::json!([1]));
+    run.wait_for("check_sample").await;
+    run.wait_for("check_sample").await;
+    let state = read_state();
+    let progress = &state["progress"];
+    assert!(progress["samples_taken"].as_u64().unwrap() >= 1, "{state}");
+    assert_eq!(progress["samples_planned"], 120);
+    assert!(
+        progress["checks"][0]["counts"]["valid_samples"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{state}"
+    );
     run.terminate();
     let (code, last) = run.finish().await;
     assert_eq!(code, 3, "{last}");
@@ -96,6 +121,9 @@ async fn sigterm_during_the_soak_cuts_it_short_and_rolls_back() {
         "{last}"
     );
     assert!(!db.table_exists("t").await);
+    let state = read_state();
+    assert_eq!(state["state"], "finished", "{state}");
+    assert_eq!(state["outcome"], "rolled_back");
 }
 
 #[tokio::test(flavor = "multi_thread")]

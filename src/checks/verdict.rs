@@ -16,6 +16,7 @@
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 
@@ -102,7 +103,7 @@ impl fmt::Display for Observation {
 }
 
 /// Which rule a bound or a verdict comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
     Min,
@@ -129,7 +130,7 @@ impl Rule {
 }
 
 /// One effective threshold, with the baseline arithmetic already done.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Bound {
     pub rule: Rule,
     /// The value a sample must not go below (`min`, `max_decrease`) or above
@@ -150,7 +151,7 @@ impl Bound {
 }
 
 /// Running counts of a check's samples.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// Every sample observed, whatever its kind.
     pub total_samples: u32,
@@ -163,7 +164,7 @@ pub struct Counts {
 
 /// What a rule decided. Each variant carries what the on-call needs to understand
 /// it without opening the plan; [`Verdict::message`] says it in one line.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     /// Roll back per the plan's strategy: `consecutive` breaching samples in a row
@@ -368,7 +369,7 @@ impl Assessment {
 }
 
 /// The verdict rules' memory for one check over one soak (or one confirmation).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckState {
     check: String,
     consecutive: u32,
@@ -689,6 +690,24 @@ mod tests {
             max: Some(m),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_state_persisted_mid_soak_continues_exactly_where_it_was() {
+        let mut live = CheckState::new(&check(max(0.5)), Some(0.2));
+        for o in [v(0.7), inc("NULL"), v(0.8)] {
+            live.observe(&o);
+        }
+        let text = serde_json::to_string(&live).unwrap();
+        let mut restored: CheckState = serde_json::from_str(&text).unwrap();
+        assert_eq!(restored, live);
+        // The breach streak (2 of 3) carries over: the next breaching sample fires.
+        let (a, b) = (live.observe(&v(0.9)), restored.observe(&v(0.9)));
+        assert_eq!(a, b);
+        assert!(
+            matches!(b.verdict, Some(Verdict::Breach { in_a_row: 3, .. })),
+            "{b:?}"
+        );
     }
 
     fn v(x: f64) -> Observation {

@@ -203,7 +203,7 @@ pub enum Delta {
 /// What an inconclusive sample (NULL, no row, NaN, error, timeout) does once more
 /// than `max_inconclusive` arrive in a row. Within the tolerance it is set aside:
 /// it never counts as a valid sample and never resets a breach streak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InconclusivePolicy {
     /// Treat the streak as a breach: roll back per the plan's strategy.

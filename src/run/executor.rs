@@ -25,7 +25,7 @@ use crate::steps::StepContext;
 use crate::steps::backup::{self, Backup};
 use crate::steps::migrate::{self, MigrateEnd};
 use crate::steps::rollback;
-use crate::steps::soak::{Monitor, SoakEnd};
+use crate::steps::soak::{Monitor, SoakEnd, SoakProgress};
 
 /// Choices made on the command line rather than in the plan.
 #[derive(Debug, Clone)]
@@ -373,7 +373,10 @@ impl<'a> Runner<'a> {
         let (undo, cause) = match end {
             MigrateEnd::Done { applied } => {
                 self.applied_by_run = applied.clone();
-                self.advance(RunState::Soaking { applied });
+                self.advance(RunState::Soaking {
+                    applied,
+                    progress: None,
+                });
                 match self.soak(&mut monitor).await {
                     Ok(()) => {
                         drop(lock);
@@ -480,12 +483,23 @@ impl<'a> Runner<'a> {
                 checks: monitor.check_plans(),
             },
         );
+        // Each tick's progress is persisted with the state, so the soak's
+        // position and counts outlive the process.
+        let events = self.ctx.events;
+        let applied = self.applied_by_run.clone();
+        let mut checkpoint = |progress: &SoakProgress| {
+            events.save_state(&RunState::Soaking {
+                applied: applied.clone(),
+                progress: Some(Box::new(progress.clone())),
+            })
+        };
         let result = monitor
             .watch(
                 &self.ctx,
                 Step::Soak,
                 plan.soak.duration,
                 plan.soak.interval,
+                &mut checkpoint,
             )
             .await;
         let (passed, failure) = match &result.end {
@@ -614,7 +628,13 @@ impl<'a> Runner<'a> {
         if !confirm.is_zero() {
             let interval = plan.soak.interval.min(confirm);
             let result = monitor
-                .watch(&self.ctx.without_abort(), Step::Confirm, confirm, interval)
+                .watch(
+                    &self.ctx.without_abort(),
+                    Step::Confirm,
+                    confirm,
+                    interval,
+                    &mut |_| {},
+                )
                 .await;
             let unhealthy = match result.end {
                 SoakEnd::Passed => None,

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::run::event::Outcome;
+use crate::steps::soak::SoakProgress;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -17,8 +18,12 @@ pub enum RunState {
     Migrating {
         applied: Vec<i64>,
     },
+    /// `progress`: the soak's position and every check's counts after the last
+    /// sample tick (absent until the first).
     Soaking {
         applied: Vec<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        progress: Option<Box<SoakProgress>>,
     },
     RollingBack {
         applied: Vec<i64>,
@@ -161,7 +166,10 @@ mod tests {
             RunState::BackingUp,
             RunState::Migrating { applied: vec![] },
             RunState::Migrating { applied: vec![1] },
-            RunState::Soaking { applied: vec![1] },
+            RunState::Soaking {
+                applied: vec![1],
+                progress: None,
+            },
             finished(Outcome::Succeeded),
         ] {
             s.advance(next).unwrap();

@@ -24,6 +24,18 @@ pub enum SoakEnd {
     Aborted,
 }
 
+/// Where a soak stands after a sample tick: persisted with the run state so that
+/// the soak's position, each check's counts and streaks, and any verdict survive
+/// the process (a resumed soak continues from here instead of starting over).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SoakProgress {
+    /// Time since the soak started, at the last tick.
+    pub elapsed_ms: u64,
+    pub samples_taken: u32,
+    pub samples_planned: u32,
+    pub checks: Vec<CheckState>,
+}
+
 #[derive(Debug, Clone)]
 pub struct SoakResult {
     pub end: SoakEnd,
@@ -181,6 +193,7 @@ impl Monitor {
         step: Step,
         duration: Duration,
         interval: Duration,
+        checkpoint: &mut (dyn FnMut(&SoakProgress) + Send),
     ) -> SoakResult {
         let ticks = sample_count(duration, interval);
         let confirming = step == Step::Confirm;
@@ -237,6 +250,12 @@ impl Monitor {
                     },
                 );
             }
+            checkpoint(&SoakProgress {
+                elapsed_ms: elapsed.as_millis() as u64,
+                samples_taken: tick,
+                samples_planned: ticks,
+                checks: states.clone(),
+            });
             ctx.events.progress(&format!(
                 "  {} {:>4}s/{}s  {}",
                 step_label(step),
