@@ -14,17 +14,7 @@ async fn run_resolves_the_plans_target_from_the_config_and_never_prints_its_pass
     ))
     .await;
     let dir = common::scratch_dir();
-    let set = dir.path().join("migrations");
-    std::fs::create_dir_all(&set).unwrap();
-    std::fs::write(set.join("V1__t.sql"), "CREATE TABLE t (id int);\n").unwrap();
-    std::fs::write(set.join("V1__t.down.sql"), "DROP TABLE t;\n").unwrap();
-    let plan = dir.path().join("plan.yaml");
-    std::fs::write(
-        &plan,
-        "name: config-target\ntarget: orders\nmigrations: migrations\nsoak:\n  duration: 1s\n  interval: 500ms\n  \
-         baseline_samples: 1\n  checks:\n    - name: one\n      sql: SELECT 1\n      max: 1\n      min_samples: 1\n      consecutive: 1\n",
-    )
-    .unwrap();
+    let plan = common::one_table_plan(dir.path(), "orders", "1s", "");
     let config = dir.path().join("pgshepherd.yaml");
     let port = common::cluster().port();
     std::fs::write(

@@ -62,22 +62,14 @@ impl Run {
     }
 }
 
+/// The one-table plan with a soak long enough to be interrupted.
 fn scenario(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
-    let set = dir.join("migrations");
-    std::fs::create_dir_all(&set).unwrap();
-    std::fs::write(set.join("V1__t.sql"), "CREATE TABLE t (id int);\n").unwrap();
-    std::fs::write(set.join("V1__t.down.sql"), "DROP TABLE t;\n").unwrap();
-    let plan = dir.join("plan.yaml");
-    std::fs::write(
-        &plan,
-        format!(
-            "name: signals\ntarget: db\nmigrations: migrations\nsoak:\n  duration: 60s\n  interval: 500ms\n  \
-             baseline_samples: 1\n  checks:\n    - name: one\n      sql: SELECT 1\n      max: 1\n\
-             rollback:\n  confirm: 1s\n{extra}"
-        ),
+    common::one_table_plan(
+        dir,
+        "db",
+        "60s",
+        &format!("rollback:\n  confirm: 1s\n{extra}"),
     )
-    .unwrap();
-    plan
 }
 
 #[tokio::test(flavor = "multi_thread")]

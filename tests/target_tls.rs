@@ -81,17 +81,7 @@ async fn tls_only_cluster() -> TempCluster {
 async fn runs_against_a_tls_only_target_and_refuses_plain_connections() {
     let cluster = tls_only_cluster().await;
     let dir = common::scratch_dir();
-    let set = dir.path().join("migrations");
-    std::fs::create_dir_all(&set).unwrap();
-    std::fs::write(set.join("V1__t.sql"), "CREATE TABLE t (id int);\n").unwrap();
-    std::fs::write(set.join("V1__t.down.sql"), "DROP TABLE t;\n").unwrap();
-    let plan = dir.path().join("plan.yaml");
-    std::fs::write(
-        &plan,
-        "name: tls\ntarget: db\nmigrations: migrations\nsoak:\n  duration: 1s\n  interval: 500ms\n  \
-         baseline_samples: 1\n  checks:\n    - name: one\n      sql: SELECT 1\n      max: 1\n      min_samples: 1\n      consecutive: 1\n",
-    )
-    .unwrap();
+    let plan = common::one_table_plan(dir.path(), "db", "1s", "");
     let run = |sslmode: &str| {
         Command::new(common::pgshepherd_bin())
             .arg("run")

@@ -23,7 +23,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -54,6 +54,26 @@ pub fn cluster() -> &'static TempCluster {
 /// The `pgshepherd` binary built for these tests.
 pub fn pgshepherd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pgshepherd"))
+}
+
+/// The smallest runnable plan, written into `dir`: one migration (`V1__t`, which
+/// creates table `t`; its down script drops it), one check that never breaches
+/// (`SELECT 1`, max 1), a soak of `soak` sampled every 500 ms. `extra` adds more
+/// top-level keys. Returns the plan's path.
+#[allow(dead_code)]
+pub fn one_table_plan(dir: &Path, target: &str, soak: &str, extra: &str) -> PathBuf {
+    let set = dir.join("migrations");
+    std::fs::create_dir_all(&set).unwrap();
+    std::fs::write(set.join("V1__t.sql"), "CREATE TABLE t (id int);\n").unwrap();
+    std::fs::write(set.join("V1__t.down.sql"), "DROP TABLE t;\n").unwrap();
+    let plan = dir.join("plan.yaml");
+    let text = format!(
+        "name: one-table\ntarget: {target}\nmigrations: migrations\nsoak:\n  duration: {soak}\n  interval: 500ms\n  \
+         baseline_samples: 1\n  checks:\n    - name: one\n      sql: SELECT 1\n      max: 1\n      min_samples: 1\n      \
+         consecutive: 1\n{extra}"
+    );
+    std::fs::write(&plan, text).unwrap();
+    plan
 }
 
 /// A temporary directory deleted when the returned value is dropped.
