@@ -19,12 +19,116 @@ struct RawConfig {
     backup_dir: Option<String>,
     #[serde(default)]
     targets: BTreeMap<String, RawTarget>,
-    // Read by the daemon, notifications and escalation; accepted here so that one
-    // file serves both `run --config` and `daemon --config`.
-    tokens: Option<IgnoredAny>,
+    #[serde(default)]
+    tokens: Vec<RawToken>,
+    // Read by notifications and escalation; accepted here so that one file serves
+    // both `run --config` and `daemon --config`.
     channels: Option<IgnoredAny>,
     escalation: Option<IgnoredAny>,
-    log: Option<IgnoredAny>,
+    log: Option<RawLog>,
+    daemon: Option<RawDaemon>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    sha256: Option<String>,
+    token: Option<String>,
+    #[serde(default)]
+    roles: Vec<Role>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    name: Option<String>,
+    lease_timeout: Option<String>,
+    poll_interval: Option<String>,
+    max_active_runs: Option<u32>,
+    shutdown_timeout: Option<String>,
+}
+
+/// What a token may do. Every role may also read; `admin` may do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Read,
+    Submit,
+    Approve,
+    Admin,
+}
+
+/// An API token: only its sha256 is kept in memory.
+#[derive(Clone)]
+pub struct Token {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub roles: Vec<Role>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    pub fn has(&self, role: Role) -> bool {
+        role == Role::Read || self.roles.contains(&role) || self.roles.contains(&Role::Admin)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    #[default]
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter directive (`info`, `pgshepherd=debug`); `RUST_LOG` wins.
+    pub level: String,
+}
+
+/// How the daemon schedules and leases runs.
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    /// This daemon's name in leases and logs (default: hostname and pid).
+    pub name: Option<String>,
+    /// A run whose owner has not renewed its lease for this long is taken over.
+    pub lease_timeout: std::time::Duration,
+    /// How often the scheduler looks for work, renews leases and reads abort requests.
+    pub poll_interval: std::time::Duration,
+    /// Runs this daemon drives at once; more wait in the queue.
+    pub max_active_runs: u32,
+    /// On SIGTERM, how long in-flight steps get to reach a checkpoint.
+    pub shutdown_timeout: std::time::Duration,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            name: None,
+            lease_timeout: std::time::Duration::from_secs(15),
+            poll_interval: std::time::Duration::from_secs(1),
+            max_active_runs: 500,
+            shutdown_timeout: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +144,9 @@ pub struct Config {
     pub state_database: Option<Dsn>,
     pub backup_dir: Option<PathBuf>,
     pub targets: BTreeMap<String, Dsn>,
+    pub tokens: Vec<Token>,
+    pub log: LogSettings,
+    pub daemon: DaemonSettings,
 }
 
 impl Config {
@@ -89,7 +196,101 @@ impl Config {
                 None
             }
         };
-        let _ = (&raw.tokens, &raw.channels, &raw.escalation, &raw.log);
+        let _ = (&raw.channels, &raw.escalation);
+        let mut tokens = Vec::new();
+        for (i, t) in raw.tokens.iter().enumerate() {
+            let at =
+                |m: String| Diagnostic::new(path, 0, 0, format!("tokens[{i}] ({}): {m}", t.name));
+            let digest = match (&t.sha256, &t.token) {
+                (Some(h), None) => match hex::decode(h.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                {
+                    Some(d) => d,
+                    None => {
+                        errors.push(at(
+                            "`sha256` must be 64 hex digits (sha256sum of the token)".into(),
+                        ));
+                        continue;
+                    }
+                },
+                (None, Some(plain)) => match expand_env(plain) {
+                    Ok(p) if p.len() >= 16 => {
+                        <sha2::Sha256 as sha2::Digest>::digest(p.as_bytes()).into()
+                    }
+                    Ok(_) => {
+                        errors.push(at("a token must be at least 16 characters".into()));
+                        continue;
+                    }
+                    Err(e) => {
+                        errors.push(at(e));
+                        continue;
+                    }
+                },
+                _ => {
+                    errors.push(at(
+                        "give exactly one of `sha256` (recommended) or `token`".into()
+                    ));
+                    continue;
+                }
+            };
+            if t.roles.is_empty() {
+                errors.push(at(
+                    "`roles` must list at least one of read, submit, approve, admin".into(),
+                ));
+            }
+            if tokens.iter().any(|o: &Token| o.name == t.name) {
+                errors.push(at(
+                    "token names must be unique (they name actors in the audit trail)".into(),
+                ));
+            }
+            tokens.push(Token {
+                name: t.name.clone(),
+                sha256: digest,
+                roles: t.roles.clone(),
+            });
+        }
+        let log = LogSettings {
+            format: raw.log.as_ref().and_then(|l| l.format).unwrap_or_default(),
+            level: raw
+                .log
+                .as_ref()
+                .and_then(|l| l.level.clone())
+                .unwrap_or_else(|| "info".into()),
+        };
+        let mut daemon = DaemonSettings::default();
+        if let Some(d) = &raw.daemon {
+            let mut duration = |key: &str, v: &Option<String>, slot: &mut std::time::Duration| {
+                if let Some(v) = v {
+                    match crate::plan::duration::parse(v) {
+                        Ok(x) if !x.is_zero() => *slot = x,
+                        Ok(_) => errors.push(Diagnostic::new(
+                            path,
+                            0,
+                            0,
+                            format!("daemon.{key} must be > 0"),
+                        )),
+                        Err(e) => {
+                            errors.push(Diagnostic::new(path, 0, 0, format!("daemon.{key}: {e}")))
+                        }
+                    }
+                }
+            };
+            duration("lease_timeout", &d.lease_timeout, &mut daemon.lease_timeout);
+            duration("poll_interval", &d.poll_interval, &mut daemon.poll_interval);
+            duration(
+                "shutdown_timeout",
+                &d.shutdown_timeout,
+                &mut daemon.shutdown_timeout,
+            );
+            daemon.name = d.name.clone();
+            if let Some(n) = d.max_active_runs {
+                daemon.max_active_runs = n.max(1);
+            }
+            if daemon.poll_interval * 2 > daemon.lease_timeout {
+                errors.push(Diagnostic::new(path, 0, 0, "daemon.poll_interval must be at most half of daemon.lease_timeout (leases are renewed every poll)".to_string()));
+            }
+        }
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
@@ -99,6 +300,9 @@ impl Config {
             state_database,
             backup_dir,
             targets,
+            tokens,
+            log,
+            daemon,
         })
     }
 }

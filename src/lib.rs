@@ -12,6 +12,7 @@
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod migrations;
 pub mod pg;

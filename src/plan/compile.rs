@@ -218,6 +218,9 @@ fn compile_plan(
         soak: soak?,
         rollback: rollback?.0,
         notify: notify?,
+        approval: Default::default(),
+        deadline: None,
+        gate: None,
     })
 }
 

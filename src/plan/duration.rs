@@ -87,6 +87,18 @@ pub mod serde_secs {
     }
 }
 
+/// [`serde_secs`] for an optional duration (`null` when absent).
+pub mod serde_secs_opt {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,34 @@ pub struct Plan {
     pub soak: SoakSettings,
     pub rollback: RollbackSettings,
     pub notify: NotifySettings,
+    /// Whether a second person must approve a submitted run before it starts.
+    pub approval: ApprovalSettings,
+    /// Give up (stopped) if the migration has not started by then.
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
+    /// A low-traffic condition the target must meet before migrating.
+    pub gate: Option<Gate>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApprovalSettings {
+    /// The daemon holds the run until someone with the `approve` role, other than
+    /// the submitter, approves it. `run` (no daemon) ignores it.
+    pub required: bool,
+}
+
+/// Migrate only once `check` has stayed healthy for `consecutive` samples in a
+/// row, one every `interval` (the soak's check machinery; a sample that breaches
+/// or is inconclusive restarts the count).
+#[derive(Debug, Clone, Serialize)]
+pub struct Gate {
+    pub check: Check,
+    pub consecutive: u32,
+    #[serde(with = "crate::plan::duration::serde_secs")]
+    pub interval: Duration,
+    /// Give up (stopped) when the gate has not opened after this long; `None` waits
+    /// as long as the window (or the deadline) allows.
+    #[serde(with = "crate::plan::duration::serde_secs_opt", default)]
+    pub timeout: Option<Duration>,
 }
 
 /// How pgshepherd takes the per-target advisory lock and how migrations avoid

@@ -21,6 +21,8 @@ pub enum Step {
     Soak,
     Rollback,
     Confirm,
+    /// The low-traffic gate before migrating.
+    Gate,
 }
 
 /// How a run ended; the process exit code follows from it.
@@ -238,6 +240,44 @@ pub enum EventKind {
     },
     DryRun {
         report: serde_json::Value,
+    },
+    /// The daemon accepted a submission.
+    RunSubmitted {
+        plan_name: String,
+        target: String,
+        submitted_by: String,
+        bundle_sha256: String,
+        requires_approval: bool,
+    },
+    RunApproved {
+        approved_by: String,
+    },
+    AbortRequested {
+        requested_by: String,
+    },
+    Acknowledged {
+        acked_by: String,
+    },
+    /// A daemon took the run (first claim, restart or takeover) and continues it
+    /// from its last checkpoint.
+    RunResumed {
+        owner: String,
+        epoch: i64,
+        from_state: String,
+        detail: String,
+    },
+    /// The low-traffic gate: waiting for `consecutive` healthy samples of `check`.
+    GateStarted {
+        check: crate::run::event::CheckPlan,
+        consecutive: u32,
+        interval_s: f64,
+    },
+    GateOpen {
+        samples: u32,
+        waited_s: f64,
+    },
+    GateClosed {
+        reason: String,
     },
     RunFinished {
         outcome: Outcome,

@@ -197,6 +197,41 @@ pub fn human(event: &Event) -> Option<String> {
         ),
         RollbackFailed { reason } => format!("ROLLBACK FAILED: {reason}"),
         DryRun { .. } => return None,
+        RunSubmitted {
+            plan_name,
+            target,
+            submitted_by,
+            requires_approval,
+            ..
+        } => format!(
+            "submitted plan {plan_name} for {target} by {submitted_by}{}",
+            if *requires_approval {
+                "; waiting for approval"
+            } else {
+                ""
+            }
+        ),
+        RunApproved { approved_by } => format!("approved by {approved_by}"),
+        AbortRequested { requested_by } => format!("abort requested by {requested_by}"),
+        Acknowledged { acked_by } => format!("acknowledged by {acked_by}"),
+        RunResumed {
+            owner,
+            epoch,
+            from_state,
+            detail,
+        } => format!("taken by {owner} (epoch {epoch}) at {from_state}: {detail}"),
+        GateStarted {
+            check,
+            consecutive,
+            interval_s,
+        } => format!(
+            "low-traffic gate: waiting for {consecutive} healthy samples of {} every {interval_s}s",
+            check.check
+        ),
+        GateOpen { samples, waited_s } => {
+            format!("low-traffic gate open after {samples} samples ({waited_s:.1}s)")
+        }
+        GateClosed { reason } => format!("low-traffic gate never opened: {reason}"),
         RunFinished {
             outcome,
             reason,
