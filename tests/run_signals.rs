@@ -87,7 +87,9 @@ async fn sigterm_during_the_soak_cuts_it_short_and_rolls_back() {
         .path()
         .join(format!("backups/journal/{run_id}.state.json"));
     let read_state = || -> Value {
-        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap()
+        let checkpoint: Value =
+            serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+        checkpoint["state"].clone()
     };
     let state = read_state();
     assert_eq!(state["state"], "soaking", "{state}");

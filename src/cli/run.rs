@@ -29,6 +29,11 @@ pub async fn run(args: RunArgs) -> i32 {
         Ok(p) => p,
         Err(diagnostics) => return refused(json, 2, &diagnostics.to_string()),
     };
+    if plan.approval.required {
+        eprintln!(
+            "note: the plan requires approval, which only the daemon enforces (`pgshepherd submit`); `run` goes ahead without it"
+        );
+    }
     let config = match args.config.as_deref().map(Config::load).transpose() {
         Ok(c) => c,
         Err(diagnostics) => return refused(json, 2, &diagnostics.to_string()),
@@ -105,7 +110,7 @@ pub async fn execute(
     if let Some(o) = observer {
         events = events.observe(o);
     }
-    let bins = PgBinaries::locate().ok();
+    let bins = PgBinaries::locate_client().ok();
     let (abort_tx, abort_rx) = watch::channel(false);
     let signals = tokio::spawn(async move {
         wait_for_stop_signal().await;
@@ -121,7 +126,7 @@ pub async fn execute(
     finished.exit_code
 }
 
-async fn wait_for_stop_signal() {
+pub async fn wait_for_stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -134,6 +134,41 @@ impl PgBinaries {
         Self::in_dir(bindir, &path_dirs)
     }
 
+    /// The client tools a run needs (pg_dump, pg_restore, psql), on a host that
+    /// may have no server installed (a daemon host with `postgresql-client` only).
+    /// Prefers a full installation ([`PgBinaries::locate`]) so the tools match;
+    /// otherwise `PGSHEPHERD_PG_BINDIR`, PATH, then `pg_config --bindir`. The
+    /// server fields then point at tools that may not exist.
+    pub fn locate_client() -> Result<PgBinaries, ClusterError> {
+        if let Ok(full) = Self::locate() {
+            return Ok(full);
+        }
+        let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        let has_client = |d: &Path| {
+            ["pg_dump", "pg_restore", "psql"]
+                .iter()
+                .all(|t| is_executable(&d.join(t)))
+        };
+        let dir = match std::env::var_os(BINDIR_ENV).map(PathBuf::from) {
+            Some(pinned) => Some(pinned).filter(|d| has_client(d)),
+            None => path_dirs
+                .iter()
+                .find(|d| has_client(d))
+                .cloned()
+                .or_else(|| pg_config_bindir().filter(|d| has_client(d))),
+        };
+        match dir {
+            Some(dir) => Self::in_dir(dir, &path_dirs),
+            None => Err(ClusterError::NotFound {
+                searched: format!(
+                    "{BINDIR_ENV}, PATH, `pg_config --bindir` (for pg_dump, pg_restore and psql)"
+                ),
+            }),
+        }
+    }
+
     fn in_dir(bindir: PathBuf, path_dirs: &[PathBuf]) -> Result<PgBinaries, ClusterError> {
         let client = |tool: &'static str| -> Result<PathBuf, ClusterError> {
             let beside = bindir.join(tool);

@@ -9,12 +9,16 @@
 //! that cannot work (`down` without every down script, `restore` without a backup
 //! or without `allow_data_loss: true`), and settings that silently do nothing
 //! (`lock_timeout` not below `statement_timeout`, a `confirm` shorter than one
-//! interval).
+//! interval). The low-traffic gate's check is compiled by the same function as a
+//! soak check, minus what a gate cannot use (baseline-relative thresholds, the
+//! breach and inconclusive rules), and a gate that could never open before its
+//! `timeout` or inside the window is refused.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 
 use super::diagnostic::Diagnostic;
@@ -37,6 +41,8 @@ pub const TOP_KEYS: &[&str] = &[
     "soak",
     "rollback",
     "notify",
+    "approval",
+    "gate",
 ];
 pub const LOCK_KEYS: &[&str] = &[
     "acquire_timeout",
@@ -45,7 +51,7 @@ pub const LOCK_KEYS: &[&str] = &[
     "backoff",
     "max_backoff",
 ];
-pub const WINDOW_KEYS: &[&str] = &["cron", "timezone", "duration"];
+pub const WINDOW_KEYS: &[&str] = &["cron", "timezone", "duration", "deadline"];
 pub const BACKUP_KEYS: &[&str] = &[
     "enabled",
     "format",
@@ -73,6 +79,8 @@ pub const CHECK_KEYS: &[&str] = &[
 pub const HTTP_KEYS: &[&str] = &["url", "expect_status", "json_pointer"];
 pub const ROLLBACK_KEYS: &[&str] = &["strategy", "allow_data_loss", "confirm"];
 pub const NOTIFY_KEYS: &[&str] = &["channels", "escalation"];
+pub const APPROVAL_KEYS: &[&str] = &["required"];
+pub const GATE_KEYS: &[&str] = &["check", "consecutive", "interval", "timeout"];
 
 /// Defaults, in one place so that the reference documentation can be checked against them.
 pub mod defaults {
@@ -94,6 +102,9 @@ pub mod defaults {
     /// The per-sample timeout is `min(interval, CHECK_TIMEOUT)`.
     pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
     pub const CONFIRM: Duration = Duration::from_secs(30);
+    /// Healthy gate samples in a row before the gate opens.
+    pub const GATE_CONSECUTIVE: u32 = 3;
+    pub const GATE_INTERVAL: Duration = Duration::from_secs(10);
 }
 
 /// Longest plan and check names, so that they fit in events, metrics and chat messages.
@@ -169,6 +180,8 @@ fn compile_plan(
             .map_or(defaults::STATEMENT_TIMEOUT, |s| s.value),
     );
     let window = compile_window(sink, &top);
+    let approval = compile_approval(sink, &top);
+    let gate = compile_gate(sink, &top, window.window.as_ref().and_then(|w| w.as_ref()));
     let backup = compile_backup(sink, &top);
     top.require(sink, "soak");
     let (soak, timing) = match top.section(sink, "soak", SOAK_KEYS) {
@@ -214,13 +227,13 @@ fn compile_plan(
         lock: lock?,
         statement_timeout: statement_timeout.map_or(defaults::STATEMENT_TIMEOUT, |s| s.value),
         backup: backup?,
-        window: window?,
+        window: window.window?,
+        deadline: window.deadline?,
         soak: soak?,
         rollback: rollback?.0,
         notify: notify?,
-        approval: Default::default(),
-        deadline: None,
-        gate: None,
+        approval: approval?,
+        gate: gate?,
     })
 }
 
@@ -368,12 +381,40 @@ fn compile_lock(
     })
 }
 
-/// `Some(None)` when the plan has no window (any time).
-fn compile_window(sink: &mut Sink, top: &Section) -> Option<Option<Window>> {
+/// The `window` section: when the migration may start, and by when at the latest.
+/// Each is `None` when invalid (and reported), independently of the other, so
+/// that a broken deadline does not hide the rules that need the window.
+struct WindowSettings {
+    /// `Some(None)` when the plan has no window (any time).
+    window: Option<Option<Window>>,
+    deadline: Option<Option<DateTime<Utc>>>,
+}
+
+fn compile_window(sink: &mut Sink, top: &Section) -> WindowSettings {
     if !top.has("window") {
-        return Some(None);
+        return WindowSettings {
+            window: Some(None),
+            deadline: Some(None),
+        };
     }
-    let s = top.section(sink, "window", WINDOW_KEYS)?;
+    let Some(s) = top.section(sink, "window", WINDOW_KEYS) else {
+        return WindowSettings {
+            window: None,
+            deadline: None,
+        };
+    };
+    let deadline = match s.has("deadline") {
+        true => deadline(sink, &s).map(Some),
+        false => Some(None),
+    };
+    WindowSettings {
+        window: compile_window_times(sink, &s),
+        deadline,
+    }
+}
+
+/// `cron`, `timezone` and `duration`.
+fn compile_window_times(sink: &mut Sink, s: &Section) -> Option<Option<Window>> {
     let present = [
         s.require(sink, "cron"),
         s.require(sink, "timezone"),
@@ -431,6 +472,142 @@ fn compile_window(sink: &mut Sink, top: &Section) -> Option<Option<Window>> {
             None
         }
     }
+}
+
+/// `window.deadline`: an RFC 3339 timestamp with its UTC offset. A timestamp
+/// without one is refused rather than read in some zone: the plan is checked on
+/// one machine and run on another, and "02:00" must mean the same instant on both.
+fn deadline(sink: &mut Sink, s: &Section) -> Option<DateTime<Utc>> {
+    let text = s.string(sink, "deadline")?;
+    let t = text.value.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Some(d.with_timezone(&Utc));
+    }
+    let local = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .any(|f| NaiveDateTime::parse_from_str(t, f).is_ok());
+    let date_only = NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok();
+    let message = if local || date_only {
+        let what = if date_only { "a date" } else { "a local time" };
+        format!(
+            "`window.deadline` {t:?} is {what} without a UTC offset; write the instant with its offset, \
+             like 2026-11-23T04:00:00+01:00 or 2026-11-23T03:00:00Z"
+        )
+    } else {
+        format!(
+            "`window.deadline` {t:?} is not an RFC 3339 timestamp; write it like 2026-11-23T04:00:00+01:00 \
+             or 2026-11-23T03:00:00Z"
+        )
+    };
+    sink.error(text.pos, message);
+    None
+}
+
+fn compile_approval(sink: &mut Sink, top: &Section) -> Option<ApprovalSettings> {
+    if !top.has("approval") {
+        return Some(ApprovalSettings::default());
+    }
+    let s = top.section(sink, "approval", APPROVAL_KEYS)?;
+    let before = sink.diagnostics.len();
+    let required = s.bool(sink, "required");
+    if sink.diagnostics.len() != before {
+        return None;
+    }
+    Some(ApprovalSettings {
+        required: required.is_some_and(|r| r.value),
+    })
+}
+
+/// `None` inside when the plan has no gate. `window` is the plan's window when it
+/// is valid: a gate that needs longer than the window stays open can never open.
+fn compile_gate(sink: &mut Sink, top: &Section, window: Option<&Window>) -> Option<Option<Gate>> {
+    if !top.has("gate") {
+        return Some(None);
+    }
+    let s = top.section(sink, "gate", GATE_KEYS)?;
+    let before = sink.diagnostics.len();
+    let consecutive = s.uint(sink, "consecutive", 1, 1000);
+    let interval = s.duration(sink, "interval", true);
+    let timeout = s.duration(sink, "timeout", true);
+    let interval_v = interval
+        .as_ref()
+        .map_or(defaults::GATE_INTERVAL, |i| i.value);
+    let consecutive_v = consecutive
+        .as_ref()
+        .map_or(defaults::GATE_CONSECUTIVE, |c| c.value);
+    s.require(sink, "check");
+    let check = s.get(sink, "check").and_then(|node| {
+        compile_check(
+            sink,
+            node,
+            CheckHome::Gate {
+                consecutive: consecutive_v,
+                key: s.key_pos("check"),
+            },
+            interval_v,
+            &mut HashMap::new(),
+        )
+    });
+
+    // The gate opens after `consecutive` healthy samples, the first one interval
+    // after it starts; anything that ends the wait sooner makes it never open.
+    let timing_ok =
+        s.has("interval") == interval.is_some() && s.has("consecutive") == consecutive.is_some();
+    let needed = interval_v.saturating_mul(consecutive_v);
+    let explain = || {
+        format!(
+            "it opens {} after it starts at the earliest ({consecutive_v} healthy sample{}, one every {})",
+            duration::format(needed),
+            if consecutive_v == 1 { "" } else { "s" },
+            duration::format(interval_v)
+        )
+    };
+    // Point at what the author wrote that makes the gate too slow.
+    let slow_pos = consecutive
+        .as_ref()
+        .map(|c| c.pos)
+        .or(interval.as_ref().map(|i| i.pos))
+        .unwrap_or(s.pos);
+    if let Some(t) = &timeout
+        && timing_ok
+        && t.value <= needed
+    {
+        sink.error(
+            t.pos,
+            format!(
+                "`gate.timeout` {} is too short for the gate ever to open: {}",
+                duration::format(t.value),
+                explain()
+            ),
+        );
+    }
+    if let Some(w) = window
+        && timing_ok
+        && w.duration <= needed
+    {
+        sink.error(
+            slow_pos,
+            format!(
+                "the gate can never open inside the window: {}, but `window.duration` is {}",
+                explain(),
+                duration::format(w.duration)
+            ),
+        );
+    }
+    if sink.diagnostics.len() != before {
+        return None;
+    }
+    Some(Some(Gate {
+        check: check?,
+        consecutive: consecutive_v,
+        interval: interval_v,
+        timeout: timeout.map(|t| t.value),
+    }))
 }
 
 fn compile_backup(sink: &mut Sink, top: &Section) -> Option<BackupSettings> {
@@ -532,7 +709,8 @@ fn compile_soak(sink: &mut Sink, s: &Section) -> (Option<SoakSettings>, Option<T
             Value::Seq(items) => {
                 let mut names: HashMap<String, Pos> = HashMap::new();
                 for (i, item) in items.iter().enumerate() {
-                    match compile_check(sink, item, i, timing, interval_v, &mut names) {
+                    let home = CheckHome::Soak { index: i, timing };
+                    match compile_check(sink, item, home, interval_v, &mut names) {
                         Some(c) => checks.push(c),
                         None => checks_ok = false,
                     }
@@ -587,16 +765,49 @@ impl Timing {
     }
 }
 
+/// Where a check is written. Soak checks and the gate's check share their keys and
+/// rules, except where the gate has no use for them: there is no baseline before
+/// the gate, and the gate's own `consecutive` decides when it opens.
+#[derive(Clone, Copy)]
+enum CheckHome {
+    /// Entry `index` of `soak.checks`; `timing` when the soak's clock is valid.
+    Soak {
+        index: usize,
+        timing: Option<Timing>,
+    },
+    /// `gate.check`, written at `key`, with the gate's (possibly default) `consecutive`.
+    Gate { consecutive: u32, key: Pos },
+}
+
+/// Keys of a check that only mean something to the soak's verdict rules.
+const SOAK_ONLY_CHECK_KEYS: &[&str] = &[
+    "consecutive",
+    "min_samples",
+    "on_inconclusive",
+    "max_inconclusive",
+];
+
+/// Compile one check. `interval` is how often it is sampled (`soak.interval` or
+/// `gate.interval`); `names` holds the names already used in the same list.
 fn compile_check(
     sink: &mut Sink,
     node: &Node,
-    index: usize,
-    timing: Option<Timing>,
+    home: CheckHome,
     interval: Duration,
     names: &mut HashMap<String, Pos>,
 ) -> Option<Check> {
-    let path = format!("soak.checks[{index}]");
-    let s = Section::open(sink, node, &path, Pos::of(node), CHECK_KEYS)?;
+    let (path, timing, interval_key) = match home {
+        CheckHome::Soak { index, timing } => {
+            (format!("soak.checks[{index}]"), timing, "soak.interval")
+        }
+        CheckHome::Gate { .. } => ("gate.check".to_string(), None, "gate.interval"),
+    };
+    let pos = match home {
+        CheckHome::Soak { .. } => Pos::of(node),
+        // Like every other section, the gate's check is located at its key.
+        CheckHome::Gate { key, .. } => key,
+    };
+    let s = Section::open(sink, node, &path, pos, CHECK_KEYS)?;
     let before = sink.diagnostics.len();
 
     s.require(sink, "name");
@@ -616,9 +827,10 @@ fn compile_check(
         names.insert(name.clone(), pos);
         Some(name)
     });
-    let label = match &name {
-        Some(n) => format!("check `{n}`"),
-        None => format!("`{path}`"),
+    let label = match (&name, home) {
+        (Some(n), CheckHome::Soak { .. }) => format!("check `{n}`"),
+        (Some(n), CheckHome::Gate { .. }) => format!("gate check `{n}`"),
+        (None, _) => format!("`{path}`"),
     };
 
     let source = compile_source(sink, &s, &label);
@@ -627,6 +839,32 @@ fn compile_check(
     let max = s.number(sink, "max");
     let max_increase = delta(sink, &s, "max_increase");
     let max_decrease = delta(sink, &s, "max_decrease");
+    if let CheckHome::Gate { consecutive, .. } = home {
+        for (key, d) in [
+            ("max_increase", &max_increase),
+            ("max_decrease", &max_decrease),
+        ] {
+            if let Some(d) = d {
+                sink.error(
+                    d.pos,
+                    format!(
+                        "{label}: `{key}` is relative to a baseline, and the gate has none: it decides \
+                         before the baseline is measured; use an absolute `min` or `max`"
+                    ),
+                );
+            }
+        }
+        for key in SOAK_ONLY_CHECK_KEYS.iter().filter(|k| s.has(k)) {
+            sink.error(
+                s.key_pos(key),
+                format!(
+                    "{label}: `{key}` has no effect on a gate, whose check does not breach: the gate opens \
+                     after `gate.consecutive` ({consecutive}) healthy samples in a row, and a breaching or \
+                     inconclusive sample starts the count again; remove it"
+                ),
+            );
+        }
+    }
     let thresholds_written = ["min", "max", "max_increase", "max_decrease"]
         .iter()
         .any(|k| s.has(k));
@@ -708,7 +946,7 @@ fn compile_check(
         sink.error(
             t.pos,
             format!(
-                "{label}: `timeout` {} is longer than `soak.interval` {}; a sample must finish before the next one",
+                "{label}: `timeout` {} is longer than `{interval_key}` {}; a sample must finish before the next one",
                 duration::format(t.value),
                 duration::format(interval)
             ),
@@ -717,6 +955,26 @@ fn compile_check(
 
     if sink.diagnostics.len() != before {
         return None;
+    }
+    if let CheckHome::Gate { consecutive, .. } = home {
+        // What the gate does, in the verdict rules' terms: one breaching sample or
+        // one inconclusive sample starts the count again, and it takes
+        // `consecutive` valid samples to open. Nothing ever breaches or holds.
+        return Some(Check {
+            name: name?,
+            source: source?,
+            thresholds: Thresholds {
+                min: min.map(|m| m.value),
+                max: max.map(|m| m.value),
+                max_increase: None,
+                max_decrease: None,
+            },
+            consecutive: 1,
+            min_samples: consecutive,
+            on_inconclusive: InconclusivePolicy::Ignore,
+            max_inconclusive: 0,
+            timeout: timeout.map_or(default_timeout, |t| t.value),
+        });
     }
     let on_inconclusive = match on_inconclusive.map(|o| o.value) {
         Some("hold") => InconclusivePolicy::Hold,
@@ -1103,4 +1361,459 @@ fn compile_notify(sink: &mut Sink, top: &Section) -> Option<NotifySettings> {
         channels: names,
         escalation: escalation.map(|e| e.value),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The keys compiled here that have no home in `load`'s tests: `approval`,
+    //! `window.deadline` and `gate`. Positions are those of MINIMAL plus `extra`
+    //! appended from line 10.
+
+    use std::path::Path;
+    use std::time::Duration;
+
+    use chrono::{TimeZone, Utc};
+
+    use super::MigrationSource;
+    use crate::migrations::MigrationSet;
+    use crate::plan::load::load_str;
+    use crate::plan::model::*;
+
+    const MINIMAL: &str = "name: p\ntarget: app\nmigrations: jobs\nsoak:\n  duration: 10m\n  checks:\n    - name: c\n      builtin: deadlocks_per_second\n      max: 0\n";
+
+    fn compile(extra: &str) -> Result<Plan, Vec<String>> {
+        let set = MigrationSet::from_files(
+            "jobs",
+            None,
+            vec![
+                (
+                    "V1__a.sql".to_string(),
+                    "CREATE TABLE t (c int);".to_string(),
+                ),
+                ("V1__a.down.sql".to_string(), "DROP TABLE t;".to_string()),
+            ],
+        )
+        .unwrap();
+        load_str(
+            Path::new("plan.yaml"),
+            &format!("{MINIMAL}{extra}"),
+            MigrationSource::Given(set),
+        )
+        .map_err(|d| d.0.iter().map(|d| d.to_string()).collect())
+    }
+
+    fn errors(extra: &str) -> Vec<String> {
+        compile(extra).err().unwrap_or_default()
+    }
+
+    /// Exactly the diagnostics at `line:col`, each of which must contain `needle`
+    /// (and there is at least one).
+    fn assert_error(extra: &str, line: u32, col: u32, needle: &str) {
+        let all = errors(extra);
+        let prefix = format!("plan.yaml:{line}:{col}: ");
+        assert!(
+            all.iter()
+                .any(|e| e.starts_with(&prefix) && e.contains(needle)),
+            "no {needle:?} at {line}:{col} in {all:#?}"
+        );
+    }
+
+    fn assert_only_error(extra: &str, line: u32, col: u32, needle: &str) {
+        let all = errors(extra);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert_error(extra, line, col, needle);
+    }
+
+    #[test]
+    fn approval_defaults_to_not_required() {
+        assert!(!compile("").unwrap().approval.required);
+        assert!(!compile("approval: {}\n").unwrap().approval.required);
+        assert!(
+            compile("approval:\n  required: true\n")
+                .unwrap()
+                .approval
+                .required
+        );
+    }
+
+    #[test]
+    fn bad_approval_settings_point_at_the_value() {
+        assert_only_error(
+            "approval:\n  required: yes\n",
+            11,
+            13,
+            "`approval.required` must be true or false, found \"yes\"",
+        );
+        assert_only_error(
+            "approval:\n  requird: true\n",
+            11,
+            3,
+            "unknown key `requird` in `approval`; did you mean `required`?",
+        );
+        assert_only_error("approval: true\n", 10, 11, "`approval` must be a mapping");
+        assert_only_error("approval:\n", 10, 1, "`approval` has no value");
+        assert_only_error(
+            "approve:\n  required: true\n",
+            10,
+            1,
+            "did you mean `approval`?",
+        );
+    }
+
+    fn window(deadline: &str) -> String {
+        format!(
+            "window:\n  cron: \"0 2 * * *\"\n  timezone: Europe/Berlin\n  duration: 2h\n  deadline: {deadline}\n"
+        )
+    }
+
+    #[test]
+    fn a_deadline_is_an_instant_with_its_offset() {
+        let plan = compile(&window("2026-11-23T04:00:00+01:00")).unwrap();
+        assert_eq!(
+            plan.deadline,
+            Some(Utc.with_ymd_and_hms(2026, 11, 23, 3, 0, 0).unwrap())
+        );
+        assert!(plan.window.is_some());
+        let plan = compile(&window("\"2026-11-23T03:00:00.5Z\"")).unwrap();
+        assert_eq!(
+            plan.deadline.unwrap().timestamp_millis(),
+            Utc.with_ymd_and_hms(2026, 11, 23, 3, 0, 0)
+                .unwrap()
+                .timestamp_millis()
+                + 500
+        );
+        assert!(compile("").unwrap().deadline.is_none());
+        assert!(
+            compile(&window("x").replace("  deadline: x\n", ""))
+                .unwrap()
+                .deadline
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_deadline_without_an_offset_is_refused() {
+        assert_only_error(
+            &window("2026-11-23T04:00:00"),
+            14,
+            13,
+            "`window.deadline` \"2026-11-23T04:00:00\" is a local time without a UTC offset",
+        );
+        assert_only_error(&window("2026-11-23 04:00"), 14, 13, "without a UTC offset");
+        assert_only_error(
+            &window("2026-11-23"),
+            14,
+            13,
+            "is a date without a UTC offset",
+        );
+        assert_only_error(
+            &window("next tuesday"),
+            14,
+            13,
+            "is not an RFC 3339 timestamp",
+        );
+        assert_only_error(
+            &window("2026-11-31T04:00:00Z"),
+            14,
+            13,
+            "is not an RFC 3339 timestamp",
+        );
+        assert_only_error(&window("20261123"), 14, 13, "must be a string");
+        assert_only_error(&window(""), 14, 3, "`window.deadline` has no value");
+    }
+
+    #[test]
+    fn a_deadline_lives_in_the_window() {
+        assert_only_error(
+            "deadline: 2026-11-23T04:00:00+01:00\n",
+            10,
+            1,
+            "unknown key `deadline`; `deadline` belongs in `window`",
+        );
+        // A broken window does not hide a broken deadline, nor the other way round.
+        let all = errors(&window("tomorrow").replace("Europe/Berlin", "Europe/Berln"));
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert!(all[0].starts_with("plan.yaml:12:13: "), "{all:#?}");
+        assert!(all[1].starts_with("plan.yaml:14:13: "), "{all:#?}");
+    }
+
+    const GATE: &str = "gate:\n  check:\n    name: busy\n    sql: SELECT count(*) FROM pg_stat_activity\n    max: 10\n";
+
+    #[test]
+    fn a_gate_gets_its_defaults() {
+        let plan = compile(GATE).unwrap();
+        let gate = plan.gate.expect("a gate");
+        assert_eq!(gate.consecutive, 3);
+        assert_eq!(gate.interval, Duration::from_secs(10));
+        assert_eq!(gate.timeout, None);
+        let c = &gate.check;
+        assert_eq!(c.name, "busy");
+        assert!(
+            matches!(&c.source, CheckSource::Sql { query } if query.contains("pg_stat_activity"))
+        );
+        assert_eq!((c.thresholds.min, c.thresholds.max), (None, Some(10.0)));
+        assert!(!c.thresholds.needs_baseline());
+        // The gate's rules in the verdict rules' terms.
+        assert_eq!(
+            (c.consecutive, c.min_samples, c.max_inconclusive),
+            (1, 3, 0)
+        );
+        assert_eq!(c.on_inconclusive, InconclusivePolicy::Ignore);
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert!(compile("").unwrap().gate.is_none());
+    }
+
+    #[test]
+    fn a_gate_with_every_key() {
+        let plan = compile(&format!(
+            "{GATE}    timeout: 1s\n  consecutive: 5\n  interval: 2s\n  timeout: 10m\n"
+        ))
+        .unwrap();
+        let gate = plan.gate.unwrap();
+        assert_eq!(gate.consecutive, 5);
+        assert_eq!(gate.interval, Duration::from_secs(2));
+        assert_eq!(gate.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(gate.check.timeout, Duration::from_secs(1));
+        assert_eq!(gate.check.min_samples, 5);
+        // Any source a soak check has; the name may repeat a soak check's.
+        let plan = compile(
+            "gate:\n  check: {name: c, builtin: lock_waiting_sessions, max: 0}\n  interval: 500ms\n",
+        )
+        .unwrap();
+        let gate = plan.gate.unwrap();
+        assert!(matches!(
+            gate.check.source,
+            CheckSource::Builtin(BuiltinSignal::LockWaitingSessions)
+        ));
+        assert_eq!(gate.check.timeout, Duration::from_millis(500));
+        let plan = compile(
+            "gate:\n  check:\n    name: p99\n    http: {url: \"http://svc/metrics\", json_pointer: /p99}\n    min: 0\n    max: 250\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            plan.gate.unwrap().check.source,
+            CheckSource::Http(_)
+        ));
+    }
+
+    #[test]
+    fn a_gate_refuses_baseline_relative_thresholds() {
+        // Line 15 is the first line after GATE.
+        assert_only_error(
+            &format!("{GATE}    max_increase: 20%\n"),
+            15,
+            19,
+            "gate check `busy`: `max_increase` is relative to a baseline, and the gate has none",
+        );
+        assert_only_error(
+            &format!("{GATE}    max_decrease: 2\n"),
+            15,
+            19,
+            "`max_decrease` is relative to a baseline",
+        );
+        // Only relative thresholds: refused where they are written, not as "no threshold".
+        let all = errors(
+            "gate:\n  check:\n    name: busy\n    sql: SELECT 1\n    max_increase: 1\n    max_decrease: 1\n",
+        );
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert!(all[0].starts_with("plan.yaml:14:19: "), "{all:#?}");
+        assert!(all[1].starts_with("plan.yaml:15:19: "), "{all:#?}");
+    }
+
+    #[test]
+    fn a_gate_check_refuses_the_soak_only_keys() {
+        assert_only_error(
+            &format!("{GATE}    consecutive: 2\n"),
+            15,
+            5,
+            "gate check `busy`: `consecutive` has no effect on a gate",
+        );
+        let all = errors(&format!(
+            "{GATE}    min_samples: 2\n    on_inconclusive: hold\n    max_inconclusive: 1\n"
+        ));
+        let positions: Vec<&str> = all.iter().map(|e| e.split(": ").next().unwrap()).collect();
+        assert_eq!(
+            positions,
+            ["plan.yaml:15:5", "plan.yaml:16:5", "plan.yaml:17:5"],
+            "{all:#?}"
+        );
+        assert!(all.iter().all(|e| e.contains("has no effect on a gate")));
+    }
+
+    #[test]
+    fn a_gate_check_follows_the_soak_check_rules() {
+        assert_only_error(
+            "gate:\n  check:\n    name: busy\n    sql: SELECT 1\n",
+            11,
+            3,
+            "gate check `busy` has no threshold",
+        );
+        assert_only_error(
+            "gate:\n  check:\n    name: busy\n    max: 1\n",
+            11,
+            3,
+            "gate check `busy` measures nothing",
+        );
+        assert_only_error(
+            "gate:\n  check:\n    sql: SELECT 1\n    max: 1\n",
+            11,
+            3,
+            "missing required key `name` in `gate.check`",
+        );
+        assert_only_error(
+            "gate:\n  check:\n    name: busy\n    sql: DELETE FROM t\n    max: 1\n",
+            13,
+            10,
+            "found DELETE",
+        );
+        assert_only_error(
+            &format!("{GATE}    min: 20\n"),
+            15,
+            10,
+            "`min` (20) is greater than `max` (10)",
+        );
+        assert_only_error(
+            "gate:\n  check: {name: w, builtin: lock_waiting_sessions, max: -1}\n",
+            11,
+            57,
+            "never negative",
+        );
+        assert_only_error(
+            &format!("{GATE}    timeout: 11s\n"),
+            15,
+            14,
+            "`timeout` 11s is longer than `gate.interval` 10s",
+        );
+        // The default per-sample timeout follows the gate's interval.
+        let plan = compile(&format!("{GATE}  interval: 1s\n")).unwrap();
+        assert_eq!(plan.gate.unwrap().check.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_gate_settings_point_at_the_value() {
+        // Line 15 is the first line after GATE.
+        assert_only_error(
+            &format!("{GATE}  consecutive: 0\n"),
+            15,
+            16,
+            "`gate.consecutive` must be between 1 and 1000, found 0",
+        );
+        assert_only_error(
+            &format!("{GATE}  consecutive: 1001\n"),
+            15,
+            16,
+            "between 1 and 1000",
+        );
+        assert_only_error(
+            &format!("{GATE}  interval: 0s\n"),
+            15,
+            13,
+            "`gate.interval` must be greater than 0",
+        );
+        assert_only_error(
+            &format!("{GATE}  timeout: 0s\n"),
+            15,
+            12,
+            "`gate.timeout` must be greater than 0",
+        );
+        assert_only_error(&format!("{GATE}  timeout: 10\n"), 15, 12, "10 has no unit");
+        assert_only_error("gate:\n", 10, 1, "`gate` has no value");
+        assert_only_error("gate: on\n", 10, 7, "`gate` must be a mapping");
+        assert_only_error(
+            "gate:\n  consecutive: 2\n",
+            10,
+            1,
+            "missing required key `check` in `gate`",
+        );
+        assert_only_error(
+            "gate:\n  check: SELECT 1\n",
+            11,
+            10,
+            "`gate.check` must be a mapping",
+        );
+    }
+
+    #[test]
+    fn misplaced_gate_keys_say_where_they_belong() {
+        assert_error(
+            &GATE.replace("  check:", "  checks:"),
+            11,
+            3,
+            "unknown key `checks` in `gate`; did you mean `check`?",
+        );
+        assert_only_error(
+            "gate:\n  sql: SELECT 1\n  check: {name: c, sql: SELECT 1, max: 1}\n",
+            11,
+            3,
+            "unknown key `sql` in `gate`; `sql` belongs in `soak.checks[]` or `gate.check`",
+        );
+        assert_only_error(
+            &format!("{GATE}    intervall: 1s\n"),
+            15,
+            5,
+            "unknown key `intervall` in `gate.check`",
+        );
+        assert_only_error(
+            "gate:\n  check: {name: c, http: {url: \"http://x\", status: 200}, max: 1}\n",
+            11,
+            44,
+            "unknown key `status` in `gate.check.http`",
+        );
+    }
+
+    #[test]
+    fn a_gate_that_can_never_open_is_refused() {
+        assert_only_error(
+            &format!("{GATE}  consecutive: 5\n  interval: 2s\n  timeout: 10s\n"),
+            17,
+            12,
+            "`gate.timeout` 10s is too short for the gate ever to open: it opens 10s after it starts at the earliest (5 healthy samples, one every 2s)",
+        );
+        assert!(
+            compile(&format!(
+                "{GATE}  consecutive: 5\n  interval: 2s\n  timeout: 11s\n"
+            ))
+            .is_ok()
+        );
+        // The default 3 x 10s against a 20s window: points at the gate, nothing was written.
+        let short_window = "window:\n  cron: \"0 2 * * *\"\n  timezone: UTC\n  duration: 20s\n";
+        assert_only_error(
+            &format!("{short_window}{GATE}"),
+            14,
+            1,
+            "the gate can never open inside the window: it opens 30s after it starts at the earliest (3 healthy \
+             samples, one every 10s), but `window.duration` is 20s",
+        );
+        assert_only_error(
+            &format!("{short_window}{GATE}  interval: 8s\n"),
+            19,
+            13,
+            "can never open inside the window",
+        );
+        assert_only_error(
+            &format!("{short_window}{GATE}  consecutive: 4\n  interval: 5s\n"),
+            19,
+            16,
+            "can never open inside the window",
+        );
+        assert!(compile(&format!("{short_window}{GATE}  interval: 6s\n")).is_ok());
+    }
+
+    #[test]
+    fn gate_errors_do_not_hide_other_errors() {
+        let all = errors(&format!(
+            "{GATE}    max_increase: 5%\n  interval: 1x\nstatement_timeout: 5 min\napproval:\n  required: 1\n"
+        ));
+        let positions: Vec<&str> = all.iter().map(|e| e.split(": ").next().unwrap()).collect();
+        assert_eq!(
+            positions,
+            [
+                "plan.yaml:15:19",
+                "plan.yaml:16:13",
+                "plan.yaml:17:20",
+                "plan.yaml:19:13"
+            ],
+            "{all:#?}"
+        );
+    }
 }

@@ -29,7 +29,8 @@ pub struct Plan {
     pub notify: NotifySettings,
     /// Whether a second person must approve a submitted run before it starts.
     pub approval: ApprovalSettings,
-    /// Give up (stopped) if the migration has not started by then.
+    /// Give up (stopped) if the migration has not started by then. Written as
+    /// `window.deadline`, always with a UTC offset.
     pub deadline: Option<chrono::DateTime<chrono::Utc>>,
     /// A low-traffic condition the target must meet before migrating.
     pub gate: Option<Gate>,
@@ -47,6 +48,10 @@ pub struct ApprovalSettings {
 /// or is inconclusive restarts the count).
 #[derive(Debug, Clone, Serialize)]
 pub struct Gate {
+    /// Absolute thresholds only (there is no baseline before the gate). Its
+    /// verdict fields state the gate's rules: `consecutive` 1 and
+    /// `max_inconclusive` 0 (one bad sample restarts the count), `min_samples` the
+    /// gate's `consecutive`, `on_inconclusive` ignore (the gate never breaches).
     pub check: Check,
     pub consecutive: u32,
     #[serde(with = "crate::plan::duration::serde_secs")]

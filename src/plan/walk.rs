@@ -449,6 +449,10 @@ const HOMES: &[(&str, &[&str])] = &[
     ("soak.checks[].http", super::compile::HTTP_KEYS),
     ("rollback", super::compile::ROLLBACK_KEYS),
     ("notify", super::compile::NOTIFY_KEYS),
+    ("approval", super::compile::APPROVAL_KEYS),
+    ("gate", super::compile::GATE_KEYS),
+    ("gate.check", super::compile::CHECK_KEYS),
+    ("gate.check.http", super::compile::HTTP_KEYS),
 ];
 
 fn unknown_key(path: &str, key: &str, known: &[&str]) -> String {

@@ -193,6 +193,10 @@ pub enum EventKind {
     CheckSample {
         elapsed_s: f64,
         sample_ms: f64,
+        /// How long after its scheduled instant the tick's sampling began (timer
+        /// and scheduling delay); soak and confirmation samples only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        late_ms: Option<f64>,
         #[serde(flatten)]
         assessment: crate::checks::verdict::Assessment,
     },

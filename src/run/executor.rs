@@ -17,12 +17,14 @@ use crate::pg::cluster::PgBinaries;
 use crate::pg::lock::LockError;
 use crate::pg::{Dsn, TargetLock};
 use crate::plan::{Plan, RollbackStrategy};
+use crate::run::checkpoint::Checkpoint;
 use crate::run::dry_run;
 use crate::run::event::{EventKind, Outcome, Step};
 use crate::run::journal::Emitter;
 use crate::run::state::RunState;
 use crate::steps::StepContext;
 use crate::steps::backup::{self, Backup};
+use crate::steps::gate::GateEnd;
 use crate::steps::migrate::{self, MigrateEnd};
 use crate::steps::rollback;
 use crate::steps::soak::{Monitor, SoakEnd, SoakProgress};
@@ -86,20 +88,26 @@ impl<'a> Runner<'a> {
 
     /// The single way the run changes state: legal transitions only, persisted
     /// before the caller goes on to the side effect.
-    fn advance(&mut self, next: RunState) {
+    async fn advance(&mut self, next: RunState) {
         if let Err(e) = self.state.advance(next) {
             // A bug, not an input problem: say so loudly, keep the old state.
             eprintln!("internal error: {e}");
             return;
         }
-        self.ctx.events.save_state(&self.state);
+        self.ctx.events.save_state(&self.state).await;
     }
 
-    fn finish(&mut self, outcome: Outcome, reason: Option<String>) -> Finished {
+    /// A step persisted `state` itself (before each of its side effects); catch up.
+    fn saved_by_step(&mut self, state: RunState) {
+        self.state = state;
+    }
+
+    async fn finish(&mut self, outcome: Outcome, reason: Option<String>) -> Finished {
         self.finish_with_code(outcome, reason, outcome.exit_code())
+            .await
     }
 
-    fn finish_with_code(
+    async fn finish_with_code(
         &mut self,
         outcome: Outcome,
         reason: Option<String>,
@@ -112,7 +120,7 @@ impl<'a> Runner<'a> {
         if self.state.advance(next.clone()).is_err() {
             self.state = next;
         }
-        self.ctx.events.save_state(&self.state);
+        // The final event first, so that it is written with the final state.
         let ev = self.ctx.events;
         ev.emit(
             None,
@@ -125,6 +133,7 @@ impl<'a> Runner<'a> {
                 journal: ev.journal_path(),
             },
         );
+        ev.save_state(&self.state).await;
         Finished {
             outcome,
             reason,
@@ -143,7 +152,9 @@ impl<'a> Runner<'a> {
                     self.ctx.dsn,
                     crate::pg::server_message(&e)
                 );
-                return self.finish_with_code(Outcome::Stopped, Some(reason), 1);
+                return self
+                    .finish_with_code(Outcome::Stopped, Some(reason), 1)
+                    .await;
             }
         };
         let status = match history::read(&client, &plan.migrations.name).await {
@@ -154,10 +165,16 @@ impl<'a> Runner<'a> {
         let status = match status {
             Ok(s) => s,
             Err(e @ HistoryError::Query(_)) => {
-                return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 1);
+                return self
+                    .finish_with_code(Outcome::Stopped, Some(e.to_string()), 1)
+                    .await;
             }
             // Drifted or dirty history is a problem with the input: nothing ran.
-            Err(e) => return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 2),
+            Err(e) => {
+                return self
+                    .finish_with_code(Outcome::Stopped, Some(e.to_string()), 2)
+                    .await;
+            }
         };
         self.starting = status.applied.clone();
         let pending: Vec<&Migration> = plan
@@ -186,32 +203,222 @@ impl<'a> Runner<'a> {
             self.ctx
                 .events
                 .emit(Some(Step::Preflight), EventKind::DryRun { report });
-            return self.finish(
-                Outcome::Succeeded,
-                Some("dry run: nothing was changed".into()),
-            );
+            return self
+                .finish(
+                    Outcome::Succeeded,
+                    Some("dry run: nothing was changed".into()),
+                )
+                .await;
         }
         if pending.is_empty() {
-            self.advance(RunState::Locking);
-            self.advance(RunState::MeasuringBaseline);
+            self.advance(RunState::Locking).await;
+            self.advance(RunState::MeasuringBaseline).await;
             let at = status
                 .applied
                 .last()
                 .map(|v| format!("V{v}"))
                 .unwrap_or_else(|| "no version".into());
-            return self.finish(
-                Outcome::Succeeded,
-                Some(format!("nothing to apply: the target is already at {at}")),
-            );
+            return self
+                .finish(
+                    Outcome::Succeeded,
+                    Some(format!("nothing to apply: the target is already at {at}")),
+                )
+                .await;
         }
 
+        // Window, gate, lock, baseline, backup: all before anything changes. If the
+        // window closes before the migration can start, the run goes back to
+        // waiting for the next opening (or stops at the plan's deadline).
+        let (lock, mut monitor) = loop {
+            match self.prepare().await {
+                Prepared::Ready(ready) => break *ready,
+                Prepared::WindowClosed => continue,
+                Prepared::Finished(f) => return f,
+            }
+        };
+
+        // Migrate.
+        self.advance(RunState::Migrating {
+            applied: Vec::new(),
+        })
+        .await;
+        let end = migrate::migrate(&self.ctx, &lock, &pending, Vec::new()).await;
+        self.after_migrate(lock, &mut monitor, end).await
+    }
+
+    /// Continue a run another process persisted (the daemon after a restart or a
+    /// takeover). A run that had not changed the target starts again from the
+    /// top (an unfinished backup is discarded, never trusted); a run that had
+    /// changed it takes the lock again, reads the target's history (the
+    /// authority on what is applied) and carries on where it was: the rest of
+    /// the migrations, the soak at its next sample, the rollback, the
+    /// confirmation.
+    pub async fn resume(mut self, checkpoint: Checkpoint) -> Finished {
+        let Checkpoint { state, facts } = checkpoint;
+        if let RunState::Finished { outcome, reason } = state {
+            return Finished {
+                exit_code: outcome.exit_code(),
+                outcome,
+                reason,
+            };
+        }
+        if state.before_change() {
+            if matches!(state, RunState::BackingUp) {
+                let removed = backup::discard_partial(
+                    &self.ctx.backup_dir,
+                    &self.opts.target,
+                    self.ctx.run_id,
+                );
+                if !removed.is_empty() {
+                    self.ctx.events.progress(&format!(
+                        "  discarded {} file(s) of an unfinished backup",
+                        removed.len()
+                    ));
+                }
+            }
+            // Nothing was changed: the whole preparation runs again.
+            self.state = match state {
+                RunState::Created => RunState::Created,
+                _ => RunState::WaitingForWindow,
+            };
+            return self.run().await;
+        }
+        self.state = state.clone();
+        let plan = self.ctx.plan;
+        let Some(starting) = facts.starting.clone() else {
+            let reason = "cannot continue: the run's starting versions were never recorded; inspect the target".to_string();
+            return self.finish(Outcome::NeedsHuman, Some(reason)).await;
+        };
+        self.starting = starting.clone();
+        self.ctx.events.set_fact(|f| *f = facts.clone());
+        if let Some(manifest) = &facts.backup_manifest {
+            match Backup::load(manifest) {
+                Ok(b) => self.backup = Some(b),
+                Err(e) => self.ctx.events.progress(&format!(
+                    "  warning: the run's backup cannot be loaded: {e}"
+                )),
+            }
+        }
+        let mut monitor = Monitor::new(&plan.soak.checks, self.ctx.dsn);
+        if let Some(baselines) = &facts.baselines {
+            monitor.restore_baselines(baselines);
+        }
+        let lock = match self.lock_patiently().await {
+            Ok(lock) => lock,
+            Err(f) => return f,
+        };
+        let rows = match history::read(lock.client(), &plan.migrations.name).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let reason = format!("cannot continue: {}", HistoryError::Query(e));
+                return self.finish(Outcome::NeedsHuman, Some(reason)).await;
+            }
+        };
+        // What this run has on the target: complete rows beyond the start, and a
+        // no-transaction migration it left half done.
+        let by_run: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.complete && !starting.contains(&r.version))
+            .map(|r| r.version)
+            .collect();
+        let interrupted: Vec<i64> = rows
+            .iter()
+            .filter(|r| !r.complete && r.run_id == self.ctx.run_id)
+            .map(|r| r.version)
+            .collect();
+        self.applied_by_run = by_run.clone();
+        match state {
+            RunState::Migrating { .. } => {
+                if !interrupted.is_empty() {
+                    let mut undo = by_run;
+                    undo.extend(&interrupted);
+                    let cause = format!(
+                        "pgshepherd stopped during the no-transaction migration V{}; its effect is unknown",
+                        interrupted[0]
+                    );
+                    self.applied_by_run = undo.clone();
+                    return self.rollback(lock, &mut monitor, undo, cause).await;
+                }
+                if self.ctx.aborted() {
+                    let cause = "aborted by the operator during the migration".to_string();
+                    return self.rollback(lock, &mut monitor, by_run, cause).await;
+                }
+                let status = match history::reconcile(&plan.migrations, &rows) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let cause = format!("cannot continue the migration: {e}");
+                        return self.rollback(lock, &mut monitor, by_run, cause).await;
+                    }
+                };
+                let pending: Vec<&Migration> = plan
+                    .migrations
+                    .migrations
+                    .iter()
+                    .filter(|m| status.pending.contains(&m.version))
+                    .collect();
+                let end = migrate::migrate(&self.ctx, &lock, &pending, by_run).await;
+                self.after_migrate(lock, &mut monitor, end).await
+            }
+            RunState::Soaking { applied, progress } => {
+                if by_run != applied || !interrupted.is_empty() {
+                    let cause = format!(
+                        "the target changed while the run was not watched: this run applied {applied:?}, the target now has {by_run:?} beyond its start"
+                    );
+                    return self.rollback(lock, &mut monitor, by_run, cause).await;
+                }
+                match self.soak(&mut monitor, progress.as_deref()).await {
+                    Ok(()) => {
+                        drop(lock);
+                        self.finish(Outcome::Succeeded, None).await
+                    }
+                    Err(SoakFailure::Hold(reason)) => {
+                        self.finish(Outcome::NeedsHuman, Some(reason)).await
+                    }
+                    Err(SoakFailure::Failed(cause)) => {
+                        self.rollback(lock, &mut monitor, by_run, cause).await
+                    }
+                }
+            }
+            RunState::RollingBack { cause, .. } => {
+                let mut undo = by_run;
+                undo.extend(&interrupted);
+                self.applied_by_run = undo.clone();
+                self.rollback(lock, &mut monitor, undo, cause).await
+            }
+            RunState::Confirming { cause } => self.confirm(lock, &mut monitor, cause).await,
+            other => {
+                let reason = format!("cannot continue a run from state {}", other.name());
+                self.finish(Outcome::NeedsHuman, Some(reason)).await
+            }
+        }
+    }
+
+    /// Everything before the change. Each wait honours the operator's stop.
+    async fn prepare(&mut self) -> Prepared {
+        let plan = self.ctx.plan;
+        if let Some(f) = self.past_deadline().await {
+            return Prepared::Finished(f);
+        }
         // Window: the migration may only start inside it.
         if let Some(window) = plan.window.as_ref().filter(|_| !self.opts.now) {
             if window.current(Utc::now()).is_none() {
-                self.advance(RunState::WaitingForWindow);
+                self.back_to_waiting().await;
                 let Some(opens) = window.next_openings(Utc::now(), 1).into_iter().next() else {
-                    return self.finish(Outcome::Stopped, Some("the window never opens".into()));
+                    let f = self
+                        .finish(Outcome::Stopped, Some("the window never opens".into()))
+                        .await;
+                    return Prepared::Finished(f);
                 };
+                if let Some(deadline) = plan.deadline
+                    && opens.with_timezone(&Utc) >= deadline
+                {
+                    let reason = format!(
+                        "the next window opens at {}, after the plan's deadline {}",
+                        opens.to_rfc3339_opts(SecondsFormat::Secs, false),
+                        deadline.to_rfc3339_opts(SecondsFormat::Secs, true)
+                    );
+                    return Prepared::Finished(self.finish(Outcome::Stopped, Some(reason)).await);
+                }
                 self.ctx.emit(
                     Step::Window,
                     EventKind::WaitingForWindow {
@@ -224,10 +431,13 @@ impl<'a> Runner<'a> {
                     .to_std()
                     .unwrap_or_default();
                 if !self.ctx.sleep(wait).await {
-                    return self.finish(
-                        Outcome::Stopped,
-                        Some("aborted while waiting for the window".into()),
-                    );
+                    let f = self
+                        .finish(
+                            Outcome::Stopped,
+                            Some("aborted while waiting for the window".into()),
+                        )
+                        .await;
+                    return Prepared::Finished(f);
                 }
             }
             let closes = window
@@ -236,43 +446,51 @@ impl<'a> Runner<'a> {
             self.ctx
                 .emit(Step::Window, EventKind::WindowOpen { closes_at: closes });
         }
+        // The low-traffic gate: wait for quiet before touching anything.
+        if let Some(gate) = &plan.gate {
+            let window_closes = plan
+                .window
+                .as_ref()
+                .filter(|_| !self.opts.now)
+                .and_then(|w| w.current(Utc::now()))
+                .map(|(_, c)| c.with_timezone(&Utc));
+            let give_up_at = match (window_closes, plan.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match crate::steps::gate::wait_for_low_traffic(&self.ctx, gate, give_up_at).await {
+                GateEnd::Open => {}
+                GateEnd::Aborted => {
+                    let f = self
+                        .finish(
+                            Outcome::Stopped,
+                            Some("aborted while waiting for low traffic".into()),
+                        )
+                        .await;
+                    return Prepared::Finished(f);
+                }
+                GateEnd::GaveUp(reason) => {
+                    if self.window_closed() && self.past_deadline_at().is_none() {
+                        self.back_to_waiting().await;
+                        return Prepared::WindowClosed;
+                    }
+                    let f = self
+                        .finish(
+                            Outcome::Stopped,
+                            Some(format!("low-traffic gate: {reason}")),
+                        )
+                        .await;
+                    return Prepared::Finished(f);
+                }
+            }
+        }
 
         // Lock: from here on, only this run changes the target.
-        self.advance(RunState::Locking);
-        let started = Instant::now();
-        let application_name = format!("pgshepherd run {}", self.ctx.run_id);
-        let acquire = TargetLock::acquire(
-            self.ctx.dsn,
-            &application_name,
-            plan.lock.acquire_timeout,
-            |holder| {
-                self.ctx.emit(
-                    Step::Lock,
-                    EventKind::LockBusy {
-                        holder: holder.clone(),
-                    },
-                )
-            },
-        );
-        let acquired = tokio::select! {
-            acquired = acquire => acquired,
-            _ = self.ctx.abort_requested() => {
-                return self.finish(Outcome::Stopped, Some("aborted while waiting for the lock".into()));
-            }
-        };
-        let lock = match acquired {
+        self.advance(RunState::Locking).await;
+        let lock = match self.lock().await {
             Ok(lock) => lock,
-            Err(e @ LockError::Connect { .. }) => {
-                return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 1);
-            }
-            Err(e) => return self.finish(Outcome::Stopped, Some(e.to_string())),
+            Err(f) => return Prepared::Finished(f),
         };
-        self.ctx.emit(
-            Step::Lock,
-            EventKind::LockAcquired {
-                waited_ms: started.elapsed().as_millis() as u64,
-            },
-        );
         // Someone may have migrated between preflight and the lock: look again.
         match history::read(lock.client(), &plan.migrations.name)
             .await
@@ -285,28 +503,43 @@ impl<'a> Runner<'a> {
                     "the target changed while waiting for the lock (now at {:?}); run again",
                     s.applied
                 );
-                return self.finish(Outcome::Stopped, Some(reason));
+                return Prepared::Finished(self.finish(Outcome::Stopped, Some(reason)).await);
             }
             // The same classes and exit codes as in preflight.
             Err(e @ HistoryError::Query(_)) => {
-                return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 1);
+                let f = self
+                    .finish_with_code(Outcome::Stopped, Some(e.to_string()), 1)
+                    .await;
+                return Prepared::Finished(f);
             }
-            Err(e) => return self.finish_with_code(Outcome::Stopped, Some(e.to_string()), 2),
+            Err(e) => {
+                let f = self
+                    .finish_with_code(Outcome::Stopped, Some(e.to_string()), 2)
+                    .await;
+                return Prepared::Finished(f);
+            }
         }
+        let starting = self.starting.clone();
+        self.ctx.events.set_fact(|f| f.starting = Some(starting));
 
         // Baseline, before anything (including the backup's load) disturbs it.
-        self.advance(RunState::MeasuringBaseline);
+        self.advance(RunState::MeasuringBaseline).await;
         let mut monitor = Monitor::new(&plan.soak.checks, self.ctx.dsn);
         if let Err(reason) = monitor
             .measure_baseline(&self.ctx, plan.soak.baseline_samples, plan.soak.interval)
             .await
         {
-            return self.finish(Outcome::Stopped, Some(format!("baseline: {reason}")));
+            let f = self
+                .finish(Outcome::Stopped, Some(format!("baseline: {reason}")))
+                .await;
+            return Prepared::Finished(f);
         }
+        let baselines = monitor.baseline_values();
+        self.ctx.events.set_fact(|f| f.baselines = Some(baselines));
 
         // Backup: only a verified one lets the migration start.
         if plan.backup.enabled {
-            self.advance(RunState::BackingUp);
+            self.advance(RunState::BackingUp).await;
             // A stop request cancels the backup: dropping it kills pg_dump, and
             // whatever it had written is removed.
             let taken = tokio::select! {
@@ -317,11 +550,17 @@ impl<'a> Runner<'a> {
                         "aborted during the backup; nothing was changed ({} partial file(s) removed)",
                         removed.len()
                     );
-                    return self.finish(Outcome::Stopped, Some(reason));
+                    return Prepared::Finished(self.finish(Outcome::Stopped, Some(reason)).await);
                 }
             };
             match taken {
-                Ok(b) => self.backup = Some(b),
+                Ok(b) => {
+                    let manifest = b.manifest_path.clone();
+                    self.ctx
+                        .events
+                        .set_fact(|f| f.backup_manifest = Some(manifest));
+                    self.backup = Some(b);
+                }
                 Err(reason) => {
                     self.ctx.emit(
                         Step::Backup,
@@ -329,7 +568,10 @@ impl<'a> Runner<'a> {
                             reason: reason.clone(),
                         },
                     );
-                    return self.finish(Outcome::Stopped, Some(format!("backup: {reason}")));
+                    let f = self
+                        .finish(Outcome::Stopped, Some(format!("backup: {reason}")))
+                        .await;
+                    return Prepared::Finished(f);
                 }
             }
         }
@@ -340,50 +582,173 @@ impl<'a> Runner<'a> {
                 "cannot create pgshepherd.history: {}",
                 crate::pg::server_message(&e)
             );
-            return self.finish(Outcome::Stopped, Some(reason));
+            return Prepared::Finished(self.finish(Outcome::Stopped, Some(reason)).await);
         }
         if self.ctx.aborted() {
-            return self.finish(Outcome::Stopped, Some("aborted before migrating".into()));
+            let f = self
+                .finish(Outcome::Stopped, Some("aborted before migrating".into()))
+                .await;
+            return Prepared::Finished(f);
         }
-        if let Some(window) = plan.window.as_ref().filter(|_| !self.opts.now)
-            && window.current(Utc::now()).is_none()
-        {
-            return self.finish(
-                Outcome::Stopped,
-                Some("the window closed before the migration could start".into()),
+        if let Some(f) = self.past_deadline().await {
+            return Prepared::Finished(f);
+        }
+        if self.window_closed() {
+            // Nothing changed: let go of the target and wait for the next opening.
+            drop(lock);
+            self.ctx.events.progress(
+                "  the window closed before the migration could start; waiting for the next opening",
             );
+            self.back_to_waiting().await;
+            return Prepared::WindowClosed;
         }
+        Prepared::Ready(Box::new((lock, monitor)))
+    }
 
-        // Migrate.
-        self.advance(RunState::Migrating {
-            applied: Vec::new(),
-        });
-        // The checkpoint persists `Migrating { applied }` before each migration
-        // starts; `self.state` catches up when `migrate` returns.
-        let events = self.ctx.events;
-        let mut last = Vec::new();
-        let end = migrate::migrate(&self.ctx, &lock, &pending, &mut |applied| {
-            last = applied.to_vec();
-            events.save_state(&RunState::Migrating {
-                applied: last.clone(),
-            });
-        })
-        .await;
-        self.advance(RunState::Migrating { applied: last });
+    /// Enter `waiting_for_window` (unless already there).
+    async fn back_to_waiting(&mut self) {
+        if self.state != RunState::WaitingForWindow {
+            self.advance(RunState::WaitingForWindow).await;
+        }
+    }
+
+    fn window_closed(&self) -> bool {
+        self.ctx
+            .plan
+            .window
+            .as_ref()
+            .filter(|_| !self.opts.now)
+            .is_some_and(|w| w.current(Utc::now()).is_none())
+    }
+
+    fn past_deadline_at(&self) -> Option<chrono::DateTime<Utc>> {
+        self.ctx.plan.deadline.filter(|d| Utc::now() >= *d)
+    }
+
+    async fn past_deadline(&mut self) -> Option<Finished> {
+        let deadline = self.past_deadline_at()?;
+        let reason = format!(
+            "the plan's deadline {} passed before the migration could start",
+            deadline.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
+        Some(self.finish(Outcome::Stopped, Some(reason)).await)
+    }
+
+    /// The target restarted underneath the run (its lock session is gone): take
+    /// the lock again before changing anything more.
+    async fn relock(&mut self, lock: TargetLock) -> Result<TargetLock, Finished> {
+        if !lock.client().is_closed() {
+            return Ok(lock);
+        }
+        drop(lock);
+        self.ctx
+            .events
+            .progress("  the target's lock session was lost; taking the lock again");
+        self.lock_patiently().await
+    }
+
+    /// Take the lock for a run that has changed the target and must go on: the
+    /// target may be restarting, or a dead process's session may still hold it.
+    async fn lock_patiently(&mut self) -> Result<TargetLock, Finished> {
+        // The target may still be coming back: retry with backoff for a while.
+        let mut wait = std::time::Duration::from_millis(250);
+        let give_up = self
+            .ctx
+            .plan
+            .lock
+            .acquire_timeout
+            .max(std::time::Duration::from_secs(60));
+        let started = Instant::now();
+        loop {
+            match self.try_lock().await {
+                Ok(lock) => return Ok(lock),
+                Err(e) if started.elapsed() > give_up => {
+                    let reason =
+                        format!("cannot take the target lock again to continue the run: {e}");
+                    return Err(self.finish(Outcome::NeedsHuman, Some(reason)).await);
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Take the per-target lock, waiting up to the plan's `acquire_timeout`.
+    async fn lock(&mut self) -> Result<TargetLock, Finished> {
+        let acquired = tokio::select! {
+            acquired = self.try_lock() => acquired,
+            _ = self.ctx.abort_requested(), if self.state.before_change() => {
+                return Err(self.finish(Outcome::Stopped, Some("aborted while waiting for the lock".into())).await);
+            }
+        };
+        match acquired {
+            Ok(lock) => Ok(lock),
+            Err(e) if !self.state.before_change() => {
+                let reason = format!("cannot take the target lock to continue the run: {e}");
+                Err(self.finish(Outcome::NeedsHuman, Some(reason)).await)
+            }
+            Err(e @ LockError::Connect { .. }) => Err(self
+                .finish_with_code(Outcome::Stopped, Some(e.to_string()), 1)
+                .await),
+            Err(e) => Err(self.finish(Outcome::Stopped, Some(e.to_string())).await),
+        }
+    }
+
+    /// One attempt at the lock (polling up to `acquire_timeout`), with its events.
+    async fn try_lock(&self) -> Result<TargetLock, LockError> {
+        let plan = self.ctx.plan;
+        let started = Instant::now();
+        let application_name = format!("pgshepherd run {}", self.ctx.run_id);
+        let lock = TargetLock::acquire(
+            self.ctx.dsn,
+            &application_name,
+            plan.lock.acquire_timeout,
+            |holder| {
+                self.ctx.emit(
+                    Step::Lock,
+                    EventKind::LockBusy {
+                        holder: holder.clone(),
+                    },
+                )
+            },
+        )
+        .await?;
+        self.ctx.emit(
+            Step::Lock,
+            EventKind::LockAcquired {
+                waited_ms: started.elapsed().as_millis() as u64,
+            },
+        );
+        Ok(lock)
+    }
+
+    /// From the end of the migrate step: soak, then succeed, or roll back.
+    async fn after_migrate(
+        &mut self,
+        lock: TargetLock,
+        monitor: &mut Monitor,
+        end: MigrateEnd,
+    ) -> Finished {
         let (undo, cause) = match end {
             MigrateEnd::Done { applied } => {
+                self.saved_by_step(RunState::Migrating {
+                    applied: applied.clone(),
+                });
                 self.applied_by_run = applied.clone();
                 self.advance(RunState::Soaking {
                     applied,
                     progress: None,
-                });
-                match self.soak(&mut monitor).await {
+                })
+                .await;
+                match self.soak(monitor, None).await {
                     Ok(()) => {
                         drop(lock);
-                        return self.finish(Outcome::Succeeded, None);
+                        return self.finish(Outcome::Succeeded, None).await;
                     }
                     Err(SoakFailure::Hold(reason)) => {
-                        return self.finish(Outcome::NeedsHuman, Some(reason));
+                        return self.finish(Outcome::NeedsHuman, Some(reason)).await;
                     }
                     Err(SoakFailure::Failed(cause)) => (self.applied_by_run.clone(), cause),
                 }
@@ -393,8 +758,11 @@ impl<'a> Runner<'a> {
                 (undo, "aborted by the operator during the migration".into())
             }
         };
+        self.saved_by_step(RunState::Migrating {
+            applied: undo.clone(),
+        });
         self.applied_by_run = undo.clone();
-        self.rollback(&lock, &mut monitor, undo, cause).await
+        self.rollback(lock, monitor, undo, cause).await
     }
 
     async fn take_backup(&self) -> Result<Backup, String> {
@@ -473,25 +841,28 @@ impl<'a> Runner<'a> {
         Ok(backup)
     }
 
-    async fn soak(&mut self, monitor: &mut Monitor) -> Result<(), SoakFailure> {
+    async fn soak(
+        &mut self,
+        monitor: &mut Monitor,
+        resume: Option<&SoakProgress>,
+    ) -> Result<(), SoakFailure> {
         let plan = self.ctx.plan;
-        self.ctx.emit(
-            Step::Soak,
-            EventKind::SoakStarted {
-                duration_s: plan.soak.duration.as_secs_f64(),
-                interval_s: plan.soak.interval.as_secs_f64(),
-                checks: monitor.check_plans(),
-            },
-        );
+        if resume.is_none() {
+            self.ctx.emit(
+                Step::Soak,
+                EventKind::SoakStarted {
+                    duration_s: plan.soak.duration.as_secs_f64(),
+                    interval_s: plan.soak.interval.as_secs_f64(),
+                    checks: monitor.check_plans(),
+                },
+            );
+        }
         // Each tick's progress is persisted with the state, so the soak's
         // position and counts outlive the process.
-        let events = self.ctx.events;
         let applied = self.applied_by_run.clone();
-        let mut checkpoint = |progress: &SoakProgress| {
-            events.save_state(&RunState::Soaking {
-                applied: applied.clone(),
-                progress: Some(Box::new(progress.clone())),
-            })
+        let checkpoint = move |progress: SoakProgress| RunState::Soaking {
+            applied: applied.clone(),
+            progress: Some(Box::new(progress)),
         };
         let result = monitor
             .watch(
@@ -499,7 +870,8 @@ impl<'a> Runner<'a> {
                 Step::Soak,
                 plan.soak.duration,
                 plan.soak.interval,
-                &mut checkpoint,
+                resume,
+                Some(&checkpoint),
             )
             .await;
         let (passed, failure) = match &result.end {
@@ -532,7 +904,7 @@ impl<'a> Runner<'a> {
 
     async fn rollback(
         &mut self,
-        lock: &TargetLock,
+        lock: TargetLock,
         monitor: &mut Monitor,
         undo: Vec<i64>,
         cause: String,
@@ -542,19 +914,26 @@ impl<'a> Runner<'a> {
         self.advance(RunState::RollingBack {
             applied: undo.clone(),
             cause: cause.clone(),
-        });
+        })
+        .await;
         if strategy == RollbackStrategy::Hold {
-            return self.finish(
-                Outcome::NeedsHuman,
-                Some(format!(
-                    "{cause}; the plan says hold, so nothing was undone"
-                )),
-            );
+            return self
+                .finish(
+                    Outcome::NeedsHuman,
+                    Some(format!(
+                        "{cause}; the plan says hold, so nothing was undone"
+                    )),
+                )
+                .await;
         }
         if undo.is_empty() {
             // The failed migration rolled back on its own; nothing of this run is left.
             return self.confirm(lock, monitor, cause).await;
         }
+        let lock = match self.relock(lock).await {
+            Ok(lock) => lock,
+            Err(f) => return f,
+        };
         self.ctx.emit(
             Step::Rollback,
             EventKind::RollbackStarted {
@@ -563,18 +942,8 @@ impl<'a> Runner<'a> {
                 undo: undo.clone(),
             },
         );
-        let mut states = Vec::new();
         let result =
-            rollback::roll_back(&self.ctx, lock, &undo, self.backup.as_ref(), &mut |left| {
-                states.push(left.to_vec())
-            })
-            .await;
-        for left in states {
-            self.advance(RunState::RollingBack {
-                applied: left,
-                cause: cause.clone(),
-            });
-        }
+            rollback::roll_back(&self.ctx, &lock, &undo, self.backup.as_ref(), &cause).await;
         if let Err(reason) = result {
             self.ctx.emit(
                 Step::Rollback,
@@ -582,10 +951,12 @@ impl<'a> Runner<'a> {
                     reason: reason.clone(),
                 },
             );
-            return self.finish(
-                Outcome::NeedsHuman,
-                Some(format!("{cause}; rollback failed: {reason}")),
-            );
+            return self
+                .finish(
+                    Outcome::NeedsHuman,
+                    Some(format!("{cause}; rollback failed: {reason}")),
+                )
+                .await;
         }
         self.confirm(lock, monitor, cause).await
     }
@@ -594,15 +965,21 @@ impl<'a> Runner<'a> {
     /// healthy for the confirmation period.
     async fn confirm(
         &mut self,
-        lock: &TargetLock,
+        lock: TargetLock,
         monitor: &mut Monitor,
         cause: String,
     ) -> Finished {
+        let lock = match self.relock(lock).await {
+            Ok(lock) => lock,
+            Err(f) => return f,
+        };
         let plan = self.ctx.plan;
-        let now = match rollback::applied_now(&self.ctx, lock).await {
+        let now = match rollback::applied_now(&self.ctx, &lock).await {
             Ok(v) => v,
             Err(reason) => {
-                return self.finish(Outcome::NeedsHuman, Some(format!("{cause}; {reason}")));
+                return self
+                    .finish(Outcome::NeedsHuman, Some(format!("{cause}; {reason}")))
+                    .await;
             }
         };
         let at_start = now == self.starting;
@@ -619,11 +996,14 @@ impl<'a> Runner<'a> {
                 "{cause}; after the rollback the target is at {now:?}, not at its starting {:?}",
                 self.starting
             );
-            return self.finish(Outcome::NeedsHuman, Some(reason));
+            return self.finish(Outcome::NeedsHuman, Some(reason)).await;
         }
-        self.advance(RunState::Confirming {
-            cause: cause.clone(),
-        });
+        if !matches!(self.state, RunState::Confirming { .. }) {
+            self.advance(RunState::Confirming {
+                cause: cause.clone(),
+            })
+            .await;
+        }
         let confirm = plan.rollback.confirm;
         if !confirm.is_zero() {
             let interval = plan.soak.interval.min(confirm);
@@ -633,7 +1013,8 @@ impl<'a> Runner<'a> {
                     Step::Confirm,
                     confirm,
                     interval,
-                    &mut |_| {},
+                    None,
+                    None,
                 )
                 .await;
             let unhealthy = match result.end {
@@ -647,14 +1028,23 @@ impl<'a> Runner<'a> {
                 let reason = format!(
                     "{cause}; rolled back to the starting version but the confirmation failed: {why}"
                 );
-                return self.finish(Outcome::NeedsHuman, Some(reason));
+                return self.finish(Outcome::NeedsHuman, Some(reason)).await;
             }
         }
         self.finish(
             Outcome::RolledBack,
             Some(format!("{cause}; rolled back and confirmed healthy")),
         )
+        .await
     }
+}
+
+enum Prepared {
+    /// Locked, baselines measured, backup verified, inside the window.
+    Ready(Box<(TargetLock, Monitor)>),
+    /// The window closed before the migration could start: wait for the next.
+    WindowClosed,
+    Finished(Finished),
 }
 
 enum SoakFailure {

@@ -4,8 +4,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use crate::run::checkpoint::{Checkpoint, RunFacts, RunSink};
 use crate::run::event::{Event, EventKind, Step};
 use crate::run::render;
 use crate::run::state::RunState;
@@ -47,20 +48,25 @@ impl Journal {
     /// is fsynced event by event, holds the same transitions for recovery after
     /// a crash of the machine. One fsync per step instead of two keeps the
     /// bookkeeping of a 100-migration set small next to the migrations themselves.
-    pub fn save_state(&self, state: &RunState) -> io::Result<()> {
+    pub fn save_state(&self, checkpoint: &Checkpoint) -> io::Result<()> {
         let tmp = self.state_path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(checkpoint)?)?;
         std::fs::rename(&tmp, &self.state_path)
     }
 }
 
-/// Fans events out to the journal, stdout (`--json`) and stderr (human).
+/// Fans events out to the journal, stdout (`--json`), stderr (human), the
+/// daemon's state database (a [`RunSink`]) and in-process observers; persists
+/// checkpoints to the journal and the sink.
 pub struct Emitter {
     run_id: String,
     journal: Option<Mutex<Journal>>,
     json: bool,
     human: bool,
     observers: Vec<Observer>,
+    sink: Option<Arc<dyn RunSink>>,
+    /// Facts the run has established so far; saved with every checkpoint.
+    facts: Mutex<RunFacts>,
 }
 
 /// Something that reacts to events in-process (the demo's simulated application,
@@ -75,7 +81,30 @@ impl Emitter {
             json,
             human,
             observers: Vec::new(),
+            sink: None,
+            facts: Mutex::new(RunFacts::default()),
         }
+    }
+
+    /// Events and checkpoints also go to `sink` (the daemon's state database).
+    pub fn with_sink(mut self, sink: Arc<dyn RunSink>) -> Emitter {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Start from facts a previous process established (a resumed run).
+    pub fn with_facts(self, facts: RunFacts) -> Emitter {
+        *self.facts.lock().unwrap_or_else(|e| e.into_inner()) = facts;
+        self
+    }
+
+    pub fn facts(&self) -> RunFacts {
+        self.facts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Record a fact; it is persisted with the next checkpoint.
+    pub fn set_fact(&self, update: impl FnOnce(&mut RunFacts)) {
+        update(&mut self.facts.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     pub fn observe(mut self, observer: Observer) -> Emitter {
@@ -128,19 +157,31 @@ impl Emitter {
         for observer in &self.observers {
             observer(&event);
         }
+        if let Some(sink) = &self.sink {
+            sink.event(&event);
+        }
     }
 
-    /// Persist the state; a failure here is reported but does not stop the run,
-    /// whose target-side history stays authoritative.
-    pub fn save_state(&self, state: &RunState) {
+    /// Persist the state with the facts known so far, before the side effect it
+    /// leads to. A journal failure is reported but does not stop a foreground run,
+    /// whose target-side history stays authoritative; the daemon's sink resolves
+    /// only once the checkpoint is durable (and never, if the run was taken over).
+    pub async fn save_state(&self, state: &RunState) {
+        let checkpoint = Checkpoint {
+            state: state.clone(),
+            facts: self.facts(),
+        };
         if let Some(j) = &self.journal {
             let j = j.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = j.save_state(state) {
+            if let Err(e) = j.save_state(&checkpoint) {
                 eprintln!(
                     "warning: cannot persist the run state next to {}: {e}",
                     j.path().display()
                 );
             }
+        }
+        if let Some(sink) = &self.sink {
+            sink.save(checkpoint).await;
         }
     }
 

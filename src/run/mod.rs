@@ -1,5 +1,6 @@
 //! A run: the persisted state machine, its executor and its events.
 
+pub mod checkpoint;
 pub mod dry_run;
 pub mod event;
 pub mod executor;

@@ -110,6 +110,9 @@ impl RunState {
             ) => !self.before_change(),
             (Created, WaitingForWindow | Locking) => true,
             (WaitingForWindow, Locking) => true,
+            // The window closed (or the gate stayed shut) before anything changed:
+            // back to waiting for the next opening.
+            (Locking | MeasuringBaseline | BackingUp, WaitingForWindow) => true,
             (Locking, MeasuringBaseline) => true,
             (MeasuringBaseline, BackingUp | Migrating { .. }) => true,
             (BackingUp, Migrating { .. }) => true,

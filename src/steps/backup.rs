@@ -632,13 +632,15 @@ async fn dump_custom(
         }
     });
 
+    // Behind a mutex so that the pump future stays `Send` (the daemon drives runs
+    // on a multi-threaded runtime); it is never contended.
+    let spare_rx = std::sync::Mutex::new(spare_rx);
     let pump = async {
         let mut total = 0u64;
         let mut reported = 0u64;
         loop {
-            let mut buf = spare_rx
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+            let spare = spare_rx.lock().ok().and_then(|r| r.try_recv().ok());
+            let mut buf = spare.unwrap_or_else(|| Vec::with_capacity(CHUNK));
             let n = stdout.read_buf(&mut buf).await?;
             if n == 0 {
                 return Ok::<u64, io::Error>(total);

@@ -5,6 +5,7 @@ use crate::migrations::Migration;
 use crate::migrations::apply::{self, Limits};
 use crate::pg::TargetLock;
 use crate::run::event::{EventKind, Step};
+use crate::run::state::RunState;
 use crate::steps::context::StepContext;
 
 #[derive(Debug, Clone)]
@@ -32,25 +33,31 @@ pub fn limits(ctx: &StepContext<'_>) -> Limits {
     }
 }
 
-/// Apply `pending` in order. `checkpoint` is called with the versions applied so
-/// far before each migration starts, so the run state is persisted before the
-/// side effect.
+/// Apply `pending` in order after `applied` (what this run applied before, when
+/// it is resumed). The run state `Migrating { applied }` is persisted before
+/// each migration starts, so the state is always saved before the side effect.
 pub async fn migrate(
     ctx: &StepContext<'_>,
     lock: &TargetLock,
     pending: &[&Migration],
-    checkpoint: &mut dyn FnMut(&[i64]),
+    applied: Vec<i64>,
 ) -> MigrateEnd {
     let set = &ctx.plan.migrations.name;
     let limits = limits(ctx);
-    let mut applied: Vec<i64> = Vec::new();
+    let mut applied = applied;
+    let checkpoint = |applied: &[i64]| {
+        let state = RunState::Migrating {
+            applied: applied.to_vec(),
+        };
+        async move { ctx.events.save_state(&state).await }
+    };
     for m in pending {
         // Stop requests are honoured between migrations. Before the first one the
         // executor has just checked, so `Aborted` always has something to undo.
         if !applied.is_empty() && ctx.aborted() {
             return MigrateEnd::Aborted { undo: applied };
         }
-        checkpoint(&applied);
+        checkpoint(&applied).await;
         ctx.emit(
             Step::Migrate,
             EventKind::MigrationStarted {
@@ -115,6 +122,6 @@ pub async fn migrate(
             }
         }
     }
-    checkpoint(&applied);
+    checkpoint(&applied).await;
     MigrateEnd::Done { applied }
 }

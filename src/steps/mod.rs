@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod context;
+pub mod gate;
 pub mod migrate;
 pub mod rollback;
 pub mod soak;

@@ -8,21 +8,30 @@ use crate::migrations::history;
 use crate::pg::TargetLock;
 use crate::plan::RollbackStrategy;
 use crate::run::event::{EventKind, Step};
+use crate::run::state::RunState;
 use crate::steps::backup::{self, Backup};
 use crate::steps::context::StepContext;
 use crate::steps::migrate::limits;
 
 /// Undo `undo` (versions in apply order) with the plan's strategy `down` or
-/// `restore`. `checkpoint` gets the versions still applied before each step.
+/// `restore`. `RollingBack { applied, cause }` with the versions still applied is
+/// persisted before each step.
 pub async fn roll_back(
     ctx: &StepContext<'_>,
     lock: &TargetLock,
     undo: &[i64],
     backup: Option<&Backup>,
-    checkpoint: &mut dyn FnMut(&[i64]),
+    cause: &str,
 ) -> Result<(), String> {
+    let checkpoint = |left: &[i64]| {
+        let state = RunState::RollingBack {
+            applied: left.to_vec(),
+            cause: cause.to_string(),
+        };
+        async move { ctx.events.save_state(&state).await }
+    };
     match ctx.plan.rollback.strategy {
-        RollbackStrategy::Down => down(ctx, lock, undo, checkpoint).await,
+        RollbackStrategy::Down => down(ctx, lock, undo, &checkpoint).await,
         RollbackStrategy::Restore => {
             let Some(backup) = backup else {
                 return Err("the plan restores a backup, but this run took none".into());
@@ -32,7 +41,7 @@ pub async fn roll_back(
                     "pg_restore and psql were not found, so the backup cannot be restored".into(),
                 );
             };
-            checkpoint(undo);
+            checkpoint(undo).await;
             let started = Instant::now();
             backup::restore(bins, ctx.dsn, backup, ctx.plan.lock.lock_timeout)
                 .await
@@ -51,17 +60,17 @@ pub async fn roll_back(
     }
 }
 
-async fn down(
+async fn down<F: Future<Output = ()>>(
     ctx: &StepContext<'_>,
     lock: &TargetLock,
     undo: &[i64],
-    checkpoint: &mut dyn FnMut(&[i64]),
+    checkpoint: &impl Fn(&[i64]) -> F,
 ) -> Result<(), String> {
     let set = &ctx.plan.migrations.name;
     let limits = limits(ctx);
     let mut remaining: Vec<i64> = undo.to_vec();
     for version in undo.iter().rev() {
-        checkpoint(&remaining);
+        checkpoint(&remaining).await;
         let m = ctx
             .plan
             .migrations
@@ -93,7 +102,7 @@ async fn down(
             },
         );
     }
-    checkpoint(&remaining);
+    checkpoint(&remaining).await;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use crate::checks::verdict::{CheckState, Observation, Verdict, num};
 use crate::pg::Dsn;
 use crate::plan::Check;
 use crate::run::event::{CheckPlan, CheckTally, EventKind, Step};
+use crate::run::state::RunState;
 use crate::steps::context::StepContext;
 
 /// How a soak (or a confirmation period) ended.
@@ -57,6 +58,18 @@ impl Monitor {
             samplers: checks.iter().map(|c| Some(Sampler::new(c, dsn))).collect(),
             baselines: vec![None; checks.len()],
         }
+    }
+
+    /// Baselines measured by an earlier process (a resumed run).
+    pub fn restore_baselines(&mut self, baselines: &[Option<f64>]) {
+        for (slot, b) in self.baselines.iter_mut().zip(baselines) {
+            *slot = *b;
+        }
+    }
+
+    /// Each check's baseline in plan order, to persist.
+    pub fn baseline_values(&self) -> Vec<Option<f64>> {
+        self.baselines.clone()
     }
 
     pub fn baselines(&self) -> impl Iterator<Item = (&str, Option<f64>)> {
@@ -187,17 +200,23 @@ impl Monitor {
     /// soak, so its rules are tightened to what it can observe: one valid sample
     /// per check suffices, but `consecutive` and `max_inconclusive` are capped so
     /// that a check breaching (or inconclusive) on every sample always fails it.
+    ///
+    /// `resume` continues a soak persisted by an earlier process at its next
+    /// sample, with every check's counts and streaks as they were; the time
+    /// nobody watched does not count as soaked. `checkpoint` turns each tick's
+    /// progress into the run state persisted before the next sample.
     pub async fn watch(
         &mut self,
         ctx: &StepContext<'_>,
         step: Step,
         duration: Duration,
         interval: Duration,
-        checkpoint: &mut (dyn FnMut(&SoakProgress) + Send),
+        resume: Option<&SoakProgress>,
+        checkpoint: Option<&(dyn Fn(SoakProgress) -> RunState + Sync)>,
     ) -> SoakResult {
         let ticks = sample_count(duration, interval);
         let confirming = step == Step::Confirm;
-        let mut states: Vec<CheckState> = self
+        let fresh: Vec<CheckState> = self
             .checks
             .iter()
             .zip(&self.baselines)
@@ -211,12 +230,25 @@ impl Monitor {
                 CheckState::new(&c, *b)
             })
             .collect();
+        let (mut states, first_tick, already) = match resume {
+            Some(p) if p.checks.len() == fresh.len() => (
+                p.checks.clone(),
+                p.samples_taken + 1,
+                Duration::from_millis(p.elapsed_ms),
+            ),
+            _ => (fresh, 1, Duration::ZERO),
+        };
         let min_samples = confirming.then_some(1);
         let mut cost: Vec<(Duration, u32)> = vec![(Duration::ZERO, 0); self.checks.len()];
         self.prime().await;
-        let started = Instant::now();
-        for tick in 1..=ticks {
-            let at = tokio::time::Instant::from_std(started + interval * tick);
+        // A resumed soak counts on from where it was: its clock starts as if the
+        // elapsed part had just been watched.
+        let started = Instant::now()
+            .checked_sub(already)
+            .unwrap_or_else(Instant::now);
+        let tick_at = |tick: u32| started + interval * tick;
+        for tick in first_tick..=ticks {
+            let at = tokio::time::Instant::from_std(tick_at(tick));
             let aborted = ctx.aborted()
                 || tokio::select! {
                     _ = tokio::time::sleep_until(at) => false,
@@ -229,6 +261,7 @@ impl Monitor {
                     tallies: tally(&self.checks, &states, &cost, min_samples),
                 };
             }
+            let late = tokio::time::Instant::now().saturating_duration_since(at);
             let samples = self.sample_all(ctx.dsn).await;
             let elapsed = started.elapsed();
             let mut fired: Vec<Verdict> = Vec::new();
@@ -246,16 +279,20 @@ impl Monitor {
                     EventKind::CheckSample {
                         elapsed_s: round3(elapsed.as_secs_f64()),
                         sample_ms: round3(took.as_secs_f64() * 1000.0),
+                        late_ms: Some(round3(late.as_secs_f64() * 1000.0)),
                         assessment,
                     },
                 );
             }
-            checkpoint(&SoakProgress {
-                elapsed_ms: elapsed.as_millis() as u64,
-                samples_taken: tick,
-                samples_planned: ticks,
-                checks: states.clone(),
-            });
+            if let Some(checkpoint) = checkpoint {
+                let state = checkpoint(SoakProgress {
+                    elapsed_ms: elapsed.as_millis() as u64,
+                    samples_taken: tick,
+                    samples_planned: ticks,
+                    checks: states.clone(),
+                });
+                ctx.events.save_state(&state).await;
+            }
             ctx.events.progress(&format!(
                 "  {} {:>4}s/{}s  {}",
                 step_label(step),

@@ -1,0 +1,60 @@
+//! What a run persists so that another process can continue it: the state plus
+//! the facts established on the way (the versions it started from, the check
+//! baselines, the verified backup).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+use crate::run::event::Event;
+use crate::run::state::RunState;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunFacts {
+    /// Versions applied on the target when the run took its lock: what a rollback
+    /// must return to. Absent until the lock is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting: Option<Vec<i64>>,
+    /// Each soak check's baseline, in plan order; absent until measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baselines: Option<Vec<Option<f64>>>,
+    /// The manifest of the backup this run took and verified. Only a verified
+    /// backup is ever recorded here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_manifest: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub state: RunState,
+    #[serde(default)]
+    pub facts: RunFacts,
+}
+
+impl Checkpoint {
+    pub fn new() -> Checkpoint {
+        Checkpoint {
+            state: RunState::Created,
+            facts: RunFacts::default(),
+        }
+    }
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint::new()
+    }
+}
+
+/// Where a daemon-driven run's events and checkpoints go (the state database).
+///
+/// `event` must not block: it queues. `save` resolves once the checkpoint, and
+/// every event queued before it, is durable; it never resolves if this process
+/// has lost the run (another daemon took it over), so nothing after the
+/// checkpoint can run on a stale lease.
+pub trait RunSink: Send + Sync {
+    fn event(&self, event: &Event);
+    fn save(&self, checkpoint: Checkpoint) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
