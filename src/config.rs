@@ -197,6 +197,13 @@ impl Config {
             }
         };
         let _ = (&raw.channels, &raw.escalation);
+        let listen = match raw.listen.as_deref().map(expand_env).transpose() {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(Diagnostic::new(path, 0, 0, format!("listen: {e}")));
+                None
+            }
+        };
         let mut tokens = Vec::new();
         for (i, t) in raw.tokens.iter().enumerate() {
             let at =
@@ -296,7 +303,7 @@ impl Config {
         }
         Ok(Config {
             path: path.to_path_buf(),
-            listen: raw.listen,
+            listen,
             state_database,
             backup_dir,
             targets,

@@ -4,16 +4,23 @@
 //! - [`migrations`]: migration sets (up / down / verify scripts), history on the target.
 //! - [`window`]: maintenance windows (5-field cron + IANA zone + duration).
 //! - [`checks`]: soak checks (SQL, HTTP, built-in signals) and the verdict rules.
-//! - [`steps`]: backup, migrate, soak, rollback.
+//! - [`steps`]: backup, the low-traffic gate, migrate, soak, rollback.
 //! - [`run`]: the run state machine, its executor and its events.
 //! - [`pg`]: connection strings, the per-target advisory lock, throwaway clusters.
+//! - [`daemon`]: the service: state database, leases and takeover, scheduler, HTTP API.
+//! - [`config`]: the daemon's config file (targets, tokens, logs, leases).
+//! - [`tls`]: TLS for target connections.
 //! - [`cli`]: command implementations behind the binary.
+//! - [`client`]: the CLI side of the daemon's HTTP API (`submit`, `status`, `logs`, ...).
+//! - [`logging`]: log output (JSON lines with span fields, or human) on stderr.
 
 pub mod checks;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod logging;
 pub mod migrations;
 pub mod pg;
 pub mod plan;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use pgshepherd::cli;
+use pgshepherd::{cli, client};
 
 /// Carries a PostgreSQL change from "approved" to "done or safely undone":
 /// verified backup, migration inside a maintenance window, a monitored soak and
@@ -65,66 +65,113 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The long-running service (not in this build yet).
+    /// The long-running service: the HTTP API and the runs submitted to it.
+    ///
+    /// State lives in PostgreSQL (`state_database`); several replicas may share one.
     Daemon {
+        /// The daemon config (listen, state_database, targets, tokens, ...).
         #[arg(long)]
         config: PathBuf,
     },
-    /// Submit a plan to the daemon (not in this build yet).
+    /// Submit a plan to the daemon; prints the run id.
+    ///
+    /// The plan is checked locally first, as `check` does (exit 2 on errors,
+    /// nothing sent), then sent with every script of its migration set.
     Submit {
+        /// The plan file (its `migrations:` directory is read relative to it).
         plan: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Show one run, or all active runs (not in this build yet).
+    /// Show one run, or every open run.
+    ///
+    /// `status RUN` of a finished run exits with the run's exit code (0 succeeded,
+    /// 3 rolled back, 4 needs a human, 5 stopped); of any other run, 0.
     Status {
+        /// A run id (12 hex digits, as `submit` and `list` print them).
         run: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List runs (not in this build yet).
+    /// List runs, newest first.
     List {
+        /// Only runs in these phases (comma-separated: pending_approval, queued,
+        /// active, finished; `open` for all but finished).
+        #[arg(long)]
+        phase: Option<String>,
+        /// Only runs on this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// At most this many runs [default: 100, at most 1000].
+        #[arg(long)]
+        limit: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// A run's events (not in this build yet).
+    /// A run's events, or follow them live.
+    ///
+    /// With --follow, stream them until the run finishes and exit with the run's
+    /// exit code (0, 3, 4 or 5), reconnecting if the connection breaks.
     Logs {
+        /// The run id.
         run: String,
+        /// Keep streaming (Server-Sent Events) until the run finishes.
         #[arg(long)]
         follow: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Approve a run (not in this build yet).
+    /// Approve a run waiting for approval (approve role; not the submitter).
     Approve {
+        /// The run id.
         run: String,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Abort a run (not in this build yet).
+    /// Abort a run.
+    ///
+    /// A run that has not started stops at once; otherwise the daemon driving it
+    /// stops it (nothing changed yet) or rolls it back per the plan.
     Abort {
+        /// The run id.
         run: String,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Acknowledge a run's escalation (not in this build yet).
+    /// Acknowledge a run (stops its escalation).
     Ack {
+        /// The run id.
         run: String,
         #[command(flatten)]
         client: ClientArgs,
     },
 }
 
+/// How client commands reach the daemon. Exit codes: 0 ok; 2 the daemon refused
+/// the request (invalid plan, bad token, no role, no such run, conflict); 1 the
+/// daemon is unreachable or failed.
 #[derive(clap::Args)]
 struct ClientArgs {
     /// The daemon's URL.
-    #[arg(long, env = "PGSHEPHERD_SERVER")]
-    server: Option<String>,
-    /// Bearer token.
+    #[arg(long, env = "PGSHEPHERD_SERVER", default_value = client::DEFAULT_SERVER)]
+    server: String,
+    /// Bearer token (prefer the environment variable: arguments are visible to
+    /// other users of the machine).
     #[arg(long, env = "PGSHEPHERD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Print the daemon's JSON on stdout (JSON lines for `logs`).
     #[arg(long)]
     json: bool,
+}
+
+impl ClientArgs {
+    fn options(self) -> client::ClientOptions {
+        client::ClientOptions {
+            server: self.server,
+            token: self.token,
+            json: self.json,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -160,19 +207,46 @@ fn main() -> ExitCode {
             database_url,
             json,
         })),
-        Command::Daemon { .. }
-        | Command::Submit { .. }
-        | Command::Status { .. }
-        | Command::List { .. }
-        | Command::Logs { .. }
-        | Command::Approve { .. }
-        | Command::Abort { .. }
-        | Command::Ack { .. } => {
-            eprintln!(
-                "error: the daemon and its client commands are not in this build yet; use `pgshepherd run PLAN`"
-            );
-            1
+        Command::Daemon { config } => runtime().block_on(pgshepherd::daemon::run(&config)),
+        Command::Submit { plan, client: args } => {
+            runtime().block_on(client::submit::submit(&args.options(), &plan))
         }
+        Command::Status { run, client: args } => {
+            runtime().block_on(client::show::status(&args.options(), run.as_deref()))
+        }
+        Command::List {
+            phase,
+            target,
+            limit,
+            client: args,
+        } => {
+            let filter = client::show::ListFilter {
+                phase,
+                target,
+                limit,
+            };
+            runtime().block_on(client::show::list(&args.options(), &filter))
+        }
+        Command::Logs {
+            run,
+            follow,
+            client: args,
+        } => runtime().block_on(client::logs::logs(&args.options(), &run, follow)),
+        Command::Approve { run, client: args } => runtime().block_on(client::control::control(
+            &args.options(),
+            client::control::Action::Approve,
+            &run,
+        )),
+        Command::Abort { run, client: args } => runtime().block_on(client::control::control(
+            &args.options(),
+            client::control::Action::Abort,
+            &run,
+        )),
+        Command::Ack { run, client: args } => runtime().block_on(client::control::control(
+            &args.options(),
+            client::control::Action::Ack,
+            &run,
+        )),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -17,3 +17,123 @@ pub mod systemd;
 pub mod worker;
 
 pub use shared::Shared;
+
+/// `pgshepherd daemon --config FILE`: serve until SIGTERM; returns the exit code.
+pub async fn run(config_path: &std::path::Path) -> i32 {
+    crate::tls::install_crypto_provider();
+    let config = match crate::config::Config::load(config_path) {
+        Ok(c) => c,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return 2;
+        }
+    };
+    crate::logging::init(&config.log);
+    let Some(state_dsn) = config.state_database.clone() else {
+        eprintln!(
+            "{}: `state_database` is required for the daemon",
+            config_path.display()
+        );
+        return 2;
+    };
+    let listen = config
+        .listen
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let node = config.daemon.name.clone().unwrap_or_else(default_node_name);
+    let pool_size = (config.daemon.max_active_runs as usize / 8).clamp(8, 64);
+    let pool = match open_with_retry(&state_dsn, pool_size).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the state database");
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%listen, error = %e, "cannot listen");
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return 1;
+        }
+    };
+    if let Err(e) = store::register_daemon(&pool, &node).await {
+        eprintln!("error: {e}");
+        return 1;
+    }
+    let shared = std::sync::Arc::new(Shared::new(config, pool, node.clone()));
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or(listen);
+    tracing::info!(node = %node, listen = %local, "pgshepherd daemon started");
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(scheduler::run(shared.clone(), shutdown_rx.clone()));
+    let mut api_shutdown = shutdown_rx.clone();
+    let router = api::router_until(shared.clone(), shutdown_rx.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = api_shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    systemd::ready();
+    // A scheduler that stopped turning (wedged on something) gets the daemon
+    // restarted by systemd; a slow state database alone does not (the loop
+    // still turns, logging its errors).
+    let probe = shared.clone();
+    let stall = (probe.config.daemon.poll_interval * 4).max(std::time::Duration::from_secs(60));
+    systemd::spawn_watchdog(move || probe.scheduler_alive(stall));
+
+    crate::cli::run::wait_for_stop_signal().await;
+    tracing::info!("stop requested: no new runs; active runs stop at their next checkpoint");
+    systemd::stopping();
+    let _ = shutdown_tx.send(true);
+    let _ = scheduler.await;
+    // Open event streams would hold a graceful shutdown forever: give requests
+    // in flight a moment, then close.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .is_err()
+    {
+        tracing::info!("closing the API's remaining connections");
+    }
+    tracing::info!("pgshepherd daemon stopped");
+    0
+}
+
+/// The daemon's default `listen` address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
+
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The state database may still be starting (both are often started together):
+/// retry for a while before giving up.
+async fn open_with_retry(
+    dsn: &crate::pg::Dsn,
+    pool_size: usize,
+) -> Result<deadpool_postgres::Pool, store::StoreError> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        match store::open(dsn, pool_size).await {
+            Ok(p) => return Ok(p),
+            Err(e @ store::StoreError::Connect { .. })
+                if started.elapsed() < std::time::Duration::from_secs(30) =>
+            {
+                tracing::warn!(error = %e, "state database not reachable yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

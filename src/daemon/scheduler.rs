@@ -1,1 +1,149 @@
-//! (being written)
+//! The scheduler: every poll it renews this daemon's leases, relays abort
+//! requests to the runs they concern, and claims ready runs up to its capacity
+//! (one active run per target, in submission order; expired leases of dead
+//! daemons included: that is the takeover). On shutdown it stops claiming,
+//! lets each run reach a checkpoint, and releases the leases.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::daemon::shared::SharedRef;
+use crate::daemon::store::{self, Lease};
+use crate::daemon::worker::{self, DriveEnd, Handles};
+
+struct Active {
+    lease: Lease,
+    handles: Handles,
+}
+
+pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
+    let settings = shared.config.daemon.clone();
+    let mut active: HashMap<String, Active> = HashMap::new();
+    let mut tasks: JoinSet<(String, DriveEnd)> = JoinSet::new();
+    // The runs' own view of shutdown: they park at their next checkpoint.
+    let (park_tx, park_rx) = watch::channel(false);
+    let mut draining_since: Option<Instant> = None;
+    loop {
+        shared.beat();
+        if draining_since.is_none() && *shutdown.borrow() {
+            info!(
+                runs = active.len(),
+                "shutting down: no new runs; stopping the active ones at a checkpoint"
+            );
+            let _ = park_tx.send(true);
+            draining_since = Some(Instant::now());
+        }
+        // Reap the runs that ended.
+        while let Some(joined) = tasks.try_join_next() {
+            if let Ok((id, end)) = joined
+                && let Some(a) = active.remove(&id)
+                && matches!(end, DriveEnd::Parked)
+                && let Err(e) = store::release(&shared.pool, &a.lease).await
+            {
+                warn!(run_id = %id, error = %e, "cannot release the lease; it will expire");
+            }
+        }
+        if let Some(since) = draining_since {
+            if active.is_empty() {
+                break;
+            }
+            if since.elapsed() >= settings.shutdown_timeout {
+                warn!(
+                    runs = active.len(),
+                    "shutdown timeout: stopping the remaining runs where they are; their leases expire and they resume from their last checkpoint"
+                );
+                tasks.abort_all();
+                break;
+            }
+        }
+
+        // Renew leases; relay aborts; stop runs whose lease is gone.
+        let leases: Vec<Lease> = active.values().map(|a| a.lease.clone()).collect();
+        match store::renew(&shared.pool, &leases, settings.lease_timeout).await {
+            Ok(renewed) => {
+                for r in renewed {
+                    let Some(a) = active.get(&r.run_id) else {
+                        continue;
+                    };
+                    if !r.held {
+                        warn!(run_id = %r.run_id, "the lease was taken by another daemon");
+                        let _ = a.handles.lost.send(true);
+                    } else if r.abort_requested_by.is_some() && !*a.handles.abort.borrow() {
+                        info!(run_id = %r.run_id, by = ?r.abort_requested_by, "abort requested");
+                        let _ = a.handles.abort.send(true);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot renew leases; runs continue and retry their writes")
+            }
+        }
+
+        if draining_since.is_none() {
+            let room = settings.max_active_runs as i64 - active.len() as i64;
+            match store::claim(&shared.pool, &shared.node, settings.lease_timeout, room).await {
+                Ok(claimed) => {
+                    for c in claimed {
+                        let id = c.lease.run_id.clone();
+                        if active.contains_key(&id) {
+                            // Our own expired lease, reclaimed under a new epoch:
+                            // the old task is fenced and must stop first.
+                            if let Some(old) = active.remove(&id) {
+                                let _ = old.handles.lost.send(true);
+                            }
+                        }
+                        info!(run_id = %id, epoch = c.lease.epoch, previous_owner = ?c.previous_owner, "claimed run");
+                        let (handles, abort_rx, lost_rx) =
+                            worker::handles(c.abort_requested_by.is_some());
+                        active.insert(
+                            id.clone(),
+                            Active {
+                                lease: c.lease.clone(),
+                                handles,
+                            },
+                        );
+                        let shared = shared.clone();
+                        let park = park_rx.clone();
+                        tasks.spawn(async move {
+                            let end = worker::drive(shared, c, abort_rx, lost_rx, park).await;
+                            (id, end)
+                        });
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot claim runs"),
+            }
+            if let Err(e) = store::seen(&shared.pool, &shared.node).await {
+                warn!(error = %e, "state database unreachable");
+            }
+        }
+
+        let poll = if draining_since.is_some() {
+            Duration::from_millis(100).min(settings.poll_interval)
+        } else {
+            settings.poll_interval
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = shared.wake.notified() => {}
+            _ = shutdown.changed(), if draining_since.is_none() => {}
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok((id, end)) = joined
+                    && let Some(a) = active.remove(&id)
+                    && matches!(end, DriveEnd::Parked)
+                    && let Err(e) = store::release(&shared.pool, &a.lease).await
+                {
+                    warn!(run_id = %id, error = %e, "cannot release the lease; it will expire");
+                }
+            }
+        }
+    }
+    // Whatever is left was cut off at the timeout: let its leases go now so that a
+    // replica (or the restart) picks the runs up without waiting for expiry.
+    for a in active.values() {
+        let _ = store::release(&shared.pool, &a.lease).await;
+    }
+}

@@ -1,6 +1,7 @@
 //! What the API, the scheduler and the workers of one daemon share.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
@@ -17,6 +18,39 @@ pub struct Shared {
     /// Poked by the API after a submit, approve or abort so the scheduler looks
     /// at once instead of at its next poll.
     pub wake: Notify,
+    /// When the scheduler loop last went round (ms since the Unix epoch): the
+    /// systemd watchdog is fed only while it keeps turning.
+    pub scheduler_beat: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: Config, pool: deadpool_postgres::Pool, node: String) -> Shared {
+        Shared {
+            config,
+            pool,
+            node,
+            metrics: Metrics::new(),
+            wake: Notify::new(),
+            scheduler_beat: AtomicU64::new(now_ms()),
+        }
+    }
+
+    pub fn beat(&self) {
+        self.scheduler_beat.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The scheduler went round within `within`.
+    pub fn scheduler_alive(&self, within: std::time::Duration) -> bool {
+        now_ms().saturating_sub(self.scheduler_beat.load(Ordering::Relaxed))
+            <= within.as_millis() as u64
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub type SharedRef = Arc<Shared>;

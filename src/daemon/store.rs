@@ -1,1 +1,435 @@
-//! (being written)
+//! The state database: its schema (created and upgraded here with refinery), the
+//! leases through which one daemon at a time drives a run, and the fenced writes
+//! of a run's checkpoints and events.
+//!
+//! Fencing: every write of a run's state names the lease it was made under
+//! (`owner`, `epoch`). Claiming a run increments its epoch, so a daemon that lost
+//! its lease (paused, partitioned, presumed dead) can never write again: its next
+//! write matches no row and the run's task is stopped.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::Value;
+
+use crate::pg::Dsn;
+use crate::run::checkpoint::Checkpoint;
+use crate::run::event::{Event, EventKind, Outcome};
+use crate::run::state::RunState;
+
+mod embedded {
+    refinery::embed_migrations!("src/daemon/schema");
+}
+
+/// Serialises schema upgrades of replicas starting at once (refinery itself
+/// does not lock).
+const SCHEMA_LOCK: i64 = 0x7067_7368_6570_0001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to the state database {dsn}: {message}")]
+    Connect { dsn: String, message: String },
+    #[error("while upgrading the state database schema: {0}")]
+    Schema(String),
+    #[error("state database: {0}")]
+    Pool(String),
+    #[error("state database: {0}")]
+    Query(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Query(crate::pg::server_message(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Pool(crate::pg::dsn::redact_text(&e.to_string()))
+    }
+}
+
+/// Connect, bring the schema up to date, and return a pool.
+pub async fn open(dsn: &Dsn, max_connections: usize) -> Result<Pool, StoreError> {
+    let connect_err = |e: tokio_postgres::Error| StoreError::Connect {
+        dsn: dsn.to_string(),
+        message: crate::pg::server_message(&e),
+    };
+    let mut client = dsn
+        .connect("pgshepherd schema", &[])
+        .await
+        .map_err(connect_err)?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
+        .await
+        .map_err(connect_err)?;
+    let migrated = embedded::migrations::runner()
+        .run_async(&mut client)
+        .await
+        .map_err(|e| StoreError::Schema(e.to_string()));
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
+        .await;
+    migrated?;
+
+    let mut config = dsn.config().clone();
+    config.application_name("pgshepherd daemon");
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    let manager = Manager::from_config(
+        config,
+        crate::tls::postgres_connector(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_connections)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Pool(e.to_string()))
+}
+
+/// Which daemon drives a run, under which fencing epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub run_id: String,
+    pub owner: String,
+    pub epoch: i64,
+}
+
+/// A run this daemon has just claimed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub lease: Lease,
+    pub target: String,
+    pub plan_path: String,
+    pub bundle: Value,
+    pub checkpoint: Value,
+    pub abort_requested_by: Option<String>,
+    /// The previous owner, when this claim is a takeover.
+    pub previous_owner: Option<String>,
+}
+
+/// Claim up to `limit` runs that are ready: the oldest open run of each target
+/// (one active run per target, in submission order), approved when approval is
+/// required, and either never claimed or with an expired lease.
+pub async fn claim(
+    pool: &Pool,
+    node: &str,
+    lease_timeout: Duration,
+    limit: i64,
+) -> Result<Vec<Claimed>, StoreError> {
+    if limit <= 0 {
+        return Ok(Vec::new());
+    }
+    let client = pool.get().await?;
+    let lease_ms = lease_timeout.as_millis() as i64;
+    let rows = client
+        .query(
+            "WITH ready AS (
+                 SELECT r.id, r.owner AS previous_owner
+                   FROM runs r
+                  WHERE r.phase IN ('queued', 'active')
+                    AND (r.owner IS NULL OR r.lease_until < now())
+                    AND NOT EXISTS (SELECT 1 FROM runs o
+                                     WHERE o.target = r.target
+                                       AND o.phase <> 'finished'
+                                       AND o.seq < r.seq)
+                  ORDER BY r.seq
+                  LIMIT $3
+                  FOR UPDATE SKIP LOCKED)
+             UPDATE runs r
+                SET owner = $1,
+                    epoch = r.epoch + 1,
+                    lease_until = now() + $2 * interval '1 millisecond',
+                    phase = 'active',
+                    started_at = coalesce(r.started_at, now()),
+                    updated_at = now()
+               FROM ready
+              WHERE r.id = ready.id
+          RETURNING r.id, r.epoch, r.target, r.plan_path, r.bundle, r.checkpoint,
+                    r.abort_requested_by, ready.previous_owner",
+            &[&node, &(lease_ms as f64), &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Claimed {
+            lease: Lease {
+                run_id: r.get(0),
+                owner: node.to_string(),
+                epoch: r.get(1),
+            },
+            target: r.get(2),
+            plan_path: r.get(3),
+            bundle: r.get(4),
+            checkpoint: r.get(5),
+            abort_requested_by: r.get(6),
+            previous_owner: r.get(7),
+        })
+        .collect())
+}
+
+/// What renewing a lease found.
+#[derive(Debug, Clone)]
+pub struct Renewed {
+    pub run_id: String,
+    /// Still ours: the lease was extended.
+    pub held: bool,
+    pub abort_requested_by: Option<String>,
+}
+
+/// Extend every lease this daemon holds; report the ones it has lost and the
+/// abort requests made since.
+pub async fn renew(
+    pool: &Pool,
+    leases: &[Lease],
+    lease_timeout: Duration,
+) -> Result<Vec<Renewed>, StoreError> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = pool.get().await?;
+    let ids: Vec<&str> = leases.iter().map(|l| l.run_id.as_str()).collect();
+    let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
+    let owner = &leases[0].owner;
+    let lease_ms = lease_timeout.as_millis() as f64;
+    let rows = client
+        .query(
+            "UPDATE runs r
+                SET lease_until = now() + $4 * interval '1 millisecond'
+               FROM unnest($1::text[], $2::bigint[]) AS l(id, epoch)
+              WHERE r.id = l.id AND r.epoch = l.epoch AND r.owner = $3
+                AND r.phase = 'active'
+          RETURNING r.id, r.abort_requested_by",
+            &[&ids, &epochs, owner, &lease_ms],
+        )
+        .await?;
+    Ok(leases
+        .iter()
+        .map(|l| {
+            let row = rows.iter().find(|r| r.get::<_, &str>(0) == l.run_id);
+            Renewed {
+                run_id: l.run_id.clone(),
+                held: row.is_some(),
+                abort_requested_by: row.and_then(|r| r.get(1)),
+            }
+        })
+        .collect())
+}
+
+/// Give a run back (graceful shutdown): another daemon may claim it at once.
+pub async fn release(pool: &Pool, lease: &Lease) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE runs SET owner = NULL, lease_until = NULL, updated_at = now()
+              WHERE id = $1 AND owner = $2 AND epoch = $3 AND phase = 'active'",
+            &[&lease.run_id, &lease.owner, &lease.epoch],
+        )
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("run {run_id} is no longer ours (epoch {epoch} was superseded)")]
+    Fenced { run_id: String, epoch: i64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Append `events` and, when given, replace the checkpoint, in one transaction
+/// under the lease. A batch with no checkpoint commits without waiting for its
+/// WAL flush: events are the record, the checkpoint is what recovery trusts,
+/// and a later checkpoint commit makes everything before it durable.
+pub async fn write(
+    pool: &Pool,
+    lease: &Lease,
+    events: &[Event],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), WriteError> {
+    let mut client = pool.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    if checkpoint.is_none() {
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(StoreError::from)?;
+    }
+    let held = tx
+        .query_opt(
+            "SELECT 1 FROM runs WHERE id = $1 AND owner = $2 AND epoch = $3 FOR UPDATE",
+            &[&lease.run_id, &lease.owner, &lease.epoch],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    if held.is_none() {
+        return Err(WriteError::Fenced {
+            run_id: lease.run_id.clone(),
+            epoch: lease.epoch,
+        });
+    }
+    append_events(&tx, &lease.run_id, events).await?;
+    if let Some(cp) = checkpoint {
+        let exit_code = events.iter().rev().find_map(|e| match &e.kind {
+            EventKind::RunFinished { exit_code, .. } => Some(*exit_code),
+            _ => None,
+        });
+        save_checkpoint(&tx, &lease.run_id, cp, exit_code).await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
+}
+
+pub async fn append_events(
+    client: &impl deadpool_postgres::GenericClient,
+    run_id: &str,
+    events: &[Event],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let batch = serde_json::to_value(events).map_err(|e| StoreError::Query(e.to_string()))?;
+    client
+        .execute(
+            "INSERT INTO events (run_id, ts, name, event)
+             SELECT $1, (e->>'ts')::timestamptz, e->>'event', e
+               FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS x(e, n)
+              ORDER BY n",
+            &[&run_id, &batch],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn save_checkpoint(
+    client: &impl deadpool_postgres::GenericClient,
+    run_id: &str,
+    cp: &Checkpoint,
+    exit_code: Option<i32>,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_value(cp).map_err(|e| StoreError::Query(e.to_string()))?;
+    let (finished, outcome, reason) = match &cp.state {
+        RunState::Finished { outcome, reason } => (true, Some(outcome.as_str()), reason.clone()),
+        _ => (false, None, None),
+    };
+    let exit_code = exit_code.or_else(|| match &cp.state {
+        RunState::Finished { outcome, .. } => Some(outcome.exit_code()),
+        _ => None,
+    });
+    client
+        .execute(
+            "UPDATE runs
+                SET checkpoint = $2, state_name = $3,
+                    phase = CASE WHEN $4 THEN 'finished' ELSE phase END,
+                    outcome = $5, reason = $6, exit_code = $7,
+                    finished_at = CASE WHEN $4 THEN now() END,
+                    owner = CASE WHEN $4 THEN NULL ELSE owner END,
+                    lease_until = CASE WHEN $4 THEN NULL ELSE lease_until END,
+                    updated_at = now()
+              WHERE id = $1",
+            &[
+                &run_id,
+                &json,
+                &cp.state.name(),
+                &finished,
+                &outcome,
+                &reason,
+                &exit_code,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Finish a run that no daemon has started (aborted while queued): one
+/// transaction, and only if it is still unclaimed. Returns false when it was not.
+pub async fn finish_unclaimed(
+    pool: &Pool,
+    run_id: &str,
+    reason: &str,
+    actor: &str,
+) -> Result<bool, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT checkpoint FROM runs
+              WHERE id = $1 AND phase IN ('queued', 'pending_approval') AND owner IS NULL
+              FOR UPDATE",
+            &[&run_id],
+        )
+        .await?;
+    if row.is_none() {
+        return Ok(false);
+    }
+    let now = chrono::Utc::now();
+    let events = [
+        Event {
+            ts: now,
+            run_id: run_id.to_string(),
+            step: None,
+            kind: EventKind::AbortRequested {
+                requested_by: actor.to_string(),
+            },
+        },
+        Event {
+            ts: now,
+            run_id: run_id.to_string(),
+            step: None,
+            kind: EventKind::RunFinished {
+                outcome: Outcome::Stopped,
+                reason: Some(reason.to_string()),
+                exit_code: Outcome::Stopped.exit_code(),
+                applied: Vec::new(),
+                backup: None,
+                journal: None,
+            },
+        },
+    ];
+    append_events(&tx, run_id, &events).await?;
+    let cp = Checkpoint {
+        state: RunState::Finished {
+            outcome: Outcome::Stopped,
+            reason: Some(reason.to_string()),
+        },
+        facts: Default::default(),
+    };
+    tx.execute(
+        "UPDATE runs SET abort_requested_by = $2, abort_requested_at = now() WHERE id = $1",
+        &[&run_id, &actor],
+    )
+    .await?;
+    save_checkpoint(&tx, run_id, &cp, None).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Record this daemon as alive (for `GET /healthz` and operators).
+pub async fn register_daemon(pool: &Pool, node: &str) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO daemons (name, started_at, seen_at, version)
+             VALUES ($1, now(), now(), $2)
+             ON CONFLICT (name) DO UPDATE SET started_at = now(), seen_at = now(), version = $2",
+            &[&node, &env!("CARGO_PKG_VERSION")],
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn seen(pool: &Pool, node: &str) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE daemons SET seen_at = now() WHERE name = $1",
+            &[&node],
+        )
+        .await?;
+    Ok(())
+}

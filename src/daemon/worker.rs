@@ -1,1 +1,340 @@
-//! (being written)
+//! Drives one claimed run: rebuilds its plan from the stored bundle, and runs
+//! it from its persisted checkpoint with events and checkpoints going to the
+//! state database under the run's lease.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, info, warn};
+
+use crate::daemon::api::bundle::Bundle;
+use crate::daemon::shared::SharedRef;
+use crate::daemon::store::{self, Claimed, Lease, WriteError};
+use crate::pg::cluster::PgBinaries;
+use crate::run::checkpoint::{Checkpoint, RunSink};
+use crate::run::event::{Event, EventKind, Outcome};
+use crate::run::journal::Emitter;
+use crate::run::state::RunState;
+use crate::run::{RunOptions, Runner};
+
+/// How driving a run ended in this daemon.
+#[derive(Debug)]
+pub enum DriveEnd {
+    Finished(Outcome),
+    /// Another daemon holds the run now; this one stopped touching it.
+    Lost,
+    /// Shutting down: the run stopped at a checkpoint (or at a point where
+    /// stopping loses nothing); its lease should be released.
+    Parked,
+}
+
+/// Controls the scheduler keeps for a run it drives.
+pub struct Handles {
+    pub abort: watch::Sender<bool>,
+    pub lost: watch::Sender<bool>,
+}
+
+pub fn handles(aborted: bool) -> (Handles, watch::Receiver<bool>, watch::Receiver<bool>) {
+    let (abort, abort_rx) = watch::channel(aborted);
+    let (lost, lost_rx) = watch::channel(false);
+    (Handles { abort, lost }, abort_rx, lost_rx)
+}
+
+pub async fn drive(
+    shared: SharedRef,
+    claimed: Claimed,
+    abort: watch::Receiver<bool>,
+    lost: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) -> DriveEnd {
+    let span = tracing::info_span!("run", run_id = %claimed.lease.run_id, target = %claimed.target);
+    drive_inner(shared, claimed, abort, lost, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn drive_inner(
+    shared: SharedRef,
+    claimed: Claimed,
+    abort: watch::Receiver<bool>,
+    mut lost: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) -> DriveEnd {
+    let lease = claimed.lease.clone();
+    let (sink, writer) = DbSink::start(shared.clone(), lease.clone(), shutdown.clone());
+    let writer_lost = sink.lost.clone();
+    let target = claimed.target.clone();
+    let metrics_shared = shared.clone();
+    let events = Emitter::new(&lease.run_id, None, false, false)
+        .with_sink(sink.clone())
+        .observe(Box::new(move |event: &Event| {
+            metrics_shared.metrics.observe_event(&target, event);
+            log_event(event);
+        }));
+
+    let checkpoint: Result<Checkpoint, String> =
+        serde_json::from_value(claimed.checkpoint.clone()).map_err(|e| e.to_string());
+    let prepared = checkpoint.and_then(|cp| {
+        let bundle: Bundle =
+            serde_json::from_value(claimed.bundle.clone()).map_err(|e| e.to_string())?;
+        let plan = bundle.compile().map_err(|d| d.to_string())?;
+        let dsn = shared
+            .config
+            .targets
+            .get(&claimed.target)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "target {:?} is not defined in the daemon's config any more",
+                    claimed.target
+                )
+            })?;
+        Ok((cp, plan, dsn))
+    });
+    let (cp, plan, dsn) = match prepared {
+        Ok(x) => x,
+        Err(reason) => {
+            warn!(%reason, "cannot drive the run");
+            return give_up(&events, &claimed, reason).await;
+        }
+    };
+    let events = events.with_facts(cp.facts.clone());
+    let detail = match (&claimed.previous_owner, &cp.state) {
+        (_, RunState::Created) => "starting".to_string(),
+        (Some(prev), _) if prev != &lease.owner => {
+            format!("taken over from {prev}; continuing from the last checkpoint")
+        }
+        _ => "restarted; continuing from the last checkpoint".to_string(),
+    };
+    events.emit(
+        None,
+        EventKind::RunResumed {
+            owner: lease.owner.clone(),
+            epoch: lease.epoch,
+            from_state: cp.state.name().to_string(),
+            detail,
+        },
+    );
+    info!(
+        state = cp.state.name(),
+        epoch = lease.epoch,
+        "driving the run"
+    );
+
+    let backup_dir = shared
+        .config
+        .backup_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("pgshepherd-backups"));
+    let bins = PgBinaries::locate_client().ok();
+    let opts = RunOptions {
+        target: claimed.target.clone(),
+        backup_dir,
+        now: false,
+        dry_run: false,
+    };
+    let runner = Runner::new(&plan, &dsn, bins.as_ref(), opts, &events, abort);
+    let mut parked = sink.parked.subscribe();
+    let mut writer_lost_rx = writer_lost.subscribe();
+    let mut shutdown_rx = shutdown.clone();
+    let end = tokio::select! {
+        finished = runner.resume(cp) => DriveEnd::Finished(finished.outcome),
+        _ = lost.wait_for(|l| *l) => DriveEnd::Lost,
+        _ = writer_lost_rx.wait_for(|l| *l) => DriveEnd::Lost,
+        _ = parked.wait_for(|p| *p) => DriveEnd::Parked,
+        // At shutdown, a run whose current step only waits or reads (a window,
+        // the lock, a soak between checkpoints) stops at once: its last
+        // checkpoint already says everything a restart needs.
+        _ = async {
+            let _ = shutdown_rx.wait_for(|s| *s).await;
+            loop {
+                if sink.idle_safe() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } => DriveEnd::Parked,
+    };
+    // Let queued events reach the database before the task ends.
+    drop(events);
+    drop(sink);
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    shared.metrics.forget_run(&lease.run_id);
+    match &end {
+        DriveEnd::Finished(outcome) => info!(outcome = outcome.as_str(), "run finished"),
+        DriveEnd::Lost => warn!("lost the run's lease to another daemon; stopped driving it"),
+        DriveEnd::Parked => info!("stopped at a checkpoint for shutdown"),
+    }
+    end
+}
+
+/// A run that cannot be driven (its bundle no longer compiles, its target is
+/// gone from the config) ends here with the reason, never silently.
+async fn give_up(events: &Emitter, claimed: &Claimed, reason: String) -> DriveEnd {
+    let state = serde_json::from_value::<Checkpoint>(claimed.checkpoint.clone())
+        .map(|cp| cp.state)
+        .unwrap_or(RunState::Created);
+    let (outcome, exit_code) = if state.before_change() {
+        (Outcome::Stopped, 2)
+    } else {
+        (Outcome::NeedsHuman, Outcome::NeedsHuman.exit_code())
+    };
+    let reason = format!("cannot continue: {reason}");
+    events.emit(
+        None,
+        EventKind::RunFinished {
+            outcome,
+            reason: Some(reason.clone()),
+            exit_code,
+            applied: Vec::new(),
+            backup: None,
+            journal: None,
+        },
+    );
+    events
+        .save_state(&RunState::Finished {
+            outcome,
+            reason: Some(reason),
+        })
+        .await;
+    DriveEnd::Finished(outcome)
+}
+
+fn log_event(event: &Event) {
+    let step = event.step.map(|s| format!("{s:?}").to_lowercase());
+    let text = crate::run::render::human(event);
+    let name = serde_json::to_value(event)
+        .ok()
+        .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    match &event.kind {
+        EventKind::CheckSample { .. } => {
+            tracing::debug!(step = step.as_deref(), event = %name, "{}", text.unwrap_or_default())
+        }
+        _ => tracing::info!(step = step.as_deref(), event = %name, "{}", text.unwrap_or_default()),
+    }
+}
+
+enum Msg {
+    Event(Box<Event>),
+    Save(Box<Checkpoint>, oneshot::Sender<()>),
+}
+
+/// The state database as a [`RunSink`]: events are queued to a writer task and
+/// written in order; a checkpoint resolves once it (and every event before it)
+/// is committed under the run's lease.
+pub struct DbSink {
+    tx: mpsc::UnboundedSender<Msg>,
+    shutdown: watch::Receiver<bool>,
+    /// Set when, during shutdown, a checkpoint was written and the run was held
+    /// there.
+    parked: watch::Sender<bool>,
+    /// Set when a write found the lease superseded.
+    lost: watch::Sender<bool>,
+    /// The state of the last checkpoint handed to the sink.
+    last_state: Mutex<&'static str>,
+}
+
+impl DbSink {
+    fn start(
+        shared: SharedRef,
+        lease: Lease,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Arc<DbSink>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = Arc::new(DbSink {
+            tx,
+            shutdown,
+            parked: watch::channel(false).0,
+            lost: watch::channel(false).0,
+            last_state: Mutex::new("created"),
+        });
+        let lost = sink.lost.clone();
+        let writer = tokio::spawn(write_loop(shared, lease, rx, lost));
+        (sink, writer)
+    }
+
+    /// Whether stopping the run right now loses nothing: its current state only
+    /// waits or reads, and its last checkpoint says how to continue.
+    fn idle_safe(&self) -> bool {
+        matches!(
+            *self.last_state.lock().unwrap_or_else(|e| e.into_inner()),
+            "created" | "waiting_for_window" | "locking" | "measuring_baseline" | "soaking"
+        )
+    }
+}
+
+impl RunSink for DbSink {
+    fn event(&self, event: &Event) {
+        let _ = self.tx.send(Msg::Event(Box::new(event.clone())));
+    }
+
+    fn save(
+        &self,
+        checkpoint: Checkpoint,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        *self.last_state.lock().unwrap_or_else(|e| e.into_inner()) = checkpoint.state.name();
+        let finished = matches!(checkpoint.state, RunState::Finished { .. });
+        let (done, written) = oneshot::channel();
+        let queued = self.tx.send(Msg::Save(Box::new(checkpoint), done)).is_ok();
+        Box::pin(async move {
+            if !queued || written.await.is_err() {
+                // Fenced or shut down: nothing after this checkpoint may run.
+                std::future::pending::<()>().await;
+            }
+            if *self.shutdown.borrow() && !finished {
+                // Shutting down: the state is durable; hold the run here.
+                let _ = self.parked.send(true);
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
+async fn write_loop(
+    shared: SharedRef,
+    lease: Lease,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    lost: watch::Sender<bool>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut events = Vec::new();
+        let mut checkpoint = None;
+        let mut replies = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Event(e) => events.push(*e),
+                Msg::Save(cp, reply) => {
+                    checkpoint = Some(*cp);
+                    replies.push(reply);
+                }
+            }
+            if events.len() < 1000 {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match store::write(&shared.pool, &lease, &events, checkpoint.as_ref()).await {
+                Ok(()) => break,
+                Err(WriteError::Fenced { .. }) => {
+                    let _ = lost.send(true);
+                    return;
+                }
+                Err(WriteError::Store(e)) => {
+                    // The state database is away: the run waits at its next
+                    // checkpoint until it is back (or the lease is lost).
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot write the run's state; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for reply in replies {
+            let _ = reply.send(());
+        }
+    }
+}

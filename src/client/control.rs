@@ -1,0 +1,63 @@
+//! `pgshepherd approve RUN`, `abort RUN`, `ack RUN`.
+
+use reqwest::Method;
+
+use crate::client::ClientOptions;
+use crate::client::http::{Api, check_run_id};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Approve,
+    Abort,
+    Ack,
+}
+
+impl Action {
+    fn path(self) -> &'static str {
+        match self {
+            Action::Approve => "approve",
+            Action::Abort => "abort",
+            Action::Ack => "ack",
+        }
+    }
+}
+
+pub async fn control(options: &ClientOptions, action: Action, id: &str) -> i32 {
+    let result = async {
+        check_run_id(id)?;
+        let api = Api::new(options)?;
+        api.json(
+            Method::POST,
+            &format!("/v1/runs/{id}/{}", action.path()),
+            None,
+        )
+        .await
+    }
+    .await;
+    let (status, run) = match result {
+        Ok(answer) => answer,
+        Err(f) => return f.report(),
+    };
+    if options.json {
+        println!("{run}");
+        return 0;
+    }
+    let state = run["state"].as_str().unwrap_or("?");
+    let text = match action {
+        Action::Approve => format!(
+            "approved run {id}: it is {}",
+            run["phase"].as_str().unwrap_or("?")
+        ),
+        Action::Abort if status.as_u16() == 202 => format!(
+            "abort requested for run {id} (now {state}): the daemon stops it, or rolls it back \
+             per the plan if it has changed the target; follow with `pgshepherd logs {id} --follow`"
+        ),
+        Action::Abort => format!(
+            "run {id} stopped before it started: {}",
+            run["reason"].as_str().unwrap_or("aborted")
+        ),
+        Action::Ack => format!("acknowledged run {id}"),
+    };
+    println!("{text}");
+    0
+}

@@ -1,0 +1,217 @@
+//! Bearer tokens. The config keeps only each token's sha256; a presented token is
+//! hashed and compared with every configured digest in constant time, so neither
+//! the position of the first differing byte nor which token matched shows in the
+//! response time. The token itself is never logged, stored or echoed.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Role, Token};
+use crate::daemon::api::error::ApiError;
+use crate::daemon::shared::SharedRef;
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's name: the actor in the audit trail and in `submitted_by` etc.
+    pub name: String,
+    token: Token,
+}
+
+impl Caller {
+    /// See [`Token::has`]: every token reads, `admin` does everything.
+    pub fn has(&self, role: Role) -> bool {
+        self.token.has(role)
+    }
+
+    /// 403 unless the caller has `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.has(role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "token {:?} lacks the `{}` role this request needs",
+                self.name,
+                role_name(role)
+            )))
+        }
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(name: &str, roles: &[Role]) -> Caller {
+        Caller {
+            name: name.to_string(),
+            token: Token {
+                name: name.to_string(),
+                sha256: [0; 32],
+                roles: roles.to_vec(),
+            },
+        }
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Read => "read",
+        Role::Submit => "submit",
+        Role::Approve => "approve",
+        Role::Admin => "admin",
+    }
+}
+
+/// Where the route middleware learns who made a request, once a handler's
+/// [`Caller`] extractor has authenticated it (the audit row's `actor`).
+#[derive(Debug, Clone, Default)]
+pub struct ActorSlot(pub Arc<Mutex<Option<String>>>);
+
+impl ActorSlot {
+    pub fn set(&self, name: &str) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(name.to_string());
+        }
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|s| s.clone())
+    }
+}
+
+/// Why a request is not authenticated (the 401 message; contains no token text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthenticated {
+    Missing,
+    Malformed,
+    Unknown,
+}
+
+impl Unauthenticated {
+    pub fn message(self) -> &'static str {
+        match self {
+            Unauthenticated::Missing => {
+                "authentication required: send `Authorization: Bearer <token>`"
+            }
+            Unauthenticated::Malformed => "the Authorization header must be `Bearer <token>`",
+            Unauthenticated::Unknown => "the bearer token is not valid",
+        }
+    }
+}
+
+/// The token presented in `Authorization: Bearer <token>`.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, Unauthenticated> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Err(Unauthenticated::Missing);
+    };
+    let value = value.to_str().map_err(|_| Unauthenticated::Malformed)?;
+    let (scheme, token) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(Unauthenticated::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Unauthenticated::Malformed);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Unauthenticated::Missing);
+    }
+    Ok(token)
+}
+
+/// The configured token whose digest is sha256(`presented`). Every digest is
+/// compared in full, with no early exit, whichever matches.
+pub fn identify<'a>(tokens: &'a [Token], presented: &str) -> Option<&'a Token> {
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let mut found = None;
+    for token in tokens {
+        let diff = token
+            .sha256
+            .iter()
+            .zip(digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if std::hint::black_box(diff) == 0 {
+            found = Some(token);
+        }
+    }
+    found
+}
+
+impl FromRequestParts<SharedRef> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &SharedRef) -> Result<Caller, ApiError> {
+        let token = bearer(&parts.headers)
+            .and_then(|t| identify(&shared.config.tokens, t).ok_or(Unauthenticated::Unknown))
+            .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, why.message()))?;
+        if let Some(slot) = parts.extensions.get::<ActorSlot>() {
+            slot.set(&token.name);
+        }
+        Ok(Caller {
+            name: token.name.clone(),
+            token: token.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn token(name: &str, secret: &str, roles: &[Role]) -> Token {
+        Token {
+            name: name.into(),
+            sha256: Sha256::digest(secret.as_bytes()).into(),
+            roles: roles.to_vec(),
+        }
+    }
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_parses_the_scheme_case_insensitively() {
+        assert_eq!(bearer(&headers("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(&headers("bearer   abc ")), Ok("abc"));
+        assert_eq!(bearer(&HeaderMap::new()), Err(Unauthenticated::Missing));
+        assert_eq!(bearer(&headers("Bearer ")), Err(Unauthenticated::Malformed));
+        assert_eq!(
+            bearer(&headers("Basic dTpw")),
+            Err(Unauthenticated::Malformed)
+        );
+        assert_eq!(bearer(&headers("abc")), Err(Unauthenticated::Malformed));
+    }
+
+    #[test]
+    fn identify_finds_the_token_by_digest_only() {
+        let tokens = [
+            token("alice", "alice-secret-0123456789", &[Role::Submit]),
+            token("bob", "bob-secret-0123456789", &[Role::Approve]),
+        ];
+        assert_eq!(
+            identify(&tokens, "bob-secret-0123456789").map(|t| t.name.as_str()),
+            Some("bob")
+        );
+        assert!(identify(&tokens, "bob-secret-012345678").is_none());
+        assert!(identify(&tokens, "").is_none());
+        assert!(identify(&[], "x").is_none());
+    }
+
+    #[test]
+    fn roles_follow_the_config_rules() {
+        let reader = Caller::for_tests("r", &[Role::Read]);
+        assert!(reader.has(Role::Read) && !reader.has(Role::Submit));
+        let admin = Caller::for_tests("a", &[Role::Admin]);
+        assert!(admin.has(Role::Approve) && admin.has(Role::Submit));
+        let e = reader.require(Role::Approve).unwrap_err();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert!(e.message.contains("`approve`"));
+    }
+}

@@ -1,0 +1,387 @@
+//! The submitted plan bundle: the plan text plus every file of its migration set,
+//! which is all a daemon needs to run the plan (it never reads the submitter's
+//! disk). Stored once in `runs.bundle` and immutable from then on.
+//!
+//! The stored form is normalised: files sorted by name, each with the sha256 of
+//! its content. `bundle_sha256` is the sha256 of the normalised bundle serialised
+//! as compact JSON with the keys in this order:
+//! `{"plan":{"path","content"},"migrations":{"name","files":[{"name","content","sha256"}]}}`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::migrations::MigrationSet;
+use crate::plan::tree::{self, Node, Value};
+use crate::plan::{self, Diagnostic, Diagnostics, MigrationSource, Plan};
+
+/// Most migration files one bundle may carry.
+pub const MAX_FILES: usize = 1000;
+/// Longest plan path or file name accepted.
+pub const MAX_NAME_LEN: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    pub plan: PlanFile,
+    pub migrations: MigrationFiles,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFile {
+    /// The plan's path as the submitter gave it; it names the plan in messages
+    /// and locates the migration directory in them (`migrations:` is relative to it).
+    pub path: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationFiles {
+    /// The set's name in the target's history table (the directory's name).
+    pub name: String,
+    pub files: Vec<BundleFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleFile {
+    /// A bare file name, e.g. `V2__add_index.down.sql`.
+    pub name: String,
+    pub content: String,
+    /// Lowercase hex sha256 of `content`: optional when submitting (checked when
+    /// given), always present once stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// A bundle refused before its plan is even compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("the bundle has {0} migration files; at most {MAX_FILES} are accepted")]
+    TooManyFiles(usize),
+    #[error(
+        "`plan.path` must be a non-empty path of at most {MAX_NAME_LEN} characters without control characters"
+    )]
+    BadPlanPath,
+    #[error(
+        "`migrations.name` {0:?} must be a non-empty name without `/`, `\\` or control characters"
+    )]
+    BadSetName(String),
+    #[error(
+        "migration file name {0:?} must be a bare file name (no directories, not hidden, no control characters)"
+    )]
+    BadFileName(String),
+    #[error("migration file {0} is in the bundle twice")]
+    DuplicateFile(String),
+    #[error(
+        "migration file {name}: the given sha256 {given} does not match its content ({actual})"
+    )]
+    ChecksumMismatch {
+        name: String,
+        given: String,
+        actual: String,
+    },
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn plain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME_LEN && !s.chars().any(char::is_control)
+}
+
+impl Bundle {
+    /// The bundle of a plan loaded from disk: its text and every script of its set.
+    pub fn from_plan(path: &Path, content: String, set: &MigrationSet) -> Bundle {
+        let files = set
+            .migrations
+            .iter()
+            .flat_map(|m| std::iter::once(&m.up).chain(&m.down).chain(&m.verify))
+            .map(|s| BundleFile {
+                name: s.file.clone(),
+                content: s.sql.clone(),
+                sha256: Some(s.checksum.clone()),
+            })
+            .collect();
+        Bundle {
+            plan: PlanFile {
+                path: path.display().to_string(),
+                content,
+            },
+            migrations: MigrationFiles {
+                name: set.name.clone(),
+                files,
+            },
+        }
+    }
+
+    /// Check the bundle's shape and bring it into its stored form.
+    pub fn normalise(mut self) -> Result<Bundle, BundleError> {
+        if self.migrations.files.len() > MAX_FILES {
+            return Err(BundleError::TooManyFiles(self.migrations.files.len()));
+        }
+        if !plain(&self.plan.path) {
+            return Err(BundleError::BadPlanPath);
+        }
+        let set = &self.migrations.name;
+        if !plain(set) || set.contains(['/', '\\']) {
+            return Err(BundleError::BadSetName(set.clone()));
+        }
+        let mut seen = BTreeSet::new();
+        for f in &mut self.migrations.files {
+            if !plain(&f.name) || f.name.contains(['/', '\\']) || f.name.starts_with('.') {
+                return Err(BundleError::BadFileName(f.name.clone()));
+            }
+            if !seen.insert(f.name.clone()) {
+                return Err(BundleError::DuplicateFile(f.name.clone()));
+            }
+            let actual = sha256_hex(f.content.as_bytes());
+            if let Some(given) = &f.sha256
+                && !given.eq_ignore_ascii_case(&actual)
+            {
+                return Err(BundleError::ChecksumMismatch {
+                    name: f.name.clone(),
+                    given: given.clone(),
+                    actual,
+                });
+            }
+            f.sha256 = Some(actual);
+        }
+        self.migrations.files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(self)
+    }
+
+    /// sha256 of the canonical serialisation (see the module docs); meaningful
+    /// for a normalised bundle.
+    pub fn sha256(&self) -> String {
+        // Serialising plain structs of strings cannot fail.
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        sha256_hex(&bytes)
+    }
+
+    /// Compile the bundle into a plan, exactly as `pgshepherd check` compiles the
+    /// plan file and its migration directory: every problem at once, each located
+    /// in the file it concerns (migration files as `<plan dir>/<migrations>/<file>`).
+    pub fn compile(&self) -> Result<Plan, Diagnostics> {
+        let path = Path::new(&self.plan.path);
+        let text = &self.plan.content;
+        let root = if text.len() as u64 <= plan::load::MAX_PLAN_BYTES {
+            tree::parse(text).ok()
+        } else {
+            None
+        };
+        let migrations_at = root.as_ref().and_then(|r| top_string(r, "migrations"));
+        let dir = migrations_at
+            .as_ref()
+            .map(|(value, ..)| path.parent().unwrap_or(Path::new("")).join(value));
+
+        let mut problems = Vec::new();
+        let (line, column) = migrations_at.as_ref().map_or((0, 0), |m| (m.1, m.2));
+        if let Some(named) = dir.as_deref().and_then(last_component)
+            && named != self.migrations.name
+        {
+            problems.push(Diagnostic::new(
+                path,
+                line,
+                column,
+                format!(
+                    "`migrations` names the directory {named:?}, but the submitted migration set is {:?}",
+                    self.migrations.name
+                ),
+            ));
+        }
+        let files = self
+            .migrations
+            .files
+            .iter()
+            .map(|f| (f.name.clone(), f.content.clone()))
+            .collect();
+        let set = match MigrationSet::from_files(self.migrations.name.clone(), dir.clone(), files) {
+            Ok(set) => set,
+            Err(diagnostics) => {
+                for d in diagnostics {
+                    if d.line == 0 {
+                        // About the set as a whole: point at where the plan names it,
+                        // as `check` does.
+                        problems.push(Diagnostic::new(
+                            path,
+                            line,
+                            column,
+                            format!("`migrations`: {}", d.message),
+                        ));
+                    } else {
+                        problems.push(d);
+                    }
+                }
+                // An empty set lets the plan itself still be checked in full.
+                MigrationSet {
+                    name: self.migrations.name.clone(),
+                    dir,
+                    migrations: Vec::new(),
+                }
+            }
+        };
+        match plan::load_str(path, text, MigrationSource::Given(set)) {
+            Ok(plan) if problems.is_empty() => Ok(plan),
+            Ok(_) => Err(Diagnostics(sorted(path, problems))),
+            Err(Diagnostics(mut more)) => {
+                problems.append(&mut more);
+                Err(Diagnostics(sorted(path, problems)))
+            }
+        }
+    }
+
+    /// Where the plan sets a top-level key to a string: the value and its position.
+    pub fn locate(&self, key: &str) -> Option<(String, u32, u32)> {
+        if self.plan.content.len() as u64 > plan::load::MAX_PLAN_BYTES {
+            return None;
+        }
+        tree::parse(&self.plan.content)
+            .ok()
+            .and_then(|root| top_string(&root, key))
+    }
+}
+
+fn top_string(root: &Node, key: &str) -> Option<(String, u32, u32)> {
+    let Value::Map(entries) = &root.value else {
+        return None;
+    };
+    entries
+        .iter()
+        .find_map(|(k, v)| match (&k.value, &v.value) {
+            (Value::Str(k), Value::Str(s)) if k == key => Some((s.clone(), v.line, v.column)),
+            _ => None,
+        })
+}
+
+fn last_component(dir: &Path) -> Option<String> {
+    dir.file_name().and_then(|n| n.to_str()).map(str::to_owned)
+}
+
+/// Plan-file problems first, in file order, then the others by file (as `check`).
+pub fn sorted(plan: &Path, mut d: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    d.sort_by(|a, b| {
+        let other = |x: &Diagnostic| x.file != plan;
+        (other(a), &a.file, a.line, a.column).cmp(&(other(b), &b.file, b.line, b.column))
+    });
+    d.dedup();
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAN: &str = "name: p\ntarget: app\nmigrations: ../sets/jobs\nsoak:\n  duration: 10m\n  checks:\n    - {name: c, builtin: deadlocks_per_second, max: 0}\n";
+
+    fn bundle(plan: &str, files: &[(&str, &str)]) -> Bundle {
+        Bundle {
+            plan: PlanFile {
+                path: "plans/p.yaml".into(),
+                content: plan.into(),
+            },
+            migrations: MigrationFiles {
+                name: "jobs".into(),
+                files: files
+                    .iter()
+                    .map(|(n, c)| BundleFile {
+                        name: n.to_string(),
+                        content: c.to_string(),
+                        sha256: None,
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_good_bundle_compiles_and_its_checksum_ignores_file_order() {
+        let files = [
+            ("V1__t.sql", "CREATE TABLE t (c int);"),
+            ("V1__t.down.sql", "DROP TABLE t;"),
+        ];
+        let a = bundle(PLAN, &files).normalise().unwrap();
+        let mut reversed = files;
+        reversed.reverse();
+        let b = bundle(PLAN, &reversed).normalise().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.sha256(), b.sha256());
+        assert_eq!(a.migrations.files[0].name, "V1__t.down.sql");
+        let plan = a.compile().unwrap();
+        assert_eq!(plan.migrations.labels(), ["V1__t"]);
+        assert_eq!(plan.migrations.name, "jobs");
+    }
+
+    #[test]
+    fn problems_name_the_files_as_check_does() {
+        let b = bundle(
+            &format!("{PLAN}colour: blue\n"),
+            &[("V1__t.sql", ""), ("V1__t.down.sql", "DROP TABLE t;")],
+        );
+        let d = b.compile().unwrap_err().0;
+        let shown: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert!(
+            shown[0].starts_with("plans/p.yaml:8:1: unknown key `colour`"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("plans/../sets/jobs/V1__t.sql:")),
+            "{shown:#?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_set_points_at_the_migrations_line() {
+        let d = bundle(PLAN, &[]).compile().unwrap_err().0;
+        assert_eq!((d[0].line, d[0].column), (3, 13), "{d:?}");
+        assert!(d[0].message.starts_with("`migrations`: "), "{d:?}");
+    }
+
+    #[test]
+    fn the_set_name_must_match_the_plans_directory() {
+        let mut b = bundle(
+            PLAN,
+            &[("V1__t.sql", "SELECT 1;"), ("V1__t.down.sql", "SELECT 1;")],
+        );
+        b.migrations.name = "other".into();
+        let d = b.compile().unwrap_err().0;
+        assert!(d.iter().any(|d| d.message.contains("\"other\"")), "{d:?}");
+    }
+
+    #[test]
+    fn shape_errors_are_refused_before_compiling() {
+        let files = [("../V1__t.sql", "x")];
+        assert!(matches!(
+            bundle(PLAN, &files).normalise(),
+            Err(BundleError::BadFileName(_))
+        ));
+        let files = [("V1__t.sql", "x"), ("V1__t.sql", "y")];
+        assert!(matches!(
+            bundle(PLAN, &files).normalise(),
+            Err(BundleError::DuplicateFile(_))
+        ));
+        let mut b = bundle(PLAN, &[("V1__t.sql", "x")]);
+        b.migrations.files[0].sha256 = Some("00".into());
+        assert!(matches!(
+            b.normalise(),
+            Err(BundleError::ChecksumMismatch { .. })
+        ));
+        let mut b = bundle(PLAN, &[]);
+        b.plan.path = String::new();
+        assert_eq!(b.normalise(), Err(BundleError::BadPlanPath));
+    }
+
+    #[test]
+    fn locate_finds_top_level_strings() {
+        let b = bundle(PLAN, &[]);
+        assert_eq!(b.locate("target"), Some(("app".into(), 2, 9)));
+        assert_eq!(b.locate("nothing"), None);
+    }
+}

@@ -1,0 +1,253 @@
+//! `POST /v1/runs/{id}/approve`, `/abort` and `/ack`. Each reads and changes the
+//! run under `SELECT ... FOR UPDATE` and appends its event in the same
+//! transaction, so two concurrent requests cannot both succeed.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+
+use crate::config::Role;
+use crate::daemon::api::auth::Caller;
+use crate::daemon::api::error::{ApiError, AuditDetail};
+use crate::daemon::api::runs::run_id;
+use crate::daemon::api::view;
+use crate::daemon::shared::SharedRef;
+use crate::daemon::store;
+use crate::run::event::{Event, EventKind};
+
+fn event(id: &str, kind: EventKind) -> Event {
+    Event {
+        ts: Utc::now(),
+        run_id: id.to_string(),
+        step: None,
+        kind,
+    }
+}
+
+/// The run's view as the answer, with the audit detail.
+async fn answer(
+    shared: &SharedRef,
+    id: &str,
+    status: StatusCode,
+    detail: String,
+) -> Result<Response, ApiError> {
+    let client = shared.pool.get().await?;
+    let view = view::load(&client, id)
+        .await?
+        .ok_or_else(|| ApiError::no_such_run(id))?;
+    let mut response = (status, Json(view)).into_response();
+    response.extensions_mut().insert(AuditDetail(detail));
+    Ok(response)
+}
+
+/// Approve a run waiting for approval. Four eyes: never by its submitter.
+pub async fn approve(
+    State(shared): State<SharedRef>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Approve)?;
+    let id = run_id(path)?;
+    let mut client = shared.pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT submitted_by, phase, approved_by FROM runs WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::no_such_run(&id))?;
+    let (submitted_by, phase, approved_by): (String, String, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    if submitted_by == caller.name {
+        return Err(ApiError::forbidden(format!(
+            "four eyes: {submitted_by} submitted run {id} and cannot also approve it; \
+             someone else with the approve role must"
+        )));
+    }
+    if phase != "pending_approval" {
+        let why = match approved_by {
+            Some(by) => format!("run {id} was already approved by {by} (it is {phase})"),
+            None => {
+                format!("run {id} is {phase}, not pending_approval; there is nothing to approve")
+            }
+        };
+        return Err(ApiError::conflict(why));
+    }
+    tx.execute(
+        "UPDATE runs SET approved_by = $2, approved_at = now(), phase = 'queued', updated_at = now()
+          WHERE id = $1",
+        &[&id, &caller.name],
+    )
+    .await?;
+    store::append_events(
+        &tx,
+        &id,
+        &[event(
+            &id,
+            EventKind::RunApproved {
+                approved_by: caller.name.clone(),
+            },
+        )],
+    )
+    .await?;
+    tx.commit().await?;
+    drop(client);
+    shared.wake.notify_one();
+    answer(
+        &shared,
+        &id,
+        StatusCode::OK,
+        format!("approved; submitted by {submitted_by}"),
+    )
+    .await
+}
+
+/// Abort a run. Before any daemon has claimed it, the run finishes here and
+/// now (stopped, 200). Once it is active, the request is recorded (202) and the
+/// owning daemon acts on it within a poll interval: stopped before the change,
+/// rolled back per the plan during it.
+pub async fn abort(
+    State(shared): State<SharedRef>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = run_id(path)?;
+    if !caller.has(Role::Approve) {
+        if !caller.has(Role::Submit) {
+            return Err(ApiError::forbidden(format!(
+                "token {:?} may not abort runs: that needs the approve or admin role, \
+                 or the submit role for one's own runs",
+                caller.name
+            )));
+        }
+        let client = shared.pool.get().await?;
+        let submitter: String = client
+            .query_opt("SELECT submitted_by FROM runs WHERE id = $1", &[&id])
+            .await?
+            .ok_or_else(|| ApiError::no_such_run(&id))?
+            .get(0);
+        if submitter != caller.name {
+            return Err(ApiError::forbidden(format!(
+                "run {id} was submitted by {submitter}; a submit token may only abort its own runs \
+                 (approve or admin may abort any)"
+            )));
+        }
+    }
+
+    let reason = format!("aborted by {} before it started", caller.name);
+    if store::finish_unclaimed(&shared.pool, &id, &reason, &caller.name).await? {
+        shared.wake.notify_one();
+        return answer(
+            &shared,
+            &id,
+            StatusCode::OK,
+            "stopped before it started".into(),
+        )
+        .await;
+    }
+
+    let mut client = shared.pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT phase, outcome, abort_requested_by FROM runs WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::no_such_run(&id))?;
+    let (phase, outcome, requested_by): (String, Option<String>, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    if phase == "finished" {
+        return Err(ApiError::conflict(format!(
+            "run {id} has already finished ({}); there is nothing to abort",
+            outcome.as_deref().unwrap_or("no outcome")
+        )));
+    }
+    let detail = match requested_by {
+        Some(by) => format!("abort already requested by {by}"),
+        None => {
+            tx.execute(
+                "UPDATE runs SET abort_requested_by = $2, abort_requested_at = now(), updated_at = now()
+                  WHERE id = $1",
+                &[&id, &caller.name],
+            )
+            .await?;
+            store::append_events(
+                &tx,
+                &id,
+                &[event(
+                    &id,
+                    EventKind::AbortRequested {
+                        requested_by: caller.name.clone(),
+                    },
+                )],
+            )
+            .await?;
+            format!("abort requested while {phase}; the owning daemon will act on it")
+        }
+    };
+    tx.commit().await?;
+    drop(client);
+    shared.wake.notify_one();
+    answer(&shared, &id, StatusCode::ACCEPTED, detail).await
+}
+
+/// Acknowledge a run (stops its escalation). Once per run.
+pub async fn ack(
+    State(shared): State<SharedRef>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    if !(caller.has(Role::Submit) || caller.has(Role::Approve)) {
+        return Err(ApiError::forbidden(format!(
+            "token {:?} may not acknowledge runs: that needs the submit, approve or admin role",
+            caller.name
+        )));
+    }
+    let id = run_id(path)?;
+    let mut client = shared.pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT acked_by, acked_at FROM runs WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::no_such_run(&id))?;
+    let acked_by: Option<String> = row.get(0);
+    if let Some(by) = acked_by {
+        let at: Option<chrono::DateTime<Utc>> = row.get(1);
+        return Err(ApiError::conflict(format!(
+            "run {id} was already acknowledged by {by}{}",
+            at.map(|t| format!(
+                " at {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ))
+            .unwrap_or_default()
+        )));
+    }
+    tx.execute(
+        "UPDATE runs SET acked_by = $2, acked_at = now(), updated_at = now() WHERE id = $1",
+        &[&id, &caller.name],
+    )
+    .await?;
+    store::append_events(
+        &tx,
+        &id,
+        &[event(
+            &id,
+            EventKind::Acknowledged {
+                acked_by: caller.name.clone(),
+            },
+        )],
+    )
+    .await?;
+    tx.commit().await?;
+    drop(client);
+    shared.wake.notify_one();
+    answer(&shared, &id, StatusCode::OK, "acknowledged".into()).await
+}

@@ -1,0 +1,123 @@
+//! `GET /v1/runs` (newest first, filtered) and `GET /v1/runs/{id}`.
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::Role;
+use crate::daemon::api::auth::Caller;
+use crate::daemon::api::error::ApiError;
+use crate::daemon::api::view::{self, Filter, RunView};
+use crate::daemon::shared::SharedRef;
+
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+
+const PHASES: &[&str] = &["pending_approval", "queued", "active", "finished"];
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Comma-separated phases; `open` stands for every phase but `finished`.
+    pub phase: Option<String>,
+    pub target: Option<String>,
+    pub limit: Option<String>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<Filter, ApiError> {
+        let mut phases = Vec::new();
+        for p in self.phase.iter().flat_map(|p| p.split(',')) {
+            match p.trim() {
+                "" => {}
+                "open" => phases.extend(PHASES[..3].iter().map(|s| s.to_string())),
+                p if PHASES.contains(&p) => phases.push(p.to_string()),
+                p => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown phase {p:?}; use pending_approval, queued, active, finished or open"
+                    )));
+                }
+            }
+        }
+        let limit = match self.limit.as_deref() {
+            None | Some("") => DEFAULT_LIMIT,
+            Some(l) => match l.parse::<i64>() {
+                Ok(n) if n >= 1 => n.min(MAX_LIMIT),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "`limit` must be a whole number from 1 to {MAX_LIMIT}"
+                    )));
+                }
+            },
+        };
+        let target = self.target.clone().filter(|t| !t.is_empty());
+        Ok(Filter {
+            phases,
+            target,
+            limit,
+        })
+    }
+}
+
+/// The path's run id, validated.
+pub fn run_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    view::check_run_id(&id)?;
+    Ok(id)
+}
+
+pub async fn list(
+    State(shared): State<SharedRef>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Read)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filter = query.filter()?;
+    let client = shared.pool.get().await?;
+    let runs = view::list(&client, &filter).await?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+pub async fn show(
+    State(shared): State<SharedRef>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<RunView>, ApiError> {
+    caller.require(Role::Read)?;
+    let id = run_id(path)?;
+    let client = shared.pool.get().await?;
+    match view::load(&client, &id).await? {
+        Some(v) => Ok(Json(v)),
+        None => Err(ApiError::no_such_run(&id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(phase: Option<&str>, limit: Option<&str>) -> Result<Filter, ApiError> {
+        ListQuery {
+            phase: phase.map(str::to_owned),
+            target: None,
+            limit: limit.map(str::to_owned),
+        }
+        .filter()
+    }
+
+    #[test]
+    fn filters_are_validated() {
+        assert_eq!(q(None, None).unwrap().limit, DEFAULT_LIMIT);
+        assert_eq!(q(None, Some("5000")).unwrap().limit, MAX_LIMIT);
+        assert!(q(None, Some("0")).is_err());
+        assert!(q(None, Some("ten")).is_err());
+        assert_eq!(q(Some("open"), None).unwrap().phases.len(), 3);
+        assert_eq!(
+            q(Some("queued,finished"), None).unwrap().phases,
+            ["queued", "finished"]
+        );
+        assert!(q(Some("running"), None).is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! `POST /v1/runs`: compile the submitted bundle exactly as `check` would, refuse
+//! it with every located problem (422), or store it as a new run with its
+//! `run_submitted` event in one transaction and wake the scheduler.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+
+use crate::config::Role;
+use crate::daemon::api::auth::Caller;
+use crate::daemon::api::bundle::{self, Bundle};
+use crate::daemon::api::error::{ApiError, AuditDetail, AuditRun};
+use crate::daemon::api::routes::MAX_BODY_BYTES;
+use crate::daemon::api::view;
+use crate::daemon::shared::SharedRef;
+use crate::daemon::store;
+use crate::plan::{Diagnostic, Diagnostics, Plan};
+use crate::run::checkpoint::Checkpoint;
+use crate::run::event::{Event, EventKind};
+
+/// A request body, as JSON of type `T`: 413 over the size limit, 400 when it is
+/// not JSON or not of that shape (with serde's message and position).
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} MiB",
+                    MAX_BODY_BYTES / 1024 / 1024
+                ),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("the request body is not a valid submission: {e}"))
+    })
+}
+
+pub async fn submit(
+    State(shared): State<SharedRef>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Submit)?;
+    let bundle: Bundle = json_body(body)?;
+    let bundle = bundle
+        .normalise()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let plan = validate(&shared.config.targets, &bundle).map_err(|d| ApiError::invalid(d.0))?;
+
+    let sha = bundle.sha256();
+    let requires_approval = plan.approval.required;
+    let phase = if requires_approval {
+        "pending_approval"
+    } else {
+        "queued"
+    };
+    let bundle_json =
+        serde_json::to_value(&bundle).map_err(|e| ApiError::internal(e.to_string()))?;
+    let checkpoint =
+        serde_json::to_value(Checkpoint::new()).map_err(|e| ApiError::internal(e.to_string()))?;
+
+    let mut client = shared.pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut id = None;
+    // 48 random bits: a collision is unlikely but cheap to survive.
+    for _ in 0..5 {
+        let candidate = crate::cli::run::new_run_id();
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO runs (id, target, plan_name, plan_path, bundle, bundle_sha256,
+                                   submitted_by, requires_approval, phase, checkpoint, state_name)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'created')
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id",
+                &[
+                    &candidate,
+                    &plan.target,
+                    &plan.name,
+                    &bundle.plan.path,
+                    &bundle_json,
+                    &sha,
+                    &caller.name,
+                    &requires_approval,
+                    &phase,
+                    &checkpoint,
+                ],
+            )
+            .await?;
+        if inserted.is_some() {
+            id = Some(candidate);
+            break;
+        }
+    }
+    let id = id.ok_or_else(|| ApiError::internal("could not allocate a run id"))?;
+    let event = Event {
+        ts: Utc::now(),
+        run_id: id.clone(),
+        step: None,
+        kind: EventKind::RunSubmitted {
+            plan_name: plan.name.clone(),
+            target: plan.target.clone(),
+            submitted_by: caller.name.clone(),
+            bundle_sha256: sha.clone(),
+            requires_approval,
+        },
+    };
+    store::append_events(&tx, &id, &[event]).await?;
+    tx.commit().await?;
+    shared.wake.notify_one();
+
+    let view = view::load(&client, &id)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("run {id} vanished after it was stored")))?;
+    let mut response = (StatusCode::CREATED, Json(view)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/runs/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response.extensions_mut().insert(AuditRun(id));
+    response.extensions_mut().insert(AuditDetail(format!(
+        "plan {} ({}) for target {}, {}, bundle {sha}",
+        plan.name,
+        bundle.plan.path,
+        plan.target,
+        if requires_approval {
+            "pending approval"
+        } else {
+            "queued"
+        }
+    )));
+    Ok(response)
+}
+
+/// Compile the bundle and check what only the daemon knows: that its target is
+/// configured. (Notification channel names are not checked yet: the config does
+/// not parse `channels` in this build.)
+pub fn validate(
+    targets: &std::collections::BTreeMap<String, crate::pg::Dsn>,
+    bundle: &Bundle,
+) -> Result<Plan, Diagnostics> {
+    let path = std::path::Path::new(&bundle.plan.path);
+    let compiled = bundle.compile();
+    let target = match &compiled {
+        Ok(plan) => {
+            let at = bundle.locate("target");
+            Some((plan.target.clone(), at.map_or((0, 0), |a| (a.1, a.2))))
+        }
+        Err(_) => bundle.locate("target").map(|(t, l, c)| (t, (l, c))),
+    };
+    let unknown = target.and_then(|(name, (line, column))| {
+        (!targets.contains_key(&name)).then(|| {
+            let known: Vec<&str> = targets.keys().map(String::as_str).collect();
+            Diagnostic::new(
+                path,
+                line,
+                column,
+                format!(
+                    "unknown target `{name}`: this daemon's config defines {}",
+                    if known.is_empty() {
+                        "no targets".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })
+    });
+    match (compiled, unknown) {
+        (Ok(plan), None) => Ok(plan),
+        (Ok(_), Some(d)) => Err(Diagnostics(vec![d])),
+        (Err(Diagnostics(mut all)), unknown) => {
+            all.extend(unknown);
+            Err(Diagnostics(bundle::sorted(path, all)))
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The JSON view of a run (`GET /v1/runs/{id}`, the answer to submit and to the
+//! control actions) and its compact form in lists. Built from the `runs` row, the
+//! run's events and its checkpoint; never contains a DSN or a token.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use deadpool_postgres::GenericClient;
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use tokio_postgres::Row;
+
+use crate::daemon::api::error::ApiError;
+
+/// Run ids are 12 lowercase hex digits (see `cli::run::new_run_id`).
+pub fn valid_run_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// 400 unless `id` looks like a run id (checked before any query).
+pub fn check_run_id(id: &str) -> Result<(), ApiError> {
+    if valid_run_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "a run id is 12 lowercase hex digits, e.g. 3f9a1c2b7d40",
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    pub id: String,
+    pub plan: PlanRef,
+    pub target: String,
+    /// `pending_approval`, `queued`, `active` or `finished`.
+    pub phase: String,
+    /// The run state machine's state (`created`, `soaking`, `finished`, ...).
+    pub state: String,
+    /// The step of the latest event that had one.
+    pub step: Option<String>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub submitted_by: String,
+    #[serde(serialize_with = "ts")]
+    pub submitted_at: DateTime<Utc>,
+    pub requires_approval: bool,
+    pub approved_by: Option<String>,
+    #[serde(serialize_with = "ts_opt")]
+    pub approved_at: Option<DateTime<Utc>>,
+    pub abort_requested_by: Option<String>,
+    #[serde(serialize_with = "ts_opt")]
+    pub abort_requested_at: Option<DateTime<Utc>>,
+    pub acked_by: Option<String>,
+    #[serde(serialize_with = "ts_opt")]
+    pub acked_at: Option<DateTime<Utc>>,
+    /// The daemon holding the run's lease.
+    pub owner: Option<String>,
+    /// The fencing epoch: how many times the run has been claimed.
+    pub epoch: i64,
+    #[serde(serialize_with = "ts_opt")]
+    pub lease_until: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "ts_opt")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "ts_opt")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "ts")]
+    pub updated_at: DateTime<Utc>,
+    pub bundle_sha256: String,
+    /// Present in the full view only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<RunDetail>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRef {
+    pub name: String,
+    pub path: String,
+    pub migration_set: Option<String>,
+}
+
+/// What only the full view carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunDetail {
+    pub files: Vec<FileRef>,
+    /// Versions this run has applied so far (while migrating, soaking or rolling back).
+    pub applied: Option<Vec<i64>>,
+    /// Why a rollback is under way.
+    pub cause: Option<String>,
+    /// The soak's position after its last sample tick.
+    pub progress: Option<Progress>,
+    /// Facts established on the way: starting versions, baselines, the verified
+    /// backup's manifest.
+    pub facts: Value,
+    /// The latest `check_sample` event of each check.
+    pub checks: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileRef {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub elapsed_ms: Option<u64>,
+    pub samples_taken: Option<u64>,
+    pub samples_planned: Option<u64>,
+}
+
+fn ts<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn ts_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => ts(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+const COLUMNS: &str = "r.id, r.plan_name, r.plan_path, r.target, r.phase, r.state_name,
+    r.outcome, r.reason, r.exit_code, r.submitted_by, r.submitted_at, r.requires_approval,
+    r.approved_by, r.approved_at, r.abort_requested_by, r.abort_requested_at,
+    r.acked_by, r.acked_at, r.owner, r.epoch, r.lease_until, r.started_at,
+    r.finished_at, r.updated_at, r.bundle_sha256, r.bundle->'migrations'->>'name',
+    (SELECT e.event->>'step' FROM events e
+      WHERE e.run_id = r.id AND e.event->>'step' IS NOT NULL
+      ORDER BY e.id DESC LIMIT 1)";
+
+/// Columns after [`COLUMNS`] in the full view.
+const DETAIL: &str = "(SELECT coalesce(jsonb_agg(jsonb_build_object('name', f->>'name', 'sha256', f->>'sha256') ORDER BY n), '[]'::jsonb)
+       FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.bundle->'migrations'->'files') = 'array'
+                                      THEN r.bundle->'migrations'->'files' ELSE '[]'::jsonb END)
+            WITH ORDINALITY AS x(f, n)),
+    r.checkpoint";
+
+fn compact(row: &Row) -> RunView {
+    RunView {
+        id: row.get(0),
+        plan: PlanRef {
+            name: row.get(1),
+            path: row.get(2),
+            migration_set: row.get(25),
+        },
+        target: row.get(3),
+        phase: row.get(4),
+        state: row.get(5),
+        outcome: row.get(6),
+        reason: row.get(7),
+        exit_code: row.get(8),
+        submitted_by: row.get(9),
+        submitted_at: row.get(10),
+        requires_approval: row.get(11),
+        approved_by: row.get(12),
+        approved_at: row.get(13),
+        abort_requested_by: row.get(14),
+        abort_requested_at: row.get(15),
+        acked_by: row.get(16),
+        acked_at: row.get(17),
+        owner: row.get(18),
+        epoch: row.get(19),
+        lease_until: row.get(20),
+        started_at: row.get(21),
+        finished_at: row.get(22),
+        updated_at: row.get(23),
+        bundle_sha256: row.get(24),
+        step: row.get(26),
+        detail: None,
+    }
+}
+
+/// The full view of one run, or `None` when there is no such run.
+pub async fn load(client: &impl GenericClient, id: &str) -> Result<Option<RunView>, ApiError> {
+    let sql = format!("SELECT {COLUMNS}, {DETAIL} FROM runs r WHERE r.id = $1");
+    let Some(row) = client.query_opt(&sql, &[&id]).await? else {
+        return Ok(None);
+    };
+    let mut view = compact(&row);
+    let files: Value = row.get(27);
+    let checkpoint: Value = row.get(28);
+    let checks = client
+        .query(
+            "SELECT DISTINCT ON (event->>'check') event FROM events
+              WHERE run_id = $1 AND name = 'check_sample'
+              ORDER BY event->>'check', id DESC",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let mut e: Value = r.get(0);
+            if let Some(o) = e.as_object_mut() {
+                o.remove("run_id");
+            }
+            e
+        })
+        .collect();
+    view.detail = Some(detail(files, &checkpoint, checks));
+    Ok(Some(view))
+}
+
+fn detail(files: Value, checkpoint: &Value, checks: Vec<Value>) -> RunDetail {
+    let files = files
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| FileRef {
+                    name: f["name"].as_str().unwrap_or_default().to_string(),
+                    sha256: f["sha256"].as_str().unwrap_or_default().to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let state = &checkpoint["state"];
+    let applied = state["applied"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect());
+    let progress = state["progress"].as_object().map(|p| Progress {
+        elapsed_ms: p.get("elapsed_ms").and_then(Value::as_u64),
+        samples_taken: p.get("samples_taken").and_then(Value::as_u64),
+        samples_planned: p.get("samples_planned").and_then(Value::as_u64),
+    });
+    RunDetail {
+        files,
+        applied,
+        cause: state["cause"].as_str().map(str::to_owned),
+        progress,
+        facts: match &checkpoint["facts"] {
+            Value::Null => Value::Object(Default::default()),
+            facts => facts.clone(),
+        },
+        checks,
+    }
+}
+
+/// Which runs `GET /v1/runs` lists.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Empty: every phase.
+    pub phases: Vec<String>,
+    pub target: Option<String>,
+    pub limit: i64,
+}
+
+/// Compact views, newest submission first.
+pub async fn list(client: &impl GenericClient, filter: &Filter) -> Result<Vec<RunView>, ApiError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM runs r
+          WHERE (cardinality($1::text[]) = 0 OR r.phase = ANY($1))
+            AND ($2::text IS NULL OR r.target = $2)
+          ORDER BY r.seq DESC
+          LIMIT $3"
+    );
+    let rows = client
+        .query(&sql, &[&filter.phases, &filter.target, &filter.limit])
+        .await?;
+    Ok(rows.iter().map(compact).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn run_ids_are_twelve_lowercase_hex_digits() {
+        assert!(valid_run_id("0123456789ab"));
+        assert!(!valid_run_id("0123456789AB"));
+        assert!(!valid_run_id("0123456789a"));
+        assert!(!valid_run_id("0123456789abc"));
+        assert!(!valid_run_id("../../etc/pa"));
+    }
+
+    #[test]
+    fn detail_reads_soak_progress_from_the_checkpoint() {
+        let cp = json!({
+            "state": {"state": "soaking", "applied": [1, 2],
+                      "progress": {"elapsed_ms": 5000, "samples_taken": 3, "samples_planned": 360, "checks": []}},
+            "facts": {"starting": [0]}
+        });
+        let d = detail(json!([{"name": "V1__a.sql", "sha256": "ab"}]), &cp, vec![]);
+        assert_eq!(d.applied, Some(vec![1, 2]));
+        let p = d.progress.unwrap();
+        assert_eq!((p.samples_taken, p.samples_planned), (Some(3), Some(360)));
+        assert_eq!(d.files[0].name, "V1__a.sql");
+        assert_eq!(d.facts["starting"], json!([0]));
+        let created = detail(json!([]), &json!({"state": {"state": "created"}}), vec![]);
+        assert!(created.applied.is_none() && created.progress.is_none());
+        assert_eq!(created.facts, json!({}));
+    }
+}

@@ -1,0 +1,1034 @@
+//! The daemon's HTTP API, served in-process on a loopback port against a real
+//! state database, driven over HTTP the way `curl` and the `pgshepherd` client
+//! drive it. No run executes here (no scheduler): these are the API's promises —
+//! auth and roles, four eyes, validation as `check` does it, control actions,
+//! the event stream, and an audit trail without secrets.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgshepherd::config::Config;
+use pgshepherd::daemon::Shared;
+use pgshepherd::daemon::api::bundle::Bundle;
+use pgshepherd::daemon::{api, store};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Digest;
+
+/// name, secret, roles. The first two are configured by sha256, the rest in plain.
+const TOKENS: &[(&str, &str, &str)] = &[
+    ("reader", "reader-secret-token-0001", "[read]"),
+    ("alice", "alice-secret-token-0002", "[submit]"),
+    ("carol", "carol-secret-token-0003", "[submit, approve]"),
+    ("bob", "bob-secret-token-0004", "[approve]"),
+    ("root", "root-secret-token-0005", "[admin]"),
+];
+
+fn secret(name: &str) -> &'static str {
+    TOKENS.iter().find(|t| t.0 == name).unwrap().1
+}
+
+/// One daemon's API on a loopback port, with its own state database and plans.
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    db: common::TestDb,
+    dir: tempfile::TempDir,
+}
+
+async fn start() -> Api {
+    start_with(None).await
+}
+
+/// With `stop`, the API is served by `router_until` (event streams end on it).
+async fn start_with(stop: Option<tokio::sync::watch::Receiver<bool>>) -> Api {
+    pgshepherd::tls::install_crypto_provider();
+    let db = common::fresh_db().await;
+    let dir = common::scratch_dir();
+    let mut yaml = format!(
+        "listen: 127.0.0.1:0\nstate_database: \"{}\"\ntargets:\n  jobs:\n    dsn: \"{}\"\ntokens:\n",
+        db.url, db.url
+    );
+    for (i, (name, secret, roles)) in TOKENS.iter().enumerate() {
+        if i < 2 {
+            let digest = hex::encode(sha2::Sha256::digest(secret.as_bytes()));
+            yaml.push_str(&format!(
+                "  - {{name: {name}, sha256: {digest}, roles: {roles}}}\n"
+            ));
+        } else {
+            yaml.push_str(&format!(
+                "  - {{name: {name}, token: {secret}, roles: {roles}}}\n"
+            ));
+        }
+    }
+    let config_path = dir.path().join("pgshepherd.yaml");
+    std::fs::write(&config_path, yaml).unwrap();
+    let config = Config::load(&config_path).unwrap_or_else(|d| panic!("{d}"));
+    let pool = store::open(config.state_database.as_ref().unwrap(), 4)
+        .await
+        .unwrap();
+    let shared = Arc::new(Shared::new(config, pool, "test-node".into()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = match stop {
+        Some(stop) => api::router_until(shared, stop),
+        None => api::router(shared),
+    };
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    Api {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        db,
+        dir,
+    }
+}
+
+/// A status and the JSON body (Null when the body is not JSON).
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn get(&self, who: &str, path: &str) -> Answer {
+        self.send(self.http.get(self.url(path)).bearer_auth(secret(who)))
+            .await
+    }
+
+    async fn post(&self, who: &str, path: &str, body: Option<&Value>) -> Answer {
+        let mut r = self.http.post(self.url(path)).bearer_auth(secret(who));
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        self.send(r).await
+    }
+
+    /// The submission body of the plan at `plan` (loaded as `submit` loads it).
+    fn bundle(&self, plan: &Path) -> Value {
+        let loaded = pgshepherd::plan::load(plan).unwrap_or_else(|d| panic!("{d}"));
+        let text = std::fs::read_to_string(plan).unwrap();
+        serde_json::to_value(Bundle::from_plan(plan, text, &loaded.migrations)).unwrap()
+    }
+
+    /// Write the one-table plan into a directory of its own and submit it as `who`.
+    async fn submit(&self, who: &str, sub: &str, extra: &str) -> Answer {
+        let dir = self.dir.path().join(sub);
+        let plan = common::one_table_plan(&dir, "jobs", "1s", extra);
+        let body = self.bundle(&plan);
+        self.post(who, "/v1/runs", Some(&body)).await
+    }
+
+    async fn audit(&self) -> Vec<(String, String, Option<String>, i32, Option<String>)> {
+        self.db
+            .client()
+            .await
+            .query(
+                "SELECT actor, action, run_id, status, detail FROM audit ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect()
+    }
+
+    /// No audit column and no event anywhere holds any token's text.
+    async fn assert_no_secrets_stored(&self) {
+        let client = self.db.client().await;
+        let dump: String = client
+            .query_one(
+                "SELECT coalesce((SELECT string_agg(a::text, ' ') FROM audit a), '')
+                     || coalesce((SELECT string_agg(e::text, ' ') FROM events e), '')
+                     || coalesce((SELECT string_agg(r::text, ' ') FROM runs r), '')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        for (_, secret, _) in TOKENS {
+            assert!(!dump.contains(secret), "a token was stored: {secret}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_valid_token_only_healthz_and_openapi_answer() {
+    let api = start().await;
+
+    let health = api.send(api.http.get(api.url("/healthz"))).await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(
+        health.body,
+        json!({"status": "ok", "node": "test-node", "version": env!("CARGO_PKG_VERSION")})
+    );
+
+    let doc = api.send(api.http.get(api.url("/openapi.json"))).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    for route in api::ROUTES {
+        assert!(
+            doc.body["paths"][route.path][route.method.to_ascii_lowercase()].is_object(),
+            "{} {} missing from openapi.json",
+            route.method,
+            route.path
+        );
+    }
+
+    // No token, an unknown one, another scheme: 401 with the challenge, as JSON.
+    for auth in [
+        None,
+        Some("Bearer not-a-configured-token"),
+        Some("Basic YWxpY2U6eA=="),
+    ] {
+        let mut request = api.http.get(api.url("/v1/runs"));
+        if let Some(a) = auth {
+            request = request.header("authorization", a);
+        }
+        let answer = api.send(request).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert!(
+            answer.headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        assert!(answer.body["error"].is_string(), "{:?}", answer.body);
+    }
+    let metrics = api.send(api.http.get(api.url("/metrics"))).await;
+    assert_eq!(metrics.status, StatusCode::UNAUTHORIZED);
+    // A token that differs from a configured one in its last character only.
+    let almost = format!("{}x", &secret("root")[..secret("root").len() - 1]);
+    let answer = api
+        .send(api.http.get(api.url("/v1/runs")).bearer_auth(&almost))
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+
+    // Known tokens: every role reads; submitting needs `submit`.
+    for (name, ..) in TOKENS {
+        assert_eq!(
+            api.get(name, "/v1/runs").await.status,
+            StatusCode::OK,
+            "{name}"
+        );
+    }
+    let refused = api.submit("reader", "p", "").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.body["error"].as_str().unwrap().contains("`submit`"));
+    assert_eq!(
+        api.submit("bob", "p", "").await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    let response = api
+        .http
+        .get(api.url("/metrics"))
+        .bearer_auth(secret("reader"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+
+    // Unknown routes and methods answer JSON too.
+    let nothing = api.get("reader", "/v2/nothing").await;
+    assert_eq!(nothing.status, StatusCode::NOT_FOUND);
+    assert!(nothing.body["error"].is_string());
+    let wrong = api
+        .send(
+            api.http
+                .delete(api.url("/v1/runs"))
+                .bearer_auth(secret("root")),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Every refusal is in the audit trail, by token name (or anonymous).
+    let audit = api.audit().await;
+    let count = |actor: &str, status: i32| {
+        audit
+            .iter()
+            .filter(|a| a.0 == actor && a.3 == status)
+            .count()
+    };
+    assert_eq!(count("anonymous", 401), 5, "{audit:#?}");
+    assert_eq!(count("reader", 403), 1, "{audit:#?}");
+    assert_eq!(count("bob", 403), 1, "{audit:#?}");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.0 == "reader" && a.1 == "submit" && a.3 == 403)
+    );
+    api.assert_no_secrets_stored().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_plan_is_refused_with_the_same_errors_as_check() {
+    let api = start().await;
+    let dir = api.dir.path().join("bad");
+    let plan = common::one_table_plan(&dir, "jobs", "1s", "colour: blue\nrollbak: {}\n");
+    std::fs::write(dir.join("migrations/V2__empty.sql"), "-- nothing\n").unwrap();
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let files: Vec<Value> = ["V1__t.sql", "V1__t.down.sql", "V2__empty.sql"]
+        .iter()
+        .map(|f| {
+            json!({"name": f, "content": std::fs::read_to_string(dir.join("migrations").join(f)).unwrap()})
+        })
+        .collect();
+    let body = json!({
+        "plan": {"path": plan.display().to_string(), "content": text},
+        "migrations": {"name": "migrations", "files": files},
+    });
+    let answer = api.post("alice", "/v1/runs", Some(&body)).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        answer.body
+    );
+
+    let check = std::process::Command::new(common::pgshepherd_bin())
+        .args(["check", "--json"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(
+        answer.body["errors"], report["errors"],
+        "API and check disagree"
+    );
+    let errors = answer.body["errors"].as_array().unwrap();
+    assert!(errors.len() >= 3, "{errors:#?}");
+    assert_eq!(errors[0]["line"], 14, "{errors:#?}");
+    assert_eq!(errors[0]["column"], 1);
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown key `colour`")
+    );
+
+    // A target the daemon does not define: located at the plan's `target` value.
+    let other = common::one_table_plan(&api.dir.path().join("other"), "orders", "1s", "");
+    let answer = api
+        .post("alice", "/v1/runs", Some(&api.bundle(&other)))
+        .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let e = &answer.body["errors"][0];
+    assert_eq!(
+        (e["line"].as_u64(), e["column"].as_u64()),
+        (Some(2), Some(9)),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown target `orders`"),
+        "{e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("jobs"), "{e}");
+
+    // Not JSON, the wrong shape, too many files, too big: 4xx, never a crash.
+    let garbage = api
+        .send(
+            api.http
+                .post(api.url("/v1/runs"))
+                .bearer_auth(secret("alice"))
+                .header("content-type", "application/json")
+                .body("{\"plan\": [1, 2"),
+        )
+        .await;
+    assert_eq!(garbage.status, StatusCode::BAD_REQUEST);
+    assert!(
+        garbage.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid submission")
+    );
+    let shape = api
+        .post("alice", "/v1/runs", Some(&json!({"plan": "x", "extra": 1})))
+        .await;
+    assert_eq!(shape.status, StatusCode::BAD_REQUEST);
+    let binary = api
+        .send(
+            api.http
+                .post(api.url("/v1/runs"))
+                .bearer_auth(secret("alice"))
+                .body(vec![0xffu8, 0x00, 0xfe, 0x80]),
+        )
+        .await;
+    assert_eq!(binary.status, StatusCode::BAD_REQUEST);
+    let many: Vec<Value> = (1..=1001)
+        .map(|i| json!({"name": format!("V{i}__x.sql"), "content": "SELECT 1;"}))
+        .collect();
+    let too_many = api
+        .post(
+            "alice",
+            "/v1/runs",
+            Some(&json!({"plan": {"path": "p.yaml", "content": "name: p"},
+                         "migrations": {"name": "m", "files": many}})),
+        )
+        .await;
+    assert_eq!(too_many.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        too_many.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1000")
+    );
+    let huge = api
+        .send(
+            api.http
+                .post(api.url("/v1/runs"))
+                .bearer_auth(secret("alice"))
+                .header("content-type", "application/json")
+                .body(vec![b' '; 9 * 1024 * 1024]),
+        )
+        .await;
+    assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(huge.body["error"].as_str().unwrap().contains("8 MiB"));
+
+    // The daemon still serves, nothing was stored, every attempt was audited.
+    assert_eq!(api.get("reader", "/healthz").await.status, StatusCode::OK);
+    assert_eq!(api.db.row_count("runs").await, 0);
+    let audit = api.audit().await;
+    let submits: Vec<i32> = audit
+        .iter()
+        .filter(|a| a.1 == "submit")
+        .map(|a| a.3)
+        .collect();
+    assert_eq!(submits, [422, 422, 400, 400, 400, 422, 413], "{audit:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_eyes_approval_abort_and_ack() {
+    let api = start().await;
+    let submitted = api
+        .submit("carol", "a", "approval:\n  required: true\n")
+        .await;
+    assert_eq!(
+        submitted.status,
+        StatusCode::CREATED,
+        "{:?}",
+        submitted.body
+    );
+    let run = submitted.body.clone();
+    let id = run["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 12);
+    assert_eq!(
+        submitted.headers["location"],
+        format!("/v1/runs/{id}").as_str()
+    );
+    assert_eq!(run["phase"], "pending_approval");
+    assert_eq!(run["state"], "created");
+    assert_eq!(run["submitted_by"], "carol");
+    assert_eq!(run["requires_approval"], true);
+    assert_eq!(run["target"], "jobs");
+    assert_eq!(run["plan"]["name"], "one-table");
+    assert_eq!(run["plan"]["migration_set"], "migrations");
+    assert_eq!(run["files"].as_array().unwrap().len(), 2);
+    assert_eq!(run["bundle_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(run["epoch"], 0);
+    assert!(run["checks"].as_array().unwrap().is_empty());
+    assert!(
+        !run.to_string().contains("postgres://"),
+        "no DSN in a view: {run}"
+    );
+
+    // The submitter may not approve, even holding the approve role.
+    let own = api
+        .post("carol", &format!("/v1/runs/{id}/approve"), None)
+        .await;
+    assert_eq!(own.status, StatusCode::FORBIDDEN);
+    assert!(
+        own.body["error"].as_str().unwrap().contains("four eyes"),
+        "{:?}",
+        own.body
+    );
+    let reader = api
+        .post("reader", &format!("/v1/runs/{id}/approve"), None)
+        .await;
+    assert_eq!(reader.status, StatusCode::FORBIDDEN);
+    let approved = api
+        .post("bob", &format!("/v1/runs/{id}/approve"), None)
+        .await;
+    assert_eq!(approved.status, StatusCode::OK, "{:?}", approved.body);
+    assert_eq!(approved.body["phase"], "queued");
+    assert_eq!(approved.body["approved_by"], "bob");
+    assert!(approved.body["approved_at"].is_string());
+    let again = api
+        .post("root", &format!("/v1/runs/{id}/approve"), None)
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(
+        again.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already approved by bob")
+    );
+
+    // Abort: a submit-only token may abort its own runs only.
+    let foreign = api
+        .post("alice", &format!("/v1/runs/{id}/abort"), None)
+        .await;
+    assert_eq!(foreign.status, StatusCode::FORBIDDEN);
+    let aborted = api
+        .post("carol", &format!("/v1/runs/{id}/abort"), None)
+        .await;
+    assert_eq!(aborted.status, StatusCode::OK, "{:?}", aborted.body);
+    assert_eq!(aborted.body["phase"], "finished");
+    assert_eq!(aborted.body["outcome"], "stopped");
+    assert_eq!(aborted.body["exit_code"], 5);
+    assert_eq!(aborted.body["abort_requested_by"], "carol");
+    assert_eq!(aborted.body["reason"], "aborted by carol before it started");
+    let twice = api
+        .post("root", &format!("/v1/runs/{id}/abort"), None)
+        .await;
+    assert_eq!(twice.status, StatusCode::CONFLICT);
+    assert!(
+        twice.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already finished")
+    );
+
+    // Ack: once, by anyone who may act on runs.
+    assert_eq!(
+        api.post("reader", &format!("/v1/runs/{id}/ack"), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let acked = api.post("alice", &format!("/v1/runs/{id}/ack"), None).await;
+    assert_eq!(acked.status, StatusCode::OK);
+    assert_eq!(acked.body["acked_by"], "alice");
+    let reacked = api.post("bob", &format!("/v1/runs/{id}/ack"), None).await;
+    assert_eq!(reacked.status, StatusCode::CONFLICT);
+    assert!(
+        reacked.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already acknowledged by alice")
+    );
+
+    let events = api.get("reader", &format!("/v1/runs/{id}/events")).await;
+    let names: Vec<&str> = events
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "run_submitted",
+            "run_approved",
+            "abort_requested",
+            "run_finished",
+            "acknowledged"
+        ]
+    );
+    let first = &events.body[0];
+    assert_eq!(first["submitted_by"], "carol");
+    assert_eq!(first["requires_approval"], true);
+    assert_eq!(first["bundle_sha256"], run["bundle_sha256"]);
+    assert_eq!(first["run_id"], id.as_str());
+
+    // Unknown and malformed ids.
+    let missing = api
+        .post("root", "/v1/runs/0123456789ab/approve", None)
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get("reader", "/v1/runs/0123456789ab").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("reader", "/v1/runs/NOT-AN-ID").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.post("root", "/v1/runs/x'%3B--/abort", None)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let audit = api.audit().await;
+    let rows: Vec<(&str, &str, i32)> = audit
+        .iter()
+        .filter(|a| a.2.as_deref() == Some(id.as_str()))
+        .map(|a| (a.0.as_str(), a.1.as_str(), a.3))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("carol", "submit", 201),
+            ("carol", "approve", 403),
+            ("reader", "approve", 403),
+            ("bob", "approve", 200),
+            ("root", "approve", 409),
+            ("alice", "abort", 403),
+            ("carol", "abort", 200),
+            ("root", "abort", 409),
+            ("reader", "ack", 403),
+            ("alice", "ack", 200),
+            ("bob", "ack", 409),
+        ],
+        "{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .all(|a| a.4.as_deref().is_some_and(|d| !d.is_empty())),
+        "{audit:#?}"
+    );
+    api.assert_no_secrets_stored().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_are_listed_newest_first_and_filtered() {
+    let api = start().await;
+    let mut ids = Vec::new();
+    for (i, extra) in ["", "approval:\n  required: true\n", ""].iter().enumerate() {
+        let r = api.submit("root", &format!("r{i}"), extra).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    let aborted = api
+        .post("root", &format!("/v1/runs/{}/abort", ids[2]), None)
+        .await;
+    assert_eq!(aborted.status, StatusCode::OK);
+
+    let all = api.get("reader", "/v1/runs").await;
+    let listed: Vec<&str> = all.body["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [&ids[2], &ids[1], &ids[0]]);
+    assert!(
+        all.body["runs"][0].get("files").is_none(),
+        "lists are compact"
+    );
+
+    let open = api.get("reader", "/v1/runs?phase=open").await;
+    assert_eq!(open.body["runs"].as_array().unwrap().len(), 2);
+    let pending = api
+        .get("reader", "/v1/runs?phase=pending_approval&target=jobs")
+        .await;
+    assert_eq!(pending.body["runs"][0]["id"], ids[1].as_str());
+    assert_eq!(pending.body["runs"].as_array().unwrap().len(), 1);
+    let elsewhere = api.get("reader", "/v1/runs?target=orders").await;
+    assert!(elsewhere.body["runs"].as_array().unwrap().is_empty());
+    let one = api.get("reader", "/v1/runs?limit=1").await;
+    assert_eq!(one.body["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.get("reader", "/v1/runs?limit=0").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.get("reader", "/v1/runs?phase=running").await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+/// The raw SSE text of `GET /v1/runs/{id}/events` until the server ends it.
+async fn sse(api: &Api, id: &str, last_event_id: Option<i64>) -> String {
+    let mut request = api
+        .http
+        .get(api.url(&format!("/v1/runs/{id}/events")))
+        .bearer_auth(secret("reader"))
+        .header("accept", "text/event-stream");
+    if let Some(l) = last_event_id {
+        request = request.header("last-event-id", l.to_string());
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    tokio::time::timeout(Duration::from_secs(20), response.text())
+        .await
+        .expect("the stream of a finished run ends")
+        .unwrap()
+}
+
+fn sse_ids_and_names(text: &str) -> Vec<(i64, String)> {
+    text.split("\n\n")
+        .filter(|block| block.contains("data:"))
+        .map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix(&format!("{name}: "))
+                            .or_else(|| l.strip_prefix(&format!("{name}:")))
+                    })
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let data: Value = serde_json::from_str(&field("data")).unwrap();
+            let id: i64 = field("id").parse().unwrap();
+            assert_eq!(data["seq"], id);
+            assert_eq!(data["event"], field("event").as_str());
+            (id, field("event"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_as_json_pages_and_as_a_stream_that_ends_with_the_run() {
+    let api = start().await;
+    let id = api.submit("alice", "e", "").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Follow the open run; abort it meanwhile: the stream delivers the abort and
+    // the end, then closes.
+    let follower = {
+        let url = api.url(&format!("/v1/runs/{id}/events"));
+        let http = api.http.clone();
+        tokio::spawn(async move {
+            let response = http
+                .get(url)
+                .bearer_auth(secret("reader"))
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(20), response.text())
+                .await
+                .expect("the stream ends after run_finished")
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        api.post("alice", &format!("/v1/runs/{id}/abort"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let streamed = sse_ids_and_names(&follower.await.unwrap());
+    let names: Vec<&str> = streamed.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["run_submitted", "abort_requested", "run_finished"]);
+
+    // The finished run's stream, from the start and resumed after the first event.
+    let all = sse_ids_and_names(&sse(&api, &id, None).await);
+    assert_eq!(all, streamed);
+    let resumed = sse_ids_and_names(&sse(&api, &id, Some(all[0].0)).await);
+    assert_eq!(resumed, all[1..]);
+
+    // JSON: `seq` is the cursor for `after`.
+    let json = api.get("reader", &format!("/v1/runs/{id}/events")).await;
+    let seqs: Vec<i64> = json
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, all.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+    let after = api
+        .get(
+            "reader",
+            &format!("/v1/runs/{id}/events?after={}&limit=1", seqs[0]),
+        )
+        .await;
+    assert_eq!(after.body.as_array().unwrap().len(), 1);
+    assert_eq!(after.body[0]["seq"], seqs[1]);
+    assert_eq!(
+        api.get("reader", &format!("/v1/runs/{id}/events?after=-1"))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.get("reader", "/v1/runs/0123456789ab/events")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // A check sample written by a worker shows up in the run's view, latest per check.
+    let client = api.db.client().await;
+    for (value, check) in [(1.0, "one"), (2.0, "one"), (7.0, "two")] {
+        let event = json!({"ts": "2026-01-01T00:00:00.000Z", "run_id": id, "step": "soak",
+                           "event": "check_sample", "check": check, "value": value, "valid": true,
+                           "breaching": false, "counts": {"valid_samples": 1}});
+        client
+            .execute(
+                "INSERT INTO events (run_id, ts, name, event) VALUES ($1, now(), 'check_sample', $2)",
+                &[&id, &event],
+            )
+            .await
+            .unwrap();
+    }
+    let view = api.get("reader", &format!("/v1/runs/{id}")).await.body;
+    let checks: Vec<(String, f64)> = view["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_string(),
+                c["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(checks, [("one".to_string(), 2.0), ("two".to_string(), 7.0)]);
+    assert_eq!(view["step"], "soak");
+}
+
+/// The `pgshepherd` client commands against the in-process daemon.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_commands_speak_to_the_daemon_with_their_exit_codes() {
+    let api = start().await;
+    let plan = common::one_table_plan(
+        &api.dir.path().join("c"),
+        "jobs",
+        "1s",
+        "approval:\n  required: true\n",
+    );
+    let cli = |token: &str, args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(common::pgshepherd_bin());
+        cmd.args(args)
+            .env("PGSHEPHERD_SERVER", &api.base)
+            .env("PGSHEPHERD_TOKEN", token);
+        async move {
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let plan_arg = plan.to_str().unwrap();
+
+    let (code, stdout, stderr) = cli(secret("alice"), &["submit", plan_arg]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let id = stdout.trim().to_string();
+    assert_eq!(id.len(), 12, "{stdout}");
+    assert!(stderr.contains("waiting for approval"), "{stderr}");
+
+    let (code, stdout, _) = cli(secret("reader"), &["status", &id]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("pending_approval"), "{stdout}");
+    let (code, stdout, _) = cli(secret("reader"), &["status", &id, "--json"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap()["id"],
+        id.as_str()
+    );
+    let (code, stdout, _) = cli(secret("reader"), &["list"]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.starts_with("ID") && stdout.contains(&id), "{stdout}");
+
+    // Refusals exit 2 with the daemon's message.
+    let (code, _, stderr) = cli(secret("alice"), &["approve", &id]).await;
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("four eyes") || stderr.contains("`approve`"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = cli("wrong-token-wrong-token", &["status", &id]).await;
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("401") && !stderr.contains("wrong-token"),
+        "{stderr}"
+    );
+    let (code, _, _) = cli(secret("reader"), &["status", "0123456789ab"]).await;
+    assert_eq!(code, Some(2));
+
+    let (code, stdout, stderr) = cli(secret("bob"), &["approve", &id]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("queued"), "{stdout}");
+    let (code, _, stderr) = cli(secret("bob"), &["abort", &id]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // A finished run: `status` and `logs --follow` exit with its exit code.
+    let (code, stdout, _) = cli(secret("reader"), &["status", &id]).await;
+    assert_eq!(code, Some(5), "{stdout}");
+    assert!(stdout.contains("stopped"), "{stdout}");
+    let (code, stdout, _) = cli(secret("reader"), &["logs", &id]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("approved by bob"), "{stdout}");
+    assert!(stdout.contains("(exit 5)"), "{stdout}");
+    let (code, stdout, _) = cli(secret("reader"), &["logs", &id, "--follow", "--json"]).await;
+    assert_eq!(code, Some(5));
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "run_finished");
+
+    // A local error is reported like `check`, before anything is sent.
+    std::fs::write(
+        &plan,
+        format!("{}colour: blue\n", std::fs::read_to_string(&plan).unwrap()),
+    )
+    .unwrap();
+    let (code, _, stderr) = cli(secret("alice"), &["submit", plan_arg]).await;
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains(&format!("{plan_arg}:16:1: unknown key `colour`")),
+        "{stderr}"
+    );
+
+    // Nobody listening: exit 1.
+    let mut cmd = tokio::process::Command::new(common::pgshepherd_bin());
+    let out = cmd
+        .args(["list", "--server", "http://127.0.0.1:1"])
+        .env("PGSHEPHERD_TOKEN", secret("reader"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aborting_an_active_run_is_a_request_its_daemon_acts_on() {
+    let api = start().await;
+    let id = api.submit("alice", "x", "").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // As if a daemon had claimed it.
+    api.db
+        .execute(&format!(
+            "UPDATE runs SET phase = 'active', owner = 'other-node', epoch = 1, \
+             lease_until = now() + interval '15 seconds', started_at = now() WHERE id = '{id}'"
+        ))
+        .await;
+    let requested = api
+        .post("alice", &format!("/v1/runs/{id}/abort"), None)
+        .await;
+    assert_eq!(
+        requested.status,
+        StatusCode::ACCEPTED,
+        "{:?}",
+        requested.body
+    );
+    assert_eq!(requested.body["phase"], "active");
+    assert_eq!(requested.body["owner"], "other-node");
+    assert_eq!(requested.body["abort_requested_by"], "alice");
+    // Asking again changes nothing and records no second event.
+    let again = api
+        .post("root", &format!("/v1/runs/{id}/abort"), None)
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.body["abort_requested_by"], "alice");
+    let events = api.get("reader", &format!("/v1/runs/{id}/events")).await;
+    let names: Vec<&str> = events
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["run_submitted", "abort_requested"]);
+    // Acknowledging works whatever the phase.
+    assert_eq!(
+        api.post("bob", &format!("/v1/runs/{id}/ack"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_the_daemon_ends_open_event_streams() {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let api = start_with(Some(stopped)).await;
+    let id = api.submit("alice", "s", "").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let follower = {
+        let url = api.url(&format!("/v1/runs/{id}/events"));
+        let http = api.http.clone();
+        tokio::spawn(async move {
+            let response = http
+                .get(url)
+                .bearer_auth(secret("reader"))
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+                .unwrap();
+            response.text().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop.send(true).unwrap();
+    let text = tokio::time::timeout(Duration::from_secs(5), follower)
+        .await
+        .expect("the stream ends when the daemon stops")
+        .unwrap();
+    let names: Vec<String> = sse_ids_and_names(&text)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(names, ["run_submitted"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_state_database_is_503_not_a_crash() {
+    let api = start().await;
+    let admin = common::cluster()
+        .dsn("postgres")
+        .connect("pgshepherd-test", &[])
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE \"{}\" WITH (FORCE)", api.db.name))
+        .await
+        .unwrap();
+    let health = api.send(api.http.get(api.url("/healthz"))).await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health.body["status"], "unavailable");
+    assert!(health.body["error"].is_string());
+    let list = api.get("reader", "/v1/runs").await;
+    assert!(list.status.is_server_error(), "{}", list.status);
+    assert!(list.body["error"].is_string());
+    // Still serving.
+    let doc = api.send(api.http.get(api.url("/openapi.json"))).await;
+    assert_eq!(doc.status, StatusCode::OK);
+}

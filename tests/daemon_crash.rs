@@ -1,0 +1,418 @@
+//! Crash safety: the daemon is killed with SIGKILL at each named step of a run,
+//! restarted, and the run must end in the right outcome with the target in the
+//! right state: no migration applied twice, no rollback skipped, no unverified
+//! backup trusted. Also: takeover by a second daemon, SIGTERM checkpointing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::daemon::{Api, Env, ONE_TABLE, SUBMITTER, plan_dir, soak_yaml};
+use serde_json::Value;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const SETTINGS: &str = "lease_timeout: 3s\npoll_interval: 300ms\nshutdown_timeout: 10s";
+
+fn soak(duration: &str, check_sql: &str, max: u32) -> String {
+    soak_yaml(duration, "500ms", check_sql, max)
+}
+
+/// The one-table plan without a backup, soaking `duration` with a check that
+/// never breaches.
+fn one_table(dir: &Path, duration: &str) -> (PathBuf, PathBuf) {
+    let tail = format!(
+        "backup:\n  enabled: false\n{}",
+        soak(duration, "SELECT 1", 1)
+    );
+    plan_dir(dir, "main", ONE_TABLE, &tail)
+}
+
+fn names(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_mid_soak_the_restarted_daemon_continues_the_soak_where_it_was() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    let work = common::scratch_dir();
+    let (plan, set) = one_table(work.path(), "5s");
+    let mut daemon = env.start("d1").await;
+    let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
+    // Let a few samples be persisted, then pull the plug.
+    env.wait_for_event(&run, "check_sample", MINUTE).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    daemon.kill9();
+    let row = env.run_row(&run).await;
+    assert_eq!(row["state_name"], "soaking", "{row}");
+    let taken = row["checkpoint"]["state"]["progress"]["samples_taken"]
+        .as_u64()
+        .unwrap();
+    assert!((1..10).contains(&taken), "{row}");
+
+    let _daemon = env.start("d2").await;
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    assert_eq!(row["exit_code"], 0);
+    let events = env.events(&run).await;
+    let names = names(&events);
+    // One migration, applied once; one soak start; the soak resumed, not restarted.
+    assert_eq!(
+        names.iter().filter(|n| **n == "migration_applied").count(),
+        1
+    );
+    assert_eq!(
+        names.iter().filter(|n| **n == "soak_started").count(),
+        1,
+        "{names:?}"
+    );
+    let resumed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "run_resumed")
+        .collect();
+    assert_eq!(resumed.len(), 2);
+    assert_eq!(resumed[1]["from_state"], "soaking");
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "soak_finished")
+        .unwrap();
+    // Every planned sample counted exactly once across both daemons.
+    assert_eq!(finished["tallies"][0]["valid"], 10, "{finished}");
+    assert!(env.target("main").table_exists("t").await);
+    let history = env
+        .target("main")
+        .query_i64("SELECT count(*) FROM pgshepherd.history")
+        .await;
+    assert_eq!(history, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_between_migrations_nothing_is_applied_twice() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    let work = common::scratch_dir();
+    let tail = format!("backup:\n  enabled: false\n{}", soak("1s", "SELECT 1", 1));
+    let (plan, set) = plan_dir(
+        work.path(),
+        "main",
+        &[
+            (
+                "V1__log.sql",
+                "CREATE TABLE log (v text); INSERT INTO log VALUES ('v1');",
+            ),
+            ("V1__log.down.sql", "DROP TABLE log;"),
+            (
+                "V2__slow.sql",
+                "SELECT pg_sleep(2); INSERT INTO log VALUES ('v2');",
+            ),
+            ("V2__slow.down.sql", "DELETE FROM log WHERE v = 'v2';"),
+            ("V3__more.sql", "INSERT INTO log VALUES ('v3');"),
+            ("V3__more.down.sql", "DELETE FROM log WHERE v = 'v3';"),
+        ],
+        &tail,
+    );
+    let mut daemon = env.start("d1").await;
+    let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_event(&run, "migration_applied", MINUTE).await;
+    // V2 is running (it sleeps): kill the daemon in the middle of it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.kill9();
+    let row = env.run_row(&run).await;
+    assert_eq!(row["state_name"], "migrating", "{row}");
+    assert_eq!(
+        row["checkpoint"]["state"]["applied"],
+        serde_json::json!([1])
+    );
+
+    let _daemon = env.start("d2").await;
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    let db = env.target("main");
+    // V2 was cut off with its transaction and applied once afterwards.
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM log WHERE v = 'v1'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM log WHERE v = 'v2'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM log WHERE v = 'v3'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pgshepherd.history WHERE state = 'applied'")
+            .await,
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_inside_a_no_transaction_migration_the_run_is_rolled_back() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    let work = common::scratch_dir();
+    let tail = format!(
+        "backup:\n  enabled: false\n{}rollback:\n  strategy: down\n  confirm: 1s\n",
+        soak("1s", "SELECT 1", 1)
+    );
+    let (plan, set) = plan_dir(
+        work.path(),
+        "main",
+        &[
+            (
+                "V1__log.sql",
+                "CREATE TABLE log (v text); INSERT INTO log VALUES ('v1');",
+            ),
+            ("V1__log.down.sql", "DROP TABLE log;"),
+            (
+                "V2__index.sql",
+                "-- pgshepherd:no-transaction\nCREATE INDEX CONCURRENTLY idx_log_v ON log (v);\nSELECT pg_sleep(2);\n",
+            ),
+            ("V2__index.down.sql", "DROP INDEX IF EXISTS idx_log_v;"),
+        ],
+        &tail,
+    );
+    let mut daemon = env.start("d1").await;
+    let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
+    let started = async {
+        loop {
+            let events = env.events(&run).await;
+            if events
+                .iter()
+                .any(|e| e["event"] == "migration_started" && e["version"] == 2)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(MINUTE, started).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.kill9();
+    let db = env.target("main");
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM pgshepherd.history WHERE version = 2 AND state = 'started'"
+        )
+        .await,
+        1,
+        "the no-transaction migration should be recorded as started, not finished"
+    );
+
+    let _daemon = env.start("d2").await;
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "rolled_back", "{row}");
+    assert_eq!(row["exit_code"], 3);
+    assert!(
+        row["reason"].as_str().unwrap().contains("no-transaction"),
+        "{row}"
+    );
+    // Both versions undone: the index and the table are gone, the history is empty.
+    assert!(!db.index_exists("idx_log_v").await);
+    assert!(!db.table_exists("log").await);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pgshepherd.history")
+            .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_mid_rollback_the_rollback_is_finished_after_the_restart() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    let work = common::scratch_dir();
+    // The check breaches on the first soak sample (the table exists); the down
+    // script is slow.
+    let tail = format!(
+        "backup:\n  enabled: false\n{}rollback:\n  strategy: down\n  confirm: 1s\n",
+        soak(
+            "10s",
+            "SELECT count(*) FROM pg_class WHERE relname = 't' AND relkind = 'r'",
+            0
+        )
+    );
+    let (plan, set) = plan_dir(
+        work.path(),
+        "main",
+        &[
+            ("V1__t.sql", "CREATE TABLE t (id int);"),
+            ("V1__t.down.sql", "SELECT pg_sleep(2); DROP TABLE t;"),
+        ],
+        &tail,
+    );
+    let db = env.target("main");
+
+    let mut daemon = env.start("d1").await;
+    let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_event(&run, "rollback_started", MINUTE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.kill9();
+    let row = env.run_row(&run).await;
+    assert_eq!(row["state_name"], "rolling_back", "{row}");
+    assert!(db.table_exists("t").await, "the down script was cut off");
+
+    let _daemon = env.start("d2").await;
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "rolled_back", "{row}");
+    assert!(!db.table_exists("t").await);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pgshepherd.history")
+            .await,
+        0
+    );
+    let names_after: Vec<String> = env.event_names(&run).await;
+    assert!(names_after.contains(&"rollback_finished".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_during_the_backup_the_backup_is_taken_again_and_verified() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    let db = env.target("main");
+    // Enough data that pg_dump takes a moment.
+    db.execute(
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) AS pad
+           FROM generate_series(1, 400000) g",
+    )
+    .await;
+    let work = common::scratch_dir();
+    let tail = format!("backup:\n  format: custom\n{}", soak("1s", "SELECT 1", 1));
+    let (plan, set) = plan_dir(
+        work.path(),
+        "main",
+        &[
+            ("V1__t.sql", "CREATE TABLE t (id int);"),
+            ("V1__t.down.sql", "DROP TABLE t;"),
+        ],
+        &tail,
+    );
+    let mut daemon = env.start("d1").await;
+    let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_event(&run, "backup_started", MINUTE).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    daemon.kill9();
+    let row = env.run_row(&run).await;
+    assert_eq!(row["state_name"], "backing_up", "{row}");
+
+    let _daemon = env.start("d2").await;
+    let row_after = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row_after["outcome"], "succeeded", "{row_after}");
+    let events = env.events(&run).await;
+    let names = names(&events);
+    // The cut-off backup was not trusted: a second one was taken and verified
+    // before the migration.
+    assert_eq!(
+        names.iter().filter(|n| **n == "backup_started").count(),
+        2,
+        "{names:?}"
+    );
+    let verified = names.iter().position(|n| *n == "backup_verified").unwrap();
+    let migrated = names
+        .iter()
+        .position(|n| *n == "migration_started")
+        .unwrap();
+    assert!(verified < migrated, "{names:?}");
+    // Only complete archives (each with its manifest) are left in the directory.
+    let dir = env.backups().join("main");
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let archives = files.iter().filter(|f| f.ends_with(".dump")).count();
+    let manifests = files.iter().filter(|f| f.ends_with(".json")).count();
+    assert_eq!(archives, manifests, "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| !f.contains("partial") && !f.ends_with(".tmp")),
+        "{files:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_takes_over_the_run_of_a_killed_one() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    let work = common::scratch_dir();
+    let (plan, set) = one_table(work.path(), "6s");
+    let mut a = env.start("alpha").await;
+    let mut b = env.start("beta").await;
+    let run = Api::new(&a).submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_event(&run, "soak_started", MINUTE).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let owner = env.run_row(&run).await["owner"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (survivor, killed_at) = if owner == "alpha" {
+        a.kill9();
+        ("beta", std::time::Instant::now())
+    } else {
+        b.kill9();
+        ("alpha", std::time::Instant::now())
+    };
+    let resumed = async {
+        loop {
+            let events = env.events(&run).await;
+            if let Some(e) = events
+                .iter()
+                .find(|e| e["event"] == "run_resumed" && e["owner"] == survivor)
+            {
+                return e.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let resumed = tokio::time::timeout(MINUTE, resumed).await.unwrap();
+    let took = killed_at.elapsed();
+    // Lease 3s, polls every 300ms: taken over well within twice the lease.
+    assert!(took < Duration::from_secs(6), "takeover took {took:?}");
+    assert!(
+        resumed["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("taken over from {owner}")),
+        "{resumed}"
+    );
+    assert_eq!(resumed["epoch"], 2);
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    let events = env.events(&run).await;
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "soak_finished")
+        .unwrap();
+    assert_eq!(finished["tallies"][0]["valid"], 12, "{finished}");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_at_a_checkpoint_and_a_restart_resumes() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    let work = common::scratch_dir();
+    let (plan, set) = one_table(work.path(), "5s");
+    let mut daemon = env.start("d1").await;
+    let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_event(&run, "check_sample", MINUTE).await;
+    let code = daemon.sigterm(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{}", daemon.log_text());
+    // Released, not finished: no rollback happened, nobody owns it.
+    let row = env.run_row(&run).await;
+    assert_eq!(row["phase"], "active", "{row}");
+    assert_eq!(row["state_name"], "soaking", "{row}");
+    assert!(row["owner"].is_null(), "{row}");
+    assert!(env.target("main").table_exists("t").await);
+
+    let _daemon = env.start("d2").await;
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    let names = env.event_names(&run).await;
+    assert!(
+        !names.contains(&"rollback_started".to_string()),
+        "{names:?}"
+    );
+}
