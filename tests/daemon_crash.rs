@@ -416,3 +416,54 @@ async fn sigterm_stops_at_a_checkpoint_and_a_restart_resumes() {
         "{names:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_owner_that_comes_back_is_fenced_off_and_the_run_finishes_once() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    let work = common::scratch_dir();
+    let (plan, set) = one_table(work.path(), "6s");
+    let a = env.start("alpha").await;
+    let run = Api::new(&a).submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_event(&run, "check_sample", MINUTE).await;
+    // Only alpha runs so far, so it owns the run. Freeze it past its lease.
+    assert_eq!(env.run_row(&run).await["owner"], "alpha");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(a.pid(), libc::SIGSTOP) };
+    let _b = env.start("beta").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // beta has claimed it (epoch 2) but waits for the target lock alpha's frozen
+    // session still holds.
+    let row = env.run_row(&run).await;
+    assert_eq!(row["owner"], "beta", "{row}");
+    assert_eq!(row["epoch"], 2);
+    // SAFETY: as above.
+    unsafe { libc::kill(a.pid(), libc::SIGCONT) };
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    let events = env.events(&run).await;
+    let names = names(&events);
+    assert_eq!(
+        names.iter().filter(|n| **n == "run_finished").count(),
+        1,
+        "{names:?}"
+    );
+    // alpha wrote nothing after losing the lease: every event after beta's
+    // resume comes from beta's part of the run, and alpha said it stopped.
+    let resumed_at = events
+        .iter()
+        .position(|e| e["event"] == "run_resumed" && e["owner"] == "beta")
+        .unwrap();
+    assert!(
+        events[resumed_at..]
+            .iter()
+            .all(|e| e["event"] != "soak_started"),
+        "{names:?}"
+    );
+    let log = a.log_text();
+    assert!(log.contains("lost the run's lease"), "{log}");
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "soak_finished")
+        .unwrap();
+    assert_eq!(finished["tallies"][0]["valid"], 12, "{finished}");
+}
