@@ -248,3 +248,48 @@ async fn runs_on_one_target_go_one_at_a_time_in_submission_order() {
         .await;
     assert_eq!(applied, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_low_traffic_gate_holds_the_migration_until_quiet_and_the_deadline_stops_it() {
+    let env = Env::new(&["quiet", "busy"], SETTINGS).await;
+    let daemon = env.start("d1").await;
+    let api = Api::new(&daemon);
+    let window = "window:\n  cron: \"* * * * *\"\n  timezone: UTC\n  duration: 1h\n";
+    let gate = |sql: &str| {
+        format!(
+            "gate:\n  check:\n    name: load\n    sql: \"{sql}\"\n    max: 3\n  consecutive: 3\n  interval: 200ms\n"
+        )
+    };
+
+    // Quiet: three healthy samples in a row, then the lock and the migration.
+    let w1 = common::scratch_dir();
+    let extra = format!("{window}{}", gate("SELECT 1"));
+    let (plan, set) = write_plan(w1.path(), "quiet", "500ms", "SELECT 1", 1, &extra);
+    let run = api.submit(SUBMITTER, &plan, &set).await;
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    let names = env.event_names(&run).await;
+    let at = |n: &str| names.iter().position(|x| x == n).unwrap();
+    assert!(at("gate_open") < at("lock_acquired"), "{names:?}");
+    let opened = env.wait_for_event(&run, "gate_open", MINUTE).await;
+    assert_eq!(opened["samples"], 3, "{opened}");
+
+    // Busy until the deadline: the run stops without touching the target.
+    let w2 = common::scratch_dir();
+    let deadline = (chrono::Utc::now() + chrono::Duration::seconds(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let extra = format!("{window}  deadline: {deadline}\n{}", gate("SELECT 10"));
+    let (plan, set) = write_plan(w2.path(), "busy", "500ms", "SELECT 1", 1, &extra);
+    let run = api.submit(SUBMITTER, &plan, &set).await;
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "stopped", "{row}");
+    assert_eq!(row["exit_code"], 5);
+    let reason = row["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("low-traffic gate") && reason.contains("load"),
+        "{reason}"
+    );
+    assert!(!env.target("busy").table_exists("t").await);
+    let names = env.event_names(&run).await;
+    assert!(!names.contains(&"lock_acquired".to_string()), "{names:?}");
+}
