@@ -467,3 +467,44 @@ async fn a_paused_owner_that_comes_back_is_fenced_off_and_the_run_finishes_once(
         .unwrap();
     assert_eq!(finished["tallies"][0]["valid"], 12, "{finished}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_backup_parks_before_the_change_and_the_restart_prepares_again() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    env.target("main")
+        .execute(
+            "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) AS pad
+               FROM generate_series(1, 400000) g",
+        )
+        .await;
+    let work = common::scratch_dir();
+    let tail = format!("backup:\n  format: custom\n{}", soak("1s", "SELECT 1", 1));
+    let (plan, set) = plan_dir(work.path(), "main", ONE_TABLE, &tail);
+    let mut daemon = env.start("d1").await;
+    let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_event(&run, "backup_started", MINUTE).await;
+    // The backup finishes (it is not a waiting step), and the run parks at the
+    // checkpoint before the first migration.
+    assert_eq!(daemon.sigterm(Duration::from_secs(30)), Some(0));
+    let row = env.run_row(&run).await;
+    assert!(row["owner"].is_null(), "{row}");
+    assert!(!env.target("main").table_exists("t").await);
+
+    // Nothing was changed, so the restart goes through the preparation again
+    // (window, gate, baselines, a fresh verified backup) before migrating.
+    let _daemon = env.start("d2").await;
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    let events = env.events(&run).await;
+    let names = names(&events);
+    let resumed = names.iter().rposition(|n| *n == "run_resumed").unwrap();
+    let after = &names[resumed..];
+    let at = |n: &str| {
+        after
+            .iter()
+            .position(|x| *x == n)
+            .unwrap_or_else(|| panic!("{n} missing after the resume: {names:?}"))
+    };
+    assert!(at("baseline_measured") < at("backup_verified"), "{names:?}");
+    assert!(at("backup_verified") < at("migration_started"), "{names:?}");
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store::{self, Lease};
@@ -20,10 +20,19 @@ struct Active {
     handles: Handles,
 }
 
+/// The identity of a run's task: run and epoch (a run reclaimed under a new
+/// epoch has a new task; the old one's end must not remove it).
+type TaskKey = (String, i64);
+
 pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
     let settings = shared.config.daemon.clone();
     let mut active: HashMap<String, Active> = HashMap::new();
-    let mut tasks: JoinSet<(String, DriveEnd)> = JoinSet::new();
+    let mut tasks: JoinSet<(TaskKey, DriveEnd)> = JoinSet::new();
+    // Which run each task drives, to clean up after a task that panicked.
+    let mut task_runs: HashMap<tokio::task::Id, TaskKey> = HashMap::new();
+    // The last time every lease was renewed: past `lease_timeout` without one,
+    // other daemons may have taken our runs, so we stop touching them.
+    let mut renewed_at = Instant::now();
     // The runs' own view of shutdown: they park at their next checkpoint.
     let (park_tx, park_rx) = watch::channel(false);
     let mut draining_since: Option<Instant> = None;
@@ -38,14 +47,8 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
             draining_since = Some(Instant::now());
         }
         // Reap the runs that ended.
-        while let Some(joined) = tasks.try_join_next() {
-            if let Ok((id, end)) = joined
-                && let Some(a) = active.remove(&id)
-                && matches!(end, DriveEnd::Parked)
-                && let Err(e) = store::release(&shared.pool, &a.lease).await
-            {
-                warn!(run_id = %id, error = %e, "cannot release the lease; it will expire");
-            }
+        while let Some(joined) = tasks.try_join_next_with_id() {
+            reap(&shared, &mut active, &mut task_runs, joined).await;
         }
         if let Some(since) = draining_since {
             if active.is_empty() {
@@ -65,6 +68,7 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
         let leases: Vec<Lease> = active.values().map(|a| a.lease.clone()).collect();
         match store::renew(&shared.pool, &leases, settings.lease_timeout).await {
             Ok(renewed) => {
+                renewed_at = Instant::now();
                 for r in renewed {
                     let Some(a) = active.get(&r.run_id) else {
                         continue;
@@ -79,7 +83,20 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
                 }
             }
             Err(e) => {
-                warn!(error = %e, "cannot renew leases; runs continue and retry their writes")
+                warn!(error = %e, "cannot renew leases; runs continue and retry their writes");
+                if renewed_at.elapsed() >= settings.lease_timeout && !active.is_empty() {
+                    // Our leases have expired: another daemon may be driving these
+                    // runs now. Stop touching their targets (this closes their
+                    // sessions and releases the target locks); whoever holds the
+                    // lease when the database is back continues them.
+                    warn!(
+                        runs = active.len(),
+                        "leases expired without renewal; stopping every run this daemon drives"
+                    );
+                    for a in active.values() {
+                        let _ = a.handles.lost.send(true);
+                    }
+                }
             }
         }
 
@@ -89,12 +106,10 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
                 Ok(claimed) => {
                     for c in claimed {
                         let id = c.lease.run_id.clone();
-                        if active.contains_key(&id) {
+                        if let Some(old) = active.remove(&id) {
                             // Our own expired lease, reclaimed under a new epoch:
-                            // the old task is fenced and must stop first.
-                            if let Some(old) = active.remove(&id) {
-                                let _ = old.handles.lost.send(true);
-                            }
+                            // the old task is fenced and stops.
+                            let _ = old.handles.lost.send(true);
                         }
                         info!(run_id = %id, epoch = c.lease.epoch, previous_owner = ?c.previous_owner, "claimed run");
                         let (handles, abort_rx, lost_rx) =
@@ -108,10 +123,13 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
                         );
                         let shared = shared.clone();
                         let park = park_rx.clone();
-                        tasks.spawn(async move {
+                        let key = (id, c.lease.epoch);
+                        let task_key = key.clone();
+                        let handle = tasks.spawn(async move {
                             let end = worker::drive(shared, c, abort_rx, lost_rx, park).await;
-                            (id, end)
+                            (task_key, end)
                         });
+                        task_runs.insert(handle.id(), key);
                     }
                 }
                 Err(e) => warn!(error = %e, "cannot claim runs"),
@@ -130,14 +148,8 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(poll) => {}
             _ = shared.wake.notified() => {}
             _ = shutdown.changed(), if draining_since.is_none() => {}
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok((id, end)) = joined
-                    && let Some(a) = active.remove(&id)
-                    && matches!(end, DriveEnd::Parked)
-                    && let Err(e) = store::release(&shared.pool, &a.lease).await
-                {
-                    warn!(run_id = %id, error = %e, "cannot release the lease; it will expire");
-                }
+            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                reap(&shared, &mut active, &mut task_runs, joined).await;
             }
         }
     }
@@ -146,4 +158,48 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
     for a in active.values() {
         let _ = store::release(&shared.pool, &a.lease).await;
     }
+}
+
+/// A run's task ended: forget it (only if no newer task drives the run), give
+/// back the lease of a run parked for shutdown, and end a run whose task
+/// panicked as needing a human, rather than leaving it leased and stuck.
+async fn reap(
+    shared: &SharedRef,
+    active: &mut HashMap<String, Active>,
+    task_runs: &mut HashMap<tokio::task::Id, TaskKey>,
+    joined: Result<(tokio::task::Id, (TaskKey, DriveEnd)), tokio::task::JoinError>,
+) {
+    let (key, end) = match joined {
+        Ok((task, (key, end))) => {
+            task_runs.remove(&task);
+            (key, Some(end))
+        }
+        Err(e) => match task_runs.remove(&e.id()) {
+            Some(key) => {
+                error!(run_id = %key.0, error = %e, "the task driving the run failed");
+                (key, None)
+            }
+            None => return,
+        },
+    };
+    let (run_id, epoch) = key;
+    let Some(a) = active.get(&run_id).filter(|a| a.lease.epoch == epoch) else {
+        return;
+    };
+    let lease = a.lease.clone();
+    active.remove(&run_id);
+    match end {
+        Some(DriveEnd::Parked) => {
+            if let Err(e) = store::release(&shared.pool, &lease).await {
+                warn!(run_id = %run_id, error = %e, "cannot release the lease; it will expire");
+            }
+        }
+        Some(_) => {}
+        None => {
+            if let Err(e) = worker::fail(shared, &lease).await {
+                warn!(run_id = %run_id, error = %e, "cannot record the failed run; its lease will expire");
+            }
+        }
+    }
+    shared.metrics.forget_run(&run_id);
 }

@@ -173,10 +173,12 @@ async fn drive_inner(
 /// A run that cannot be driven (its bundle no longer compiles, its target is
 /// gone from the config) ends here with the reason, never silently.
 async fn give_up(events: &Emitter, claimed: &Claimed, reason: String) -> DriveEnd {
-    let state = serde_json::from_value::<Checkpoint>(claimed.checkpoint.clone())
-        .map(|cp| cp.state)
-        .unwrap_or(RunState::Created);
-    let (outcome, exit_code) = if state.before_change() {
+    // A checkpoint this build cannot read (written by a newer one?) may describe
+    // a changed target: never report that as untouched.
+    let before_change = serde_json::from_value::<Checkpoint>(claimed.checkpoint.clone())
+        .map(|cp| cp.state.before_change())
+        .unwrap_or(false);
+    let (outcome, exit_code) = if before_change {
         (Outcome::Stopped, 2)
     } else {
         (Outcome::NeedsHuman, Outcome::NeedsHuman.exit_code())
@@ -337,4 +339,32 @@ async fn write_loop(
             let _ = reply.send(());
         }
     }
+}
+
+/// The task driving a run failed (a bug): end the run as needing a human, under
+/// its lease, so that it neither blocks its target nor fails again on every
+/// claim. Whether the target was changed is for a person to look at.
+pub async fn fail(shared: &SharedRef, lease: &Lease) -> Result<(), WriteError> {
+    let reason = "pgshepherd failed internally while driving this run; inspect the target and its events, then finish or undo the change by hand".to_string();
+    let event = Event {
+        ts: chrono::Utc::now(),
+        run_id: lease.run_id.clone(),
+        step: None,
+        kind: EventKind::RunFinished {
+            outcome: Outcome::NeedsHuman,
+            reason: Some(reason.clone()),
+            exit_code: Outcome::NeedsHuman.exit_code(),
+            applied: Vec::new(),
+            backup: None,
+            journal: None,
+        },
+    };
+    let checkpoint = Checkpoint {
+        state: RunState::Finished {
+            outcome: Outcome::NeedsHuman,
+            reason: Some(reason),
+        },
+        facts: Default::default(),
+    };
+    store::write(&shared.pool, lease, &[event], Some(&checkpoint)).await
 }

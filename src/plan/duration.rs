@@ -55,8 +55,18 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             .checked_add(part)
             .ok_or_else(|| format!("duration {text:?} is too large"))?;
     }
+    if total > MAX {
+        return Err(format!(
+            "duration {text:?} is longer than {} days, the longest pgshepherd accepts",
+            MAX.as_secs() / 86_400
+        ));
+    }
     Ok(total)
 }
+
+/// No plan needs more, and it keeps every instant computed from a duration
+/// (a deadline, the next sample tick) far from overflowing.
+pub const MAX: Duration = Duration::from_secs(366 * 86_400);
 
 /// Render a duration the way `parse` reads it (`1h30m`, `45s`, `250ms`).
 pub fn format(d: Duration) -> String {
@@ -120,6 +130,12 @@ mod tests {
         assert!(parse("").is_err());
         assert!(parse("m").is_err());
         assert!(parse("99999999999999999999h").is_err());
+        assert!(parse("366d").is_ok());
+        assert!(
+            parse("200000000000000d")
+                .unwrap_err()
+                .contains("longer than 366 days")
+        );
     }
 
     #[test]

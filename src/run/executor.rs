@@ -328,6 +328,20 @@ impl<'a> Runner<'a> {
             .collect();
         self.applied_by_run = by_run.clone();
         match state {
+            RunState::Migrating { .. } if by_run.is_empty() && interrupted.is_empty() => {
+                // Stopped at the checkpoint before the first migration, or inside
+                // a transactional one that died with its connection: the target
+                // is as it was. Start over, so that the window, the deadline, the
+                // gate, fresh baselines and a fresh backup all apply again.
+                drop(lock);
+                self.ctx
+                    .events
+                    .set_fact(|f| *f = crate::run::checkpoint::RunFacts::default());
+                self.backup = None;
+                self.applied_by_run.clear();
+                self.state = RunState::WaitingForWindow;
+                self.run().await
+            }
             RunState::Migrating { .. } => {
                 if !interrupted.is_empty() {
                     let mut undo = by_run;
@@ -650,6 +664,10 @@ impl<'a> Runner<'a> {
     /// Take the lock for a run that has changed the target and must go on: the
     /// target may be restarting, or a dead process's session may still hold it.
     async fn lock_patiently(&mut self) -> Result<TargetLock, Finished> {
+        // A session of this same run left by a process that lost it (killed
+        // host, expired lease) may still hold the lock or run a statement. This
+        // process owns the run now, so that session is stale: end it.
+        self.end_stale_sessions().await;
         // The target may still be coming back: retry with backoff for a while.
         let mut wait = std::time::Duration::from_millis(250);
         let give_up = self
@@ -693,6 +711,30 @@ impl<'a> Runner<'a> {
                 .finish_with_code(Outcome::Stopped, Some(e.to_string()), 1)
                 .await),
             Err(e) => Err(self.finish(Outcome::Stopped, Some(e.to_string())).await),
+        }
+    }
+
+    /// Terminate the target sessions named after this run (`pgshepherd run ID`)
+    /// that are not ours. Best effort: without the privilege, the lock wait
+    /// below still works once the server notices the old client is gone.
+    async fn end_stale_sessions(&self) {
+        let name = format!("pgshepherd run {}", self.ctx.run_id);
+        let Ok(client) = self.ctx.dsn.connect("pgshepherd takeover", &[]).await else {
+            return;
+        };
+        if let Ok(rows) = client
+            .query(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .await
+            && !rows.is_empty()
+        {
+            self.ctx.events.progress(&format!(
+                "  ended {} stale session(s) of this run left by a previous owner",
+                rows.len()
+            ));
         }
     }
 

@@ -230,7 +230,7 @@ impl Monitor {
                 CheckState::new(&c, *b)
             })
             .collect();
-        let (mut states, first_tick, already) = match resume {
+        let (mut states, first_tick, already_elapsed) = match resume {
             Some(p) if p.checks.len() == fresh.len() => (
                 p.checks.clone(),
                 p.samples_taken + 1,
@@ -240,11 +240,25 @@ impl Monitor {
         };
         let min_samples = confirming.then_some(1);
         let mut cost: Vec<(Duration, u32)> = vec![(Duration::ZERO, 0); self.checks.len()];
+        // A verdict that fired just before the process stopped is acted on now,
+        // not when the soak would have ended.
+        let already = states
+            .iter()
+            .filter_map(|s| s.decided().cloned())
+            .min_by_key(|v| !matches!(v, Verdict::Breach { .. }));
+        if let Some(verdict) = already {
+            self.emit_verdict(ctx, step, &verdict);
+            return SoakResult {
+                end: SoakEnd::Verdict(verdict),
+                elapsed: already_elapsed,
+                tallies: tally(&self.checks, &states, &cost, min_samples),
+            };
+        }
         self.prime().await;
         // A resumed soak counts on from where it was: its clock starts as if the
         // elapsed part had just been watched.
         let started = Instant::now()
-            .checked_sub(already)
+            .checked_sub(already_elapsed)
             .unwrap_or_else(Instant::now);
         let tick_at = |tick: u32| started + interval * tick;
         for tick in first_tick..=ticks {
