@@ -135,6 +135,8 @@ impl Default for DaemonSettings {
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     dsn: String,
+    #[serde(default)]
+    require_approval: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +146,9 @@ pub struct Config {
     pub state_database: Option<Dsn>,
     pub backup_dir: Option<PathBuf>,
     pub targets: BTreeMap<String, Dsn>,
+    /// Targets whose runs always need a second person's approval, whatever the
+    /// submitted plan says (`targets.NAME.require_approval: true`).
+    pub approval_required: std::collections::BTreeSet<String>,
     pub tokens: Vec<Token>,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
@@ -307,6 +312,12 @@ impl Config {
             state_database,
             backup_dir,
             targets,
+            approval_required: raw
+                .targets
+                .iter()
+                .filter(|(_, t)| t.require_approval)
+                .map(|(name, _)| name.clone())
+                .collect(),
             tokens,
             log,
             daemon,

@@ -293,3 +293,26 @@ async fn the_low_traffic_gate_holds_the_migration_until_quiet_and_the_deadline_s
     let names = env.event_names(&run).await;
     assert!(!names.contains(&"lock_acquired".to_string()), "{names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_that_requires_approval_holds_runs_whose_plan_does_not_ask_for_it() {
+    let env = Env::new(&["guarded"], SETTINGS).await;
+    let daemon = env.start("d1").await;
+    let api = Api::new(&daemon);
+    let work = common::scratch_dir();
+    let (plan, set) = write_plan(work.path(), "guarded", "500ms", "SELECT 1", 1, "");
+    let run = api.submit(SUBMITTER, &plan, &set).await;
+    let (_, view) = api.get(READER, &format!("/v1/runs/{run}")).await;
+    assert_eq!(view["phase"], "pending_approval", "{view}");
+    assert_eq!(view["requires_approval"], true);
+    let (status, _) = api
+        .post(
+            APPROVER,
+            &format!("/v1/runs/{run}/approve"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+}

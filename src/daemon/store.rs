@@ -139,6 +139,10 @@ pub async fn claim(
                                      WHERE o.target = r.target
                                        AND o.phase <> 'finished'
                                        AND o.seq < r.seq)
+                    AND NOT EXISTS (SELECT 1 FROM runs a
+                                     WHERE a.target = r.target
+                                       AND a.phase = 'active'
+                                       AND a.id <> r.id)
                   ORDER BY r.seq
                   LIMIT $3
                   FOR UPDATE SKIP LOCKED)

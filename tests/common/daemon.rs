@@ -61,6 +61,10 @@ impl Env {
         let mut targets = String::new();
         for (n, db) in &self.targets {
             targets.push_str(&format!("  {n}:\n    dsn: \"{}\"\n", db.url));
+            // Targets named `guarded*` need approval whatever the plan says.
+            if n.starts_with("guarded") {
+                targets.push_str("    require_approval: true\n");
+            }
         }
         let text = format!(
             "listen: 127.0.0.1:{port}\n\

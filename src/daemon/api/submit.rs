@@ -58,7 +58,9 @@ pub async fn submit(
     let plan = validate(&shared.config.targets, &bundle).map_err(|d| ApiError::invalid(d.0))?;
 
     let sha = bundle.sha256();
-    let requires_approval = plan.approval.required;
+    // The daemon's config may require approval for a target whatever the plan says.
+    let requires_approval =
+        plan.approval.required || shared.config.approval_required.contains(&plan.target);
     let phase = if requires_approval {
         "pending_approval"
     } else {
@@ -71,6 +73,14 @@ pub async fn submit(
 
     let mut client = shared.pool.get().await?;
     let tx = client.transaction().await?;
+    // Submissions for one target commit one at a time, so a run's `seq` (its
+    // place in the target's queue) is visible before any later one's: the
+    // scheduler can never see, and start, a later run ahead of an earlier one.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('pgshepherd target ' || $1))",
+        &[&plan.target],
+    )
+    .await?;
     let mut id = None;
     // 48 random bits: a collision is unlikely but cheap to survive.
     for _ in 0..5 {
