@@ -109,3 +109,115 @@ describe_machine() {
     echo "postgres: $("$PGBIN/postgres" --version), fsync=$(psql_q -c 'SHOW fsync'), synchronous_commit=$(psql_q -c 'SHOW synchronous_commit')"
     echo "pgshepherd: $PGSHEPHERD (built $(date -u -r "$PGSHEPHERD" +%FT%TZ), sha256 $(sha256sum "$PGSHEPHERD" | cut -c1-12); tree: HEAD $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$REPO" && [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] && echo ' + uncommitted changes'))"
 }
+
+# --- a daemon on the throwaway cluster (benchmarks of `pgshepherd daemon`) ---
+# These use the globals W (work directory), BIN (the pgshepherd binary) and
+# DATA (the cluster's data directory), which the caller sets after start_cluster.
+
+DAEMON_PID=""
+
+# Create N target databases target_001..target_N (plus the state database).
+create_bench_databases() {
+    psql_q -c "CREATE DATABASE pgshepherd_state"
+    for i in $(seq 1 "$1"); do
+        printf 'CREATE DATABASE target_%03d;\n' "$i"
+    done | psql_q >/dev/null
+}
+
+# Write $W/daemon.yaml for N targets; sets TOKEN (a fresh bearer token with
+# submit and approve) and PORT.
+write_daemon_config() {
+    TOKEN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    local token_sha
+    token_sha=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
+    PORT=$(free_port)
+    {
+        echo "listen: 127.0.0.1:$PORT"
+        echo "state_database: \"$(db_url pgshepherd_state)\""
+        echo "backup_dir: $W/backups"
+        echo "targets:"
+        for i in $(seq 1 "$1"); do
+            printf '  target_%03d:\n    dsn: "%s"\n' "$i" "$(db_url "$(printf 'target_%03d' "$i")")"
+        done
+        echo "tokens:"
+        echo "  - {name: bench, sha256: $token_sha, roles: [submit, approve]}"
+        echo "log: {format: json, level: warn}"
+        echo "daemon: {name: bench, max_active_runs: 250, poll_interval: 1s, lease_timeout: 15s}"
+    } >"$W/daemon.yaml"
+}
+
+# A one-migration set in $1: CREATE TABLE t_marker, with its down script.
+write_marker_migrations() {
+    mkdir -p "$1"
+    echo 'CREATE TABLE t_marker (id int);' >"$1/V1__marker.sql"
+    echo 'DROP TABLE t_marker;' >"$1/V1__marker.down.sql"
+}
+
+# Start the daemon on $W/daemon.yaml and wait until /healthz answers; sets
+# DAEMON_PID and S (its base URL).
+start_daemon() {
+    "$BIN" daemon --config "$W/daemon.yaml" </dev/null >"$W/daemon.out" 2>"$W/daemon.log" &
+    DAEMON_PID=$!
+    S=http://127.0.0.1:$PORT
+    for _ in $(seq 1 300); do
+        curl -sf "$S/healthz" >/dev/null 2>&1 && return 0
+        kill -0 "$DAEMON_PID" 2>/dev/null || { echo "the daemon exited:" >&2; cat "$W/daemon.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "the daemon did not become healthy" >&2
+    cat "$W/daemon.log" >&2
+    exit 1
+}
+
+# SIGTERM the daemon (SIGKILL after 10 s), then stop the cluster.
+stop_daemon_and_cluster() {
+    if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+        kill -TERM "$DAEMON_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$DAEMON_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$DAEMON_PID" 2>/dev/null || true
+    fi
+    stop_cluster
+}
+
+# POST the bundle of plan $1 with migration set $2 (a directory holding
+# V1__marker.sql and its down script) to /v1/runs. Prints "HTTP_CODE SECONDS";
+# the response body is in $W/submit.json.
+post_marker_bundle() {
+    jq -n --arg path "$(basename "$1")" --rawfile plan "$1" \
+        --arg set "$(basename "$2")" \
+        --rawfile up "$2/V1__marker.sql" --rawfile down "$2/V1__marker.down.sql" \
+        '{plan: {path: $path, content: $plan},
+          migrations: {name: $set, files: [{name: "V1__marker.sql", content: $up},
+                                           {name: "V1__marker.down.sql", content: $down}]}}' \
+        >"$W/bundle.json"
+    curl -sS -o "$W/submit.json" -w '%{http_code} %{time_total}' -X POST \
+        -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        --data-binary @"$W/bundle.json" "$S/v1/runs"
+}
+
+# CPU time (clock ticks) of the daemon (utime + stime, all threads).
+daemon_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$DAEMON_PID/stat"
+}
+
+# CPU time (clock ticks) of the server: the postmaster (with its reaped
+# children) plus its live children.
+pg_ticks() {
+    local postmaster pids
+    postmaster=$(head -n 1 "$DATA/postmaster.pid")
+    pids=$(pgrep -P "$postmaster" | sed 's|.*|/proc/&/stat|')
+    {
+        awk '{ print $14 + $15 + $16 + $17 }' "/proc/$postmaster/stat"
+        # shellcheck disable=SC2086 # one path per child; cat skips those that just exited
+        cat $pids 2>/dev/null | awk '{ print $14 + $15 }' || true
+    } | awk '{ s += $1 } END { print s + 0 }'
+}
+
+# Busy (user, nice, system, irq, softirq) and total jiffies (+ idle, iowait,
+# steal) of all CPUs.
+machine_ticks() {
+    awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6 + $9 }' /proc/stat
+}

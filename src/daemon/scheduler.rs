@@ -73,7 +73,9 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
                     let Some(a) = active.get(&r.run_id) else {
                         continue;
                     };
-                    if !r.held {
+                    if r.finished {
+                        // Finished under our lease; its task is about to be reaped.
+                    } else if !r.held {
                         warn!(run_id = %r.run_id, "the lease was taken by another daemon");
                         let _ = a.handles.lost.send(true);
                     } else if r.abort_requested_by.is_some() && !*a.handles.abort.borrow() {

@@ -184,6 +184,9 @@ pub struct Renewed {
     pub run_id: String,
     /// Still ours: the lease was extended.
     pub held: bool,
+    /// Not held because this daemon finished the run under this epoch (its
+    /// task has not been reaped yet): nothing was lost.
+    pub finished: bool,
     pub abort_requested_by: Option<String>,
 }
 
@@ -204,12 +207,18 @@ pub async fn renew(
     let lease_ms = lease_timeout.as_millis() as f64;
     let rows = client
         .query(
-            "UPDATE runs r
-                SET lease_until = now() + $4 * interval '1 millisecond'
-               FROM unnest($1::text[], $2::bigint[]) AS l(id, epoch)
-              WHERE r.id = l.id AND r.epoch = l.epoch AND r.owner = $3
-                AND r.phase = 'active'
-          RETURNING r.id, r.abort_requested_by",
+            "WITH l(id, epoch) AS (SELECT * FROM unnest($1::text[], $2::bigint[])),
+                  renewed AS (
+                      UPDATE runs r
+                         SET lease_until = now() + $4 * interval '1 millisecond'
+                        FROM l
+                       WHERE r.id = l.id AND r.epoch = l.epoch AND r.owner = $3
+                         AND r.phase = 'active'
+                   RETURNING r.id, r.abort_requested_by)
+             SELECT l.id, renewed.id IS NOT NULL, renewed.abort_requested_by,
+                    coalesce(r.phase = 'finished' AND r.epoch = l.epoch, false)
+               FROM l LEFT JOIN renewed ON renewed.id = l.id
+                      LEFT JOIN runs r ON r.id = l.id",
             &[&ids, &epochs, owner, &lease_ms],
         )
         .await?;
@@ -219,8 +228,9 @@ pub async fn renew(
             let row = rows.iter().find(|r| r.get::<_, &str>(0) == l.run_id);
             Renewed {
                 run_id: l.run_id.clone(),
-                held: row.is_some(),
-                abort_requested_by: row.and_then(|r| r.get(1)),
+                held: row.is_some_and(|r| r.get(1)),
+                finished: row.is_some_and(|r| r.get(3)),
+                abort_requested_by: row.and_then(|r| r.get(2)),
             }
         })
         .collect())

@@ -172,20 +172,41 @@ fn compact(row: &Row) -> RunView {
 
 /// The full view of one run, or `None` when there is no such run.
 pub async fn load(client: &impl GenericClient, id: &str) -> Result<Option<RunView>, ApiError> {
+    // Prepared once per connection: planning the run query costs more than
+    // running it.
     let sql = format!("SELECT {COLUMNS}, {DETAIL} FROM runs r WHERE r.id = $1");
-    let Some(row) = client.query_opt(&sql, &[&id]).await? else {
+    let run = client.prepare_cached(&sql).await?;
+    let Some(row) = client.query_opt(&run, &[&id]).await? else {
         return Ok(None);
     };
     let mut view = compact(&row);
     let files: Value = row.get(27);
     let checkpoint: Value = row.get(28);
-    let checks = client
-        .query(
-            "SELECT DISTINCT ON (event->>'check') event FROM events
-              WHERE run_id = $1 AND name = 'check_sample'
-              ORDER BY event->>'check', id DESC",
-            &[&id],
+    let latest = client
+        .prepare_cached(
+            // A skip scan over events_check_samples: the first check name,
+            // then each next one, then the newest sample of each.
+            "WITH RECURSIVE checks(name) AS (
+                 (SELECT event->>'check' FROM events
+                   WHERE run_id = $1 AND name = 'check_sample'
+                   ORDER BY event->>'check' LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT event->>'check' FROM events
+                          WHERE run_id = $1 AND name = 'check_sample'
+                            AND event->>'check' > checks.name
+                          ORDER BY event->>'check' LIMIT 1)
+                   FROM checks WHERE checks.name IS NOT NULL
+             )
+             SELECT (SELECT event FROM events
+                      WHERE run_id = $1 AND name = 'check_sample'
+                        AND event->>'check' = checks.name
+                      ORDER BY event->>'check', id DESC LIMIT 1)
+               FROM checks WHERE checks.name IS NOT NULL
+              ORDER BY checks.name",
         )
+        .await?;
+    let checks = client
+        .query(&latest, &[&id])
         .await?
         .iter()
         .map(|r| {
