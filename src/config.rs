@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 
 use crate::pg::Dsn;
 use crate::plan::{Diagnostic, Diagnostics};
@@ -21,10 +20,11 @@ struct RawConfig {
     targets: BTreeMap<String, RawTarget>,
     #[serde(default)]
     tokens: Vec<RawToken>,
-    // Read by notifications and escalation; accepted here so that one file serves
-    // both `run --config` and `daemon --config`.
-    channels: Option<IgnoredAny>,
-    escalation: Option<IgnoredAny>,
+    #[serde(default)]
+    channels: BTreeMap<String, crate::notify::config::RawChannel>,
+    #[serde(default)]
+    escalation: BTreeMap<String, crate::notify::config::RawPolicy>,
+    notifications: Option<crate::notify::config::RawDelivery>,
     log: Option<RawLog>,
     daemon: Option<RawDaemon>,
 }
@@ -152,6 +152,8 @@ pub struct Config {
     pub tokens: Vec<Token>,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
+    /// Channels, escalation policies and delivery settings.
+    pub notify: crate::notify::config::NotifyConfig,
 }
 
 impl Config {
@@ -201,7 +203,18 @@ impl Config {
                 None
             }
         };
-        let _ = (&raw.channels, &raw.escalation);
+        let mut notify_errors = Vec::new();
+        let notify = crate::notify::config::resolve(
+            &raw.channels,
+            &raw.escalation,
+            raw.notifications.as_ref(),
+            &mut notify_errors,
+        );
+        errors.extend(
+            notify_errors
+                .into_iter()
+                .map(|m| Diagnostic::new(path, 0, 0, m)),
+        );
         let listen = match raw.listen.as_deref().map(expand_env).transpose() {
             Ok(l) => l,
             Err(e) => {
@@ -321,6 +334,7 @@ impl Config {
             tokens,
             log,
             daemon,
+            notify,
         })
     }
 }
@@ -342,7 +356,7 @@ pub fn expand_env(s: &str) -> Result<String, String> {
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body
                 .find('}')
-                .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+                .ok_or_else(|| "unterminated ${ (write ${NAME})".to_string())?;
             let name = &body[..end];
             let value = std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set"))?;

@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod demo;
 pub mod logging;
 pub mod migrations;
+pub mod notify;
 pub mod pg;
 pub mod plan;
 pub mod run;

@@ -316,3 +316,56 @@ async fn a_target_that_requires_approval_holds_runs_whose_plan_does_not_ask_for_
     let row = env.wait_finished(&run, MINUTE).await;
     assert_eq!(row["outcome"], "succeeded", "{row}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_needs_a_human_holds_its_targets_queue_until_acknowledged() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    let daemon = env.start("d1").await;
+    let api = Api::new(&daemon);
+    // The first run breaches and its plan says hold: the change stays, a person
+    // must look.
+    let w1 = common::scratch_dir();
+    let tail = format!(
+        "backup:\n  enabled: false\n{}rollback:\n  strategy: hold\n",
+        soak_yaml("1s", "250ms", "SELECT 5", 1)
+    );
+    let (plan1, set1) = plan_dir(w1.path(), "main", ONE_TABLE, &tail);
+    let w2 = common::scratch_dir();
+    let (plan2, set2) = write_plan(w2.path(), "main", "500ms", "SELECT 1", 1, "");
+    std::fs::write(set2.join("V2__u.sql"), "ALTER TABLE t ADD COLUMN u int;\n").unwrap();
+    std::fs::write(
+        set2.join("V2__u.down.sql"),
+        "ALTER TABLE t DROP COLUMN u;\n",
+    )
+    .unwrap();
+
+    let held = api.submit(SUBMITTER, &plan1, &set1).await;
+    let row = env.wait_finished(&held, MINUTE).await;
+    assert_eq!(row["outcome"], "needs_human", "{row}");
+    let queued = api.submit(SUBMITTER, &plan2, &set2).await;
+
+    // Nothing new starts on the target while nobody has acknowledged.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, view) = api.get(READER, &format!("/v1/runs/{queued}")).await;
+    assert_eq!(view["phase"], "queued", "{view}");
+    assert!(
+        env.event_names(&queued)
+            .await
+            .iter()
+            .all(|e| e != "run_started")
+    );
+
+    let (status, body) = api
+        .post(
+            APPROVER,
+            &format!("/v1/runs/{held}/ack"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let row = env.wait_finished(&queued, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    let acked = env.wait_for_event(&held, "acknowledged", MINUTE).await;
+    let started = env.wait_for_event(&queued, "run_started", MINUTE).await;
+    assert!(started["ts"].as_str().unwrap() >= acked["ts"].as_str().unwrap());
+}

@@ -391,6 +391,61 @@ pub fn run_status(v: &Value) -> String {
     if let Some(by) = v["acked_by"].as_str() {
         line("acked", format!("by {by} at {}", when(&v["acked_at"])));
     }
+    if let Some(e) = v["escalation"].as_object() {
+        let state = match e["status"].as_str() {
+            Some("active") => format!(
+                "paging: level {} next at {}",
+                n(&e["next_level"]),
+                when(&e["next_at"])
+            ),
+            Some("acknowledged") => format!(
+                "acknowledged by {} at {}",
+                s(&e["acked_by"]),
+                when(&e["acked_at"])
+            ),
+            other => other.unwrap_or("-").to_string(),
+        };
+        line(
+            "escalation",
+            format!(
+                "policy {} (on {}): {state}; paged {}",
+                s(&e["policy"]),
+                s(&e["trigger"]),
+                e["paged"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .map(|c| s(c).to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "nobody yet".into())
+            ),
+        );
+    }
+    for d in v["notifications"].as_array().into_iter().flatten() {
+        let result = match d["status"].as_str() {
+            Some("delivered") => format!("delivered {}", when(&d["delivered_at"])),
+            Some("pending") if d["attempts"].as_i64() == Some(0) => "queued".to_string(),
+            Some("pending") if d["last_error"].is_null() => "sending".to_string(),
+            Some("pending") => format!(
+                "retrying at {} (last: {})",
+                when(&d["next_attempt_at"]),
+                d["last_error"].as_str().unwrap_or("-")
+            ),
+            Some(other) => format!("{other}: {}", d["last_error"].as_str().unwrap_or("-")),
+            None => "-".into(),
+        };
+        line(
+            "notified",
+            format!(
+                "{} {} [{} attempt(s)] {result}",
+                s(&d["channel"]),
+                s(&d["event"]),
+                n(&d["attempts"])
+            ),
+        );
+    }
     if let Some(owner) = v["owner"].as_str() {
         line(
             "owner",

@@ -19,6 +19,9 @@
 //! | `runs_finished_total` | counter | target, outcome |
 //! | `api_requests_total` | counter | route, status |
 //! | `api_request_duration_seconds` | histogram | route |
+//! | `notifications_delivered_total`, `_failed_total`, `_retries_total`, `_dropped_total` | counter | channel |
+//! | `notifications_pending` | gauge | channel (from the state database at scrape time) |
+//! | `channel_disabled` | gauge | channel (1 after a 410 Gone) |
 //!
 //! Counters count what *this* daemon observed since it started; with several
 //! replicas, sum them across instances. Per-run series (`check_value`) live until
@@ -373,6 +376,77 @@ impl Metrics {
         }
 
         out
+    }
+
+    /// The notification series: delivery counters per channel from `stats`, and
+    /// the outbox's pending rows per channel (read from the state database at
+    /// scrape time, so they cover every replica).
+    pub fn render_notifications(
+        &self,
+        out: &mut String,
+        stats: &crate::notify::outbox::DeliveryStats,
+        pending: &[(String, i64)],
+    ) {
+        let w = out;
+        let channels = stats.snapshot();
+        type Counter = fn(&crate::notify::outbox::ChannelStats) -> u64;
+        let counters: [(&str, &str, Counter); 4] = [
+            (
+                "pgshepherd_notifications_delivered_total",
+                "Notifications a receiver accepted (2xx), by channel.",
+                |s| s.delivered.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "pgshepherd_notifications_failed_total",
+                "Notifications given up on (rejected, 410, or past max_age), by channel.",
+                |s| s.failed.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "pgshepherd_notifications_retries_total",
+                "Delivery attempts that will be retried (network error, timeout, 408/425/429/5xx), by channel.",
+                |s| s.retries.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "pgshepherd_notifications_dropped_total",
+                "Notifications not sent because their channel is disabled, by channel.",
+                |s| s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, get) in counters {
+            family(w, name, "counter", help);
+            for (channel, s) in &channels {
+                sample(w, name, &[("channel", channel)], &get(s).to_string());
+            }
+        }
+        family(
+            w,
+            "pgshepherd_channel_disabled",
+            "gauge",
+            "1 while a channel is disabled because its receiver answered 410 Gone.",
+        );
+        for (channel, s) in &channels {
+            let v = s.disabled.load(std::sync::atomic::Ordering::Relaxed);
+            sample(
+                w,
+                "pgshepherd_channel_disabled",
+                &[("channel", channel)],
+                &v.to_string(),
+            );
+        }
+        family(
+            w,
+            "pgshepherd_notifications_pending",
+            "gauge",
+            "Notifications waiting in the outbox (all replicas), by channel.",
+        );
+        for (channel, n) in pending {
+            sample(
+                w,
+                "pgshepherd_notifications_pending",
+                &[("channel", channel)],
+                &n.to_string(),
+            );
+        }
     }
 
     fn snapshot(&self) -> Snapshot {

@@ -41,7 +41,10 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
         .clone()
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
     let node = config.daemon.name.clone().unwrap_or_else(default_node_name);
-    let pool_size = (config.daemon.max_active_runs as usize / 8).clamp(8, 64);
+    // Runs write in short transactions; each notification channel's worker and
+    // the escalation timer hold a connection only while claiming or recording.
+    let pool_size = (config.daemon.max_active_runs as usize / 8).clamp(8, 64)
+        + (config.notify.channels.len() + 1).min(16);
     let pool = match open_with_retry(&state_dsn, pool_size).await {
         Ok(p) => p,
         Err(e) => {
@@ -71,6 +74,10 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(scheduler::run(shared.clone(), shutdown_rx.clone()));
+    let deliveries = tokio::spawn(crate::notify::outbox::run(
+        shared.outbox.clone(),
+        shutdown_rx.clone(),
+    ));
     let mut api_shutdown = shutdown_rx.clone();
     let router = api::router_until(shared.clone(), shutdown_rx.clone());
     let server = tokio::spawn(async move {
@@ -93,6 +100,9 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
     systemd::stopping();
     let _ = shutdown_tx.send(true);
     let _ = scheduler.await;
+    // Deliveries already on the wire finish (each within its channel's timeout);
+    // the rest stay in the outbox for the next start or another replica.
+    let _ = deliveries.await;
     // Open event streams would hold a graceful shutdown forever: give requests
     // in flight a moment, then close.
     if tokio::time::timeout(std::time::Duration::from_secs(5), server)

@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::daemon::metrics::Metrics;
+use crate::notify::outbox::Outbox;
 
 pub struct Shared {
     pub config: Config,
@@ -21,11 +22,19 @@ pub struct Shared {
     /// When the scheduler loop last went round (ms since the Unix epoch): the
     /// systemd watchdog is fed only while it keeps turning.
     pub scheduler_beat: AtomicU64,
+    /// Notifications: the delivery workers' view of the config and their wake-up.
+    pub outbox: Arc<Outbox>,
 }
 
 impl Shared {
     pub fn new(config: Config, pool: deadpool_postgres::Pool, node: String) -> Shared {
+        let outbox = Arc::new(Outbox::new(
+            config.notify.clone(),
+            pool.clone(),
+            node.clone(),
+        ));
         Shared {
+            outbox,
             config,
             pool,
             node,

@@ -12,6 +12,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
 
+use crate::notify::config::NotifyConfig;
+use crate::notify::notices::Progress;
+use crate::notify::outbox;
 use crate::pg::Dsn;
 use crate::run::checkpoint::Checkpoint;
 use crate::run::event::{Event, EventKind, Outcome};
@@ -116,7 +119,8 @@ pub struct Claimed {
 
 /// Claim up to `limit` runs that are ready: the oldest open run of each target
 /// (one active run per target, in submission order), approved when approval is
-/// required, and either never claimed or with an expired lease.
+/// required, and either never claimed or with an expired lease. A target whose
+/// last run needs a human and is not acknowledged starts nothing new.
 pub async fn claim(
     pool: &Pool,
     node: &str,
@@ -143,6 +147,14 @@ pub async fn claim(
                                      WHERE a.target = r.target
                                        AND a.phase = 'active'
                                        AND a.id <> r.id)
+                    -- A run that ended needing a human may have left the
+                    -- target changed: nothing new starts there until someone
+                    -- has acknowledged it.
+                    AND (r.phase = 'active'
+                         OR NOT EXISTS (SELECT 1 FROM runs h
+                                         WHERE h.target = r.target
+                                           AND h.outcome = 'needs_human'
+                                           AND h.acked_by IS NULL))
                   ORDER BY r.seq
                   LIMIT $3
                   FOR UPDATE SKIP LOCKED)
@@ -266,6 +278,8 @@ pub async fn write(
     lease: &Lease,
     events: &[Event],
     checkpoint: Option<&Checkpoint>,
+    notify: &NotifyConfig,
+    progress: Option<&mut Progress>,
 ) -> Result<(), WriteError> {
     let mut client = pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
@@ -287,7 +301,7 @@ pub async fn write(
             epoch: lease.epoch,
         });
     }
-    append_events(&tx, &lease.run_id, events).await?;
+    append_events(&tx, &lease.run_id, events, notify, progress).await?;
     if let Some(cp) = checkpoint {
         let exit_code = events.iter().rev().find_map(|e| match &e.kind {
             EventKind::RunFinished { exit_code, .. } => Some(*exit_code),
@@ -299,10 +313,14 @@ pub async fn write(
     Ok(())
 }
 
+/// Append a run's events and, in the same transaction, the notifications they
+/// give rise to (see [`crate::notify::outbox`]).
 pub async fn append_events(
     client: &impl deadpool_postgres::GenericClient,
     run_id: &str,
     events: &[Event],
+    notify: &NotifyConfig,
+    progress: Option<&mut Progress>,
 ) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
@@ -317,6 +335,7 @@ pub async fn append_events(
             &[&run_id, &batch],
         )
         .await?;
+    outbox::enqueue_for_events(client, notify, run_id, events, progress).await?;
     Ok(())
 }
 
@@ -367,6 +386,7 @@ pub async fn finish_unclaimed(
     run_id: &str,
     reason: &str,
     actor: &str,
+    notify: &NotifyConfig,
 ) -> Result<bool, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -405,7 +425,7 @@ pub async fn finish_unclaimed(
             },
         },
     ];
-    append_events(&tx, run_id, &events).await?;
+    append_events(&tx, run_id, &events, notify, None).await?;
     let cp = Checkpoint {
         state: RunState::Finished {
             outcome: Outcome::Stopped,

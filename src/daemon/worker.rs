@@ -12,6 +12,7 @@ use tracing::{Instrument, info, warn};
 use crate::daemon::api::bundle::Bundle;
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store::{self, Claimed, Lease, WriteError};
+use crate::notify::notices::{self, Progress};
 use crate::pg::cluster::PgBinaries;
 use crate::run::checkpoint::{Checkpoint, RunSink};
 use crate::run::event::{Event, EventKind, Outcome};
@@ -301,6 +302,15 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     lost: watch::Sender<bool>,
 ) {
+    let mut progress = Progress::new(
+        shared
+            .config
+            .notify
+            .channels
+            .values()
+            .filter_map(|c| c.progress_every.map(|every| (c.name.clone(), every)))
+            .collect(),
+    );
     while let Some(first) = rx.recv().await {
         let mut events = Vec::new();
         let mut checkpoint = None;
@@ -320,8 +330,23 @@ async fn write_loop(
         }
         let mut backoff = Duration::from_millis(100);
         loop {
-            match store::write(&shared.pool, &lease, &events, checkpoint.as_ref()).await {
-                Ok(()) => break,
+            match store::write(
+                &shared.pool,
+                &lease,
+                &events,
+                checkpoint.as_ref(),
+                &shared.config.notify,
+                Some(&mut progress),
+            )
+            .await
+            {
+                Ok(()) => {
+                    let progressed = progress.take_enqueued();
+                    if progressed || events.iter().any(|e| notices::is_notable(&e.kind)) {
+                        shared.outbox.poke();
+                    }
+                    break;
+                }
                 Err(WriteError::Fenced { .. }) => {
                     let _ = lost.send(true);
                     return;
@@ -366,5 +391,15 @@ pub async fn fail(shared: &SharedRef, lease: &Lease) -> Result<(), WriteError> {
         },
         facts: Default::default(),
     };
-    store::write(&shared.pool, lease, &[event], Some(&checkpoint)).await
+    let written = store::write(
+        &shared.pool,
+        lease,
+        &[event],
+        Some(&checkpoint),
+        &shared.config.notify,
+        None,
+    )
+    .await;
+    shared.outbox.poke();
+    written
 }

@@ -158,7 +158,8 @@ impl CheckSource {
     pub fn describe(&self) -> String {
         match self {
             CheckSource::Sql { query } => format!("sql: {}", query.trim()),
-            CheckSource::Http(p) => format!("http: {}", p.url),
+            // Shown in events, the API and notifications: never a password.
+            CheckSource::Http(p) => format!("http: {}", crate::pg::dsn::redact_text(&p.url)),
             CheckSource::Builtin(b) => format!("builtin: {}", b.as_str()),
         }
     }

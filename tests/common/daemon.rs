@@ -25,6 +25,9 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     /// Extra YAML under `daemon:` (e.g. `lease_timeout: 3s`).
     daemon_settings: String,
+    /// Extra top-level YAML (`channels:`, `escalation:`, `notifications:`),
+    /// written before the `daemon:` section.
+    extra_config: String,
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -45,7 +48,18 @@ impl Env {
             targets: dbs,
             dir: scratch_dir(),
             daemon_settings: daemon_settings.to_string(),
+            extra_config: String::new(),
         }
+    }
+
+    /// Extra top-level YAML for the configs written from now on (`channels:`,
+    /// `escalation:`, `notifications:`...), placed before `daemon:`.
+    pub fn set_extra_config(&mut self, yaml: &str) {
+        let mut yaml = yaml.to_string();
+        if !yaml.is_empty() && !yaml.ends_with('\n') {
+            yaml.push('\n');
+        }
+        self.extra_config = yaml;
     }
 
     pub fn target(&self, name: &str) -> &TestDb {
@@ -78,6 +92,7 @@ impl Env {
              \x20 - {{name: dave, sha256: {d}, roles: [read]}}\n\
              \x20 - {{name: erin, token: {e}, roles: [admin]}}\n\
              log: {{format: json, level: \"info,pgshepherd=debug\"}}\n\
+             {extra}\
              daemon:\n  name: {name}\n{settings}",
             state = self.state.url,
             backups = self.backups().display(),
@@ -86,6 +101,7 @@ impl Env {
             b = sha256_hex(APPROVER),
             d = sha256_hex(READER),
             e = ADMIN,
+            extra = self.extra_config,
             settings = self
                 .daemon_settings
                 .lines()

@@ -24,6 +24,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod receiver;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

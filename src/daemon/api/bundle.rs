@@ -247,6 +247,54 @@ impl Bundle {
     }
 }
 
+/// A string value in the plan and its line and column.
+pub type Located = (String, u32, u32);
+
+impl Bundle {
+    /// The plan's `notify.channels` entries and its `notify.escalation`, with
+    /// their positions: `(channels, escalation)`.
+    pub fn locate_notify(&self) -> (Vec<Located>, Option<Located>) {
+        if self.plan.content.len() as u64 > plan::load::MAX_PLAN_BYTES {
+            return (Vec::new(), None);
+        }
+        let Ok(root) = tree::parse(&self.plan.content) else {
+            return (Vec::new(), None);
+        };
+        let Some(notify) = entry(&root, "notify") else {
+            return (Vec::new(), None);
+        };
+        let channels = match entry(notify, "channels").map(|n| &n.value) {
+            Some(Value::Seq(items)) => items
+                .iter()
+                .filter_map(|n| match &n.value {
+                    Value::Str(s) => Some((s.clone(), n.line, n.column)),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let escalation = match entry(notify, "escalation") {
+            Some(Node {
+                value: Value::Str(s),
+                line,
+                column,
+            }) => Some((s.clone(), *line, *column)),
+            _ => None,
+        };
+        (channels, escalation)
+    }
+}
+
+fn entry<'a>(map: &'a Node, key: &str) -> Option<&'a Node> {
+    let Value::Map(entries) = &map.value else {
+        return None;
+    };
+    entries.iter().find_map(|(k, v)| match &k.value {
+        Value::Str(k) if k == key => Some(v),
+        _ => None,
+    })
+}
+
 fn top_string(root: &Node, key: &str) -> Option<(String, u32, u32)> {
     let Value::Map(entries) = &root.value else {
         return None;

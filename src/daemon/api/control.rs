@@ -16,6 +16,7 @@ use crate::daemon::api::runs::run_id;
 use crate::daemon::api::view;
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store;
+use crate::notify::outbox::RunNotify;
 use crate::run::event::{Event, EventKind};
 
 fn event(id: &str, kind: EventKind) -> Event {
@@ -92,11 +93,14 @@ pub async fn approve(
                 approved_by: caller.name.clone(),
             },
         )],
+        &shared.config.notify,
+        None,
     )
     .await?;
     tx.commit().await?;
     drop(client);
     shared.wake.notify_one();
+    shared.outbox.poke();
     answer(
         &shared,
         &id,
@@ -139,8 +143,17 @@ pub async fn abort(
     }
 
     let reason = format!("aborted by {} before it started", caller.name);
-    if store::finish_unclaimed(&shared.pool, &id, &reason, &caller.name).await? {
+    if store::finish_unclaimed(
+        &shared.pool,
+        &id,
+        &reason,
+        &caller.name,
+        &shared.config.notify,
+    )
+    .await?
+    {
         shared.wake.notify_one();
+        shared.outbox.poke();
         return answer(
             &shared,
             &id,
@@ -185,6 +198,8 @@ pub async fn abort(
                         requested_by: caller.name.clone(),
                     },
                 )],
+                &shared.config.notify,
+                None,
             )
             .await?;
             format!("abort requested while {phase}; the owning daemon will act on it")
@@ -193,6 +208,7 @@ pub async fn abort(
     tx.commit().await?;
     drop(client);
     shared.wake.notify_one();
+    shared.outbox.poke();
     answer(&shared, &id, StatusCode::ACCEPTED, detail).await
 }
 
@@ -235,6 +251,21 @@ pub async fn ack(
         &[&id, &caller.name],
     )
     .await?;
+    let plan_channels: Vec<String> = tx
+        .query_one("SELECT notify FROM runs WHERE id = $1", &[&id])
+        .await
+        .ok()
+        .and_then(|r| serde_json::from_value::<RunNotify>(r.get(0)).ok())
+        .unwrap_or_default()
+        .channels;
+    crate::notify::escalation::acknowledge(
+        &tx,
+        &shared.config.notify,
+        &id,
+        &caller.name,
+        &plan_channels,
+    )
+    .await?;
     store::append_events(
         &tx,
         &id,
@@ -244,10 +275,13 @@ pub async fn ack(
                 acked_by: caller.name.clone(),
             },
         )],
+        &shared.config.notify,
+        None,
     )
     .await?;
     tx.commit().await?;
     drop(client);
     shared.wake.notify_one();
+    shared.outbox.poke();
     answer(&shared, &id, StatusCode::OK, "acknowledged".into()).await
 }

@@ -70,7 +70,20 @@ pub async fn metrics(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let mut response = shared.metrics.render(&counts).into_response();
+    let pending: Vec<(String, i64)> = client
+        .query(
+            "SELECT channel, count(*) FROM notifications WHERE status = 'pending' GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut text = shared.metrics.render(&counts);
+    shared
+        .metrics
+        .render_notifications(&mut text, &shared.outbox.stats, &pending);
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -18,6 +18,7 @@ use crate::daemon::api::routes::MAX_BODY_BYTES;
 use crate::daemon::api::view;
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store;
+use crate::notify::outbox::RunNotify;
 use crate::plan::{Diagnostic, Diagnostics, Plan};
 use crate::run::checkpoint::Checkpoint;
 use crate::run::event::{Event, EventKind};
@@ -55,7 +56,8 @@ pub async fn submit(
     let bundle = bundle
         .normalise()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    let plan = validate(&shared.config.targets, &bundle).map_err(|d| ApiError::invalid(d.0))?;
+    let plan = validate(&shared.config.targets, &shared.config.notify, &bundle)
+        .map_err(|d| ApiError::invalid(d.0))?;
 
     let sha = bundle.sha256();
     // The daemon's config may require approval for a target whatever the plan says.
@@ -70,6 +72,8 @@ pub async fn submit(
         serde_json::to_value(&bundle).map_err(|e| ApiError::internal(e.to_string()))?;
     let checkpoint =
         serde_json::to_value(Checkpoint::new()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let notify = serde_json::to_value(RunNotify::from_plan(&plan))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
 
     let mut client = shared.pool.get().await?;
     let tx = client.transaction().await?;
@@ -88,8 +92,9 @@ pub async fn submit(
         let inserted = tx
             .query_opt(
                 "INSERT INTO runs (id, target, plan_name, plan_path, bundle, bundle_sha256,
-                                   submitted_by, requires_approval, phase, checkpoint, state_name)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'created')
+                                   submitted_by, requires_approval, phase, checkpoint, state_name,
+                                   notify)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'created', $11)
                  ON CONFLICT (id) DO NOTHING
                  RETURNING id",
                 &[
@@ -103,6 +108,7 @@ pub async fn submit(
                     &requires_approval,
                     &phase,
                     &checkpoint,
+                    &notify,
                 ],
             )
             .await?;
@@ -124,9 +130,10 @@ pub async fn submit(
             requires_approval,
         },
     };
-    store::append_events(&tx, &id, &[event]).await?;
+    store::append_events(&tx, &id, &[event], &shared.config.notify, None).await?;
     tx.commit().await?;
     shared.wake.notify_one();
+    shared.outbox.poke();
 
     let view = view::load(&client, &id)
         .await?
@@ -150,11 +157,11 @@ pub async fn submit(
     Ok(response)
 }
 
-/// Compile the bundle and check what only the daemon knows: that its target is
-/// configured. (Notification channel names are not checked yet: the config does
-/// not parse `channels` in this build.)
+/// Compile the bundle and check what only the daemon knows: that its target,
+/// its notification channels and its escalation policy are configured.
 pub fn validate(
     targets: &std::collections::BTreeMap<String, crate::pg::Dsn>,
+    notify: &crate::notify::config::NotifyConfig,
     bundle: &Bundle,
 ) -> Result<Plan, Diagnostics> {
     let path = std::path::Path::new(&bundle.plan.path);
@@ -184,10 +191,47 @@ pub fn validate(
             )
         })
     });
-    match (compiled, unknown) {
-        (Ok(plan), None) => Ok(plan),
-        (Ok(_), Some(d)) => Err(Diagnostics(vec![d])),
-        (Err(Diagnostics(mut all)), unknown) => {
+    // A plan only names channels and policies; the config defines them, so a
+    // submitted plan can never send data to an address of its own choosing.
+    let (channels, escalation) = bundle.locate_notify();
+    let names = |m: Vec<&String>| {
+        if m.is_empty() {
+            "none".to_string()
+        } else {
+            m.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let mut unknown: Vec<Diagnostic> = unknown.into_iter().collect();
+    for (name, line, column) in channels {
+        if !notify.channels.contains_key(&name) {
+            unknown.push(Diagnostic::new(
+                path,
+                line,
+                column,
+                format!(
+                    "unknown channel `{name}`: this daemon's config defines {}",
+                    names(notify.channels.keys().collect())
+                ),
+            ));
+        }
+    }
+    if let Some((name, line, column)) = escalation
+        && !notify.policies.contains_key(&name)
+    {
+        unknown.push(Diagnostic::new(
+            path,
+            line,
+            column,
+            format!(
+                "unknown escalation policy `{name}`: this daemon's config defines {}",
+                names(notify.policies.keys().collect())
+            ),
+        ));
+    }
+    match (compiled, unknown.is_empty()) {
+        (Ok(plan), true) => Ok(plan),
+        (Ok(_), false) => Err(Diagnostics(bundle::sorted(path, unknown))),
+        (Err(Diagnostics(mut all)), _) => {
             all.extend(unknown);
             Err(Diagnostics(bundle::sorted(path, all)))
         }

@@ -93,6 +93,11 @@ pub struct RunDetail {
     pub facts: Value,
     /// The latest `check_sample` event of each check.
     pub checks: Vec<Value>,
+    /// Every notification about this run: channel, event, delivery status and
+    /// attempts (never the channel's URL or secret).
+    pub notifications: Vec<crate::notify::outbox::Delivered>,
+    /// The run's escalation, once something triggered it.
+    pub escalation: Option<crate::notify::escalation::EscalationView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,11 +113,11 @@ pub struct Progress {
     pub samples_planned: Option<u64>,
 }
 
-fn ts<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ts<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
-fn ts_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ts_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => ts(t, s),
         None => s.serialize_none(),
@@ -217,7 +222,10 @@ pub async fn load(client: &impl GenericClient, id: &str) -> Result<Option<RunVie
             e
         })
         .collect();
-    view.detail = Some(detail(files, &checkpoint, checks));
+    let mut d = detail(files, &checkpoint, checks);
+    d.notifications = crate::notify::outbox::for_run(client, id).await?;
+    d.escalation = crate::notify::escalation::for_run(client, id).await?;
+    view.detail = Some(d);
     Ok(Some(view))
 }
 
@@ -252,6 +260,8 @@ fn detail(files: Value, checkpoint: &Value, checks: Vec<Value>) -> RunDetail {
             facts => facts.clone(),
         },
         checks,
+        notifications: Vec::new(),
+        escalation: None,
     }
 }
 

@@ -1,0 +1,729 @@
+//! Which run events are worth a message, and what the message says.
+//!
+//! Each notice says what happened, to which target and plan, why, and what to do
+//! next. The figures come from the event itself (a breach carries the value, the
+//! threshold, the baseline, the counts and the query or URL that measured it), so
+//! nobody has to open the plan to understand a page.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::checks::verdict::{Assessment, Verdict, num};
+use crate::notify::{EscalationStep, Fact, Notice, NoticeKind, Severity};
+use crate::run::event::{Event, EventKind, Outcome};
+
+/// The run a notice is about.
+#[derive(Debug, Clone)]
+pub struct RunMeta {
+    pub run_id: String,
+    pub target: String,
+    pub plan: String,
+}
+
+/// Whether this event can give rise to a notice (cheap; no run data needed).
+/// Check samples are not: soak progress comes from [`Progress`].
+pub fn is_notable(kind: &EventKind) -> bool {
+    use EventKind::*;
+    matches!(
+        kind,
+        RunSubmitted { .. }
+            | RunApproved { .. }
+            | WaitingForWindow { .. }
+            | WindowOpen { .. }
+            | BackupVerified { .. }
+            | MigrationApplied { .. }
+            | SoakStarted { .. }
+            | CheckVerdict { .. }
+            | RollbackStarted { .. }
+            | RollbackFailed { .. }
+            | RunFinished { .. }
+            | Acknowledged { .. }
+    )
+}
+
+/// The notices one event gives rise to (usually none or one; a submission that
+/// needs approval gives two).
+pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<Notice> {
+    use EventKind::*;
+    let n = |kind, severity, title: String, summary: String| Notice {
+        kind,
+        severity,
+        ts: event.ts,
+        run_id: run.run_id.clone(),
+        target: run.target.clone(),
+        plan: run.plan.clone(),
+        title,
+        summary,
+        next_step: None,
+        runbook: None,
+        facts: Vec::new(),
+        escalation: None,
+    };
+    let id = &run.run_id;
+    let target = &run.target;
+    let plan = &run.plan;
+    let mut out = Vec::new();
+    match &event.kind {
+        RunSubmitted {
+            submitted_by,
+            requires_approval,
+            bundle_sha256,
+            ..
+        } => {
+            let mut s = n(
+                NoticeKind::Submitted,
+                Severity::Info,
+                format!("Plan {plan} submitted for {target}"),
+                format!("{submitted_by} submitted plan {plan} for {target} as run {id}."),
+            );
+            s.facts
+                .push(Fact::new("bundle sha256", short(bundle_sha256)));
+            out.push(s);
+            if *requires_approval {
+                let mut a = n(
+                    NoticeKind::ApprovalNeeded,
+                    Severity::Warning,
+                    format!("Approval needed: {plan} on {target}"),
+                    format!(
+                        "Run {id} waits for approval before it may change {target}. \
+                         The approver must hold the approve role and must not be {submitted_by}."
+                    ),
+                );
+                a.next_step = Some(format!(
+                    "Review with `pgshepherd status {id}`, then `pgshepherd approve {id}` (or `pgshepherd abort {id}`)."
+                ));
+                out.push(a);
+            }
+        }
+        RunApproved { approved_by } => out.push(n(
+            NoticeKind::Approved,
+            Severity::Info,
+            format!("Approved: {plan} on {target}"),
+            format!("{approved_by} approved run {id}; it runs in the next maintenance window."),
+        )),
+        WaitingForWindow {
+            cron,
+            timezone,
+            opens_at,
+        } => {
+            let mut w = n(
+                NoticeKind::WaitingForWindow,
+                Severity::Info,
+                format!("Waiting for the window: {plan} on {target}"),
+                format!("Run {id} waits for its maintenance window, which opens at {opens_at}."),
+            );
+            w.facts
+                .push(Fact::new("window", format!("{cron} ({timezone})")));
+            w.facts.push(Fact::new("opens at", opens_at.clone()));
+            out.push(w);
+        }
+        WindowOpen { closes_at } => out.push(n(
+            NoticeKind::WindowOpened,
+            Severity::Info,
+            format!("Window open: {plan} on {target}"),
+            match closes_at {
+                Some(c) => {
+                    format!("The maintenance window is open until {c}; run {id} starts its change.")
+                }
+                None => format!("Run {id} starts its change."),
+            },
+        )),
+        BackupVerified {
+            path,
+            sha256,
+            tables,
+            duration_ms,
+            ..
+        } => {
+            let mut b = n(
+                NoticeKind::BackupVerified,
+                Severity::Info,
+                format!("Backup verified: {target}"),
+                format!(
+                    "The backup of {target} was read back and verified ({tables} tables) before the change."
+                ),
+            );
+            b.facts.push(Fact::new("file", file_name(path)));
+            b.facts.push(Fact::new("sha256", short(sha256)));
+            b.facts.push(Fact::new("took", ms(*duration_ms)));
+            out.push(b);
+        }
+        MigrationApplied {
+            version, report, ..
+        } => {
+            let mut m = n(
+                NoticeKind::MigrationApplied,
+                Severity::Info,
+                format!("Migration V{version} applied on {target}"),
+                format!("{} applied to {target} (run {id}).", report.file),
+            );
+            m.facts.push(Fact::new("took", ms(report.duration_ms)));
+            out.push(m);
+        }
+        SoakStarted {
+            duration_s, checks, ..
+        } => {
+            let names: Vec<&str> = checks.iter().map(|c| c.check.as_str()).collect();
+            let mut s = n(
+                NoticeKind::SoakStarted,
+                Severity::Info,
+                format!("Soak started on {target}"),
+                format!(
+                    "The change is in; watching {} for {} before calling run {id} done. \
+                     A breach rolls it back.",
+                    names.join(", "),
+                    secs(*duration_s)
+                ),
+            );
+            for c in checks {
+                s.facts.push(Fact::new(&c.check, c.source.clone()));
+            }
+            out.push(s);
+        }
+        CheckVerdict {
+            source,
+            message,
+            verdict,
+            decision,
+            ..
+        } => {
+            let mut b = n(
+                NoticeKind::Breach,
+                Severity::Critical,
+                format!("Breach on {target}: {}", verdict.check()),
+                format!("{message}. Run {id} {}.", consequence(decision)),
+            );
+            b.facts = verdict_facts(verdict);
+            b.facts.push(Fact::new("measured by", source.clone()));
+            b.runbook = runbook_link(runbook, "breach");
+            out.push(b);
+        }
+        RollbackStarted {
+            strategy, cause, ..
+        } => out.push(n(
+            NoticeKind::RollbackStarted,
+            Severity::Warning,
+            format!("Rolling back {plan} on {target}"),
+            format!(
+                "Run {id} is rolling back ({}): {cause}",
+                serde_json::to_value(strategy)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+        )),
+        RollbackFailed { reason } => {
+            let mut f = n(
+                NoticeKind::RollbackFailed,
+                Severity::Critical,
+                format!("Rollback FAILED on {target}"),
+                format!("Run {id} could not roll back: {reason}. {target} may be left changed."),
+            );
+            f.next_step = Some(format!(
+                "Acknowledge with `pgshepherd ack {id}`, inspect with `pgshepherd status {id}` and `pgshepherd logs {id}`, and restore {target} by hand."
+            ));
+            f.runbook = runbook_link(runbook, "rollback-failed");
+            out.push(f);
+        }
+        RunFinished {
+            outcome, reason, ..
+        } => {
+            let why = reason.clone().unwrap_or_default();
+            match outcome {
+                Outcome::Succeeded => out.push(n(
+                    NoticeKind::Succeeded,
+                    Severity::Info,
+                    format!("Succeeded: {plan} on {target}"),
+                    format!("Run {id} migrated {target} and the soak passed."),
+                )),
+                Outcome::RolledBack => {
+                    let mut r = n(
+                        NoticeKind::RollbackFinished,
+                        Severity::Warning,
+                        format!("Rolled back: {plan} on {target}"),
+                        format!(
+                            "Run {id} was undone and {target} verified back at its starting version: {why}"
+                        ),
+                    );
+                    r.next_step = Some(format!(
+                        "Nothing is urgent. Read why with `pgshepherd logs {id}` before resubmitting."
+                    ));
+                    out.push(r);
+                }
+                Outcome::Stopped => {
+                    let mut s = n(
+                        NoticeKind::Stopped,
+                        Severity::Warning,
+                        format!("Stopped: {plan} on {target}"),
+                        format!("Run {id} stopped before changing anything: {why}"),
+                    );
+                    s.next_step = Some(format!(
+                        "{target} is exactly as it was. Fix the cause, then resubmit."
+                    ));
+                    out.push(s);
+                }
+                Outcome::NeedsHuman => {
+                    let mut h = n(
+                        NoticeKind::NeedsHuman,
+                        Severity::Critical,
+                        format!("Needs a human: {plan} on {target}"),
+                        format!(
+                            "Run {id} stopped and needs a person: {why}. {target} may be changed."
+                        ),
+                    );
+                    h.next_step = Some(format!(
+                        "Acknowledge with `pgshepherd ack {id}`, then read `pgshepherd status {id}` and `pgshepherd logs {id}`."
+                    ));
+                    h.runbook = runbook_link(runbook, "needs-human");
+                    out.push(h);
+                }
+            }
+        }
+        Acknowledged { acked_by } => out.push(n(
+            NoticeKind::Acknowledged,
+            Severity::Info,
+            format!("Acknowledged: {plan} on {target}"),
+            format!("{acked_by} acknowledged run {id}; escalation stops."),
+        )),
+        _ => {}
+    }
+    out
+}
+
+/// An escalation page: the notice that triggered it, re-addressed to a level.
+pub fn page(trigger: &Notice, step: EscalationStep, now: DateTime<Utc>) -> Notice {
+    let mut p = trigger.clone();
+    p.kind = NoticeKind::Escalation;
+    p.severity = Severity::Critical;
+    p.ts = now;
+    p.title = format!(
+        "[page, level {} of {}] {}",
+        step.level, step.levels, trigger.title
+    );
+    p.summary = format!(
+        "{} Nobody has acknowledged yet (escalation policy {}, pass {}).",
+        trigger.summary, step.policy, step.pass
+    );
+    p.next_step = Some(format!(
+        "Acknowledge with `pgshepherd ack {}` to stop the paging.",
+        trigger.run_id
+    ));
+    p.escalation = Some(step);
+    p
+}
+
+/// What the run does about a verdict, from the decision its event records.
+fn consequence(decision: &str) -> &'static str {
+    match decision {
+        "hold_for_human" => "is held for a human",
+        "rollback_unhealthy" => {
+            "was already rolled back, but the target is still unhealthy: a person must look"
+        }
+        _ => "now applies its plan's rollback strategy",
+    }
+}
+
+fn verdict_facts(verdict: &Verdict) -> Vec<Fact> {
+    let mut facts = Vec::new();
+    match verdict {
+        Verdict::Breach {
+            rule,
+            threshold,
+            value,
+            baseline,
+            in_a_row,
+            needed,
+            reason,
+            ..
+        } => {
+            facts.push(Fact::new(
+                "value",
+                value.map(num).unwrap_or_else(|| "none".into()),
+            ));
+            facts.push(Fact::new(
+                "threshold",
+                threshold
+                    .clone()
+                    .unwrap_or_else(|| rule.as_str().to_string()),
+            ));
+            if let Some(b) = baseline {
+                facts.push(Fact::new("baseline", num(*b)));
+            }
+            facts.push(Fact::new(
+                "count",
+                format!("{in_a_row} in a row (needed {needed})"),
+            ));
+            if let Some(r) = reason {
+                facts.push(Fact::new("reason", r.clone()));
+            }
+        }
+        Verdict::Hold {
+            inconclusive_in_a_row,
+            max_inconclusive,
+            reason,
+            ..
+        } => {
+            facts.push(Fact::new(
+                "count",
+                format!("{inconclusive_in_a_row} inconclusive in a row (max_inconclusive {max_inconclusive})"),
+            ));
+            facts.push(Fact::new("reason", reason.clone()));
+        }
+        Verdict::InsufficientSamples {
+            valid_samples,
+            min_samples,
+            total_samples,
+            ..
+        } => {
+            facts.push(Fact::new(
+                "count",
+                format!(
+                    "{valid_samples} valid of {total_samples} samples (min_samples {min_samples})"
+                ),
+            ));
+        }
+    }
+    facts
+}
+
+/// Soak progress notices at each channel's cadence, from the run's check
+/// samples. Held in memory by whoever writes the run's events: after a restart
+/// the count starts again from the next sample (a progress notice may be
+/// skipped, never sent twice for one stretch).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// (channel, cadence)
+    cadences: Vec<(String, Duration)>,
+    duration_s: Option<f64>,
+    last_elapsed: Option<f64>,
+    latest: BTreeMap<String, Assessment>,
+    /// Set when `observe` produced notices, until `take_enqueued`.
+    produced: bool,
+}
+
+impl Progress {
+    pub fn new(cadences: Vec<(String, Duration)>) -> Progress {
+        Progress {
+            cadences,
+            ..Progress::default()
+        }
+    }
+
+    /// Feed one event; returns the channels due a progress notice, with what it
+    /// will say.
+    pub fn observe(&mut self, event: &Event) -> Vec<(String, ProgressPoint)> {
+        match &event.kind {
+            EventKind::SoakStarted { duration_s, .. } => {
+                self.duration_s = Some(*duration_s);
+                self.last_elapsed = Some(0.0);
+                self.latest.clear();
+                Vec::new()
+            }
+            EventKind::CheckSample {
+                elapsed_s,
+                assessment,
+                ..
+            } if event.step == Some(crate::run::event::Step::Soak) => {
+                self.latest
+                    .insert(assessment.check.clone(), assessment.clone());
+                let Some(prev) = self
+                    .last_elapsed
+                    .replace(elapsed_s.max(self.last_elapsed.unwrap_or(0.0)))
+                else {
+                    return Vec::new();
+                };
+                let due: Vec<String> = self
+                    .cadences
+                    .iter()
+                    .filter(|(_, every)| {
+                        let c = every.as_secs_f64();
+                        c > 0.0 && (elapsed_s / c).floor() > (prev / c).floor()
+                    })
+                    .map(|(ch, _)| ch.clone())
+                    .collect();
+                if due.is_empty() {
+                    return Vec::new();
+                }
+                self.produced = true;
+                let point = self.point(event.ts, *elapsed_s);
+                due.into_iter().map(|ch| (ch, point.clone())).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether progress notices were produced since the last call.
+    pub fn take_enqueued(&mut self) -> bool {
+        std::mem::take(&mut self.produced)
+    }
+
+    fn point(&self, ts: DateTime<Utc>, elapsed_s: f64) -> ProgressPoint {
+        let breaching: Vec<&str> = self
+            .latest
+            .values()
+            .filter(|a| a.breaching)
+            .map(|a| a.check.as_str())
+            .collect();
+        ProgressPoint {
+            ts,
+            elapsed_s,
+            duration_s: self.duration_s,
+            breaching: breaching.iter().map(|s| s.to_string()).collect(),
+            facts: self
+                .latest
+                .values()
+                .map(|a| {
+                    let value = a.value.map(num).unwrap_or_else(|| {
+                        a.reason.clone().unwrap_or_else(|| "no value".to_string())
+                    });
+                    Fact::new(&a.check, format!("{value} ({})", a.thresholds))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Where a soak stood when a progress notice fell due.
+#[derive(Debug, Clone)]
+pub struct ProgressPoint {
+    ts: DateTime<Utc>,
+    elapsed_s: f64,
+    duration_s: Option<f64>,
+    breaching: Vec<String>,
+    facts: Vec<Fact>,
+}
+
+impl ProgressPoint {
+    pub fn notice(&self, run: &RunMeta) -> Notice {
+        let of = self
+            .duration_s
+            .map(|d| format!(" of {}", secs(d)))
+            .unwrap_or_default();
+        let health = if self.breaching.is_empty() {
+            "every check within bounds".to_string()
+        } else {
+            format!("breaching now: {}", self.breaching.join(", "))
+        };
+        Notice {
+            kind: NoticeKind::SoakProgress,
+            severity: Severity::Info,
+            ts: self.ts,
+            run_id: run.run_id.clone(),
+            target: run.target.clone(),
+            plan: run.plan.clone(),
+            title: format!("Soaking {}{of} on {}", secs(self.elapsed_s), run.target),
+            summary: format!("Run {}: {health}.", run.run_id),
+            next_step: None,
+            runbook: None,
+            facts: self.facts.clone(),
+            escalation: None,
+        }
+    }
+}
+
+fn runbook_link(base: Option<&str>, section: &str) -> Option<String> {
+    Some(match base {
+        Some(b) => format!("{}#{section}", b.trim_end_matches('#')),
+        None => format!("pgshepherd docs/runbook.md#{section}"),
+    })
+}
+
+fn short(sha: &str) -> String {
+    sha.chars().take(12).collect()
+}
+
+fn file_name(path: &str) -> String {
+    std::path::Path::new(path)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
+}
+
+fn ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        secs(ms as f64 / 1000.0)
+    }
+}
+
+/// "45s", "12m 5s", "1h 0m".
+fn secs(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::verdict::Rule;
+    use crate::run::event::Step;
+
+    fn run() -> RunMeta {
+        RunMeta {
+            run_id: "0123456789ab".into(),
+            target: "orders".into(),
+            plan: "add-index".into(),
+        }
+    }
+
+    fn event(step: Option<Step>, kind: EventKind) -> Event {
+        Event {
+            ts: Utc::now(),
+            run_id: "0123456789ab".into(),
+            step,
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_breach_says_what_why_and_with_which_figures() {
+        let verdict = Verdict::Breach {
+            check: "p99_ms".into(),
+            rule: Rule::Max,
+            threshold: Some("max 250.0".into()),
+            limit: Some(250.0),
+            value: Some(412.0),
+            baseline: Some(180.0),
+            in_a_row: 3,
+            needed: 3,
+            reason: None,
+        };
+        let e = event(
+            Some(Step::Soak),
+            EventKind::CheckVerdict {
+                check: "p99_ms".into(),
+                source: "sql: SELECT p99 FROM latency".into(),
+                message: verdict.message(),
+                decision: "roll_back",
+                verdict,
+            },
+        );
+        let n = from_event(&e, &run(), Some("https://wiki/runbook"));
+        assert_eq!(n.len(), 1);
+        let b = &n[0];
+        assert_eq!(b.kind, NoticeKind::Breach);
+        assert_eq!(b.severity, Severity::Critical);
+        assert!(b.title.contains("orders") && b.title.contains("p99_ms"));
+        assert!(b.summary.contains("rollback strategy"), "{}", b.summary);
+        let fact = |l: &str| {
+            b.facts
+                .iter()
+                .find(|f| f.label == l)
+                .map(|f| f.value.clone())
+        };
+        assert_eq!(fact("value").as_deref(), Some("412.0"));
+        assert_eq!(fact("threshold").as_deref(), Some("max 250.0"));
+        assert_eq!(fact("baseline").as_deref(), Some("180.0"));
+        assert_eq!(fact("count").as_deref(), Some("3 in a row (needed 3)"));
+        assert_eq!(
+            fact("measured by").as_deref(),
+            Some("sql: SELECT p99 FROM latency")
+        );
+        assert_eq!(b.runbook.as_deref(), Some("https://wiki/runbook#breach"));
+    }
+
+    #[test]
+    fn needs_human_names_the_next_step_and_a_submission_asks_for_approval() {
+        let e = event(
+            None,
+            EventKind::RunFinished {
+                outcome: Outcome::NeedsHuman,
+                reason: Some("rollback strategy hold".into()),
+                exit_code: 4,
+                applied: vec![1],
+                backup: None,
+                journal: None,
+            },
+        );
+        let n = from_event(&e, &run(), None);
+        assert_eq!(n[0].kind, NoticeKind::NeedsHuman);
+        assert!(
+            n[0].next_step
+                .as_deref()
+                .unwrap()
+                .contains("pgshepherd ack 0123456789ab")
+        );
+        assert_eq!(
+            n[0].runbook.as_deref(),
+            Some("pgshepherd docs/runbook.md#needs-human")
+        );
+
+        let s = event(
+            None,
+            EventKind::RunSubmitted {
+                plan_name: "add-index".into(),
+                target: "orders".into(),
+                submitted_by: "alice".into(),
+                bundle_sha256: "ab".repeat(32),
+                requires_approval: true,
+            },
+        );
+        let kinds: Vec<NoticeKind> = from_event(&s, &run(), None)
+            .iter()
+            .map(|n| n.kind)
+            .collect();
+        assert_eq!(kinds, [NoticeKind::Submitted, NoticeKind::ApprovalNeeded]);
+        // Check samples are never notable on their own.
+        assert!(!is_notable(&EventKind::LockAcquired { waited_ms: 1 }));
+    }
+
+    #[test]
+    fn progress_comes_once_per_cadence_per_channel() {
+        let mut p = Progress::new(vec![
+            ("fast".into(), Duration::from_secs(10)),
+            ("slow".into(), Duration::from_secs(30)),
+        ]);
+        let start = event(
+            Some(Step::Soak),
+            EventKind::SoakStarted {
+                duration_s: 60.0,
+                interval_s: 5.0,
+                checks: Vec::new(),
+            },
+        );
+        assert!(p.observe(&start).is_empty());
+        let mut due = Vec::new();
+        for tick in 1..=12 {
+            let assessment = Assessment {
+                check: "c".into(),
+                observation: crate::checks::verdict::Observation::Value(1.0),
+                value: Some(1.0),
+                valid: true,
+                breaching: false,
+                reason: None,
+                crossed: Vec::new(),
+                thresholds: "max 5.0".into(),
+                bounds: Vec::new(),
+                baseline: None,
+                counts: Default::default(),
+                verdict: None,
+            };
+            let sample = event(
+                Some(Step::Soak),
+                EventKind::CheckSample {
+                    elapsed_s: tick as f64 * 5.0,
+                    sample_ms: 1.0,
+                    late_ms: None,
+                    assessment,
+                },
+            );
+            for (ch, point) in p.observe(&sample) {
+                assert_eq!(point.notice(&run()).kind, NoticeKind::SoakProgress);
+                due.push((tick * 5, ch));
+            }
+        }
+        let fast: Vec<u32> = due.iter().filter(|d| d.1 == "fast").map(|d| d.0).collect();
+        let slow: Vec<u32> = due.iter().filter(|d| d.1 == "slow").map(|d| d.0).collect();
+        assert_eq!(fast, [10, 20, 30, 40, 50, 60]);
+        assert_eq!(slow, [30, 60]);
+        assert!(p.take_enqueued());
+        assert!(!p.take_enqueued());
+    }
+}
