@@ -221,3 +221,10 @@ pg_ticks() {
 machine_ticks() {
     awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6 + $9 }' /proc/stat
 }
+
+# Like write_daemon_config, then append stdin to $W/daemon.yaml: more top-level
+# sections (e.g. `channels:` and `notifications:`).
+write_daemon_config_extra() {
+    write_daemon_config "$1"
+    cat >>"$W/daemon.yaml"
+}

@@ -452,21 +452,36 @@ async fn claim(
     let hold_ms = (channel.timeout.as_millis() as f64) * 2.0 + 5000.0;
     let rows = client
         .query(
-            "UPDATE notifications n
+            // The head of each run's queue to this channel (its oldest pending
+            // row), found by a skip scan over notifications_pending_by_run:
+            // the cost grows with the runs that have pending rows, not with
+            // the rows (a dead receiver's backlog). Only heads are sent, so one
+            // run's notifications go out one at a time, in order.
+            "WITH RECURSIVE heads(run_id, id) AS (
+                 (SELECT run_id, id FROM notifications
+                   WHERE channel = $1 AND status = 'pending'
+                   ORDER BY run_id, id LIMIT 1)
+                 UNION ALL
+                 SELECT next.run_id, next.id
+                   FROM heads,
+                        LATERAL (SELECT run_id, id FROM notifications
+                                  WHERE channel = $1 AND status = 'pending'
+                                    AND run_id > heads.run_id
+                                  ORDER BY run_id, id LIMIT 1) AS next
+             ),
+             due AS (
+                 SELECT c.id FROM heads JOIN notifications c ON c.id = heads.id
+                  WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                    AND (c.claimed_until IS NULL OR c.claimed_until < now())
+                  ORDER BY c.id
+                  LIMIT $2
+                    FOR UPDATE OF c SKIP LOCKED
+             )
+             UPDATE notifications n
                 SET claimed_until = now() + $3 * interval '1 millisecond', claimed_by = $4,
                     attempts = n.attempts + 1, last_attempt_at = now()
-              WHERE n.id IN (
-                    SELECT c.id FROM notifications c
-                     WHERE c.channel = $1 AND c.status = 'pending'
-                       AND c.next_attempt_at <= now()
-                       AND (c.claimed_until IS NULL OR c.claimed_until < now())
-                       AND NOT EXISTS (
-                           SELECT 1 FROM notifications e
-                            WHERE e.channel = c.channel AND e.run_id = c.run_id
-                              AND e.status = 'pending' AND e.id < c.id)
-                     ORDER BY c.id
-                     LIMIT $2
-                       FOR UPDATE SKIP LOCKED)
+               FROM due
+              WHERE n.id = due.id
           RETURNING n.id, n.msg_id, n.run_id, n.kind, n.body, n.attempts, n.created_at",
             &[&channel.name, &limit, &hold_ms, &outbox.node],
         )

@@ -36,10 +36,9 @@ CREATE TABLE notifications (
     CHECK (status IN ('pending', 'delivered', 'failed', 'dropped'))
 );
 
--- A channel's worker scans its pending rows in order; the ordering rule (no row
--- while an older one of the same run and channel is pending) probes by run.
-CREATE INDEX notifications_pending ON notifications (channel, id) WHERE status = 'pending';
-CREATE INDEX notifications_pending_by_run ON notifications (run_id, channel, id)
+-- A channel's worker sends only the oldest pending row of each run (one run's
+-- messages go in order): it finds them with a skip scan over this index.
+CREATE INDEX notifications_pending_by_run ON notifications (channel, run_id, id)
     WHERE status = 'pending';
 CREATE INDEX notifications_by_run ON notifications (run_id, id);
 
