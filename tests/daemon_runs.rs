@@ -7,14 +7,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::daemon::{
-    ADMIN, APPROVER, Api, Env, ONE_TABLE, READER, SUBMITTER, SUBMITTER2, plan_dir, soak_yaml,
-};
+use common::daemon::{ADMIN, APPROVER, Api, Env, READER, SUBMITTER, SUBMITTER2, soak_plan};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const SETTINGS: &str = "lease_timeout: 5s\npoll_interval: 200ms";
 
-/// One migration creating `t`, a check `check_sql` with `max`, and `extra` keys.
+/// One migration creating `t`, a check `check_sql` with `max`, a `down`
+/// rollback, and `extra` keys.
 fn write_plan(
     dir: &Path,
     target: &str,
@@ -23,11 +22,15 @@ fn write_plan(
     max: u32,
     extra: &str,
 ) -> (PathBuf, PathBuf) {
-    let tail = format!(
-        "backup:\n  enabled: false\n{}rollback:\n  strategy: down\n  confirm: 500ms\n{extra}",
-        soak_yaml(soak, "250ms", check_sql, max)
-    );
-    plan_dir(dir, target, ONE_TABLE, &tail)
+    let tail = format!("rollback:\n  strategy: down\n  confirm: 500ms\n{extra}");
+    soak_plan(dir, target, soak, check_sql, max, &tail)
+}
+
+/// Add a second migration (column `u` on `t`, with its down script) to `set`:
+/// it only applies on top of the first.
+fn add_second_migration(set: &Path) {
+    std::fs::write(set.join("V2__u.sql"), "ALTER TABLE t ADD COLUMN u int;\n").unwrap();
+    std::fs::write(set.join("V2__u.down.sql"), "ALTER TABLE t DROP COLUMN u;\n").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -224,12 +227,7 @@ async fn runs_on_one_target_go_one_at_a_time_in_submission_order() {
     // The second plan's migration set builds on the first: it only works after it.
     let w2 = common::scratch_dir();
     let (plan2, set2) = write_plan(w2.path(), "main", "500ms", "SELECT 1", 1, "");
-    std::fs::write(set2.join("V2__u.sql"), "ALTER TABLE t ADD COLUMN u int;\n").unwrap();
-    std::fs::write(
-        set2.join("V2__u.down.sql"),
-        "ALTER TABLE t DROP COLUMN u;\n",
-    )
-    .unwrap();
+    add_second_migration(&set2);
     let first = api.submit(SUBMITTER, &plan1, &set1).await;
     let second = api.submit(SUBMITTER, &plan2, &set2).await;
     let row2 = env.wait_finished(&second, MINUTE).await;
@@ -325,19 +323,17 @@ async fn a_run_that_needs_a_human_holds_its_targets_queue_until_acknowledged() {
     // The first run breaches and its plan says hold: the change stays, a person
     // must look.
     let w1 = common::scratch_dir();
-    let tail = format!(
-        "backup:\n  enabled: false\n{}rollback:\n  strategy: hold\n",
-        soak_yaml("1s", "250ms", "SELECT 5", 1)
+    let (plan1, set1) = soak_plan(
+        w1.path(),
+        "main",
+        "1s",
+        "SELECT 5",
+        1,
+        "rollback:\n  strategy: hold\n",
     );
-    let (plan1, set1) = plan_dir(w1.path(), "main", ONE_TABLE, &tail);
     let w2 = common::scratch_dir();
     let (plan2, set2) = write_plan(w2.path(), "main", "500ms", "SELECT 1", 1, "");
-    std::fs::write(set2.join("V2__u.sql"), "ALTER TABLE t ADD COLUMN u int;\n").unwrap();
-    std::fs::write(
-        set2.join("V2__u.down.sql"),
-        "ALTER TABLE t DROP COLUMN u;\n",
-    )
-    .unwrap();
+    add_second_migration(&set2);
 
     let held = api.submit(SUBMITTER, &plan1, &set1).await;
     let row = env.wait_finished(&held, MINUTE).await;

@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::daemon::{
-    ADMIN, APPROVER, Api, Daemon, Env, ONE_TABLE, READER, SUBMITTER, SUBMITTER2, plan_dir,
-    soak_yaml,
-};
+use common::daemon::{ADMIN, APPROVER, Api, Daemon, Env, READER, SUBMITTER, SUBMITTER2, soak_plan};
 use common::receiver::{self, Receiver, Reply, Request};
 use serde_json::{Value, json};
 
@@ -31,26 +28,9 @@ const PLAN_NAME: &str = "daemon-test";
 
 // --- plans ---
 
-/// The one-table plan on `target` without a backup, soaking `soak` with a check
-/// `check_sql` (breaching above `max`), then `tail` (notify, rollback...).
-fn write_plan(
-    dir: &Path,
-    target: &str,
-    soak: &str,
-    check_sql: &str,
-    max: u32,
-    tail: &str,
-) -> (PathBuf, PathBuf) {
-    let tail = format!(
-        "backup:\n  enabled: false\n{}{tail}",
-        soak_yaml(soak, "250ms", check_sql, max)
-    );
-    plan_dir(dir, target, ONE_TABLE, &tail)
-}
-
 /// A plan that succeeds after a short soak, notifying `channels`.
 fn succeeding_plan(dir: &Path, channels: &[&str]) -> (PathBuf, PathBuf) {
-    write_plan(
+    soak_plan(
         dir,
         "main",
         "500ms",
@@ -63,7 +43,7 @@ fn succeeding_plan(dir: &Path, channels: &[&str]) -> (PathBuf, PathBuf) {
 /// A plan whose check breaches on its first sample with rollback `hold`: the
 /// run ends `needs_human`.
 fn held_plan(dir: &Path, notify: &str) -> (PathBuf, PathBuf) {
-    write_plan(
+    soak_plan(
         dir,
         "main",
         "5s",
@@ -83,6 +63,23 @@ fn generic(name: &str, url: &str, extra: &str) -> String {
 fn secrets(list: &[&str]) -> String {
     let quoted: Vec<String> = list.iter().map(|s| format!("\"{s}\"")).collect();
     format!(", secret: [{}]", quoted.join(", "))
+}
+
+/// A receiver that is not listening yet, and an environment whose one signed
+/// generic channel `hooks` (request timeout `timeout`) points at it.
+async fn down_receiver_env(timeout: &str) -> (Receiver, String, Env) {
+    let hooks = Receiver::reserve();
+    let secret = receiver::new_secret();
+    let mut env = Env::new(&["main"], SETTINGS).await;
+    env.set_extra_config(&format!(
+        "channels:\n{}{DELIVERY}",
+        generic(
+            "hooks",
+            &hooks.url("/hook"),
+            &format!("{}, timeout: {timeout}", secrets(&[&secret]))
+        )
+    ));
+    (hooks, secret, env)
 }
 
 // --- the API ---
@@ -393,17 +390,7 @@ async fn a_signed_generic_channel_gets_every_notice_in_order_under_a_rotated_sec
 /// order, and each retry carries the same webhook-id and the same body.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_receiver_that_was_down_gets_everything_in_order_under_the_same_ids() {
-    let hooks = Receiver::reserve();
-    let secret = receiver::new_secret();
-    let mut env = Env::new(&["main"], SETTINGS).await;
-    env.set_extra_config(&format!(
-        "channels:\n{}{DELIVERY}",
-        generic(
-            "hooks",
-            &hooks.url("/hook"),
-            &format!("{}, timeout: 2s", secrets(&[&secret]))
-        )
-    ));
+    let (hooks, secret, env) = down_receiver_env("2s").await;
     let work = common::scratch_dir();
     let (plan, set) = succeeding_plan(work.path(), &["hooks"]);
     let daemon = env.start("d1").await;
@@ -497,17 +484,7 @@ async fn a_receiver_that_was_down_gets_everything_in_order_under_the_same_ids() 
 /// on the same state database sends it, byte for byte, under the outbox row's id.
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_right_after_the_run_finished_the_final_notice_still_arrives_as_enqueued() {
-    let hooks = Receiver::reserve();
-    let secret = receiver::new_secret();
-    let mut env = Env::new(&["main"], SETTINGS).await;
-    env.set_extra_config(&format!(
-        "channels:\n{}{DELIVERY}",
-        generic(
-            "hooks",
-            &hooks.url("/hook"),
-            &format!("{}, timeout: 1s", secrets(&[&secret]))
-        )
-    ));
+    let (hooks, secret, env) = down_receiver_env("1s").await;
     let work = common::scratch_dir();
     let (plan, set) = succeeding_plan(work.path(), &["hooks"]);
     let mut daemon = env.start("d1").await;
@@ -813,7 +790,7 @@ async fn a_slow_receiver_holds_up_neither_the_run_nor_another_channel() {
 
     // The same plan without notifications, on its own target, first.
     let w0 = common::scratch_dir();
-    let (plan, set) = write_plan(w0.path(), "base", "500ms", "SELECT 1", 1, "");
+    let (plan, set) = soak_plan(w0.path(), "base", "500ms", "SELECT 1", 1, "");
     let base = api.submit(SUBMITTER, &plan, &set).await;
     env.wait_finished(&base, MINUTE).await;
     let without = duration(env.events(&base).await);

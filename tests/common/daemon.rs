@@ -389,6 +389,24 @@ pub fn plan_dir(
     (path, set)
 }
 
+/// The one-table plan on `target` without a backup, soaking `soak` (samples
+/// every 250 ms) with a check `check_sql` breaching above `max`, then `tail`
+/// (rollback, notify, ...).
+pub fn soak_plan(
+    dir: &Path,
+    target: &str,
+    soak: &str,
+    check_sql: &str,
+    max: u32,
+    tail: &str,
+) -> (PathBuf, PathBuf) {
+    let tail = format!(
+        "backup:\n  enabled: false\n{}{tail}",
+        soak_yaml(soak, "250ms", check_sql, max)
+    );
+    plan_dir(dir, target, ONE_TABLE, &tail)
+}
+
 /// A `soak:` section with one SQL check `watched` (breaching above `max`) that
 /// decides on its first sample.
 pub fn soak_yaml(duration: &str, interval: &str, check_sql: &str, max: u32) -> String {
