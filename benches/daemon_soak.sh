@@ -149,13 +149,8 @@ CLK_TCK=$(getconf CLK_TCK)
 sample_loop() {
     set +e +o pipefail # a process that exits mid-read must not stop the sampler
     while kill -0 "$DAEMON_PID" 2>/dev/null; do
-        local t rss thr dt pt mt counts
-        t=$(now_s)
-        rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$DAEMON_PID/status" 2>/dev/null || echo 0)
-        thr=$(awk '/^Threads:/ { print $2 }' "/proc/$DAEMON_PID/status" 2>/dev/null || echo 0)
-        dt=$(daemon_ticks 2>/dev/null || echo 0)
-        pt=$(pg_ticks)
-        mt=$(machine_ticks)
+        local procs counts
+        procs=$(process_sample)
         counts=$(psql_q -d pgshepherd_state -F ' ' -c \
             "SELECT count(*) FILTER (WHERE state_name = 'soaking'), count(*) FILTER (WHERE phase = 'finished'),
                     (SELECT count(*) FROM pg_stat_activity
@@ -163,7 +158,7 @@ sample_loop() {
                     (SELECT count(*) FROM pg_stat_activity
                       WHERE application_name = 'pgshepherd daemon' AND wait_event_type = 'Lock') FROM runs" \
             2>/dev/null || echo "-1 -1 -1 -1")
-        echo "$t $rss $thr $dt $pt $mt $counts"
+        echo "$procs $counts"
         sleep 1
     done
 }

@@ -228,3 +228,14 @@ write_daemon_config_extra() {
     write_daemon_config "$1"
     cat >>"$W/daemon.yaml"
 }
+
+# One line of process figures for a sampler: "t rss_kb threads daemon_ticks
+# pg_ticks machine_busy machine_total" (0 for what a process that just exited
+# cannot tell).
+process_sample() {
+    local rss thr dt
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$DAEMON_PID/status" 2>/dev/null || echo 0)
+    thr=$(awk '/^Threads:/ { print $2 }' "/proc/$DAEMON_PID/status" 2>/dev/null || echo 0)
+    dt=$(daemon_ticks 2>/dev/null || echo 0)
+    echo "$(now_s) $rss $thr $dt $(pg_ticks) $(machine_ticks)"
+}

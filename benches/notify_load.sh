@@ -218,13 +218,8 @@ CLK_TCK=$(getconf CLK_TCK)
 sample_loop() {
     set +e +o pipefail # a process that exits mid-read must not stop the sampler
     while kill -0 "$DAEMON_PID" 2>/dev/null; do
-        local t rss thr dt pt mt spid st counts
-        t=$(now_s)
-        rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$DAEMON_PID/status" 2>/dev/null || echo 0)
-        thr=$(awk '/^Threads:/ { print $2 }' "/proc/$DAEMON_PID/status" 2>/dev/null || echo 0)
-        dt=$(daemon_ticks 2>/dev/null || echo 0)
-        pt=$(pg_ticks)
-        mt=$(machine_ticks)
+        local procs spid st counts
+        procs=$(process_sample)
         spid=$(cat "$W/sink.pid" 2>/dev/null || echo 0)
         st=$(awk '{ print $14 + $15 }' "/proc/$spid/stat" 2>/dev/null || echo -1)
         [ -n "$st" ] || st=-1
@@ -233,7 +228,7 @@ sample_loop() {
                     (SELECT count(*) FROM notifications WHERE status = 'pending'),
                     (SELECT count(*) FROM notifications WHERE status = 'delivered') FROM runs" \
             2>/dev/null || echo "-1 -1 -1 -1")
-        echo "$t $rss $thr $dt $pt $mt $spid $st $counts"
+        echo "$procs $spid $st $counts"
         sleep 1
     done
 }

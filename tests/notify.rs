@@ -859,6 +859,43 @@ fn escalation_config(
     )
 }
 
+/// Receivers for the plan's channel and two pager levels, an environment whose
+/// policy `oncall` pages them `delay` apart (`repeat` more passes), and a plan
+/// that ends needs_human under that policy.
+struct Escalating {
+    hooks: Receiver,
+    p1: Receiver,
+    p2: Receiver,
+    env: Env,
+    work: tempfile::TempDir,
+    plan: PathBuf,
+    set: PathBuf,
+}
+
+async fn escalating(delay: &str, repeat: u32) -> Escalating {
+    let (hooks, p1, p2) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    let mut env = Env::new(&["main"], SETTINGS).await;
+    env.set_extra_config(&escalation_config(&hooks, &p1, &p2, delay, repeat));
+    let work = common::scratch_dir();
+    let (plan, set) = held_plan(
+        work.path(),
+        "notify:\n  channels: [hooks]\n  escalation: oncall\n",
+    );
+    Escalating {
+        hooks,
+        p1,
+        p2,
+        env,
+        work,
+        plan,
+        set,
+    }
+}
+
 fn pages(requests: &[Request]) -> Vec<Request> {
     let mut seen = BTreeSet::new();
     requests
@@ -873,19 +910,16 @@ fn pages(requests: &[Request]) -> Vec<Request> {
 /// both levels it was acknowledged.
 #[tokio::test(flavor = "multi_thread")]
 async fn escalation_pages_level_after_level_until_acknowledged() {
-    let (hooks, p1, p2) = (
-        Receiver::start().await,
-        Receiver::start().await,
-        Receiver::start().await,
-    );
-    let mut env = Env::new(&["main"], SETTINGS).await;
     // A second pass, so that an ack has something to stop.
-    env.set_extra_config(&escalation_config(&hooks, &p1, &p2, "2s", 1));
-    let work = common::scratch_dir();
-    let (plan, set) = held_plan(
-        work.path(),
-        "notify:\n  channels: [hooks]\n  escalation: oncall\n",
-    );
+    let Escalating {
+        hooks,
+        p1,
+        p2,
+        env,
+        work: _work,
+        plan,
+        set,
+    } = escalating("2s", 1).await;
     let daemon = env.start("d1").await;
     let api = Api::new(&daemon);
     let run = api.submit(SUBMITTER, &plan, &set).await;
@@ -1017,18 +1051,15 @@ async fn escalation_pages_level_after_level_until_acknowledged() {
 /// dead process), and level 1 is not paged again.
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_after_level_one_the_restarted_daemon_pages_level_two_once_on_time() {
-    let (hooks, p1, p2) = (
-        Receiver::start().await,
-        Receiver::start().await,
-        Receiver::start().await,
-    );
-    let mut env = Env::new(&["main"], SETTINGS).await;
-    env.set_extra_config(&escalation_config(&hooks, &p1, &p2, "3s", 0));
-    let work = common::scratch_dir();
-    let (plan, set) = held_plan(
-        work.path(),
-        "notify:\n  channels: [hooks]\n  escalation: oncall\n",
-    );
+    let Escalating {
+        hooks: _hooks,
+        p1,
+        p2,
+        env,
+        work: _work,
+        plan,
+        set,
+    } = escalating("3s", 0).await;
     let mut daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
     let first = p1

@@ -207,14 +207,15 @@ pub async fn for_run(
     client: &impl GenericClient,
     run_id: &str,
 ) -> Result<Option<EscalationView>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
+    // Part of every run view: prepared once per connection.
+    let statement = client
+        .prepare_cached(
             "SELECT policy, trigger, status, next_level, pass,
                     CASE WHEN status = 'active' THEN next_at END, paged, acked_by, acked_at
                FROM escalations WHERE run_id = $1",
-            &[&run_id],
         )
         .await?;
+    let row = client.query_opt(&statement, &[&run_id]).await?;
     Ok(row.map(|r| EscalationView {
         policy: r.get(0),
         trigger: r.get(1),

@@ -414,6 +414,10 @@ impl Progress {
     /// Feed one event; returns the channels due a progress notice, with what it
     /// will say.
     pub fn observe(&mut self, event: &Event) -> Vec<(String, ProgressPoint)> {
+        if self.cadences.is_empty() {
+            // No channel wants progress: nothing to keep per sample.
+            return Vec::new();
+        }
         match &event.kind {
             EventKind::SoakStarted { duration_s, .. } => {
                 self.duration_s = Some(*duration_s);

@@ -393,7 +393,7 @@ async fn channel_worker(
                         // channel at once, before anything else goes out.
                         disabled |= stats.disabled.load(Ordering::Relaxed) == 1;
                         if disabled {
-                            drop_disabled(&outbox, &channel, &stats, row.id).await;
+                            drop_disabled(&outbox, &stats, row.id).await;
                             continue;
                         }
                         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -404,9 +404,8 @@ async fn channel_worker(
                         let client = client.clone();
                         let stats = stats.clone();
                         in_flight.spawn(async move {
-                            let gone = send_one(&outbox, &channel, &client, &stats, row).await;
+                            send_one(&outbox, &channel, &client, &stats, row).await;
                             drop(permit);
-                            gone
                         });
                     }
                 }
@@ -710,7 +709,7 @@ async fn check_disabled(outbox: &Outbox, channel: &Channel, stats: &ChannelStats
     }
 }
 
-async fn drop_disabled(outbox: &Outbox, channel: &Channel, stats: &ChannelStats, id: i64) {
+async fn drop_disabled(outbox: &Outbox, stats: &ChannelStats, id: i64) {
     stats.dropped.fetch_add(1, Ordering::Relaxed);
     if let Ok(client) = outbox.pool.get().await {
         let _ = client
@@ -723,7 +722,6 @@ async fn drop_disabled(outbox: &Outbox, channel: &Channel, stats: &ChannelStats,
             )
             .await;
     }
-    let _ = channel;
 }
 
 /// One notification as `GET /v1/runs/{id}` and `pgshepherd status` show it.
@@ -753,15 +751,16 @@ pub async fn for_run(
     client: &impl GenericClient,
     run_id: &str,
 ) -> Result<Vec<Delivered>, tokio_postgres::Error> {
-    let rows = client
-        .query(
+    // Part of every run view: prepared once per connection.
+    let statement = client
+        .prepare_cached(
             "SELECT msg_id, channel, kind, severity, title, status, attempts, last_status,
                     last_error, created_at, last_attempt_at,
                     CASE WHEN status = 'pending' THEN next_attempt_at END, delivered_at
                FROM notifications WHERE run_id = $1 ORDER BY id",
-            &[&run_id],
         )
         .await?;
+    let rows = client.query(&statement, &[&run_id]).await?;
     Ok(rows
         .iter()
         .map(|r| Delivered {

@@ -175,7 +175,9 @@ impl Bundle {
         } else {
             None
         };
-        let migrations_at = root.as_ref().and_then(|r| top_string(r, "migrations"));
+        let migrations_at = root
+            .as_ref()
+            .and_then(|r| entry(r, "migrations").and_then(located));
         let dir = migrations_at
             .as_ref()
             .map(|(value, ..)| path.parent().unwrap_or(Path::new("")).join(value));
@@ -236,53 +238,40 @@ impl Bundle {
         }
     }
 
-    /// Where the plan sets a top-level key to a string: the value and its position.
-    pub fn locate(&self, key: &str) -> Option<(String, u32, u32)> {
+    /// The names the plan gives for what the daemon's config defines, with their
+    /// positions, from one parse of the plan text (also when it does not compile).
+    pub fn names(&self) -> Names {
         if self.plan.content.len() as u64 > plan::load::MAX_PLAN_BYTES {
-            return None;
+            return Names::default();
         }
-        tree::parse(&self.plan.content)
-            .ok()
-            .and_then(|root| top_string(&root, key))
+        let Ok(root) = tree::parse(&self.plan.content) else {
+            return Names::default();
+        };
+        let notify = entry(&root, "notify");
+        Names {
+            target: entry(&root, "target").and_then(located),
+            channels: match notify.and_then(|n| entry(n, "channels")).map(|n| &n.value) {
+                Some(Value::Seq(items)) => items.iter().filter_map(located).collect(),
+                _ => Vec::new(),
+            },
+            escalation: notify
+                .and_then(|n| entry(n, "escalation"))
+                .and_then(located),
+        }
     }
 }
 
 /// A string value in the plan and its line and column.
 pub type Located = (String, u32, u32);
 
-impl Bundle {
-    /// The plan's `notify.channels` entries and its `notify.escalation`, with
-    /// their positions: `(channels, escalation)`.
-    pub fn locate_notify(&self) -> (Vec<Located>, Option<Located>) {
-        if self.plan.content.len() as u64 > plan::load::MAX_PLAN_BYTES {
-            return (Vec::new(), None);
-        }
-        let Ok(root) = tree::parse(&self.plan.content) else {
-            return (Vec::new(), None);
-        };
-        let Some(notify) = entry(&root, "notify") else {
-            return (Vec::new(), None);
-        };
-        let channels = match entry(notify, "channels").map(|n| &n.value) {
-            Some(Value::Seq(items)) => items
-                .iter()
-                .filter_map(|n| match &n.value {
-                    Value::Str(s) => Some((s.clone(), n.line, n.column)),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        let escalation = match entry(notify, "escalation") {
-            Some(Node {
-                value: Value::Str(s),
-                line,
-                column,
-            }) => Some((s.clone(), *line, *column)),
-            _ => None,
-        };
-        (channels, escalation)
-    }
+/// See [`Bundle::names`].
+#[derive(Debug, Default, PartialEq)]
+pub struct Names {
+    pub target: Option<Located>,
+    /// `notify.channels`
+    pub channels: Vec<Located>,
+    /// `notify.escalation`
+    pub escalation: Option<Located>,
 }
 
 fn entry<'a>(map: &'a Node, key: &str) -> Option<&'a Node> {
@@ -295,16 +284,11 @@ fn entry<'a>(map: &'a Node, key: &str) -> Option<&'a Node> {
     })
 }
 
-fn top_string(root: &Node, key: &str) -> Option<(String, u32, u32)> {
-    let Value::Map(entries) = &root.value else {
-        return None;
-    };
-    entries
-        .iter()
-        .find_map(|(k, v)| match (&k.value, &v.value) {
-            (Value::Str(k), Value::Str(s)) if k == key => Some((s.clone(), v.line, v.column)),
-            _ => None,
-        })
+fn located(node: &Node) -> Option<Located> {
+    match &node.value {
+        Value::Str(s) => Some((s.clone(), node.line, node.column)),
+        _ => None,
+    }
 }
 
 fn last_component(dir: &Path) -> Option<String> {
@@ -427,9 +411,19 @@ mod tests {
     }
 
     #[test]
-    fn locate_finds_top_level_strings() {
+    fn names_are_found_with_their_positions() {
         let b = bundle(PLAN, &[]);
-        assert_eq!(b.locate("target"), Some(("app".into(), 2, 9)));
-        assert_eq!(b.locate("nothing"), None);
+        assert_eq!(b.names().target, Some(("app".into(), 2, 9)));
+        assert!(b.names().channels.is_empty());
+        let b = bundle(
+            "name: p\ntarget: app\nnotify:\n  channels: [chat, 3, pager]\n  escalation: oncall\n",
+            &[],
+        );
+        let names = b.names();
+        assert_eq!(
+            names.channels,
+            [("chat".into(), 4, 14), ("pager".into(), 4, 23)]
+        );
+        assert_eq!(names.escalation, Some(("oncall".into(), 5, 15)));
     }
 }

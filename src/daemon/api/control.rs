@@ -229,7 +229,7 @@ pub async fn ack(
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
-            "SELECT acked_by, acked_at FROM runs WHERE id = $1 FOR UPDATE",
+            "SELECT acked_by, acked_at, notify FROM runs WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .await?
@@ -251,11 +251,7 @@ pub async fn ack(
         &[&id, &caller.name],
     )
     .await?;
-    let plan_channels: Vec<String> = tx
-        .query_one("SELECT notify FROM runs WHERE id = $1", &[&id])
-        .await
-        .ok()
-        .and_then(|r| serde_json::from_value::<RunNotify>(r.get(0)).ok())
+    let plan_channels = serde_json::from_value::<RunNotify>(row.get(2))
         .unwrap_or_default()
         .channels;
     crate::notify::escalation::acknowledge(

@@ -166,67 +166,54 @@ pub fn validate(
 ) -> Result<Plan, Diagnostics> {
     let path = std::path::Path::new(&bundle.plan.path);
     let compiled = bundle.compile();
+    let names = bundle.names();
+    // The compiled plan's target is the authority; the text gives its position.
     let target = match &compiled {
-        Ok(plan) => {
-            let at = bundle.locate("target");
-            Some((plan.target.clone(), at.map_or((0, 0), |a| (a.1, a.2))))
-        }
-        Err(_) => bundle.locate("target").map(|(t, l, c)| (t, (l, c))),
+        Ok(plan) => Some(match names.target {
+            Some((_, line, column)) => (plan.target.clone(), line, column),
+            None => (plan.target.clone(), 0, 0),
+        }),
+        Err(_) => names.target,
     };
-    let unknown = target.and_then(|(name, (line, column))| {
-        (!targets.contains_key(&name)).then(|| {
-            let known: Vec<&str> = targets.keys().map(String::as_str).collect();
-            Diagnostic::new(
-                path,
-                line,
-                column,
-                format!(
-                    "unknown target `{name}`: this daemon's config defines {}",
-                    if known.is_empty() {
-                        "no targets".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            )
-        })
-    });
     // A plan only names channels and policies; the config defines them, so a
     // submitted plan can never send data to an address of its own choosing.
-    let (channels, escalation) = bundle.locate_notify();
-    let names = |m: Vec<&String>| {
-        if m.is_empty() {
-            "none".to_string()
-        } else {
-            m.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        }
-    };
-    let mut unknown: Vec<Diagnostic> = unknown.into_iter().collect();
-    for (name, line, column) in channels {
-        if !notify.channels.contains_key(&name) {
+    let notify_channels: Vec<&String> = notify.channels.keys().collect();
+    let policies: Vec<&String> = notify.policies.keys().collect();
+    let target_names: Vec<&String> = targets.keys().collect();
+    let checks = target
+        .into_iter()
+        .map(|t| ("target", t, &target_names))
+        .chain(
+            names
+                .channels
+                .into_iter()
+                .map(|c| ("channel", c, &notify_channels)),
+        )
+        .chain(
+            names
+                .escalation
+                .into_iter()
+                .map(|e| ("escalation policy", e, &policies)),
+        );
+    let mut unknown = Vec::new();
+    for (what, (name, line, column), known) in checks {
+        if !known.contains(&&name) {
+            let defined = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             unknown.push(Diagnostic::new(
                 path,
                 line,
                 column,
-                format!(
-                    "unknown channel `{name}`: this daemon's config defines {}",
-                    names(notify.channels.keys().collect())
-                ),
+                format!("unknown {what} `{name}`: this daemon's config defines {defined}"),
             ));
         }
-    }
-    if let Some((name, line, column)) = escalation
-        && !notify.policies.contains_key(&name)
-    {
-        unknown.push(Diagnostic::new(
-            path,
-            line,
-            column,
-            format!(
-                "unknown escalation policy `{name}`: this daemon's config defines {}",
-                names(notify.policies.keys().collect())
-            ),
-        ));
     }
     match (compiled, unknown.is_empty()) {
         (Ok(plan), true) => Ok(plan),
