@@ -5,7 +5,7 @@
 //! - [`window`]: maintenance windows (5-field cron + IANA zone + duration).
 //! - [`checks`]: soak checks (SQL, HTTP, built-in signals) and the verdict rules.
 //! - [`steps`]: backup, the low-traffic gate, migrate, soak, rollback.
-//! - [`run`]: the run state machine, its executor and its events.
+//! - [`run`]: the run lifecycle (one transition function), its runner and its events.
 //! - [`pg`]: connection strings, the per-target advisory lock, throwaway clusters.
 //! - [`daemon`]: the service: state database, leases and takeover, scheduler, HTTP API.
 //! - [`config`]: the daemon's config file (targets, tokens, logs, leases).

@@ -16,9 +16,10 @@ use crate::notify::config::NotifyConfig;
 use crate::notify::notices::Progress;
 use crate::notify::outbox;
 use crate::pg::Dsn;
+use crate::plan::RollbackStrategy;
 use crate::run::checkpoint::Checkpoint;
 use crate::run::event::{Event, EventKind, Outcome};
-use crate::run::state::RunState;
+use crate::run::lifecycle::{self, Input, Rules, Transition};
 
 mod embedded {
     refinery::embed_migrations!("src/daemon/schema");
@@ -346,14 +347,11 @@ async fn save_checkpoint(
     exit_code: Option<i32>,
 ) -> Result<(), StoreError> {
     let json = serde_json::to_value(cp).map_err(|e| StoreError::Query(e.to_string()))?;
-    let (finished, outcome, reason) = match &cp.state {
-        RunState::Finished { outcome, reason } => (true, Some(outcome.as_str()), reason.clone()),
-        _ => (false, None, None),
-    };
-    let exit_code = exit_code.or_else(|| match &cp.state {
-        RunState::Finished { outcome, .. } => Some(outcome.exit_code()),
-        _ => None,
-    });
+    let ended = cp.state.outcome();
+    let finished = ended.is_some();
+    let outcome = ended.map(|(o, _)| o.as_str());
+    let reason = ended.and_then(|(_, r)| r.map(str::to_string));
+    let exit_code = exit_code.or_else(|| ended.map(|(o, _)| o.exit_code()));
     client
         .execute(
             "UPDATE runs
@@ -398,9 +396,24 @@ pub async fn finish_unclaimed(
             &[&run_id],
         )
         .await?;
-    if row.is_none() {
+    let Some(row) = row else {
         return Ok(false);
-    }
+    };
+    // The stop goes through the lifecycle like any other: only a run that has
+    // not changed anything can end `stopped`.
+    let state = serde_json::from_value::<Checkpoint>(row.get(0)).map(|cp| cp.state);
+    let rules = Rules {
+        strategy: RollbackStrategy::Hold,
+    };
+    let input = Input::Abort {
+        reason: reason.to_string(),
+    };
+    let Ok(Transition { next, .. }) = state
+        .map_err(|_| ())
+        .and_then(|s| lifecycle::transition(&s, input, rules).map_err(|_| ()))
+    else {
+        return Ok(false);
+    };
     let now = chrono::Utc::now();
     let events = [
         Event {
@@ -427,10 +440,7 @@ pub async fn finish_unclaimed(
     ];
     append_events(&tx, run_id, &events, notify, None).await?;
     let cp = Checkpoint {
-        state: RunState::Finished {
-            outcome: Outcome::Stopped,
-            reason: Some(reason.to_string()),
-        },
+        state: next,
         facts: Default::default(),
     };
     tx.execute(

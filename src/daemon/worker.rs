@@ -14,10 +14,12 @@ use crate::daemon::shared::SharedRef;
 use crate::daemon::store::{self, Claimed, Lease, WriteError};
 use crate::notify::notices::{self, Progress};
 use crate::pg::cluster::PgBinaries;
+use crate::plan::RollbackStrategy;
 use crate::run::checkpoint::{Checkpoint, RunSink};
+use crate::run::driver::{self, Lifecycle};
 use crate::run::event::{Event, EventKind, Outcome};
 use crate::run::journal::Emitter;
-use crate::run::state::RunState;
+use crate::run::lifecycle::{Input, Rules};
 use crate::run::{RunOptions, Runner};
 
 /// How driving a run ended in this daemon.
@@ -29,6 +31,20 @@ pub enum DriveEnd {
     /// Shutting down: the run stopped at a checkpoint (or at a point where
     /// stopping loses nothing); its lease should be released.
     Parked,
+}
+
+/// Why a claimed run cannot be driven by this daemon.
+#[derive(Debug, thiserror::Error)]
+enum CannotDrive {
+    #[error("{0}")]
+    Checkpoint(serde_json::Error),
+    #[error("{0}")]
+    Bundle(serde_json::Error),
+    /// The plan's diagnostics, already rendered with their locations.
+    #[error("{0}")]
+    Plan(String),
+    #[error("target {0:?} is not defined in the daemon's config any more")]
+    TargetGone(String),
 }
 
 /// Controls the scheduler keeps for a run it drives.
@@ -75,35 +91,33 @@ async fn drive_inner(
             log_event(event);
         }));
 
-    let checkpoint: Result<Checkpoint, String> =
-        serde_json::from_value(claimed.checkpoint.clone()).map_err(|e| e.to_string());
-    let prepared = checkpoint.and_then(|cp| {
+    let prepared = (|| -> Result<_, CannotDrive> {
+        let cp: Checkpoint =
+            serde_json::from_value(claimed.checkpoint.clone()).map_err(CannotDrive::Checkpoint)?;
         let bundle: Bundle =
-            serde_json::from_value(claimed.bundle.clone()).map_err(|e| e.to_string())?;
-        let plan = bundle.compile().map_err(|d| d.to_string())?;
+            serde_json::from_value(claimed.bundle.clone()).map_err(CannotDrive::Bundle)?;
+        let plan = bundle
+            .compile()
+            .map_err(|d| CannotDrive::Plan(d.to_string()))?;
         let dsn = shared
             .config
             .targets
             .get(&claimed.target)
             .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "target {:?} is not defined in the daemon's config any more",
-                    claimed.target
-                )
-            })?;
+            .ok_or_else(|| CannotDrive::TargetGone(claimed.target.clone()))?;
         Ok((cp, plan, dsn))
-    });
+    })();
     let (cp, plan, dsn) = match prepared {
         Ok(x) => x,
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.to_string();
             warn!(%reason, "cannot drive the run");
             return give_up(&events, &claimed, reason).await;
         }
     };
     let events = events.with_facts(cp.facts.clone());
     let detail = match (&claimed.previous_owner, &cp.state) {
-        (_, RunState::Created) => "starting".to_string(),
+        (_, state) if state.is_new() => "starting".to_string(),
         (Some(prev), _) if prev != &lease.owner => {
             format!("taken over from {prev}; continuing from the last checkpoint")
         }
@@ -172,36 +186,31 @@ async fn drive_inner(
 }
 
 /// A run that cannot be driven (its bundle no longer compiles, its target is
-/// gone from the config) ends here with the reason, never silently.
+/// gone from the config) ends here with the reason, never silently: stopped
+/// (invalid input) if it had not changed the target, else needing a human.
 async fn give_up(events: &Emitter, claimed: &Claimed, reason: String) -> DriveEnd {
-    // A checkpoint this build cannot read (written by a newer one?) may describe
-    // a changed target: never report that as untouched.
-    let before_change = serde_json::from_value::<Checkpoint>(claimed.checkpoint.clone())
-        .map(|cp| cp.state.before_change())
-        .unwrap_or(false);
-    let (outcome, exit_code) = if before_change {
-        (Outcome::Stopped, 2)
-    } else {
-        (Outcome::NeedsHuman, Outcome::NeedsHuman.exit_code())
-    };
     let reason = format!("cannot continue: {reason}");
-    events.emit(
-        None,
-        EventKind::RunFinished {
-            outcome,
-            reason: Some(reason.clone()),
-            exit_code,
-            applied: Vec::new(),
-            backup: None,
-            journal: None,
-        },
-    );
-    events
-        .save_state(&RunState::Finished {
-            outcome,
-            reason: Some(reason),
-        })
-        .await;
+    let checkpoint = serde_json::from_value::<Checkpoint>(claimed.checkpoint.clone());
+    let outcome = match checkpoint {
+        Ok(cp) => {
+            // The plan could not be read; a failure does not depend on its rules.
+            let rules = Rules {
+                strategy: RollbackStrategy::Hold,
+            };
+            let life = Lifecycle::new(events, rules, cp.state);
+            let input = Input::Failure {
+                reason,
+                invalid_input: true,
+            };
+            match life.apply(input).await {
+                Err(finished) => finished.outcome,
+                Ok(_) => Outcome::NeedsHuman,
+            }
+        }
+        // A checkpoint this build cannot read (written by a newer one?) may
+        // describe a changed target: never report that as untouched.
+        Err(_) => driver::crash(events, reason).await.outcome,
+    };
     DriveEnd::Finished(outcome)
 }
 
@@ -279,7 +288,7 @@ impl RunSink for DbSink {
         checkpoint: Checkpoint,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         *self.last_state.lock().unwrap_or_else(|e| e.into_inner()) = checkpoint.state.name();
-        let finished = matches!(checkpoint.state, RunState::Finished { .. });
+        let finished = checkpoint.state.outcome().is_some();
         let (done, written) = oneshot::channel();
         let queued = self.tx.send(Msg::Save(Box::new(checkpoint), done)).is_ok();
         Box::pin(async move {
@@ -371,26 +380,7 @@ async fn write_loop(
 /// claim. Whether the target was changed is for a person to look at.
 pub async fn fail(shared: &SharedRef, lease: &Lease) -> Result<(), WriteError> {
     let reason = "pgshepherd failed internally while driving this run; inspect the target and its events, then finish or undo the change by hand".to_string();
-    let event = Event {
-        ts: chrono::Utc::now(),
-        run_id: lease.run_id.clone(),
-        step: None,
-        kind: EventKind::RunFinished {
-            outcome: Outcome::NeedsHuman,
-            reason: Some(reason.clone()),
-            exit_code: Outcome::NeedsHuman.exit_code(),
-            applied: Vec::new(),
-            backup: None,
-            journal: None,
-        },
-    };
-    let checkpoint = Checkpoint {
-        state: RunState::Finished {
-            outcome: Outcome::NeedsHuman,
-            reason: Some(reason),
-        },
-        facts: Default::default(),
-    };
+    let (event, checkpoint) = driver::crashed(&lease.run_id, reason);
     let written = store::write(
         &shared.pool,
         lease,

@@ -38,7 +38,8 @@ pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i6
     let baseline_error = monitor
         .measure_baseline(ctx, plan.soak.baseline_samples, plan.soak.interval)
         .await
-        .err();
+        .err()
+        .map(|e| e.to_string());
     let checks: Vec<Value> = monitor
         .check_plans()
         .into_iter()

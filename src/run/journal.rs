@@ -166,7 +166,7 @@ impl Emitter {
     /// leads to. A journal failure is reported but does not stop a foreground run,
     /// whose target-side history stays authoritative; the daemon's sink resolves
     /// only once the checkpoint is durable (and never, if the run was taken over).
-    pub async fn save_state(&self, state: &RunState) {
+    pub(in crate::run) async fn save_state(&self, state: &RunState) {
         let checkpoint = Checkpoint {
             state: state.clone(),
             facts: self.facts(),

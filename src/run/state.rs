@@ -1,5 +1,6 @@
-//! The run state machine. The state is persisted before each side effect and all
-//! transitions go through [`RunState::advance`], which refuses illegal ones.
+//! The run's persisted state. Which state follows which is decided in one place,
+//! [`crate::run::lifecycle::transition`]; the state is persisted (by
+//! [`crate::run::driver::Lifecycle`]) before each side effect.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,14 +39,6 @@ pub enum RunState {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("illegal run transition from {from} to {to}: {advice}")]
-pub struct IllegalTransition {
-    pub from: &'static str,
-    pub to: &'static str,
-    pub advice: &'static str,
-}
-
 impl RunState {
     pub fn name(&self) -> &'static str {
         match self {
@@ -75,75 +68,16 @@ impl RunState {
         )
     }
 
-    /// Move to `next` if the lifecycle allows it.
-    pub fn advance(&mut self, next: RunState) -> Result<(), IllegalTransition> {
-        use RunState::*;
-        let legal = match (&*self, &next) {
-            (Finished { .. }, _) => false,
-            (
-                _,
-                Finished {
-                    outcome: Outcome::Stopped,
-                    ..
-                },
-            ) => self.before_change(),
-            (
-                _,
-                Finished {
-                    outcome: Outcome::Succeeded,
-                    ..
-                },
-            ) => matches!(self, Soaking { .. } | Locking | MeasuringBaseline),
-            (
-                _,
-                Finished {
-                    outcome: Outcome::RolledBack,
-                    ..
-                },
-            ) => matches!(self, Confirming { .. }),
-            (
-                _,
-                Finished {
-                    outcome: Outcome::NeedsHuman,
-                    ..
-                },
-            ) => !self.before_change(),
-            (Created, WaitingForWindow | Locking) => true,
-            (WaitingForWindow, Locking) => true,
-            // The window closed (or the gate stayed shut) before anything changed:
-            // back to waiting for the next opening.
-            (Locking | MeasuringBaseline | BackingUp, WaitingForWindow) => true,
-            (Locking, MeasuringBaseline) => true,
-            (MeasuringBaseline, BackingUp | Migrating { .. }) => true,
-            (BackingUp, Migrating { .. }) => true,
-            (Migrating { .. }, Migrating { .. } | Soaking { .. } | RollingBack { .. }) => true,
-            (Soaking { .. }, RollingBack { .. }) => true,
-            (RollingBack { .. }, RollingBack { .. } | Confirming { .. }) => true,
-            _ => false,
-        };
-        if !legal {
-            return Err(IllegalTransition {
-                from: self.name(),
-                to: next.name(),
-                advice: advice(self),
-            });
-        }
-        *self = next;
-        Ok(())
+    /// A run no process has started yet.
+    pub fn is_new(&self) -> bool {
+        matches!(self, RunState::Created)
     }
-}
 
-fn advice(from: &RunState) -> &'static str {
-    match from {
-        RunState::Finished { .. } => "the run is over; start a new run instead",
-        RunState::RollingBack { .. } | RunState::Confirming { .. } => {
-            "a rollback in progress can only finish or be confirmed; wait for it"
-        }
-        s if s.before_change() => {
-            "nothing has been changed yet; the run can only go forward or stop"
-        }
-        _ => {
-            "the target has been changed; the run can only soak, roll back or hand over to a human"
+    /// How the run ended, once it has.
+    pub fn outcome(&self) -> Option<(Outcome, Option<&str>)> {
+        match self {
+            RunState::Finished { outcome, reason } => Some((*outcome, reason.as_deref())),
+            _ => None,
         }
     }
 }
@@ -151,62 +85,6 @@ fn advice(from: &RunState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn finished(outcome: Outcome) -> RunState {
-        RunState::Finished {
-            outcome,
-            reason: None,
-        }
-    }
-
-    #[test]
-    fn the_happy_path_is_legal() {
-        let mut s = RunState::Created;
-        for next in [
-            RunState::WaitingForWindow,
-            RunState::Locking,
-            RunState::MeasuringBaseline,
-            RunState::BackingUp,
-            RunState::Migrating { applied: vec![] },
-            RunState::Migrating { applied: vec![1] },
-            RunState::Soaking {
-                applied: vec![1],
-                progress: None,
-            },
-            finished(Outcome::Succeeded),
-        ] {
-            s.advance(next).unwrap();
-        }
-    }
-
-    #[test]
-    fn stopped_is_only_possible_before_any_change() {
-        let mut s = RunState::BackingUp;
-        s.advance(finished(Outcome::Stopped)).unwrap();
-        let mut s = RunState::Migrating { applied: vec![] };
-        let err = s.advance(finished(Outcome::Stopped)).unwrap_err();
-        assert!(err.to_string().contains("has been changed"), "{err}");
-    }
-
-    #[test]
-    fn rolled_back_needs_a_confirmation_and_finished_is_final() {
-        let mut s = RunState::RollingBack {
-            applied: vec![1],
-            cause: "breach".into(),
-        };
-        assert!(s.clone().advance(finished(Outcome::RolledBack)).is_err());
-        s.advance(RunState::Confirming {
-            cause: "breach".into(),
-        })
-        .unwrap();
-        s.advance(finished(Outcome::RolledBack)).unwrap();
-        assert!(
-            s.advance(RunState::Locking)
-                .unwrap_err()
-                .to_string()
-                .contains("run is over")
-        );
-    }
 
     #[test]
     fn state_round_trips_through_json() {

@@ -1,29 +1,28 @@
 //! Migrate: apply the pending migrations in order, each followed by its verify
-//! script. Stops at the first failure and says exactly what is left to undo.
+//! script. Stops at the first failure and says what it left on the target; the
+//! lifecycle's state holds what this run applied (what a rollback undoes).
 
 use crate::migrations::Migration;
 use crate::migrations::apply::{self, Limits};
 use crate::pg::TargetLock;
+use crate::run::driver::{Finished, Lifecycle};
 use crate::run::event::{EventKind, Step};
-use crate::run::state::RunState;
+use crate::run::lifecycle::Input;
 use crate::steps::context::StepContext;
 
 #[derive(Debug, Clone)]
 pub enum MigrateEnd {
-    Done {
-        applied: Vec<i64>,
-    },
-    /// `undo` lists, in apply order, every version of this run that left something
-    /// on the target: the applied ones, a verified-and-failed one, a partly
-    /// applied no-transaction one.
+    Done,
+    /// A migration or its verify script failed; `left_behind` when something of
+    /// `version` is on the target (a verified-and-failed migration, a partly
+    /// applied no-transaction one).
     Failed {
-        undo: Vec<i64>,
+        version: i64,
+        left_behind: bool,
         cause: String,
     },
     /// The operator stopped the run between migrations.
-    Aborted {
-        undo: Vec<i64>,
-    },
+    Aborted,
 }
 
 pub fn limits(ctx: &StepContext<'_>) -> Limits {
@@ -33,41 +32,36 @@ pub fn limits(ctx: &StepContext<'_>) -> Limits {
     }
 }
 
-/// Apply `pending` in order after `applied` (what this run applied before, when
-/// it is resumed). The run state `Migrating { applied }` is persisted before
-/// each migration starts, so the state is always saved before the side effect.
+/// Apply `pending` in order. Each migration starts only once the lifecycle has
+/// persisted the state that allows it (and handed out the permit); each applied
+/// one is recorded in the state before the next starts. `Err` when the run ended.
 pub async fn migrate(
     ctx: &StepContext<'_>,
+    life: &Lifecycle<'_>,
     lock: &TargetLock,
     pending: &[&Migration],
-    applied: Vec<i64>,
-) -> MigrateEnd {
+) -> Result<MigrateEnd, Finished> {
     let set = &ctx.plan.migrations.name;
     let limits = limits(ctx);
-    let mut applied = applied;
-    let checkpoint = |applied: &[i64]| {
-        let state = RunState::Migrating {
-            applied: applied.to_vec(),
-        };
-        async move { ctx.events.save_state(&state).await }
-    };
-    for m in pending {
+    for (i, m) in pending.iter().enumerate() {
         // Stop requests are honoured between migrations. Before the first one the
-        // executor has just checked, so `Aborted` always has something to undo.
-        if !applied.is_empty() && ctx.aborted() {
-            return MigrateEnd::Aborted { undo: applied };
+        // runner has just checked, so `Aborted` always has something to undo.
+        if i > 0 && ctx.aborted() {
+            return Ok(MigrateEnd::Aborted);
         }
-        checkpoint(&applied).await;
+        let version = m.version;
+        let effects = life.apply(Input::MigrationStarting { version }).await?;
+        let permit = effects.permit();
+        debug_assert!(permit.as_ref().is_some_and(|p| p.allows_apply(version)));
         ctx.emit(
             Step::Migrate,
             EventKind::MigrationStarted {
-                version: m.version,
+                version,
                 file: m.up.file.clone(),
                 checksum: m.up.checksum.clone(),
                 transactional: m.up.transactional,
             },
         );
-        let version = m.version;
         let mut on_retry = |r: &apply::Retry| {
             ctx.emit(
                 Step::Migrate,
@@ -79,7 +73,6 @@ pub async fn migrate(
         };
         match apply::apply_up(lock, set, m, ctx.run_id, &limits, &mut on_retry).await {
             Ok(report) => {
-                applied.push(m.version);
                 ctx.emit(
                     Step::Migrate,
                     EventKind::MigrationApplied {
@@ -88,17 +81,17 @@ pub async fn migrate(
                         down_file: m.down.as_ref().map(|d| d.file.clone()),
                     },
                 );
+                life.apply(Input::MigrationApplied { version }).await?;
             }
             Err(error) => {
                 let cause = format!("migration {} failed: {error}", m.label());
-                if !error.left_nothing() {
-                    applied.push(m.version);
-                }
+                let left_behind = !error.left_nothing();
                 ctx.emit(Step::Migrate, EventKind::MigrationFailed { version, error });
-                return MigrateEnd::Failed {
-                    undo: applied,
+                return Ok(MigrateEnd::Failed {
+                    version,
+                    left_behind,
                     cause,
-                };
+                });
             }
         }
         if let Some(verify) = &m.verify {
@@ -114,14 +107,14 @@ pub async fn migrate(
                 Err(error) => {
                     let cause = format!("verify script {} failed: {}", verify.file, error.message);
                     ctx.emit(Step::Migrate, EventKind::VerifyFailed { version, error });
-                    return MigrateEnd::Failed {
-                        undo: applied,
+                    return Ok(MigrateEnd::Failed {
+                        version,
+                        left_behind: true,
                         cause,
-                    };
+                    });
                 }
             }
         }
     }
-    checkpoint(&applied).await;
-    MigrateEnd::Done { applied }
+    Ok(MigrateEnd::Done)
 }

@@ -10,8 +10,9 @@ use crate::checks::Sampler;
 use crate::checks::verdict::{CheckState, Observation, Verdict, num};
 use crate::pg::Dsn;
 use crate::plan::Check;
+use crate::run::driver::{Finished, Lifecycle};
 use crate::run::event::{CheckPlan, CheckTally, EventKind, Step};
-use crate::run::state::RunState;
+use crate::run::lifecycle::Input;
 use crate::steps::context::StepContext;
 
 /// How a soak (or a confirmation period) ended.
@@ -23,6 +24,20 @@ pub enum SoakEnd {
     Verdict(Verdict),
     /// The operator stopped the run; a cut-short soak never passes.
     Aborted,
+    /// The run's lifecycle ended the run while a tick was being recorded.
+    RunEnded(Finished),
+}
+
+/// Why the baselines could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error("aborted by the operator while measuring baselines")]
+    Aborted,
+    #[error(
+        "no valid baseline sample for {} (its thresholds are relative to the baseline)",
+        .checks.join(", ")
+    )]
+    Missing { checks: Vec<String> },
 }
 
 /// Where a soak stands after a sample tick: persisted with the run state so that
@@ -132,13 +147,13 @@ impl Monitor {
         ctx: &StepContext<'_>,
         samples: u32,
         interval: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), BaselineError> {
         self.prime().await;
         let mut values: Vec<Vec<f64>> = vec![Vec::new(); self.checks.len()];
         let mut seen: Vec<Vec<serde_json::Value>> = vec![Vec::new(); self.checks.len()];
         for _ in 0..samples {
             if !ctx.sleep(interval).await {
-                return Err("aborted by the operator while measuring baselines".into());
+                return Err(BaselineError::Aborted);
             }
             for (i, (obs, _)) in self.sample_all(ctx.dsn).await.into_iter().enumerate() {
                 seen[i].push(observation_json(&obs));
@@ -169,10 +184,7 @@ impl Monitor {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "no valid baseline sample for {} (its thresholds are relative to the baseline)",
-                missing.join(", ")
-            ))
+            Err(BaselineError::Missing { checks: missing })
         }
     }
 
@@ -203,8 +215,8 @@ impl Monitor {
     ///
     /// `resume` continues a soak persisted by an earlier process at its next
     /// sample, with every check's counts and streaks as they were; the time
-    /// nobody watched does not count as soaked. `checkpoint` turns each tick's
-    /// progress into the run state persisted before the next sample.
+    /// nobody watched does not count as soaked. `checkpoint`: the run's
+    /// lifecycle, which records each tick's progress before the next sample.
     pub async fn watch(
         &mut self,
         ctx: &StepContext<'_>,
@@ -212,7 +224,7 @@ impl Monitor {
         duration: Duration,
         interval: Duration,
         resume: Option<&SoakProgress>,
-        checkpoint: Option<&(dyn Fn(SoakProgress) -> RunState + Sync)>,
+        checkpoint: Option<&Lifecycle<'_>>,
     ) -> SoakResult {
         let ticks = sample_count(duration, interval);
         let confirming = step == Step::Confirm;
@@ -298,14 +310,20 @@ impl Monitor {
                     },
                 );
             }
-            if let Some(checkpoint) = checkpoint {
-                let state = checkpoint(SoakProgress {
+            if let Some(life) = checkpoint {
+                let progress = Box::new(SoakProgress {
                     elapsed_ms: elapsed.as_millis() as u64,
                     samples_taken: tick,
                     samples_planned: ticks,
                     checks: states.clone(),
                 });
-                ctx.events.save_state(&state).await;
+                if let Err(finished) = life.apply(Input::SoakTick { progress }).await {
+                    return SoakResult {
+                        end: SoakEnd::RunEnded(finished),
+                        elapsed,
+                        tallies: tally(&self.checks, &states, &cost, min_samples),
+                    };
+                }
             }
             ctx.events.progress(&format!(
                 "  {} {:>4}s/{}s  {}",
