@@ -268,7 +268,8 @@ impl<'a> Runner<'a> {
                     &self.ctx.backup_dir,
                     &self.opts.target,
                     self.ctx.run_id,
-                );
+                )
+                .await;
                 if !removed.is_empty() {
                     self.ctx.events.progress(&format!(
                         "  discarded {} file(s) of an unfinished backup",
@@ -867,7 +868,7 @@ impl<'a> Runner<'a> {
                 duration_ms: verify_started.elapsed().as_millis() as u64,
             },
         );
-        match backup::prune(&self.ctx.backup_dir, &self.opts.target, plan.backup.keep) {
+        match backup::prune(&self.ctx.backup_dir, &self.opts.target, plan.backup.keep).await {
             Ok(removed) if !removed.is_empty() => self.ctx.emit(
                 Step::Backup,
                 EventKind::BackupPruned {
