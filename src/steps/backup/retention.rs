@@ -113,3 +113,28 @@ fn prune_in(dir: &Path, target: &str, keep: u32) -> Result<Vec<PathBuf>, BackupE
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn discarding_a_partial_backup_removes_only_that_runs_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("orders-db");
+        fs::create_dir_all(dir.join("20260101T000000.000Z-r2.dir")).unwrap();
+        fs::write(dir.join("20260101T000000.000Z-r2.dir/toc.dat"), "x").unwrap();
+        fs::write(dir.join("20260101T000000.000Z-r1.dump"), "x").unwrap();
+        fs::write(dir.join("README"), "not a backup").unwrap();
+
+        let removed = discard_partial(root.path(), "orders-db", "r2").await;
+        assert_eq!(removed, vec![dir.join("20260101T000000.000Z-r2.dir")]);
+        assert!(dir.join("20260101T000000.000Z-r1.dump").exists());
+        assert!(dir.join("README").exists());
+        assert!(
+            discard_partial(root.path(), "no-such-target", "r2")
+                .await
+                .is_empty()
+        );
+    }
+}
