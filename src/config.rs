@@ -177,7 +177,7 @@ impl Config {
         })?;
         let mut errors = Vec::new();
         let mut dsn = |what: &str, s: &str| -> Option<Dsn> {
-            match expand_env(s).and_then(|s| s.parse::<Dsn>().map_err(|e| e.to_string())) {
+            match expand_dsn(s) {
                 Ok(d) => Some(d),
                 Err(e) => {
                     errors.push(Diagnostic::new(path, 0, 0, format!("{what}: {e}")));
@@ -248,7 +248,7 @@ impl Config {
                         continue;
                     }
                     Err(e) => {
-                        errors.push(at(e));
+                        errors.push(at(e.to_string()));
                         continue;
                     }
                 },
@@ -343,8 +343,30 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or(s).to_string()
 }
 
+/// Why `${VAR}` could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("unterminated ${{ (write ${{NAME}})")]
+    Unterminated,
+    #[error("environment variable {name} is not set")]
+    NotSet { name: String },
+}
+
+/// A connection string of the configuration: `${VAR}` expanded, then parsed.
+#[derive(Debug, thiserror::Error)]
+enum DsnValueError {
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Dsn(#[from] crate::pg::dsn::DsnError),
+}
+
+fn expand_dsn(s: &str) -> Result<Dsn, DsnValueError> {
+    Ok(expand_env(s)?.parse::<Dsn>()?)
+}
+
 /// Expand `${VAR}` from the environment. `$$` is a literal `$`.
-pub fn expand_env(s: &str) -> Result<String, String> {
+pub fn expand_env(s: &str) -> Result<String, EnvError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -354,12 +376,11 @@ pub fn expand_env(s: &str) -> Result<String, String> {
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .ok_or_else(|| "unterminated ${ (write ${NAME})".to_string())?;
+            let end = body.find('}').ok_or(EnvError::Unterminated)?;
             let name = &body[..end];
-            let value = std::env::var(name)
-                .map_err(|_| format!("environment variable {name} is not set"))?;
+            let value = std::env::var(name).map_err(|_| EnvError::NotSet {
+                name: name.to_string(),
+            })?;
             out.push_str(&value);
             rest = &body[end + 1..];
         } else {
@@ -390,7 +411,14 @@ mod tests {
         assert!(
             expand_env("${PGSHEPHERD_NOT_SET_ANYWHERE}")
                 .unwrap_err()
+                .to_string()
                 .contains("PGSHEPHERD_NOT_SET_ANYWHERE")
+        );
+        assert_eq!(
+            expand_env("postgres://u:${PW@h/db")
+                .unwrap_err()
+                .to_string(),
+            "unterminated ${ (write ${NAME})"
         );
     }
 }

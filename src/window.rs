@@ -42,6 +42,84 @@ use cron::{Schedule, ScheduleIterator};
 /// The longest window a plan may declare.
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Why a window cannot be built. Each message is a complete sentence for the plan
+/// author; the plan compiler prefixes it with `` `window.cron`: ``.
+#[derive(Debug, thiserror::Error)]
+pub enum WindowError {
+    #[error("window duration must be greater than 0")]
+    ZeroDuration,
+    #[error(
+        "window duration {} is longer than 7 days; a window that long is not a window",
+        crate::plan::duration::format(*.0)
+    )]
+    TooLong(Duration),
+    #[error("cron expression {cron:?} never matches a date (before the year 2100)")]
+    NeverMatches { cron: String },
+    #[error("@reboot is not a schedule; a window needs times at which it opens")]
+    Reboot,
+    #[error(
+        "unknown cron macro {0:?}; use @yearly, @monthly, @weekly, @daily or @hourly, or 5 fields"
+    )]
+    UnknownMacro(String),
+    /// 6 or 7 fields: a Quartz-style expression with seconds or years.
+    #[error(
+        "cron expression {text:?} has {fields} fields; windows use standard 5-field crontab \
+         (minute hour day-of-month month day-of-week) without seconds or years, e.g. \"0 2 * * 1-5\""
+    )]
+    NotCrontab { text: String, fields: usize },
+    #[error(
+        "cron expression {text:?} has {fields} field{}; expected 5 (minute hour day-of-month month day-of-week), \
+         e.g. \"0 2 * * 1-5\"",
+        if *.fields == 1 { "" } else { "s" }
+    )]
+    FieldCount { text: String, fields: usize },
+    #[error("{field} field {text:?}: {problem}")]
+    Field {
+        field: &'static str,
+        text: String,
+        problem: FieldProblem,
+    },
+    #[error("cron expression {text:?} is not valid: {source}")]
+    Invalid {
+        text: String,
+        source: cron::error::Error,
+    },
+}
+
+/// What is wrong inside one crontab field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldProblem {
+    #[error("empty list item")]
+    EmptyItem,
+    #[error("step {0:?} is not a positive whole number")]
+    BadStep(String),
+    #[error("a step of 0 never advances")]
+    ZeroStep,
+    #[error("range {base} runs backwards; split it, e.g. {from}-{max},{min}-{to}")]
+    Backwards {
+        base: String,
+        from: u32,
+        to: u32,
+        min: u32,
+        max: u32,
+    },
+    #[error("missing value in range")]
+    MissingValue,
+    /// `value` as written when it does not even fit a number, else the number.
+    #[error("{value} is out of range {min}-{max}")]
+    OutOfRange { value: String, min: u32, max: u32 },
+    #[error("{0:?} is not a number (crontab allows digits, *, ',', '-' and '/')")]
+    NotANumber(String),
+    #[error("{token:?} is neither a number {min}-{max} nor a name {first}-{last}")]
+    NotANumberOrName {
+        token: String,
+        min: u32,
+        max: u32,
+        first: &'static str,
+        last: &'static str,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct Window {
     /// The 5-field expression as written in the plan.
@@ -56,15 +134,12 @@ impl Window {
     /// Build a window from a standard 5-field crontab expression (or macro), a zone
     /// and a duration (> 0, at most 7 days). The error is a complete sentence for
     /// the plan author.
-    pub fn new(cron: &str, timezone: Tz, duration: Duration) -> Result<Window, String> {
+    pub fn new(cron: &str, timezone: Tz, duration: Duration) -> Result<Window, WindowError> {
         if duration.is_zero() {
-            return Err("window duration must be greater than 0".into());
+            return Err(WindowError::ZeroDuration);
         }
         if duration > MAX_DURATION {
-            return Err(format!(
-                "window duration {} is longer than 7 days; a window that long is not a window",
-                crate::plan::duration::format(duration)
-            ));
+            return Err(WindowError::TooLong(duration));
         }
         let schedules = compile_cron(cron)?;
         let window = Window {
@@ -74,9 +149,9 @@ impl Window {
             schedules,
         };
         if window.openings_after(Utc::now()).next().is_none() {
-            return Err(format!(
-                "cron expression {cron:?} never matches a date (before the year 2100)"
-            ));
+            return Err(WindowError::NeverMatches {
+                cron: cron.to_string(),
+            });
         }
         Ok(window)
     }
@@ -248,7 +323,7 @@ const DAY_OF_WEEK: FieldSpec = FieldSpec {
 const CRATE_DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 
 /// Turn a crontab expression into the cron crate's schedules.
-fn compile_cron(expr: &str) -> Result<Vec<Schedule>, String> {
+fn compile_cron(expr: &str) -> Result<Vec<Schedule>, WindowError> {
     let text = expr.trim();
     let expanded = match text {
         "@yearly" | "@annually" => "0 0 1 1 *",
@@ -256,32 +331,24 @@ fn compile_cron(expr: &str) -> Result<Vec<Schedule>, String> {
         "@weekly" => "0 0 * * 0",
         "@daily" | "@midnight" => "0 0 * * *",
         "@hourly" => "0 * * * *",
-        "@reboot" => {
-            return Err("@reboot is not a schedule; a window needs times at which it opens".into());
-        }
-        t if t.starts_with('@') => {
-            return Err(format!(
-                "unknown cron macro {t:?}; use @yearly, @monthly, @weekly, @daily or @hourly, or 5 fields"
-            ));
-        }
+        "@reboot" => return Err(WindowError::Reboot),
+        t if t.starts_with('@') => return Err(WindowError::UnknownMacro(t.to_string())),
         t => t,
     };
     let fields: Vec<&str> = expanded.split_whitespace().collect();
     match fields.len() {
         5 => {}
         6 | 7 => {
-            return Err(format!(
-                "cron expression {text:?} has {} fields; windows use standard 5-field crontab \
-                 (minute hour day-of-month month day-of-week) without seconds or years, e.g. \"0 2 * * 1-5\"",
-                fields.len()
-            ));
+            return Err(WindowError::NotCrontab {
+                text: text.to_string(),
+                fields: fields.len(),
+            });
         }
         n => {
-            return Err(format!(
-                "cron expression {text:?} has {n} field{}; expected 5 (minute hour day-of-month month day-of-week), \
-                 e.g. \"0 2 * * 1-5\"",
-                if n == 1 { "" } else { "s" }
-            ));
+            return Err(WindowError::FieldCount {
+                text: text.to_string(),
+                fields: n,
+            });
         }
     }
     let minute = render_numbers(fields[0], &parse_field(fields[0], &MINUTE)?);
@@ -321,7 +388,10 @@ fn compile_cron(expr: &str) -> Result<Vec<Schedule>, String> {
     sources
         .iter()
         .map(|s| {
-            Schedule::from_str(s).map_err(|e| format!("cron expression {text:?} is not valid: {e}"))
+            Schedule::from_str(s).map_err(|source| WindowError::Invalid {
+                text: text.to_string(),
+                source,
+            })
         })
         .collect()
 }
@@ -337,21 +407,25 @@ fn render_numbers(original: &str, values: &[u32]) -> String {
         .join(",")
 }
 
-/// The values a crontab field selects, ascending, or a message naming the field.
-fn parse_field(text: &str, spec: &FieldSpec) -> Result<Vec<u32>, String> {
-    let fail = |detail: String| format!("{} field {text:?}: {detail}", spec.name);
+/// The values a crontab field selects, ascending, or an error naming the field.
+fn parse_field(text: &str, spec: &FieldSpec) -> Result<Vec<u32>, WindowError> {
+    let fail = |problem: FieldProblem| WindowError::Field {
+        field: spec.name,
+        text: text.to_string(),
+        problem,
+    };
     let mut out = std::collections::BTreeSet::new();
     for item in text.split(',') {
         if item.is_empty() {
-            return Err(fail("empty list item".into()));
+            return Err(fail(FieldProblem::EmptyItem));
         }
         let (base, step) = match item.split_once('/') {
             Some((base, step)) => {
                 let step: u32 = step
                     .parse()
-                    .map_err(|_| fail(format!("step {step:?} is not a positive whole number")))?;
+                    .map_err(|_| fail(FieldProblem::BadStep(step.to_string())))?;
                 if step == 0 {
-                    return Err(fail("a step of 0 never advances".into()));
+                    return Err(fail(FieldProblem::ZeroStep));
                 }
                 (base, Some(step))
             }
@@ -362,10 +436,13 @@ fn parse_field(text: &str, spec: &FieldSpec) -> Result<Vec<u32>, String> {
         } else if let Some((a, b)) = base.split_once('-') {
             let (a, b) = (value(a, spec).map_err(fail)?, value(b, spec).map_err(fail)?);
             if a > b {
-                return Err(fail(format!(
-                    "range {base} runs backwards; split it, e.g. {a}-{},{}-{b}",
-                    spec.max, spec.min
-                )));
+                return Err(fail(FieldProblem::Backwards {
+                    base: base.to_string(),
+                    from: a,
+                    to: b,
+                    min: spec.min,
+                    max: spec.max,
+                }));
             }
             (a, b)
         } else {
@@ -387,16 +464,19 @@ fn parse_field(text: &str, spec: &FieldSpec) -> Result<Vec<u32>, String> {
     Ok(out.into_iter().collect())
 }
 
-fn value(token: &str, spec: &FieldSpec) -> Result<u32, String> {
+fn value(token: &str, spec: &FieldSpec) -> Result<u32, FieldProblem> {
     if token.is_empty() {
-        return Err("missing value in range".into());
+        return Err(FieldProblem::MissingValue);
     }
+    let out_of_range = |value: String| FieldProblem::OutOfRange {
+        value,
+        min: spec.min,
+        max: spec.max,
+    };
     if token.bytes().all(|b| b.is_ascii_digit()) {
-        let n: u32 = token
-            .parse()
-            .map_err(|_| format!("{token} is out of range {}-{}", spec.min, spec.max))?;
+        let n: u32 = token.parse().map_err(|_| out_of_range(token.to_string()))?;
         if n < spec.min || n > spec.max {
-            return Err(format!("{n} is out of range {}-{}", spec.min, spec.max));
+            return Err(out_of_range(n.to_string()));
         }
         return Ok(n);
     }
@@ -408,17 +488,15 @@ fn value(token: &str, spec: &FieldSpec) -> Result<u32, String> {
         return Ok(spec.min + i as u32);
     }
     if spec.names.is_empty() {
-        Err(format!(
-            "{token:?} is not a number (crontab allows digits, *, ',', '-' and '/')"
-        ))
+        Err(FieldProblem::NotANumber(token.to_string()))
     } else {
-        Err(format!(
-            "{token:?} is neither a number {}-{} nor a name {}-{}",
-            spec.min,
-            spec.max,
-            spec.names[0],
-            spec.names[spec.names.len() - 1]
-        ))
+        Err(FieldProblem::NotANumberOrName {
+            token: token.to_string(),
+            min: spec.min,
+            max: spec.max,
+            first: spec.names[0],
+            last: spec.names[spec.names.len() - 1],
+        })
     }
 }
 
@@ -523,7 +601,11 @@ mod tests {
 
     #[test]
     fn refuses_non_crontab_expressions() {
-        let err = |cron: &str| Window::new(cron, Tz::UTC, Duration::from_secs(3600)).unwrap_err();
+        let err = |cron: &str| {
+            Window::new(cron, Tz::UTC, Duration::from_secs(3600))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(
             err("0 0 2 * * 1-5").contains("6 fields"),
             "{}",

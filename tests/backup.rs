@@ -283,7 +283,7 @@ async fn retention_keeps_the_newest_n() {
     // Somebody else's file in the target directory is never touched.
     fs::write(dir.path().join("orders-db/README"), "not a backup").unwrap();
 
-    let mut removed = backup::prune(dir.path(), "orders-db", 2).unwrap();
+    let mut removed = backup::prune(dir.path(), "orders-db", 2).await.unwrap();
     removed.sort();
     let mut expected = vec![
         taken[0].path.clone(),
@@ -299,12 +299,14 @@ async fn retention_keeps_the_newest_n() {
     assert!(dir.path().join("orders-db/README").exists());
     assert!(
         backup::prune(dir.path(), "orders-db", 2)
+            .await
             .unwrap()
             .is_empty(),
         "pruning is idempotent"
     );
     assert!(
         backup::prune(dir.path(), "no-such-target", 2)
+            .await
             .unwrap()
             .is_empty()
     );
@@ -507,6 +509,7 @@ async fn directory_format_with_two_jobs() {
 
     assert!(
         backup::prune(dir.path(), "orders-db", 1)
+            .await
             .unwrap()
             .is_empty()
     );

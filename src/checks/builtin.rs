@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::checks::session::ReadOnlySession;
+use crate::checks::session::{ReadError, ReadOnlySession};
 use crate::checks::verdict::Observation;
 use crate::pg::Dsn;
 use crate::plan::model::BuiltinSignal;
@@ -41,6 +41,20 @@ const LOCK_WAITING_SQL: &str = "SELECT count(*)::float8 \
      WHERE datname = current_database() AND backend_type = 'client backend' \
        AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() \
        AND coalesce(application_name, '') NOT LIKE 'pgshepherd%'";
+
+/// Why a counter could not be read; worded as an inconclusive sample's reason.
+#[derive(Debug, thiserror::Error)]
+enum CounterError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("current database not found in pg_stat_database")]
+    NoRow,
+    #[error("cannot read {column}: {source}")]
+    Column {
+        column: &'static str,
+        source: tokio_postgres::Error,
+    },
+}
 
 /// One reading of a cumulative counter.
 #[derive(Debug, Clone)]
@@ -95,7 +109,7 @@ impl BuiltinSampler {
     async fn gauge(&mut self, sql: &str) -> Observation {
         let rows = match self.session.read(sql, None).await {
             Ok(read) => read.rows,
-            Err(reason) => return Observation::Inconclusive { reason },
+            Err(e) => return Observation::inconclusive(e.to_string()),
         };
         match rows.first().map(|r| r.try_get::<_, f64>(0)) {
             Some(Ok(v)) => Observation::Value(v),
@@ -109,7 +123,7 @@ impl BuiltinSampler {
     async fn sample_rate(&mut self) -> Observation {
         let now = match self.read_counter().await {
             Ok(reading) => reading,
-            Err(reason) => return Observation::Inconclusive { reason },
+            Err(e) => return Observation::inconclusive(e.to_string()),
         };
         let Some(prev) = self.last.replace(now.clone()) else {
             return Observation::inconclusive(format!(
@@ -128,24 +142,24 @@ impl BuiltinSampler {
         }
     }
 
-    async fn read_counter(&mut self) -> Result<Reading, String> {
+    async fn read_counter(&mut self) -> Result<Reading, CounterError> {
         let read = self.session.read(COUNTERS_SQL, None).await?;
         let at = Instant::now();
-        let row = read
-            .rows
-            .first()
-            .ok_or("current database not found in pg_stat_database")?;
+        let row = read.rows.first().ok_or(CounterError::NoRow)?;
         let column = if self.signal == BuiltinSignal::DeadlocksPerSecond {
             0
         } else {
             1
         };
-        let value: i64 = row
-            .try_get(column)
-            .map_err(|e| format!("cannot read {}: {e}", self.counter_name()))?;
-        let stats_reset: Option<String> = row
-            .try_get(2)
-            .map_err(|e| format!("cannot read stats_reset: {e}"))?;
+        let value: i64 = row.try_get(column).map_err(|source| CounterError::Column {
+            column: self.counter_name(),
+            source,
+        })?;
+        let stats_reset: Option<String> =
+            row.try_get(2).map_err(|source| CounterError::Column {
+                column: "stats_reset",
+                source,
+            })?;
         Ok(Reading {
             value,
             stats_reset,

@@ -72,9 +72,9 @@ impl HttpSampler {
         let status = response.status();
         let body = match read_capped(response).await {
             Ok(b) => b,
-            Err(reason) => {
+            Err(e) => {
                 return Observation::Inconclusive {
-                    reason: format!("{reason} (status {status})"),
+                    reason: format!("{e} (status {status})"),
                 };
             }
         };
@@ -129,26 +129,31 @@ impl HttpSampler {
     }
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+/// Why a response body was not read; the sample adds the status.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("response body larger than {max} bytes", max = MAX_BODY_BYTES)]
+    TooLarge,
+    #[error("timed out while reading the response body")]
+    Timeout,
+    /// The error has its URL removed: messages name the URL once, redacted.
+    #[error("cannot read the response body: {}", error_chain(.0))]
+    Read(reqwest::Error),
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, BodyError> {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(format!("response body larger than {MAX_BODY_BYTES} bytes"));
+                    return Err(BodyError::TooLarge);
                 }
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) if e.is_timeout() => {
-                return Err("timed out while reading the response body".to_string());
-            }
-            Err(e) => {
-                return Err(format!(
-                    "cannot read the response body: {}",
-                    error_chain(&e.without_url())
-                ));
-            }
+            Err(e) if e.is_timeout() => return Err(BodyError::Timeout),
+            Err(e) => return Err(BodyError::Read(e.without_url())),
         }
     }
 }

@@ -11,7 +11,7 @@
 //! - bounded on the client side too, in case the server or the network hangs
 //!   without ever delivering the statement timeout.
 //!
-//! Every failure comes back as a reason worded for an inconclusive sample. The
+//! Every failure comes back as a [`ReadError`] worded for an inconclusive sample. The
 //! connection is opened lazily and dropped after any failure that may have left it
 //! unusable, so the next sample reconnects; an ordinary SQL error (a typo, a
 //! statement timeout) keeps it, so a broken query does not turn into a stream of
@@ -39,6 +39,33 @@ const MIN_CONNECT_BUDGET: Duration = Duration::from_secs(2);
 /// A session the daemon stopped talking to mid-transaction (frozen, partitioned)
 /// must not hold a snapshot on the target: the server ends it after this.
 const IDLE_IN_TRANSACTION_TIMEOUT: &str = "30s";
+
+/// Why a read produced no rows. Each message is worded as the reason of an
+/// inconclusive sample.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// `dsn` is the redacted connection string.
+    #[error("cannot connect to {dsn}: {}", error_chain(.source))]
+    Connect {
+        dsn: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot connect to {dsn}: no answer within {}", ms(*.budget))]
+    ConnectTimeout { dsn: String, budget: Duration },
+    #[error("no connection")]
+    NoConnection,
+    #[error(
+        "no answer from the server within {} (statement_timeout {} was not enforced)",
+        ms(*.budget),
+        ms(*.timeout)
+    )]
+    NoAnswer { budget: Duration, timeout: Duration },
+    #[error("{}", describe_error(.source, *.timeout))]
+    Query {
+        source: tokio_postgres::Error,
+        timeout: Duration,
+    },
+}
 
 /// What one read-only transaction produced.
 pub(crate) struct Read {
@@ -71,13 +98,13 @@ impl ReadOnlySession {
     /// Runs `sql` (one statement, no parameters) in a read-only transaction and
     /// returns its rows. When `describe` is given it is only prepared, in the same
     /// transaction and under the same timeout, and its column count returned.
-    pub async fn read(&mut self, sql: &str, describe: Option<&str>) -> Result<Read, String> {
+    pub async fn read(&mut self, sql: &str, describe: Option<&str>) -> Result<Read, ReadError> {
         if !self.is_connected() {
             self.client = None;
             self.client = Some(self.connect().await?);
         }
         let Some(client) = self.client.as_mut() else {
-            return Err("no connection".to_string());
+            return Err(ReadError::NoConnection);
         };
         let budget = self.timeout + CLIENT_GRACE;
         let outcome =
@@ -92,23 +119,25 @@ impl ReadOnlySession {
                 if !keep {
                     self.client = None;
                 }
-                Err(describe_error(&e, self.timeout))
+                Err(ReadError::Query {
+                    source: e,
+                    timeout: self.timeout,
+                })
             }
             Err(_) => {
                 // The server neither answered nor enforced statement_timeout: the
                 // connection's state is unknown, so drop it (the server ends the
                 // statement itself once its own timeout fires).
                 self.client = None;
-                Err(format!(
-                    "no answer from the server within {} (statement_timeout {} was not enforced)",
-                    ms(budget),
-                    ms(self.timeout)
-                ))
+                Err(ReadError::NoAnswer {
+                    budget,
+                    timeout: self.timeout,
+                })
             }
         }
     }
 
-    async fn connect(&self) -> Result<Client, String> {
+    async fn connect(&self) -> Result<Client, ReadError> {
         let statement_timeout = self.timeout.as_millis().to_string();
         let options = [
             ("default_transaction_read_only", "on"),
@@ -122,16 +151,14 @@ impl ReadOnlySession {
         let budget = (self.timeout + CLIENT_GRACE).max(MIN_CONNECT_BUDGET);
         match tokio::time::timeout(budget, self.dsn.connect(APPLICATION_NAME, &options)).await {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(format!(
-                "cannot connect to {}: {}",
-                self.dsn,
-                error_chain(&e)
-            )),
-            Err(_) => Err(format!(
-                "cannot connect to {}: no answer within {}",
-                self.dsn,
-                ms(budget)
-            )),
+            Ok(Err(source)) => Err(ReadError::Connect {
+                dsn: self.dsn.to_string(),
+                source,
+            }),
+            Err(_) => Err(ReadError::ConnectTimeout {
+                dsn: self.dsn.to_string(),
+                budget,
+            }),
         }
     }
 }
@@ -172,8 +199,8 @@ async fn read_only(
     Ok(read)
 }
 
-/// An error as an inconclusive reason: the server's message and SQLSTATE when it
-/// came from the server, with the two cases users hit most named plainly.
+/// A query's error as an inconclusive reason: the server's message and SQLSTATE
+/// when it came from the server, with the two cases users hit most named plainly.
 fn describe_error(e: &tokio_postgres::Error, timeout: Duration) -> String {
     let Some(db) = e.as_db_error() else {
         return format!("query failed: {}", error_chain(e));

@@ -51,7 +51,7 @@ impl SqlSampler {
         let describe = (!self.shape_checked).then_some(self.query.as_str());
         let read = match self.session.read(&self.wrapped, describe).await {
             Ok(read) => read,
-            Err(reason) => return Observation::Inconclusive { reason },
+            Err(e) => return Observation::inconclusive(e.to_string()),
         };
         if let Some(columns) = read.described_columns {
             if columns != 1 {

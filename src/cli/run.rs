@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::pg::Dsn;
 use crate::pg::cluster::PgBinaries;
+use crate::pg::dsn::DsnError;
 use crate::plan::Plan;
 use crate::run::journal::{Emitter, Journal};
 use crate::run::{RunOptions, Runner};
@@ -55,35 +56,53 @@ pub async fn run(args: RunArgs) -> i32 {
     execute(&plan, &dsn, opts, args.json, None).await
 }
 
+/// Why `run` has no database to run the plan against.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// `--database-url` does not parse.
+    #[error(transparent)]
+    Url(#[from] DsnError),
+    #[error(
+        "no database for target {target:?}: pass --database-url URL, or --config FILE with targets.{target}.dsn"
+    )]
+    NoDatabase { target: String },
+    /// `known` lists the targets `config` does define.
+    #[error(
+        "{}: the plan's target {target:?} is not defined (targets: {})",
+        .config.display(),
+        if .known.is_empty() { "none".to_string() } else { .known.join(", ") }
+    )]
+    NotDefined {
+        config: PathBuf,
+        target: String,
+        known: Vec<String>,
+    },
+}
+
 /// Which database the plan runs against: `--database-url` (or the environment
 /// variable PGSHEPHERD_DATABASE_URL) wins; otherwise the plan's target in `--config`.
 pub fn resolve_target(
     plan: &Plan,
     url: Option<&str>,
     config: Option<&Config>,
-) -> Result<Dsn, String> {
+) -> Result<Dsn, TargetError> {
     if let Some(url) = url {
-        return url.parse::<Dsn>().map_err(|e| e.to_string());
+        return Ok(url.parse::<Dsn>()?);
     }
     let Some(config) = config else {
-        return Err(format!(
-            "no database for target {:?}: pass --database-url URL, or --config FILE with targets.{}.dsn",
-            plan.target, plan.target
-        ));
+        return Err(TargetError::NoDatabase {
+            target: plan.target.clone(),
+        });
     };
-    config.targets.get(&plan.target).cloned().ok_or_else(|| {
-        let known: Vec<&str> = config.targets.keys().map(String::as_str).collect();
-        format!(
-            "{}: the plan's target {:?} is not defined (targets: {})",
-            config.path.display(),
-            plan.target,
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        )
-    })
+    config
+        .targets
+        .get(&plan.target)
+        .cloned()
+        .ok_or_else(|| TargetError::NotDefined {
+            config: config.path.clone(),
+            target: plan.target.clone(),
+            known: config.targets.keys().cloned().collect(),
+        })
 }
 
 /// Execute a loaded plan with a fresh run id, a journal under the backup

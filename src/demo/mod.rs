@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use crate::cli::run::execute;
 use crate::pg::Dsn;
-use crate::pg::cluster::{PgBinaries, TempCluster};
+use crate::pg::cluster::{ClusterError, PgBinaries, TempCluster};
+use crate::pg::dsn::DsnError;
+use crate::plan::Diagnostics;
 use crate::run::{EventKind, RunOptions};
 
 const SEED: &str = include_str!("seed.sql");
@@ -43,6 +45,34 @@ const INDEX: &str = "idx_job_summaries_cancel_reason";
 const DASHBOARD_QUERY: &str =
     "SELECT count(*) FROM job_execution_summaries WHERE results ->> 'cancel_reason' = 'timeout'";
 
+/// Why the demo could not run or did not end well; printed after `demo: `.
+#[derive(Debug, thiserror::Error)]
+enum DemoError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The scratch directory.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Url(#[from] DsnError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// `dsn` is the redacted connection string.
+    #[error("cannot connect to {dsn}: {source}")]
+    Connect {
+        dsn: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("seeding job_execution_summaries: {0}")]
+    Seed(tokio_postgres::Error),
+    #[error("writing the example plan: {0}")]
+    WriteExample(std::io::Error),
+    #[error(transparent)]
+    Plan(#[from] Diagnostics),
+    #[error("{0} rows are missing after the run")]
+    RowsMissing(i64),
+}
+
 pub struct DemoArgs {
     pub breach: bool,
     pub database_url: Option<String>,
@@ -64,26 +94,21 @@ pub async fn run(args: DemoArgs) -> i32 {
     }
 }
 
-async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, String> {
-    let bins = PgBinaries::locate().map_err(|e| e.to_string())?;
+async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, DemoError> {
+    let bins = PgBinaries::locate()?;
     let work = tempfile::Builder::new()
         .prefix("pgshepherd-demo-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+        .tempdir()?;
     let (_cluster, dsn) = match &args.database_url {
-        Some(url) => (None, url.parse::<Dsn>().map_err(|e| e.to_string())?),
+        Some(url) => (None, url.parse::<Dsn>()?),
         None => {
             eprintln!("[demo] starting a throwaway PostgreSQL cluster");
-            let cluster = TempCluster::start(&bins).map_err(|e| e.to_string())?;
+            let cluster = TempCluster::start(&bins)?;
             let admin = cluster
                 .dsn("postgres")
                 .connect("pgshepherd demo", &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            admin
-                .batch_execute("CREATE DATABASE jobs")
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
+            admin.batch_execute("CREATE DATABASE jobs").await?;
             let dsn = cluster.dsn("jobs");
             (Some(cluster), dsn)
         }
@@ -91,27 +116,25 @@ async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, String> {
     let client = dsn
         .connect("pgshepherd demo", &[])
         .await
-        .map_err(|e| format!("cannot connect to {dsn}: {e}"))?;
-    client
-        .batch_execute(SEED)
-        .await
-        .map_err(|e| format!("seeding job_execution_summaries: {e}"))?;
+        .map_err(|source| DemoError::Connect {
+            dsn: dsn.to_string(),
+            source,
+        })?;
+    client.batch_execute(SEED).await.map_err(DemoError::Seed)?;
     let rows_before = count(&client).await?;
     let cancelled: i64 = client
         .query_one(
             "SELECT count(*) FILTER (WHERE results ->> 'cancel_reason' IS NULL) FROM job_execution_summaries WHERE status = 'cancelled'",
             &[],
         )
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .get(0);
     eprintln!(
         "[demo] {dsn}: job_execution_summaries has {rows_before} rows, {cancelled} cancelled jobs without a cancel_reason"
     );
 
-    let plan_path =
-        write_example(work.path()).map_err(|e| format!("writing the example plan: {e}"))?;
-    let mut plan = crate::plan::load(&plan_path).map_err(|d| d.to_string())?;
+    let plan_path = write_example(work.path()).map_err(DemoError::WriteExample)?;
+    let mut plan = crate::plan::load(&plan_path)?;
     shorten_for_demo(&mut plan);
 
     let writer = writer::JobRunner::start(dsn.clone(), args.breach);
@@ -143,8 +166,7 @@ async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, String> {
             "SELECT to_regclass($1) IS NOT NULL",
             &[&format!("public.{INDEX}")],
         )
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .get(0);
     eprintln!(
         "[demo] the simulated job runner committed {} inserts ({} failed){}",
@@ -174,7 +196,7 @@ async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, String> {
         eprintln!("[demo] {INDEX} does not exist");
     }
     if lost != 0 {
-        return Err(format!("{lost} rows are missing after the run"));
+        return Err(DemoError::RowsMissing(lost));
     }
     Ok(code)
 }
@@ -207,18 +229,16 @@ fn shorten_for_demo(plan: &mut crate::plan::Plan) {
     }
 }
 
-async fn count(client: &tokio_postgres::Client) -> Result<i64, String> {
+async fn count(client: &tokio_postgres::Client) -> Result<i64, tokio_postgres::Error> {
     client
         .query_one("SELECT count(*) FROM job_execution_summaries", &[])
         .await
         .map(|r| r.get(0))
-        .map_err(|e| e.to_string())
 }
 
-async fn explain(client: &tokio_postgres::Client) -> Result<Vec<String>, String> {
+async fn explain(client: &tokio_postgres::Client) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client
         .query(&format!("EXPLAIN {DASHBOARD_QUERY}"), &[])
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }

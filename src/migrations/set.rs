@@ -137,7 +137,7 @@ impl MigrationSet {
             }
             match read_script(&path) {
                 Ok(text) => files.push((name, text)),
-                Err(message) => diagnostics.push(Diagnostic::new(&path, 1, 1, message)),
+                Err(e) => diagnostics.push(Diagnostic::new(&path, 1, 1, e.to_string())),
             }
         }
         let set_name = dir_name(dir);
@@ -173,7 +173,7 @@ impl MigrationSet {
                     .or_default()
                     .push((file, named, text)),
                 Ok(named) => extras.push((file, named, text)),
-                Err(message) => diagnostics.push(Diagnostic::new(at(&file), 1, 1, message)),
+                Err(e) => diagnostics.push(Diagnostic::new(at(&file), 1, 1, e.to_string())),
             }
         }
 
@@ -316,23 +316,67 @@ fn dir_name(dir: &Path) -> String {
         .unwrap_or_else(|| "migrations".to_string())
 }
 
-fn read_script(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+/// Why a migration file could not be read; the diagnostic names the file.
+#[derive(Debug, thiserror::Error)]
+enum ReadScriptError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("file is larger than {} MiB", MAX_SCRIPT_BYTES / 1024 / 1024)]
+    TooLarge,
+    #[error("file is not valid UTF-8")]
+    NotUtf8,
+}
+
+fn read_script(path: &Path) -> Result<String, ReadScriptError> {
+    let meta = std::fs::metadata(path)?;
     if meta.len() > MAX_SCRIPT_BYTES {
-        return Err(format!(
-            "file is larger than {} MiB",
-            MAX_SCRIPT_BYTES / 1024 / 1024
-        ));
+        return Err(ReadScriptError::TooLarge);
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    String::from_utf8(bytes).map_err(|_| "file is not valid UTF-8".to_string())
+    let bytes = std::fs::read(path)?;
+    String::from_utf8(bytes).map_err(|_| ReadScriptError::NotUtf8)
+}
+
+/// The file name shape every [`NameError`] repeats.
+const SHAPE: &str = "expected V{version}__{name}.sql, .down.sql or .verify.sql";
+
+/// Why a file name is not a migration's; each message starts from the file name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NameError {
+    #[error("invalid file name {file:?}: {}", SHAPE)]
+    Invalid { file: String },
+    #[error("{file}: the extension must be lowercase .sql")]
+    Extension { file: String },
+    #[error("{file}: migration files start with an uppercase V ({})", SHAPE)]
+    LowercaseV { file: String },
+    #[error("{file}: unversioned (U) migrations are not supported ({})", SHAPE)]
+    Unversioned { file: String },
+    #[error("{file} is not a migration file name: {}", SHAPE)]
+    NotAMigration { file: String },
+    #[error("{file}: missing `__` between the version and the name ({})", SHAPE)]
+    NoSeparator { file: String },
+    #[error(
+        "{file}: the version {version:?} is not a positive integer ({})",
+        SHAPE
+    )]
+    VersionNotInteger { file: String, version: String },
+    #[error("{file}: the version {version} is too large")]
+    VersionTooLarge { file: String, version: String },
+    #[error("{file}: versions start at 1")]
+    VersionZero { file: String },
+    #[error("{file}: the name after `__` is empty ({})", SHAPE)]
+    EmptyName { file: String },
+    #[error(
+        "{file}: the name {name:?} may only contain letters, digits and _{}",
+        if .name.contains('.') { "; undo and verify scripts end in .down.sql and .verify.sql" } else { "" }
+    )]
+    BadName { file: String, name: String },
 }
 
 /// Check a file name against `V{version}__{name}{.sql|.down.sql|.verify.sql}`.
-fn parse_name(file: &str) -> Result<Named, String> {
-    const SHAPE: &str = "expected V{version}__{name}.sql, .down.sql or .verify.sql";
+fn parse_name(file: &str) -> Result<Named, NameError> {
+    let file_name = || file.to_string();
     if file.contains(['/', '\\']) || file.is_empty() {
-        return Err(format!("invalid file name {file:?}: {SHAPE}"));
+        return Err(NameError::Invalid { file: file_name() });
     }
     let (stem, kind) = if let Some(stem) = file.strip_suffix(".down.sql") {
         (stem, Kind::Down)
@@ -341,50 +385,38 @@ fn parse_name(file: &str) -> Result<Named, String> {
     } else if let Some(stem) = file.strip_suffix(".sql") {
         (stem, Kind::Up)
     } else {
-        return Err(format!("{file}: the extension must be lowercase .sql"));
+        return Err(NameError::Extension { file: file_name() });
     };
     let rest = match stem.as_bytes().first() {
         Some(b'V') => &stem[1..],
-        Some(b'v') => {
-            return Err(format!(
-                "{file}: migration files start with an uppercase V ({SHAPE})"
-            ));
-        }
-        Some(b'U') => {
-            return Err(format!(
-                "{file}: unversioned (U) migrations are not supported ({SHAPE})"
-            ));
-        }
-        _ => return Err(format!("{file} is not a migration file name: {SHAPE}")),
+        Some(b'v') => return Err(NameError::LowercaseV { file: file_name() }),
+        Some(b'U') => return Err(NameError::Unversioned { file: file_name() }),
+        _ => return Err(NameError::NotAMigration { file: file_name() }),
     };
     let Some((version, name)) = rest.split_once("__") else {
-        return Err(format!(
-            "{file}: missing `__` between the version and the name ({SHAPE})"
-        ));
+        return Err(NameError::NoSeparator { file: file_name() });
     };
     if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "{file}: the version {version:?} is not a positive integer ({SHAPE})"
-        ));
+        return Err(NameError::VersionNotInteger {
+            file: file_name(),
+            version: version.to_string(),
+        });
     }
-    let version: i64 = version
-        .parse()
-        .map_err(|_| format!("{file}: the version {version} is too large"))?;
+    let version: i64 = version.parse().map_err(|_| NameError::VersionTooLarge {
+        file: file_name(),
+        version: version.to_string(),
+    })?;
     if version < 1 {
-        return Err(format!("{file}: versions start at 1"));
+        return Err(NameError::VersionZero { file: file_name() });
     }
     if name.is_empty() {
-        return Err(format!("{file}: the name after `__` is empty ({SHAPE})"));
+        return Err(NameError::EmptyName { file: file_name() });
     }
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        let hint = if name.contains('.') {
-            "; undo and verify scripts end in .down.sql and .verify.sql"
-        } else {
-            ""
-        };
-        return Err(format!(
-            "{file}: the name {name:?} may only contain letters, digits and _{hint}"
-        ));
+        return Err(NameError::BadName {
+            file: file_name(),
+            name: name.to_string(),
+        });
     }
     Ok(Named {
         version,

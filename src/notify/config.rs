@@ -244,9 +244,13 @@ pub(crate) fn resolve(
             ));
         }
         for (i, s) in written.iter().enumerate() {
-            match crate::config::expand_env(s).and_then(|s| crate::notify::sign::parse_secret(&s)) {
-                Ok(b) => secrets.push(b),
-                Err(e) => errors.push(format!("{key}.secret[{i}]: {e}")),
+            let at = format!("{key}.secret[{i}]");
+            match crate::config::expand_env(s) {
+                Ok(s) => match crate::notify::sign::parse_secret(&s) {
+                    Ok(b) => secrets.push(b),
+                    Err(e) => errors.push(format!("{at}: {e}")),
+                },
+                Err(e) => errors.push(format!("{at}: {e}")),
             }
         }
         let events = c.events.as_ref().map(|names| {

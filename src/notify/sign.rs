@@ -22,24 +22,40 @@ const MAX_SECRET_BYTES: usize = 64;
 ///
 /// Error messages never contain the secret, nor any part of it: they end up in
 /// config diagnostics and logs.
-pub fn parse_secret(s: &str) -> Result<Vec<u8>, String> {
+pub fn parse_secret(s: &str) -> Result<Vec<u8>, SecretError> {
     let Some(encoded) = s.trim().strip_prefix(SECRET_PREFIX) else {
-        return Err(format!(
-            "a signing secret must be written {SECRET_PREFIX}<base64> (the {SECRET_PREFIX} prefix is missing)"
-        ));
+        return Err(SecretError::NoPrefix);
     };
     // base64's own error names the offending byte and offset, which would leak a
     // piece of the secret: only say that it is not base64.
-    let bytes = STANDARD.decode(encoded).map_err(|_| {
-        format!("the part after {SECRET_PREFIX} is not standard base64 (A-Z a-z 0-9 + /, with = padding)")
-    })?;
+    let bytes = STANDARD
+        .decode(encoded)
+        .map_err(|_| SecretError::NotBase64)?;
     if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&bytes.len()) {
-        return Err(format!(
-            "a signing secret must decode to {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes, this one has {}",
-            bytes.len()
-        ));
+        return Err(SecretError::Length(bytes.len()));
     }
     Ok(bytes)
+}
+
+/// Why a signing secret was refused. No variant carries any part of the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "a signing secret must be written {prefix}<base64> (the {prefix} prefix is missing)",
+        prefix = SECRET_PREFIX
+    )]
+    NoPrefix,
+    #[error(
+        "the part after {prefix} is not standard base64 (A-Z a-z 0-9 + /, with = padding)",
+        prefix = SECRET_PREFIX
+    )]
+    NotBase64,
+    #[error(
+        "a signing secret must decode to {min} to {max} bytes, this one has {0}",
+        min = MIN_SECRET_BYTES,
+        max = MAX_SECRET_BYTES
+    )]
+    Length(usize),
 }
 
 /// The `webhook-signature` header value: `v1,<base64 HMAC-SHA256>` of
@@ -173,7 +189,7 @@ mod tests {
             String::new(),
         ];
         for case in &cases {
-            let err = parse_secret(case).expect_err(case);
+            let err = parse_secret(case).expect_err(case).to_string();
             let encoded = case.strip_prefix("whsec_").unwrap_or(case);
             // Any 6-character piece of the input would be a leak.
             if encoded.len() >= 6 {
@@ -186,12 +202,19 @@ mod tests {
         assert!(
             parse_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
                 .unwrap_err()
+                .to_string()
                 .contains("prefix")
         );
-        assert!(parse_secret("whsec_!!!!").unwrap_err().contains("base64"));
+        assert!(
+            parse_secret("whsec_!!!!")
+                .unwrap_err()
+                .to_string()
+                .contains("base64")
+        );
         assert!(
             parse_secret(&format!("whsec_{}", STANDARD.encode([1u8; 16])))
                 .unwrap_err()
+                .to_string()
                 .contains("24 to 64 bytes")
         );
     }

@@ -1135,14 +1135,24 @@ fn compile_source(sink: &mut Sink, s: &Section, label: &str) -> Option<CheckSour
     }
 }
 
+/// Why a check's `sql` is not a single query; read after "`sql` ".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum QueryShapeError {
+    #[error("must be a single SELECT statement returning one number, found {0} statements")]
+    Statements(usize),
+    /// `first_word` is empty when the statement does not start with a word.
+    #[error(
+        "must be a query (SELECT, WITH, VALUES or TABLE) returning one number, found {}",
+        if .first_word.is_empty() { "something else" } else { .first_word.as_str() }
+    )]
+    NotAQuery { first_word: String },
+}
+
 /// A check query is one read-only statement returning one value.
-fn single_select(sql: &str) -> Result<(), String> {
+fn single_select(sql: &str) -> Result<(), QueryShapeError> {
     let statements = crate::migrations::split::statements(sql);
     if statements.len() != 1 {
-        return Err(format!(
-            "must be a single SELECT statement returning one number, found {} statements",
-            statements.len()
-        ));
+        return Err(QueryShapeError::Statements(statements.len()));
     }
     let first_word: String = strip_leading_comments(&statements[0])
         .chars()
@@ -1150,14 +1160,7 @@ fn single_select(sql: &str) -> Result<(), String> {
         .collect::<String>()
         .to_ascii_uppercase();
     if !matches!(first_word.as_str(), "SELECT" | "WITH" | "VALUES" | "TABLE") {
-        return Err(format!(
-            "must be a query (SELECT, WITH, VALUES or TABLE) returning one number, found {}",
-            if first_word.is_empty() {
-                "something else".to_string()
-            } else {
-                first_word
-            }
-        ));
+        return Err(QueryShapeError::NotAQuery { first_word });
     }
     Ok(())
 }

@@ -2,13 +2,42 @@
 
 use std::time::Duration;
 
+/// Why a duration was refused; messages quote the text as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration; write it like 30s, 15m or 1h")]
+    Empty,
+    #[error("invalid duration {text:?}; write it like 30s, 15m or 1h")]
+    Invalid { text: String },
+    #[error("duration {text:?} is too large")]
+    TooLarge { text: String },
+    #[error("duration {text:?} contains a space; write it without, like 15m or 1h30m")]
+    Space { text: String },
+    #[error("duration {text:?} has no unit; write it like 30s, 15m or 1h")]
+    NoUnit { text: String },
+    #[error("unknown unit {unit:?} in duration {text:?}; use ms, s, m, h or d")]
+    UnknownUnit { unit: String, text: String },
+    #[error(
+        "duration {text:?} is longer than {} days, the longest pgshepherd accepts",
+        MAX.as_secs() / 86_400
+    )]
+    TooLong { text: String },
+    /// A plan wrote a bare YAML number (other than 0).
+    #[error("{0} has no unit; write it like {0}s, {0}m or {0}h")]
+    BareNumber(i64),
+    /// A plan wrote something that is neither a string nor a number.
+    #[error("expected a duration like 30s, 15m or 1h, found {found}")]
+    NotADuration { found: String },
+}
+
 /// Parse `30s`, `15m`, `1h`, `1h30m`, `500ms`. A bare number is refused: the unit
 /// is what makes a plan readable.
-pub fn parse(s: &str) -> Result<Duration, String> {
+pub fn parse(s: &str) -> Result<Duration, DurationError> {
     let text = s.trim();
     if text.is_empty() {
-        return Err("empty duration; write it like 30s, 15m or 1h".into());
+        return Err(DurationError::Empty);
     }
+    let owned = || text.to_string();
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
@@ -16,18 +45,14 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
-                "invalid duration {text:?}; write it like 30s, 15m or 1h"
-            ));
+            return Err(DurationError::Invalid { text: owned() });
         }
         let n: u64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("duration {text:?} is too large"))?;
+            .map_err(|_| DurationError::TooLarge { text: owned() })?;
         rest = &rest[digits..];
         if rest.starts_with(char::is_whitespace) {
-            return Err(format!(
-                "duration {text:?} contains a space; write it without, like 15m or 1h30m"
-            ));
+            return Err(DurationError::Space { text: owned() });
         }
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -40,26 +65,20 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
-            "" => {
-                return Err(format!(
-                    "duration {text:?} has no unit; write it like 30s, 15m or 1h"
-                ));
-            }
+            "" => return Err(DurationError::NoUnit { text: owned() }),
             other => {
-                return Err(format!(
-                    "unknown unit {other:?} in duration {text:?}; use ms, s, m, h or d"
-                ));
+                return Err(DurationError::UnknownUnit {
+                    unit: other.to_string(),
+                    text: owned(),
+                });
             }
         };
         total = total
             .checked_add(part)
-            .ok_or_else(|| format!("duration {text:?} is too large"))?;
+            .ok_or_else(|| DurationError::TooLarge { text: owned() })?;
     }
     if total > MAX {
-        return Err(format!(
-            "duration {text:?} is longer than {} days, the longest pgshepherd accepts",
-            MAX.as_secs() / 86_400
-        ));
+        return Err(DurationError::TooLong { text: owned() });
     }
     Ok(total)
 }
@@ -124,9 +143,14 @@ mod tests {
 
     #[test]
     fn refuses_bare_numbers_and_unknown_units() {
-        assert!(parse("30").unwrap_err().contains("no unit"));
-        assert!(parse("3 weeks").unwrap_err().contains("space"));
-        assert!(parse("5y").unwrap_err().contains("unknown unit"));
+        assert!(parse("30").unwrap_err().to_string().contains("no unit"));
+        assert!(parse("3 weeks").unwrap_err().to_string().contains("space"));
+        assert!(
+            parse("5y")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown unit")
+        );
         assert!(parse("").is_err());
         assert!(parse("m").is_err());
         assert!(parse("99999999999999999999h").is_err());
@@ -134,6 +158,7 @@ mod tests {
         assert!(
             parse("200000000000000d")
                 .unwrap_err()
+                .to_string()
                 .contains("longer than 366 days")
         );
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::diagnostic::Diagnostic;
-use super::duration;
+use super::duration::{self, DurationError};
 use super::suggest;
 use super::tree::{Node, Value};
 
@@ -249,11 +249,10 @@ impl<'a> Section<'a> {
         let parsed = match &node.value {
             Value::Str(s) => duration::parse(s),
             Value::Int(0) => Ok(Duration::ZERO),
-            Value::Int(n) => Err(format!("{n} has no unit; write it like {n}s, {n}m or {n}h")),
-            other => Err(format!(
-                "expected a duration like 30s, 15m or 1h, found {}",
-                describe(other)
-            )),
+            Value::Int(n) => Err(DurationError::BareNumber(*n)),
+            other => Err(DurationError::NotADuration {
+                found: describe(other),
+            }),
         };
         match parsed {
             Ok(d) if min_nonzero && d.is_zero() => {

@@ -305,7 +305,7 @@ impl Runner<'_> {
                 duration_ms: verify_started.elapsed().as_millis() as u64,
             },
         );
-        match backup::prune(&self.ctx.backup_dir, &self.opts.target, plan.backup.keep) {
+        match backup::prune(&self.ctx.backup_dir, &self.opts.target, plan.backup.keep).await {
             Ok(removed) if !removed.is_empty() => self.ctx.emit(
                 Step::Backup,
                 EventKind::BackupPruned {

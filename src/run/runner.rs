@@ -147,7 +147,8 @@ impl<'a> Runner<'a> {
                     &self.ctx.backup_dir,
                     &self.opts.target,
                     self.ctx.run_id,
-                );
+                )
+                .await;
                 if !removed.is_empty() {
                     self.ctx.events.progress(&format!(
                         "  discarded {} file(s) of an unfinished backup",

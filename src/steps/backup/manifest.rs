@@ -1,0 +1,125 @@
+//! The manifest: what was dumped, when, from where, and the hash that proves the
+//! archive is unchanged. Written last and atomically, so an archive without a
+//! manifest is an unfinished backup.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::BackupError;
+use super::error::io_err;
+use super::files::sync_dir;
+use crate::plan::BackupFormat;
+
+/// `<stem>.manifest.json` next to the archive `<stem>.dump` or `<stem>.dir`.
+pub(super) const MANIFEST_SUFFIX: &str = ".manifest.json";
+
+/// pg_dump's archive format, as recorded in a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveFormat {
+    /// One file (`pg_dump -Fc`), streamed through pgshepherd and hashed on the fly.
+    Custom,
+    /// A directory (`pg_dump -Fd -j N`), one file per table plus `toc.dat`.
+    Directory,
+}
+
+impl From<BackupFormat> for ArchiveFormat {
+    fn from(f: BackupFormat) -> Self {
+        match f {
+            BackupFormat::Custom => ArchiveFormat::Custom,
+            BackupFormat::Directory => ArchiveFormat::Directory,
+        }
+    }
+}
+
+/// One file of a directory-format archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub name: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+/// What was dumped, when, from where, and the hash that proves it is unchanged.
+/// Written next to the archive as `<stem>.manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub target: String,
+    pub run_id: String,
+    pub created_at: DateTime<Utc>,
+    /// `server_version` of the dumped server.
+    pub server_version: String,
+    pub format: ArchiveFormat,
+    /// The archive: a file (custom) or a directory.
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    /// Custom format: sha256 of the file (`sha256sum FILE`). Directory format:
+    /// sha256 over `"<sha256>  <name>\n"` lines of every file sorted by name
+    /// (`cd DIR && sha256sum * | LC_ALL=C sort -k2 | sha256sum`).
+    pub sha256: String,
+    /// Directory format only: every file with its own hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileDigest>,
+    /// pg_dump compression level (0 = none).
+    pub compression: u8,
+    /// pg_dump jobs (directory format; 1 for custom).
+    pub jobs: u32,
+    /// Migration versions applied on the target when the backup was taken.
+    pub applied_versions: Vec<i64>,
+    /// Ordinary tables (`schema.table`, quoted where SQL needs it) present just
+    /// before the dump; their data must be in the archive.
+    pub tables: Vec<String>,
+}
+
+/// A backup on disk: its archive, its manifest and how long writing it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    /// The archive (same as `manifest.path`).
+    pub path: PathBuf,
+    pub manifest_path: PathBuf,
+    pub manifest: Manifest,
+    /// Wall time of pg_dump plus hashing and syncing the archive.
+    pub dump_ms: u64,
+}
+
+impl Backup {
+    /// Load a backup from its manifest (e.g. to restore it in a later process).
+    pub fn load(manifest_path: &Path) -> Result<Backup, BackupError> {
+        let text = fs::read(manifest_path)
+            .map_err(io_err(format!("reading {}", manifest_path.display())))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&text).map_err(|source| BackupError::Manifest {
+                path: manifest_path.to_path_buf(),
+                source,
+            })?;
+        Ok(Backup {
+            path: manifest.path.clone(),
+            manifest_path: manifest_path.to_path_buf(),
+            manifest,
+            dump_ms: 0,
+        })
+    }
+}
+
+/// Write the manifest atomically (temp file, fsync, rename, fsync the directory).
+/// Blocking: call it through [`blocking`](super::files::blocking).
+pub(super) fn write_manifest(path: &Path, manifest: &Manifest) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(manifest).expect("a manifest always serializes");
+    let write = || -> io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")));
+    Ok(())
+}
