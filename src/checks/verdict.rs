@@ -85,6 +85,26 @@ impl Serialize for Observation {
     }
 }
 
+/// The serialized form read back (events in the client): a null value is a
+/// non-finite one.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum ObservationRepr {
+    Value { value: Option<f64> },
+    Failed { value: Option<f64>, reason: String },
+    Inconclusive { reason: String },
+}
+
+impl<'de> Deserialize<'de> for Observation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match ObservationRepr::deserialize(deserializer)? {
+            ObservationRepr::Value { value } => Observation::Value(value.unwrap_or(f64::NAN)),
+            ObservationRepr::Failed { value, reason } => Observation::Failed { value, reason },
+            ObservationRepr::Inconclusive { reason } => Observation::Inconclusive { reason },
+        })
+    }
+}
+
 impl fmt::Display for Observation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -305,8 +325,8 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// What one sample meant for its check. Serializable as an event payload.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What one sample meant for its check. An event payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assessment {
     pub check: String,
     pub observation: Observation,

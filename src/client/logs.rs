@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::header::ACCEPT;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::client::ClientOptions;
 use crate::client::http::{Api, Failure, check_run_id};
 use crate::client::render;
 use crate::client::show::{fetch_run, run_exit_code};
+use crate::run::event::{Event, EventKind};
 
 /// Events per page when not following.
 const PAGE: usize = 1000;
@@ -98,11 +100,12 @@ async fn follow_events(options: &ClientOptions, id: &str) -> Result<i32, Failure
                                 if let Some(seq) = message.id.and_then(|i| i.parse().ok()) {
                                     last = Some(seq);
                                 }
-                                if event["event"] == "run_finished" {
-                                    return Ok(event["exit_code"]
-                                        .as_i64()
-                                        .and_then(|c| i32::try_from(c).ok())
-                                        .unwrap_or(1));
+                                if let Ok(Event {
+                                    kind: EventKind::RunFinished { exit_code, .. },
+                                    ..
+                                }) = Event::deserialize(&event)
+                                {
+                                    return Ok(exit_code);
                                 }
                             }
                         }

@@ -2,7 +2,11 @@
 //! `pgshepherd run` prints on stderr), a run's status, a table of runs.
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::Value;
+
+use crate::run::event::Event;
+use crate::run::render;
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
@@ -39,246 +43,23 @@ fn time(ts: &Value) -> String {
         .unwrap_or_else(|| "--:--:--".into())
 }
 
-/// One event as a line, or `None` for events not worth one (plain samples).
+/// One event from the API as a line, or `None` for events not worth one (plain
+/// samples): read back into the run's own [`Event`] type and rendered by the
+/// one renderer `pgshepherd run` uses. An event this build does not know (from
+/// a newer daemon) still gets a line with its name.
 pub fn event_line(e: &Value) -> Option<String> {
-    let text = match s(&e["event"]) {
-        "run_submitted" => format!(
-            "submitted plan {} for {} by {}{}",
-            s(&e["plan_name"]),
-            s(&e["target"]),
-            s(&e["submitted_by"]),
-            if e["requires_approval"].as_bool() == Some(true) {
-                "; waiting for approval"
-            } else {
-                ""
-            }
-        ),
-        "run_approved" => format!("approved by {}", s(&e["approved_by"])),
-        "abort_requested" => format!("abort requested by {}", s(&e["requested_by"])),
-        "acknowledged" => format!("acknowledged by {}", s(&e["acked_by"])),
-        "run_resumed" => format!(
-            "taken by {} (epoch {}) at {}: {}",
-            s(&e["owner"]),
-            n(&e["epoch"]),
-            s(&e["from_state"]),
-            s(&e["detail"])
-        ),
-        "run_started" => format!(
-            "run {} {}plan {} on {} (at {}; pending: {}; rollback: {})",
-            s(&e["run_id"]),
-            if e["dry_run"].as_bool() == Some(true) {
-                "(dry run) "
-            } else {
-                ""
-            },
-            s(&e["plan_name"]),
-            s(&e["database"]),
-            e["applied"]
-                .as_array()
-                .and_then(|a| a.last())
-                .map_or("nothing applied".to_string(), |v| format!("V{}", n(v))),
-            e["pending"]
-                .as_array()
-                .filter(|a| !a.is_empty())
-                .map_or("none".to_string(), |a| {
-                    a.iter().map(s).collect::<Vec<_>>().join(", ")
-                }),
-            s(&e["rollback_strategy"])
-        ),
-        "waiting_for_window" => format!(
-            "waiting for the window ({} {}): opens {}",
-            s(&e["cron"]),
-            s(&e["timezone"]),
-            s(&e["opens_at"])
-        ),
-        "window_open" => match e["closes_at"].as_str() {
-            Some(c) => format!("window open until {c}"),
-            None => "window open".into(),
-        },
-        "lock_busy" => {
-            let h = &e["holder"];
-            format!(
-                "target locked by {} (pid {}); waiting",
-                match s(&h["application_name"]) {
-                    "" => "an unnamed session",
-                    app => app,
-                },
-                n(&h["pid"])
-            )
-        }
-        "lock_acquired" => format!("lock acquired ({} ms)", n(&e["waited_ms"])),
-        "baseline_measured" => format!(
-            "baseline {} = {} ({} valid samples)",
-            s(&e["check"]),
-            n(&e["baseline"]),
-            n(&e["valid_samples"])
-        ),
-        "backup_started" => format!(
-            "backup started ({}, compression {}) into {}",
-            s(&e["format"]),
-            n(&e["compression"]),
-            s(&e["directory"])
-        ),
-        "backup_written" => format!(
-            "backup written: {} ({:.1} MB, sha256 {}…, {:.1}s)",
-            s(&e["path"]),
-            e["size_bytes"].as_f64().unwrap_or(0.0) / 1e6,
-            s(&e["sha256"]).chars().take(12).collect::<String>(),
-            e["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0
-        ),
-        "backup_verified" => format!(
-            "backup verified: checksum, table of contents ({} tables) and every data block read back ({:.1}s)",
-            n(&e["tables"]),
-            e["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0
-        ),
-        "backup_failed" => format!("BACKUP FAILED: {}", s(&e["reason"])),
-        "backup_pruned" => format!(
-            "pruned {} old backup(s)",
-            e["removed"].as_array().map_or(0, Vec::len)
-        ),
-        "migration_started" => format!(
-            "applying {}{}",
-            s(&e["file"]),
-            if e["transactional"].as_bool() == Some(false) {
-                " (no transaction)"
-            } else {
-                ""
-            }
-        ),
-        "migration_retry" | "rollback_retry" => format!(
-            "{}V{}: {} — attempt {}/{}",
-            if s(&e["event"]) == "rollback_retry" {
-                "undo "
-            } else {
-                ""
-            },
-            n(&e["version"]),
-            s(&e["error"]),
-            e["attempt"].as_u64().unwrap_or(0) + 1,
-            n(&e["of"])
-        ),
-        "migration_applied" => format!(
-            "applied {} in {} ms ({} attempt{})",
-            s(&e["file"]),
-            n(&e["duration_ms"]),
-            n(&e["attempts"]),
-            if e["attempts"].as_u64() == Some(1) {
-                ""
-            } else {
-                "s"
-            }
-        ),
-        "migration_failed" => format!("MIGRATION FAILED: {}: {}", s(&e["file"]), s(&e["message"])),
-        "verify_passed" => format!(
-            "verified by {} ({} ms)",
-            s(&e["file"]),
-            n(&e["duration_ms"])
-        ),
-        "verify_failed" => format!("VERIFY FAILED: {}: {}", s(&e["file"]), s(&e["message"])),
-        "soak_started" => format!(
-            "soak started: {}s, a sample every {}s of {}",
-            n(&e["duration_s"]),
-            n(&e["interval_s"]),
-            e["checks"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .map(|c| s(&c["check"]))
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default()
-        ),
-        "check_sample" => {
-            let c = &e["counts"];
-            if e["valid"].as_bool() == Some(false) {
-                format!(
-                    "{} inconclusive: {} ({} in a row)",
-                    s(&e["check"]),
-                    e["reason"].as_str().unwrap_or("unknown"),
-                    n(&c["inconclusive_in_a_row"])
-                )
-            } else if e["breaching"].as_bool() == Some(true) {
-                format!(
-                    "{} = {} breaching ({}; {} in a row)",
-                    s(&e["check"]),
-                    n(&e["value"]),
-                    s(&e["thresholds"]),
-                    n(&c["breaches_in_a_row"])
-                )
-            } else {
-                return None;
-            }
-        }
-        "check_verdict" => format!(
-            "VERDICT ({}): {}\n         measured by {}",
-            s(&e["decision"]),
-            s(&e["message"]),
-            s(&e["source"])
-        ),
-        "soak_finished" => match (e["passed"].as_bool(), e["reason"].as_str()) {
-            (Some(true), _) => "soak passed".into(),
-            (_, Some(r)) => format!("soak failed: {r}"),
-            _ => "soak failed".into(),
-        },
-        "rollback_started" => {
-            let mut undo: Vec<String> = e["undo"]
-                .as_array()
-                .map(|a| a.iter().map(|v| format!("V{}", n(v))).collect())
-                .unwrap_or_default();
-            undo.reverse();
-            format!(
-                "ROLLING BACK ({}): {} — {}",
-                s(&e["strategy"]),
-                undo.join(", "),
-                s(&e["cause"])
-            )
-        }
-        "rollback_step_done" => {
-            format!("undone by {} in {} ms", s(&e["file"]), n(&e["duration_ms"]))
-        }
-        "backup_restored" => format!("restored {} ({} ms)", s(&e["path"]), n(&e["duration_ms"])),
-        "rollback_finished" => format!(
-            "rollback finished: target at {} ({})",
-            e["applied"]
-                .as_array()
-                .and_then(|a| a.last())
-                .map_or("no version".to_string(), |v| format!("V{}", n(v))),
-            if e["at_starting_version"].as_bool() == Some(true) {
-                "its starting version"
-            } else {
-                "NOT its starting version"
-            }
-        ),
-        "rollback_failed" => format!("ROLLBACK FAILED: {}", s(&e["reason"])),
-        "gate_started" => format!(
-            "low-traffic gate: waiting for {} healthy samples of {} every {}s",
-            n(&e["consecutive"]),
-            s(&e["check"]["check"]),
-            n(&e["interval_s"])
-        ),
-        "gate_open" => format!(
-            "low-traffic gate open after {} samples ({}s)",
-            n(&e["samples"]),
-            n(&e["waited_s"])
-        ),
-        "gate_closed" => format!("low-traffic gate never opened: {}", s(&e["reason"])),
-        "run_finished" => format!(
-            "run {}: {}{} (exit {})",
-            s(&e["run_id"]),
-            s(&e["outcome"]),
-            e["reason"]
+    match Event::deserialize(e) {
+        Ok(event) => render::human(&event),
+        Err(_) => Some(format!(
+            "[{}] {}{}",
+            time(&e["ts"]),
+            s(&e["event"]),
+            e["step"]
                 .as_str()
-                .map(|r| format!(" — {r}"))
-                .unwrap_or_default(),
-            n(&e["exit_code"])
-        ),
-        "dry_run" => return None,
-        other => match e["step"].as_str() {
-            Some(step) => format!("{other} ({step})"),
-            None => other.to_string(),
-        },
-    };
-    Some(format!("[{}] {text}", time(&e["ts"])))
+                .map(|step| format!(" ({step})"))
+                .unwrap_or_default()
+        )),
+    }
 }
 
 fn when(v: &Value) -> String {
@@ -518,23 +299,11 @@ mod tests {
 
     #[test]
     fn events_read_like_run_prints_them() {
-        let e = json!({"ts": "2026-03-01T10:11:12.000Z", "run_id": "0123456789ab", "step": null,
-                       "event": "run_finished", "outcome": "stopped", "reason": "aborted by bob before it started",
-                       "exit_code": 5, "applied": [], "backup": null, "journal": null, "seq": 7});
-        assert_eq!(
-            event_line(&e).unwrap(),
-            "[10:11:12] run 0123456789ab: stopped — aborted by bob before it started (exit 5)"
-        );
-        let sample = json!({"ts": "2026-03-01T10:11:12Z", "event": "check_sample", "check": "c",
-                            "valid": true, "breaching": false, "value": 1.0, "counts": {}});
-        assert_eq!(event_line(&sample), None);
-        let breach = json!({"ts": "2026-03-01T10:11:12Z", "event": "check_sample", "check": "c",
-                            "valid": true, "breaching": true, "value": 0.61, "thresholds": "max 0.5",
-                            "counts": {"breaches_in_a_row": 2}});
-        assert_eq!(
-            event_line(&breach).unwrap(),
-            "[10:11:12] c = 0.61 breaching (max 0.5; 2 in a row)"
-        );
+        for event in crate::run::event::samples::events() {
+            let mut json = serde_json::to_value(&event).unwrap();
+            json["seq"] = 7.into();
+            assert_eq!(event_line(&json), render::human(&event));
+        }
         let unknown = json!({"ts": "x", "event": "something_new", "step": "soak"});
         assert_eq!(
             event_line(&unknown).unwrap(),

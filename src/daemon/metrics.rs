@@ -776,7 +776,7 @@ mod tests {
                             check: verdict.check().to_string(),
                             source: "SELECT 1".into(),
                             message: verdict.message(),
-                            decision: "roll_back",
+                            decision: crate::run::event::Decision::RollBack,
                             verdict,
                         },
                     ),

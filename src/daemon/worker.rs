@@ -216,16 +216,13 @@ async fn give_up(events: &Emitter, claimed: &Claimed, reason: String) -> DriveEn
 
 fn log_event(event: &Event) {
     let step = event.step.map(|s| format!("{s:?}").to_lowercase());
-    let text = crate::run::render::human(event);
-    let name = serde_json::to_value(event)
-        .ok()
-        .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
-        .unwrap_or_default();
+    let name = event.kind.name();
+    let text = crate::run::render::text(event);
     match &event.kind {
         EventKind::CheckSample { .. } => {
-            tracing::debug!(step = step.as_deref(), event = %name, "{}", text.unwrap_or_default())
+            tracing::debug!(step = step.as_deref(), event = name, "{text}")
         }
-        _ => tracing::info!(step = step.as_deref(), event = %name, "{}", text.unwrap_or_default()),
+        _ => tracing::info!(step = step.as_deref(), event = name, "{text}"),
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::migrations::history;
@@ -33,7 +33,7 @@ pub struct Limits {
 }
 
 /// A failed attempt that will be retried.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Retry {
     pub attempt: u32,
     pub of: u32,
@@ -42,7 +42,7 @@ pub struct Retry {
 }
 
 /// What a successful script did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScriptReport {
     pub file: String,
     pub checksum: String,
@@ -53,7 +53,7 @@ pub struct ScriptReport {
     pub cleaned_invalid_indexes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error(
     "{file} failed after {attempts} attempt(s): {message}{}",
     cleanup_note(.cleaned_invalid_indexes, .invalid_indexes_left)

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use crate::checks::verdict::{Assessment, Verdict, num};
 use crate::notify::{EscalationStep, Fact, Notice, NoticeKind, Severity};
-use crate::run::event::{Event, EventKind, Outcome};
+use crate::run::event::{Decision, Event, EventKind, Outcome};
 
 /// The run a notice is about.
 #[derive(Debug, Clone)]
@@ -193,7 +193,7 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
                 NoticeKind::Breach,
                 Severity::Critical,
                 format!("Breach on {target}: {}", verdict.check()),
-                format!("{message}. Run {id} {}.", consequence(decision)),
+                format!("{message}. Run {id} {}.", consequence(*decision)),
             );
             b.facts = verdict_facts(verdict);
             b.facts.push(Fact::new("measured by", source.clone()));
@@ -315,13 +315,13 @@ pub fn page(trigger: &Notice, step: EscalationStep, now: DateTime<Utc>) -> Notic
 }
 
 /// What the run does about a verdict, from the decision its event records.
-fn consequence(decision: &str) -> &'static str {
+fn consequence(decision: Decision) -> &'static str {
     match decision {
-        "hold_for_human" => "is held for a human",
-        "rollback_unhealthy" => {
+        Decision::HoldForHuman => "is held for a human",
+        Decision::RollbackUnhealthy => {
             "was already rolled back, but the target is still unhealthy: a person must look"
         }
-        _ => "now applies its plan's rollback strategy",
+        Decision::RollBack => "now applies its plan's rollback strategy",
     }
 }
 
@@ -605,7 +605,7 @@ mod tests {
                 check: "p99_ms".into(),
                 source: "sql: SELECT p99 FROM latency".into(),
                 message: verdict.message(),
-                decision: "roll_back",
+                decision: Decision::RollBack,
                 verdict,
             },
         );

@@ -17,7 +17,7 @@ use crate::pg::Dsn;
 pub const LOCK_KEY: i64 = 0x7067_7368;
 
 /// The session holding the lock, as far as pg_stat_activity tells.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Holder {
     pub pid: i32,
     pub application_name: String,

@@ -81,7 +81,7 @@ pub struct LockSettings {
     pub max_backoff: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackupFormat {
     Custom,
@@ -212,7 +212,7 @@ impl BuiltinSignal {
 
 /// A sample breaches when it is below `min`, above `max`, or further from the
 /// baseline than `max_increase` / `max_decrease` allow. At least one is set.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Thresholds {
     pub min: Option<f64>,
     pub max: Option<f64>,
@@ -227,7 +227,7 @@ impl Thresholds {
 }
 
 /// A distance from the baseline: `5` (absolute) or `20%` (of the baseline).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Delta {
     Absolute(f64),
@@ -248,7 +248,7 @@ pub enum InconclusivePolicy {
     Ignore,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RollbackStrategy {
     /// Run down scripts in reverse order.

@@ -1,12 +1,31 @@
-//! Human-readable progress on stderr, one line per event worth a line.
+//! The one human rendering of events: `pgshepherd run`'s progress on stderr,
+//! `pgshepherd logs` and the daemon's log lines all print these lines. Every
+//! event kind has a text (the match is exhaustive, and a test renders one of
+//! each); [`worth_a_line`] decides which are printed where a run is followed.
 
 use crate::checks::verdict::num;
 use crate::run::event::{Event, EventKind};
 
+/// `[HH:MM:SS] text` for an event worth a line, else `None`.
 pub fn human(event: &Event) -> Option<String> {
+    worth_a_line(&event.kind).then(|| format!("[{}] {}", event.ts.format("%H:%M:%S"), text(event)))
+}
+
+/// Whether an event gets a line of its own: not a sample within its bounds
+/// (the soak's progress line and the verdict cover those), nor a dry run's
+/// report (printed on its own).
+pub fn worth_a_line(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::CheckSample { assessment, .. } => !assessment.valid || assessment.breaching,
+        EventKind::DryRun { .. } => false,
+        _ => true,
+    }
+}
+
+/// The event in words, without its time.
+pub fn text(event: &Event) -> String {
     use EventKind::*;
-    let time = event.ts.format("%H:%M:%S");
-    let text = match &event.kind {
+    match &event.kind {
         RunStarted {
             plan_name,
             database,
@@ -146,20 +165,27 @@ pub fn human(event: &Event) -> Option<String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        CheckSample { .. } => return None,
+        CheckSample { assessment, .. } => assessment.summary(),
         CheckVerdict {
             message,
             source,
             decision,
             ..
-        } => format!("VERDICT ({decision}): {message}\n         measured by {source}"),
+        } => format!(
+            "VERDICT ({}): {message}\n         measured by {source}",
+            decision.as_str()
+        ),
         SoakFinished { passed, reason, .. } => match (passed, reason) {
             (true, _) => "soak passed".into(),
             (false, Some(r)) => format!("soak failed: {r}"),
             (false, None) => "soak failed".into(),
         },
-        RollbackStarted { strategy, undo, .. } => format!(
-            "ROLLING BACK ({}): {}",
+        RollbackStarted {
+            strategy,
+            undo,
+            cause,
+        } => format!(
+            "ROLLING BACK ({}): {} — {cause}",
             strategy.as_str(),
             undo.iter()
                 .rev()
@@ -196,7 +222,7 @@ pub fn human(event: &Event) -> Option<String> {
             }
         ),
         RollbackFailed { reason } => format!("ROLLBACK FAILED: {reason}"),
-        DryRun { .. } => return None,
+        DryRun { .. } => "dry run report".to_string(),
         RunSubmitted {
             plan_name,
             target,
@@ -251,6 +277,53 @@ pub fn human(event: &Event) -> Option<String> {
                 .map(|j| format!("\n         journal: {j}"))
                 .unwrap_or_default()
         ),
-    };
-    Some(format!("[{time}] {text}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::event::samples;
+
+    #[test]
+    fn every_event_kind_has_words() {
+        for event in samples::events() {
+            let text = text(&event);
+            assert!(
+                text.len() > 8 && !text.contains("{}"),
+                "{}: {text:?}",
+                event.kind.name()
+            );
+        }
+    }
+
+    #[test]
+    fn a_breaching_sample_gets_a_line_and_a_sample_within_bounds_does_not() {
+        let mut events = samples::events();
+        let sample = events
+            .iter_mut()
+            .find(|e| e.kind.name() == "check_sample")
+            .unwrap();
+        assert_eq!(
+            human(sample).unwrap(),
+            "[10:11:12] p99_ms breached max 250 with 312.0 (3 in a row, consecutive 3)"
+        );
+        if let EventKind::CheckSample { assessment, .. } = &mut sample.kind {
+            assessment.breaching = false;
+            assessment.verdict = None;
+        }
+        assert_eq!(human(sample), None);
+    }
+
+    #[test]
+    fn the_end_of_a_run_says_how_and_why() {
+        let end = samples::events()
+            .into_iter()
+            .find(|e| e.kind.name() == "run_finished")
+            .unwrap();
+        assert_eq!(
+            human(&end).unwrap(),
+            "[10:11:12] run 0123456789ab: rolled_back — p99 breached; rolled back and confirmed healthy (exit 3)"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use crate::checks::verdict::{CheckState, Observation, Verdict, num};
 use crate::pg::Dsn;
 use crate::plan::Check;
 use crate::run::driver::{Finished, Lifecycle};
-use crate::run::event::{CheckPlan, CheckTally, EventKind, Step};
+use crate::run::event::{CheckPlan, CheckTally, Decision, EventKind, Step};
 use crate::run::lifecycle::Input;
 use crate::steps::context::StepContext;
 
@@ -377,9 +377,9 @@ impl Monitor {
             .map(|c| c.source.describe())
             .unwrap_or_default();
         let decision = match verdict {
-            Verdict::Hold { .. } => "hold_for_human",
-            _ if step == Step::Confirm => "rollback_unhealthy",
-            _ => "roll_back",
+            Verdict::Hold { .. } => Decision::HoldForHuman,
+            _ if step == Step::Confirm => Decision::RollbackUnhealthy,
+            _ => Decision::RollBack,
         };
         ctx.emit(
             step,
