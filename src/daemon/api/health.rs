@@ -26,8 +26,9 @@ pub struct Health {
     /// This daemon's name.
     pub node: String,
     pub version: &'static str,
-    /// Why the state database is unavailable.
+    /// Why the state database is unavailable (only then present).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub error: Option<String>,
 }
 
