@@ -60,7 +60,7 @@ pub struct MigrationFiles {
     /// The set's name in the target's history table: the last component of the
     /// plan's `migrations:` directory.
     pub name: String,
-    #[schema(max_items = 1000)]
+    #[schema(max_items = 1000)] // MAX_FILES (the attribute takes a literal)
     pub files: Vec<BundleFile>,
 }
 

@@ -76,7 +76,7 @@ pub struct EventsQuery {
     #[param(value_type = Option<i64>, minimum = 0)]
     pub after: Option<String>,
     /// JSON only; at most 10000.
-    #[param(value_type = Option<i64>, minimum = 1, default = 1000)]
+    #[param(value_type = Option<i64>, minimum = 1, default = json!(DEFAULT_LIMIT))]
     pub limit: Option<String>,
 }
 

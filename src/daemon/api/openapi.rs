@@ -48,18 +48,20 @@ const DESCRIPTION: &str = "Submit PostgreSQL deployment plans, approve, abort an
         control::ack,
     ),
     components(
+        // Named by the error responses, which refer to their schemas by name.
         schemas(ErrorBody, ValidationError),
         responses(
-        BadRequest,
-        Unauthorized,
-        Forbidden,
-        NotFound,
-        Conflict,
-        TooLarge,
-        Invalid,
-        InternalError,
-        Unavailable,
-    )),
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+            TooLarge,
+            Invalid,
+            InternalError,
+            Unavailable,
+        ),
+    ),
     security(("bearer" = [])),
     tags((name = "service"), (name = "runs"), (name = "control")),
     modifiers(&EveryRoute),
@@ -84,7 +86,14 @@ impl Modify for EveryRoute {
             ),
         );
         for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
                 if !is_public(op) {
                     add(op, "401", Unauthorized::response().0);
                     add(op, "403", Forbidden::response().0);
@@ -249,6 +258,13 @@ mod tests {
             diagnostic,
             &serde_json::json!(["file", "line", "column", "message"])
         );
+    }
+
+    #[test]
+    fn limits_written_as_literals_match_the_code() {
+        let doc = doc();
+        let files = &doc["components"]["schemas"]["MigrationFiles"]["properties"]["files"];
+        assert_eq!(files["maxItems"], crate::daemon::api::bundle::MAX_FILES);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct ListQuery {
     pub phase: Option<String>,
     pub target: Option<String>,
     /// At most 1000 (larger values are capped).
-    #[param(value_type = Option<i64>, minimum = 1, default = 100)]
+    #[param(value_type = Option<i64>, minimum = 1, default = json!(DEFAULT_LIMIT))]
     pub limit: Option<String>,
 }
 
