@@ -2,12 +2,14 @@
 //! state database, driven over HTTP the way `curl` and the `pgshepherd` client
 //! drive it. No run executes here (no scheduler): these are the API's promises —
 //! auth and roles, four eyes, validation as `check` does it, control actions,
-//! the event stream, and an audit trail without secrets.
+//! the event stream, and an audit trail without secrets. Every answer is checked
+//! against the OpenAPI document the daemon serves (see [`conform`]).
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgshepherd::config::Config;
@@ -37,6 +39,10 @@ struct Api {
     http: reqwest::Client,
     db: common::TestDb,
     dir: tempfile::TempDir,
+    /// The OpenAPI document the daemon serves.
+    doc: Value,
+    /// `METHOD /template STATUS` of every answer checked against `doc`.
+    checked: Mutex<BTreeSet<String>>,
 }
 
 async fn start() -> Api {
@@ -48,8 +54,10 @@ async fn start_with(stop: Option<tokio::sync::watch::Receiver<bool>>) -> Api {
     pgshepherd::tls::install_crypto_provider();
     let db = common::fresh_db().await;
     let dir = common::scratch_dir();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let mut yaml = format!(
-        "listen: 127.0.0.1:0\nstate_database: \"{}\"\ntargets:\n  jobs:\n    dsn: \"{}\"\ntokens:\n",
+        "listen: {addr}\nstate_database: \"{}\"\ntargets:\n  jobs:\n    dsn: \"{}\"\ntokens:\n",
         db.url, db.url
     );
     for (i, (name, secret, roles)) in TOKENS.iter().enumerate() {
@@ -71,8 +79,6 @@ async fn start_with(stop: Option<tokio::sync::watch::Receiver<bool>>) -> Api {
         .await
         .unwrap();
     let shared = Arc::new(Shared::new(config, pool, "test-node".into()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let router = match stop {
         Some(stop) => api::router_until(shared, stop),
         None => api::router(shared),
@@ -80,14 +86,26 @@ async fn start_with(stop: Option<tokio::sync::watch::Receiver<bool>>) -> Api {
     tokio::spawn(async move {
         axum::serve(listener, router).await.unwrap();
     });
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let doc = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     Api {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
+        base,
+        http,
         db,
         dir,
+        doc,
+        checked: Mutex::default(),
     }
 }
 
@@ -103,16 +121,63 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
+    /// Send `request`; the answer must be as the served document describes it.
     async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
-        let response = request.send().await.unwrap();
+        let request = request.build().unwrap();
+        let method = request.method().clone();
+        let path = request.url().path().to_string();
+        let response = self.http.execute(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
-        Answer {
+        let answer = Answer {
             status,
             headers,
             body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        };
+        if let Some(route) = route_of(method.as_str(), &path) {
+            let content_type = answer
+                .headers
+                .get("content-type")
+                .map_or("", |v| v.to_str().unwrap());
+            if let Err(e) = self.documented(route, status, content_type, &answer.body) {
+                panic!("{method} {path} -> {status}: {e}\nbody: {text}");
+            }
+            self.checked.lock().unwrap().insert(format!(
+                "{} {} {}",
+                route.method,
+                route.path,
+                status.as_u16()
+            ));
         }
+        answer
+    }
+
+    /// Whether the document lists `status` for `route` with `content_type`, and
+    /// a JSON `body` fits the schema it gives.
+    fn documented(
+        &self,
+        route: &api::RouteSpec,
+        status: StatusCode,
+        content_type: &str,
+        body: &Value,
+    ) -> Result<(), String> {
+        let op = &self.doc["paths"][route.path][route.method.to_ascii_lowercase()];
+        let mut response = &op["responses"][status.as_str()];
+        if let Some(target) = response["$ref"].as_str() {
+            response = resolve(&self.doc, target);
+        }
+        let content = response["content"]
+            .as_object()
+            .ok_or("the document does not list this status for the route")?;
+        let (media, spec) = content
+            .iter()
+            .find(|(media, _)| content_type.starts_with(media.as_str()))
+            .ok_or_else(|| format!("content type {content_type:?} is not documented"))?;
+        if media == "application/json" {
+            conform(&self.doc, &spec["schema"], body, "body")?;
+        }
+        Ok(())
     }
 
     async fn get(&self, who: &str, path: &str) -> Answer {
@@ -175,6 +240,225 @@ impl Api {
             assert!(!dump.contains(secret), "a token was stored: {secret}");
         }
     }
+}
+
+/// The route `method path` was served by, if any (`{...}` matches one segment).
+fn route_of(method: &str, path: &str) -> Option<&'static api::RouteSpec> {
+    let segments: Vec<&str> = path.split('/').collect();
+    api::ROUTES.iter().find(|r| {
+        let parts: Vec<&str> = r.path.split('/').collect();
+        r.method == method
+            && parts.len() == segments.len()
+            && parts
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t == s || (t.starts_with('{') && !s.is_empty()))
+    })
+}
+
+fn resolve<'d>(doc: &'d Value, target: &str) -> &'d Value {
+    let path = target.strip_prefix("#/").expect("a local $ref");
+    let node = path.split('/').fold(doc, |node, part| &node[part]);
+    assert!(!node.is_null(), "dangling $ref {target}");
+    node
+}
+
+/// Whether `value` fits `schema` (a schema of the document `doc`): its types
+/// (null included), required properties, properties of their own schemas, no
+/// unknown property where `additionalProperties` is false, enums, minimums, array
+/// items, `allOf`, `oneOf`, `$ref` and date-time strings. Not a full JSON Schema
+/// validator: enough to catch a field renamed, dropped or retyped.
+fn conform(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(target) = schema["$ref"].as_str() {
+        return conform(doc, resolve(doc, target), value, at);
+    }
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        conform(doc, part, value, at)?;
+    }
+    if let Some(choices) = schema["oneOf"].as_array() {
+        let fits = choices
+            .iter()
+            .filter(|c| conform(doc, c, value, at).is_ok())
+            .count();
+        if fits != 1 {
+            return Err(format!("{at}: {value} fits {fits} of {choices:?}"));
+        }
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let is = |t: &str| match t {
+        "null" => value.is_null(),
+        "boolean" => value.is_boolean(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        other => panic!("type {other} in the document"),
+    };
+    if !types.is_empty() && !types.iter().any(|t| is(t)) {
+        return Err(format!("{at}: {value} is not of type {types:?}"));
+    }
+    match value {
+        Value::String(s) if schema["format"] == "date-time" => {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|e| format!("{at}: {s:?} is not a date-time: {e}"))?;
+        }
+        Value::Number(n) => {
+            if let Some(min) = schema["minimum"].as_f64()
+                && n.as_f64().unwrap() < min
+            {
+                return Err(format!("{at}: {n} is below {min}"));
+            }
+        }
+        Value::Object(fields) => {
+            for name in schema["required"].as_array().into_iter().flatten() {
+                let name = name.as_str().unwrap();
+                if !fields.contains_key(name) {
+                    return Err(format!("{at}: required `{name}` is missing"));
+                }
+            }
+            for (name, v) in fields {
+                match schema["properties"].get(name) {
+                    Some(s) => conform(doc, s, v, &format!("{at}.{name}"))?,
+                    None if schema["additionalProperties"] == false => {
+                        return Err(format!("{at}: `{name}` is not in the schema"));
+                    }
+                    None => {}
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    conform(doc, item, v, &format!("{at}[{i}]"))?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_answers_as_the_served_document_says() {
+    let api = start().await;
+    // Generated for this daemon: its `servers` entry is where it listens.
+    assert_eq!(api.doc["servers"][0]["url"], api.base.as_str());
+    assert_eq!(
+        api.send(api.http.get(api.url("/openapi.json"))).await.body,
+        api.doc
+    );
+
+    assert_eq!(
+        api.send(api.http.get(api.url("/healthz"))).await.status,
+        StatusCode::OK
+    );
+    let metrics = api.send(api.http.get(api.url("/metrics"))).await;
+    assert_eq!(metrics.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.get("reader", "/metrics").await.status, StatusCode::OK);
+
+    let submitted = api
+        .submit("carol", "a", "approval:\n  required: true\n")
+        .await;
+    assert_eq!(submitted.status, StatusCode::CREATED);
+    let id = submitted.body["id"].as_str().unwrap().to_string();
+    let run = |action: &str| format!("/v1/runs/{id}{action}");
+    assert_eq!(api.get("reader", "/v1/runs").await.status, StatusCode::OK);
+    assert_eq!(api.get("reader", &run("")).await.status, StatusCode::OK);
+    assert_eq!(
+        api.post("bob", &run("/approve"), None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.post("bob", &run("/approve"), None).await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        api.post("alice", &run("/ack"), None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.post("carol", &run("/abort"), None).await.status,
+        StatusCode::OK
+    );
+    let events = api.get("reader", &run("/events")).await;
+    assert_eq!(events.status, StatusCode::OK);
+    let names: Vec<&str> = events
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "run_submitted",
+            "run_approved",
+            "acknowledged",
+            "abort_requested",
+            "run_finished"
+        ]
+    );
+    let other = api.get("reader", "/v1/runs/0123456789ab").await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    let malformed = api.get("reader", "/v1/runs/XYZ/events").await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+
+    let checked = api.checked.lock().unwrap().clone();
+    for route in api::ROUTES {
+        assert!(
+            checked
+                .iter()
+                .any(|c| { c.starts_with(&format!("{} {} 2", route.method, route.path)) }),
+            "no success of {} {} was checked: {checked:#?}",
+            route.method,
+            route.path
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_problem_is_a_422_with_located_errors() {
+    let api = start().await;
+    let plan = common::one_table_plan(&api.dir.path().join("b"), "jobs", "1s", "");
+    let good = api.bundle(&plan);
+    let plan_path = good["plan"]["path"].as_str().unwrap().to_string();
+
+    let mut outside = good.clone();
+    outside["migrations"]["files"][0]["name"] = json!("../x.sql");
+    let mut mismatch = good.clone();
+    mismatch["migrations"]["files"][0]["sha256"] = json!("00".repeat(32));
+    let mut no_path = good.clone();
+    no_path["plan"]["path"] = json!("");
+    for (body, file, says) in [
+        (&outside, plan_path.as_str(), "must be a bare file name"),
+        (&mismatch, plan_path.as_str(), "does not match its content"),
+        (&no_path, "", "`plan.path` must be"),
+    ] {
+        let answer = api.post("alice", "/v1/runs", Some(body)).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let errors = answer.body["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            errors[0],
+            json!({"file": file, "line": 0, "column": 0, "message": answer.body["error"]})
+        );
+        assert!(
+            errors[0]["message"].as_str().unwrap().contains(says),
+            "{errors:?}"
+        );
+    }
+    assert_eq!(api.db.row_count("runs").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

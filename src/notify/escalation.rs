@@ -187,16 +187,22 @@ pub async fn acknowledge(
 }
 
 /// The escalation of a run, for its view.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Escalation)]
 pub struct EscalationView {
     pub policy: String,
+    #[schema(schema_with = crate::daemon::api::schema::escalation_trigger)]
     pub trigger: String,
+    #[schema(schema_with = crate::daemon::api::schema::escalation_status)]
     pub status: String,
     /// 1-based: the level paged next while `active`.
     pub next_level: i32,
+    /// 1-based pass through the levels (a policy may repeat).
     pub pass: i32,
+    /// While active: when the next level is paged.
     #[serde(serialize_with = "crate::daemon::api::view::ts_opt")]
     pub next_at: Option<chrono::DateTime<Utc>>,
+    /// Channels paged so far.
     pub paged: Vec<String>,
     pub acked_by: Option<String>,
     #[serde(serialize_with = "crate::daemon::api::view::ts_opt")]

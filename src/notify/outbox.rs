@@ -725,21 +725,28 @@ async fn drop_disabled(outbox: &Outbox, stats: &ChannelStats, id: i64) {
 }
 
 /// One notification as `GET /v1/runs/{id}` and `pgshepherd status` show it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Notification)]
 pub struct Delivered {
+    /// The webhook-id: the same on every retry.
     pub id: String,
     pub channel: String,
+    /// The notice: submitted, approval_needed, breach, needs_human, ...
     pub event: String,
+    #[schema(schema_with = crate::daemon::api::schema::severity)]
     pub severity: String,
     pub title: String,
+    #[schema(schema_with = crate::daemon::api::schema::delivery_status)]
     pub status: String,
     pub attempts: i32,
+    /// HTTP status of the last attempt, if one came back.
     pub last_status: Option<i32>,
     pub last_error: Option<String>,
     #[serde(serialize_with = "crate::daemon::api::view::ts")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "crate::daemon::api::view::ts_opt")]
     pub last_attempt_at: Option<DateTime<Utc>>,
+    /// While pending: when the next attempt is due.
     #[serde(serialize_with = "crate::daemon::api::view::ts_opt")]
     pub next_attempt_at: Option<DateTime<Utc>>,
     #[serde(serialize_with = "crate::daemon::api::view::ts_opt")]

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use crate::migrations::MigrationSet;
 use crate::plan::tree::{self, Node, Value};
@@ -22,31 +23,48 @@ pub const MAX_FILES: usize = 1000;
 /// Longest plan path or file name accepted.
 pub const MAX_NAME_LEN: usize = 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The body of `POST /v1/runs`: a plan and every file of its migration set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SubmitRequest, example = json!({
+    "plan": {
+        "path": "plans/job-summaries.yaml",
+        "content": "name: job-summaries\ntarget: jobs\nmigrations: ../migrations/job_summaries\n..."
+    },
+    "migrations": {
+        "name": "job_summaries",
+        "files": [
+            {"name": "V1__add_index.sql", "content": "CREATE INDEX ..."},
+            {"name": "V1__add_index.down.sql", "content": "DROP INDEX ..."}
+        ]
+    }
+}))]
 pub struct Bundle {
     pub plan: PlanFile,
     pub migrations: MigrationFiles,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanFile {
     /// The plan's path as the submitter gave it; it names the plan in messages
     /// and locates the migration directory in them (`migrations:` is relative to it).
     pub path: String,
+    /// The plan's YAML (at most 1 MiB).
     pub content: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationFiles {
-    /// The set's name in the target's history table (the directory's name).
+    /// The set's name in the target's history table: the last component of the
+    /// plan's `migrations:` directory.
     pub name: String,
+    #[schema(max_items = 1000)] // MAX_FILES (the attribute takes a literal)
     pub files: Vec<BundleFile>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleFile {
     /// A bare file name, e.g. `V2__add_index.down.sql`.
@@ -85,6 +103,18 @@ pub enum BundleError {
         given: String,
         actual: String,
     },
+}
+
+impl BundleError {
+    /// The refusal as a located problem, like a plan's: in the plan's file (the
+    /// bundle is the plan's), position unknown. A bad `plan.path` has no file.
+    pub fn diagnostic(&self, plan_path: &str) -> Diagnostic {
+        let file = match self {
+            BundleError::BadPlanPath => "",
+            _ => plan_path,
+        };
+        Diagnostic::new(file, 0, 0, self.to_string())
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -408,6 +438,21 @@ mod tests {
         let mut b = bundle(PLAN, &[]);
         b.plan.path = String::new();
         assert_eq!(b.normalise(), Err(BundleError::BadPlanPath));
+    }
+
+    #[test]
+    fn a_refusal_is_located_in_the_plans_file() {
+        let e = BundleError::DuplicateFile("V1__t.sql".into());
+        let d = e.diagnostic("plans/p.yaml");
+        assert_eq!(
+            (d.file.to_str(), d.line, d.column),
+            (Some("plans/p.yaml"), 0, 0)
+        );
+        assert_eq!(d.message, e.to_string());
+        assert_eq!(
+            BundleError::BadPlanPath.diagnostic("\u{7}").file.to_str(),
+            Some("")
+        );
     }
 
     #[test]

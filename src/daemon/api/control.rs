@@ -11,9 +11,10 @@ use chrono::Utc;
 
 use crate::config::Role;
 use crate::daemon::api::auth::Caller;
-use crate::daemon::api::error::{ApiError, AuditDetail};
-use crate::daemon::api::runs::run_id;
-use crate::daemon::api::view;
+use crate::daemon::api::error::{ApiError, AuditDetail, BadRequest, Conflict, NotFound};
+use crate::daemon::api::routes::{ABORT, ACK, APPROVE};
+use crate::daemon::api::runs::{RunPath, run_id};
+use crate::daemon::api::view::{self, RunView};
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store;
 use crate::notify::outbox::RunNotify;
@@ -44,11 +45,27 @@ async fn answer(
     Ok(response)
 }
 
-/// Approve a run waiting for approval. Four eyes: never by its submitter.
+/// Approve a run pending approval (role: approve; never the submitter)
+///
+/// Four eyes: the token that submitted a run can never approve it, whatever its
+/// roles. The approved run is queued.
+#[utoipa::path(
+    post,
+    path = APPROVE.path,
+    operation_id = "approveRun",
+    tag = "control",
+    params(RunPath),
+    responses(
+        (status = 200, description = "Approved: the run is queued.", body = RunView),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    ),
+)]
 pub async fn approve(
     State(shared): State<SharedRef>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<RunPath>, PathRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Approve)?;
     let id = run_id(path)?;
@@ -110,14 +127,30 @@ pub async fn approve(
     .await
 }
 
-/// Abort a run. Before any daemon has claimed it, the run finishes here and
-/// now (stopped, 200). Once it is active, the request is recorded (202) and the
-/// owning daemon acts on it within a poll interval: stopped before the change,
-/// rolled back per the plan during it.
+/// Abort a run (role: approve or admin, or submit for one's own runs)
+///
+/// A run no daemon has started finishes at once (outcome `stopped`, 200). For an
+/// active run the request is recorded (202) and the owning daemon acts on it
+/// within a poll interval: before the change the run stops, during it the plan's
+/// rollback runs.
+#[utoipa::path(
+    post,
+    path = ABORT.path,
+    operation_id = "abortRun",
+    tag = "control",
+    params(RunPath),
+    responses(
+        (status = 200, description = "The run was stopped before it started.", body = RunView),
+        (status = 202, description = "The abort was requested; the owning daemon will act on it.", body = RunView),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    ),
+)]
 pub async fn abort(
     State(shared): State<SharedRef>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<RunPath>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = run_id(path)?;
     if !caller.has(Role::Approve) {
@@ -212,11 +245,26 @@ pub async fn abort(
     answer(&shared, &id, StatusCode::ACCEPTED, detail).await
 }
 
-/// Acknowledge a run (stops its escalation). Once per run.
+/// Acknowledge a run, stopping its escalation (role: submit, approve or admin)
+///
+/// Once per run.
+#[utoipa::path(
+    post,
+    path = ACK.path,
+    operation_id = "ackRun",
+    tag = "control",
+    params(RunPath),
+    responses(
+        (status = 200, description = "Acknowledged.", body = RunView),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    ),
+)]
 pub async fn ack(
     State(shared): State<SharedRef>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<RunPath>, PathRejection>,
 ) -> Result<Response, ApiError> {
     if !(caller.has(Role::Submit) || caller.has(Role::Approve)) {
         return Err(ApiError::forbidden(format!(

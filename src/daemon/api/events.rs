@@ -23,11 +23,14 @@ use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::watch;
+use utoipa::IntoParams;
 
 use crate::config::Role;
 use crate::daemon::api::auth::Caller;
-use crate::daemon::api::error::ApiError;
-use crate::daemon::api::runs::run_id;
+use crate::daemon::api::error::{ApiError, BadRequest, NotFound};
+use crate::daemon::api::routes::EVENTS;
+use crate::daemon::api::runs::{RunPath, run_id};
+use crate::daemon::api::schema::RunEvent;
 use crate::daemon::shared::SharedRef;
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -64,10 +67,16 @@ impl StopSignal {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/runs/{id}/events`. Numbers are read as text so that a
+/// bad one is refused with a message of ours.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
-    /// Only events with `seq` greater than this.
+    /// Only events with a greater `seq`.
+    #[param(value_type = Option<i64>, minimum = 0)]
     pub after: Option<String>,
+    /// JSON only; at most 10000.
+    #[param(value_type = Option<i64>, minimum = 1, default = json!(DEFAULT_LIMIT))]
     pub limit: Option<String>,
 }
 
@@ -131,11 +140,39 @@ async fn phase(client: &impl GenericClient, id: &str) -> Result<Option<String>, 
         .map(|r| r.get(0)))
 }
 
+/// A run's events as JSON, or as Server-Sent Events (role: read)
+///
+/// With `Accept: text/event-stream` the answer is an SSE stream: `id:` is the
+/// event's seq, `event:` its name, `data:` its JSON. The stream starts after
+/// `Last-Event-ID` (or `after`), polls for new events every 250 ms, sends a
+/// keep-alive comment every 15 s, and ends after the `run_finished` event.
+#[utoipa::path(
+    get,
+    path = EVENTS.path,
+    operation_id = "runEvents",
+    tag = "runs",
+    params(
+        RunPath,
+        EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0,
+            description = "SSE only: resume after this seq (overrides `after`)."),
+    ),
+    responses(
+        (status = 200, description = "The events in order.", content(
+            (Vec<RunEvent> = "application/json"),
+            (String = "text/event-stream", example = json!(
+                "id: 42\nevent: run_finished\ndata: {\"seq\":42,\"event\":\"run_finished\",\"outcome\":\"stopped\",...}\n\n"
+            )),
+        )),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub async fn events(
     State(shared): State<SharedRef>,
     Extension(stop): Extension<StopSignal>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<RunPath>, PathRejection>,
     query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

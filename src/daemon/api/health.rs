@@ -6,18 +6,53 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::config::Role;
 use crate::daemon::api::auth::Caller;
 use crate::daemon::api::error::ApiError;
+use crate::daemon::api::routes::{HEALTHZ, METRICS};
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store::StoreError;
 
 /// How long `/healthz` waits for the state database before calling it down.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// 200 while the state database answers `SELECT 1`, else 503.
+/// The answer to `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// This daemon's name.
+    pub node: String,
+    pub version: &'static str,
+    /// Why the state database is unavailable (only then present).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+    Unavailable,
+}
+
+/// Liveness and state-database health (no auth)
+///
+/// 200 while the state database answers `SELECT 1` (within 3 s), else 503.
+#[utoipa::path(
+    get,
+    path = HEALTHZ.path,
+    operation_id = "healthz",
+    tag = "service",
+    security(),
+    responses(
+        (status = 200, description = "The state database answers `SELECT 1`.", body = Health),
+        (status = 503, description = "The state database does not answer.", body = Health),
+    ),
+)]
 pub async fn healthz(State(shared): State<SharedRef>) -> Response {
     let probe = async {
         let client = shared.pool.get().await.map_err(StoreError::from)?;
@@ -35,25 +70,34 @@ pub async fn healthz(State(shared): State<SharedRef>) -> Response {
             HEALTH_TIMEOUT.as_secs()
         )),
     };
-    let version = env!("CARGO_PKG_VERSION");
-    match outcome {
-        Ok(()) => {
-            Json(json!({"status": "ok", "node": shared.node, "version": version})).into_response()
-        }
-        Err(error) => (
+    let (code, status, error) = match outcome {
+        Ok(()) => (StatusCode::OK, HealthStatus::Ok, None),
+        Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "status": "unavailable",
-                "node": shared.node,
-                "version": version,
-                "error": error,
-            })),
-        )
-            .into_response(),
-    }
+            HealthStatus::Unavailable,
+            Some(e),
+        ),
+    };
+    let health = Health {
+        status,
+        node: shared.node.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        error,
+    };
+    (code, Json(health)).into_response()
 }
 
-/// Prometheus text exposition (read role).
+/// Prometheus text exposition (role: read)
+#[utoipa::path(
+    get,
+    path = METRICS.path,
+    operation_id = "metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4.", body = String,
+            content_type = "text/plain; version=0.0.4"),
+    ),
+)]
 pub async fn metrics(
     State(shared): State<SharedRef>,
     caller: Caller,

@@ -12,8 +12,10 @@
 //! - [`control`]: approve, abort, ack.
 //! - [`events`]: a run's events as JSON or Server-Sent Events.
 //! - [`health`]: `GET /healthz`, `GET /metrics`.
-//! - [`openapi`]: `GET /openapi.json` (the document lives in `openapi.json`).
-//! - [`error`]: every failure as JSON `{"error": ...}` with its status.
+//! - [`openapi`]: `GET /openapi.json`, derived from the handlers and their types;
+//!   [`schema`]: the few schemas no type derives (a run event, text enums).
+//! - [`error`]: every failure as JSON `{"error": ...}` with its status (and
+//!   `errors`, every problem located, with a 422).
 //!
 //! The full reference for users is docs/api.md.
 
@@ -27,6 +29,7 @@ pub mod health;
 pub mod openapi;
 pub mod routes;
 pub mod runs;
+pub mod schema;
 pub mod submit;
 pub mod view;
 

@@ -77,7 +77,7 @@ fn router_with(shared: SharedRef, stop: StopSignal) -> Router {
     Router::new()
         .route(HEALTHZ.path, get(health::healthz))
         .route(METRICS.path, get(health::metrics))
-        .route(OPENAPI.path, get(openapi::document))
+        .route(OPENAPI.path, get(openapi::handler(&shared.config)))
         .route(LIST.path, get(runs::list).post(submit::submit))
         .route(SHOW.path, get(runs::show))
         .route(EVENTS.path, get(events::events))

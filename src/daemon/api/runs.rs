@@ -3,13 +3,14 @@
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::config::Role;
 use crate::daemon::api::auth::Caller;
-use crate::daemon::api::error::ApiError;
-use crate::daemon::api::view::{self, Filter, RunView};
+use crate::daemon::api::error::{ApiError, BadRequest, NotFound};
+use crate::daemon::api::routes::{LIST, SHOW};
+use crate::daemon::api::view::{self, Filter, RunSummary, RunView};
 use crate::daemon::shared::SharedRef;
 
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -17,12 +18,33 @@ pub const MAX_LIMIT: i64 = 1000;
 
 const PHASES: &[&str] = &["pending_approval", "queued", "active", "finished"];
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/runs`. Numbers are read as text so that a bad one is
+/// refused with a message of ours.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Comma-separated phases; `open` stands for every phase but `finished`.
+    /// Comma-separated phases (pending_approval, queued, active, finished);
+    /// `open` means every phase but finished.
     pub phase: Option<String>,
     pub target: Option<String>,
+    /// At most 1000 (larger values are capped).
+    #[param(value_type = Option<i64>, minimum = 1, default = json!(DEFAULT_LIMIT))]
     pub limit: Option<String>,
+}
+
+/// The answer to `GET /v1/runs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunList {
+    pub runs: Vec<RunSummary>,
+}
+
+/// The path of every route about one run.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RunPath {
+    /// The run id: 12 lowercase hex digits.
+    #[param(pattern = "^[0-9a-f]{12}$")]
+    pub id: String,
 }
 
 impl ListQuery {
@@ -61,29 +83,54 @@ impl ListQuery {
 }
 
 /// The path's run id, validated.
-pub fn run_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(id) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+pub fn run_id(path: Result<Path<RunPath>, PathRejection>) -> Result<String, ApiError> {
+    let Path(RunPath { id }) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     view::check_run_id(&id)?;
     Ok(id)
 }
 
+/// List runs, newest first (role: read)
+#[utoipa::path(
+    get,
+    path = LIST.path,
+    operation_id = "listRuns",
+    tag = "runs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Compact views of the runs.", body = RunList),
+        (status = 400, response = BadRequest),
+    ),
+)]
 pub async fn list(
     State(shared): State<SharedRef>,
     caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunList>, ApiError> {
     caller.require(Role::Read)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let filter = query.filter()?;
     let client = shared.pool.get().await?;
     let runs = view::list(&client, &filter).await?;
-    Ok(Json(json!({ "runs": runs })))
+    Ok(Json(RunList { runs }))
 }
 
+/// One run in full (role: read)
+#[utoipa::path(
+    get,
+    path = SHOW.path,
+    operation_id = "getRun",
+    tag = "runs",
+    params(RunPath),
+    responses(
+        (status = 200, description = "The run.", body = RunView),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub async fn show(
     State(shared): State<SharedRef>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<RunPath>, PathRejection>,
 ) -> Result<Json<RunView>, ApiError> {
     caller.require(Role::Read)?;
     let id = run_id(path)?;

@@ -13,9 +13,9 @@ use chrono::Utc;
 use crate::config::Role;
 use crate::daemon::api::auth::Caller;
 use crate::daemon::api::bundle::{self, Bundle};
-use crate::daemon::api::error::{ApiError, AuditDetail, AuditRun};
-use crate::daemon::api::routes::MAX_BODY_BYTES;
-use crate::daemon::api::view;
+use crate::daemon::api::error::{ApiError, AuditDetail, AuditRun, BadRequest, Invalid, TooLarge};
+use crate::daemon::api::routes::{MAX_BODY_BYTES, SUBMIT};
+use crate::daemon::api::view::{self, RunView};
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store;
 use crate::notify::outbox::RunNotify;
@@ -46,6 +46,30 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Submit a plan bundle (role: submit)
+///
+/// The bundle is compiled exactly as `pgshepherd check` compiles the plan and its
+/// migration directory, and the names only the daemon knows are checked too: the
+/// plan's target, its notification channels and its escalation policy must be
+/// defined in the daemon's config. Any problem, and a bundle that breaks its
+/// limits (too many files, a file name with a directory, a duplicate, a sha256
+/// that does not match), is a 422 listing every problem with its file, line and
+/// column. A valid bundle becomes a run: `pending_approval` when approval is
+/// required, else `queued`.
+#[utoipa::path(
+    post,
+    path = SUBMIT.path,
+    operation_id = "submitRun",
+    tag = "runs",
+    request_body = Bundle,
+    responses(
+        (status = 201, description = "The run was created.", body = RunView,
+            headers(("Location" = String, description = "`/v1/runs/{id}`"))),
+        (status = 400, response = BadRequest),
+        (status = 413, response = TooLarge),
+        (status = 422, response = Invalid),
+    ),
+)]
 pub async fn submit(
     State(shared): State<SharedRef>,
     caller: Caller,
@@ -53,9 +77,10 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Submit)?;
     let bundle: Bundle = json_body(body)?;
+    let plan_path = bundle.plan.path.clone();
     let bundle = bundle
         .normalise()
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        .map_err(|e| ApiError::unprocessable(e.to_string(), vec![e.diagnostic(&plan_path)]))?;
     let plan = validate(&shared.config.targets, &shared.config.notify, &bundle)
         .map_err(|d| ApiError::invalid(d.0))?;
 

@@ -7,8 +7,10 @@ use deadpool_postgres::GenericClient;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 use tokio_postgres::Row;
+use utoipa::ToSchema;
 
 use crate::daemon::api::error::ApiError;
+use crate::daemon::api::schema;
 
 /// Run ids are 12 lowercase hex digits (see `cli::run::new_run_id`).
 pub fn valid_run_id(id: &str) -> bool {
@@ -26,19 +28,24 @@ pub fn check_run_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct RunView {
+/// The compact view of a run, as lists show it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunSummary {
     pub id: String,
     pub plan: PlanRef,
     pub target: String,
-    /// `pending_approval`, `queued`, `active` or `finished`.
+    #[schema(schema_with = schema::phase)]
     pub phase: String,
-    /// The run state machine's state (`created`, `soaking`, `finished`, ...).
+    /// The run state machine's state: created, waiting_for_window, locking,
+    /// measuring_baseline, backing_up, migrating, soaking, rolling_back,
+    /// confirming, finished.
     pub state: String,
     /// The step of the latest event that had one.
     pub step: Option<String>,
+    #[schema(schema_with = schema::outcome)]
     pub outcome: Option<String>,
     pub reason: Option<String>,
+    /// As `pgshepherd run` would exit: 0, 3, 4 or 5.
     pub exit_code: Option<i32>,
     pub submitted_by: String,
     #[serde(serialize_with = "ts")]
@@ -66,12 +73,20 @@ pub struct RunView {
     #[serde(serialize_with = "ts")]
     pub updated_at: DateTime<Utc>,
     pub bundle_sha256: String,
-    /// Present in the full view only.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<RunDetail>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The full view of one run: the answer to `GET /v1/runs/{id}`, to a submission
+/// and to the control actions.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Run)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    #[serde(flatten)]
+    pub detail: RunDetail,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PlanRef {
     pub name: String,
     pub path: String,
@@ -79,7 +94,7 @@ pub struct PlanRef {
 }
 
 /// What only the full view carries.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunDetail {
     pub files: Vec<FileRef>,
     /// Versions this run has applied so far (while migrating, soaking or rolling back).
@@ -90,23 +105,26 @@ pub struct RunDetail {
     pub progress: Option<Progress>,
     /// Facts established on the way: starting versions, baselines, the verified
     /// backup's manifest.
+    #[schema(value_type = Object)]
     pub facts: Value,
     /// The latest `check_sample` event of each check.
+    #[schema(value_type = Vec<schema::CheckSample>)]
     pub checks: Vec<Value>,
-    /// Every notification about this run: channel, event, delivery status and
-    /// attempts (never the channel's URL or secret).
+    /// Every notification about this run, oldest first: where it went and
+    /// whether it arrived. Never the channel's URL or secret.
     pub notifications: Vec<crate::notify::outbox::Delivered>,
-    /// The run's escalation, once something triggered it.
+    /// The run's escalation, once needs_human, rollback_failed (or a breach, with
+    /// on_breach) triggered its plan's policy.
     pub escalation: Option<crate::notify::escalation::EscalationView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FileRef {
     pub name: String,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Progress {
     pub elapsed_ms: Option<u64>,
     pub samples_taken: Option<u64>,
@@ -140,8 +158,8 @@ const DETAIL: &str = "(SELECT coalesce(jsonb_agg(jsonb_build_object('name', f->>
             WITH ORDINALITY AS x(f, n)),
     r.checkpoint";
 
-fn compact(row: &Row) -> RunView {
-    RunView {
+fn compact(row: &Row) -> RunSummary {
+    RunSummary {
         id: row.get(0),
         plan: PlanRef {
             name: row.get(1),
@@ -171,7 +189,6 @@ fn compact(row: &Row) -> RunView {
         updated_at: row.get(23),
         bundle_sha256: row.get(24),
         step: row.get(26),
-        detail: None,
     }
 }
 
@@ -184,7 +201,7 @@ pub async fn load(client: &impl GenericClient, id: &str) -> Result<Option<RunVie
     let Some(row) = client.query_opt(&run, &[&id]).await? else {
         return Ok(None);
     };
-    let mut view = compact(&row);
+    let summary = compact(&row);
     let files: Value = row.get(27);
     let checkpoint: Value = row.get(28);
     let latest = client
@@ -225,8 +242,7 @@ pub async fn load(client: &impl GenericClient, id: &str) -> Result<Option<RunVie
     let mut d = detail(files, &checkpoint, checks);
     d.notifications = crate::notify::outbox::for_run(client, id).await?;
     d.escalation = crate::notify::escalation::for_run(client, id).await?;
-    view.detail = Some(d);
-    Ok(Some(view))
+    Ok(Some(RunView { summary, detail: d }))
 }
 
 fn detail(files: Value, checkpoint: &Value, checks: Vec<Value>) -> RunDetail {
@@ -275,7 +291,10 @@ pub struct Filter {
 }
 
 /// Compact views, newest submission first.
-pub async fn list(client: &impl GenericClient, filter: &Filter) -> Result<Vec<RunView>, ApiError> {
+pub async fn list(
+    client: &impl GenericClient,
+    filter: &Filter,
+) -> Result<Vec<RunSummary>, ApiError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM runs r
           WHERE (cardinality($1::text[]) = 0 OR r.phase = ANY($1))
