@@ -38,6 +38,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Succeeded,
+        Outcome::RolledBack,
+        Outcome::NeedsHuman,
+        Outcome::Stopped,
+    ];
+
     pub fn exit_code(self) -> i32 {
         match self {
             Outcome::Succeeded => 0,

@@ -112,10 +112,7 @@ pub fn phase() -> Object {
 
 /// `runs.outcome`: null until the run finishes.
 pub fn outcome() -> Object {
-    one_of(
-        &["succeeded", "rolled_back", "needs_human", "stopped"],
-        true,
-    )
+    one_of(&crate::run::Outcome::ALL.map(|o| o.as_str()), true)
 }
 
 /// `notifications.severity`.
