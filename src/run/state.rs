@@ -68,6 +68,34 @@ impl RunState {
         )
     }
 
+    /// The versions this run has on the target, in the states that track them.
+    pub fn applied(&self) -> Option<&[i64]> {
+        match self {
+            RunState::Migrating { applied }
+            | RunState::Soaking { applied, .. }
+            | RunState::RollingBack { applied, .. } => Some(applied),
+            _ => None,
+        }
+    }
+
+    /// Why the run is being rolled back.
+    pub fn cause(&self) -> Option<&str> {
+        match self {
+            RunState::RollingBack { cause, .. } | RunState::Confirming { cause } => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// Where the soak stands, once it has sampled.
+    pub fn soak_progress(&self) -> Option<&SoakProgress> {
+        match self {
+            RunState::Soaking {
+                progress: Some(p), ..
+            } => Some(p),
+            _ => None,
+        }
+    }
+
     /// A run no process has started yet.
     pub fn is_new(&self) -> bool {
         matches!(self, RunState::Created)

@@ -9,7 +9,6 @@ use crate::run::driver::Effects;
 use crate::run::event::{EventKind, Step};
 use crate::run::lifecycle::{Effect, Input};
 use crate::run::runner::{Phase, Runner};
-use crate::run::state::RunState;
 use crate::steps::rollback::{self, RollbackError};
 use crate::steps::soak::{Monitor, SoakEnd};
 
@@ -139,9 +138,6 @@ impl Runner<'_> {
 
     /// Why the run is being rolled back, as the persisted state says.
     fn cause(&self) -> String {
-        match self.life.state() {
-            RunState::RollingBack { cause, .. } | RunState::Confirming { cause } => cause,
-            _ => String::new(),
-        }
+        self.life.state().cause().unwrap_or_default().to_string()
     }
 }

@@ -4,8 +4,11 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::GenericClient;
+use serde::Deserialize;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
+
+use crate::run::checkpoint::Checkpoint;
 use tokio_postgres::Row;
 use utoipa::ToSchema;
 
@@ -257,19 +260,19 @@ fn detail(files: Value, checkpoint: &Value, checks: Vec<Value>) -> RunDetail {
                 .collect()
         })
         .unwrap_or_default();
-    let state = &checkpoint["state"];
-    let applied = state["applied"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_i64).collect());
-    let progress = state["progress"].as_object().map(|p| Progress {
-        elapsed_ms: p.get("elapsed_ms").and_then(Value::as_u64),
-        samples_taken: p.get("samples_taken").and_then(Value::as_u64),
-        samples_planned: p.get("samples_planned").and_then(Value::as_u64),
+    // Read back into the run's own types; a checkpoint this build cannot read
+    // (written by a newer one) shows no details rather than wrong ones.
+    let state = Checkpoint::deserialize(checkpoint).ok().map(|cp| cp.state);
+    let state = state.as_ref();
+    let progress = state.and_then(|s| s.soak_progress()).map(|p| Progress {
+        elapsed_ms: Some(p.elapsed_ms),
+        samples_taken: Some(p.samples_taken.into()),
+        samples_planned: Some(p.samples_planned.into()),
     });
     RunDetail {
         files,
-        applied,
-        cause: state["cause"].as_str().map(str::to_owned),
+        applied: state.and_then(|s| s.applied()).map(<[i64]>::to_vec),
+        cause: state.and_then(|s| s.cause()).map(str::to_owned),
         progress,
         facts: match &checkpoint["facts"] {
             Value::Null => Value::Object(Default::default()),
