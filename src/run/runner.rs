@@ -42,6 +42,9 @@ pub struct RunOptions {
     pub dry_run: bool,
 }
 
+const ABORTED_MIGRATING: &str = "aborted by the operator during the migration";
+const SOAK_CUT_SHORT: &str = "the soak was cut short by the operator";
+
 /// The runner's phases return `Err` once the run is over; `Ok` carries what the
 /// next phase needs.
 pub(crate) type Phase<T> = Result<T, Finished>;
@@ -241,7 +244,7 @@ impl<'a> Runner<'a> {
         }
         // Still migrating: carry on with what is pending.
         if self.ctx.aborted() {
-            let reason = "aborted by the operator during the migration".to_string();
+            let reason = ABORTED_MIGRATING.to_string();
             let effects = self.life.apply(Input::Abort { reason }).await?;
             return self.undo(lock, &mut monitor, effects).await;
         }
@@ -378,7 +381,7 @@ impl<'a> Runner<'a> {
                 cause,
             },
             MigrateEnd::Aborted => Input::Abort {
-                reason: "aborted by the operator during the migration".into(),
+                reason: ABORTED_MIGRATING.into(),
             },
         };
         let effects = self.life.apply(input).await?;
@@ -399,7 +402,7 @@ impl<'a> Runner<'a> {
             SoakOutcome::Hold(reason) => return Err(self.end(Input::Hold { reason }).await),
             SoakOutcome::Failed(cause) => Input::Breach { cause },
             SoakOutcome::Aborted => Input::Abort {
-                reason: "the soak was cut short by the operator".into(),
+                reason: SOAK_CUT_SHORT.into(),
             },
         };
         let effects = self.life.apply(input).await?;
@@ -446,7 +449,7 @@ impl<'a> Runner<'a> {
         let reason = match &outcome {
             SoakOutcome::Passed => None,
             SoakOutcome::Hold(r) | SoakOutcome::Failed(r) => Some(r.clone()),
-            SoakOutcome::Aborted => Some("the soak was cut short by the operator".to_string()),
+            SoakOutcome::Aborted => Some(SOAK_CUT_SHORT.to_string()),
         };
         self.ctx.emit(
             Step::Soak,
