@@ -20,20 +20,77 @@
 //! parallel and leave whatever they like behind.
 //!
 //! The helpers panic with the SQL that failed: they are for tests only.
+//!
+//! Tests wait for events, never for time: [`eventually`] polls for a state,
+//! [`within`] bounds a future that must finish, [`wait_for_sql`] polls the
+//! database. Their one deadline, [`PATIENCE`], only turns a hang into a failure
+//! that says what was awaited; no test asserts that anything happens sooner.
 
 #![allow(dead_code)]
 
 pub mod daemon;
 pub mod receiver;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use pgshepherd::pg::Dsn;
 use pgshepherd::pg::cluster::{PgBinaries, TempCluster};
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
+
+/// How long a test waits for something before it fails. Far longer than
+/// anything takes on a loaded machine: it is a hang detector, not a speed check.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Between two looks at a state being waited for.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Poll `probe` until it returns `Some`; panics naming `what` after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {PATIENCE:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `future`'s output; panics naming `what` if it has not finished after
+/// [`PATIENCE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not finished after {PATIENCE:?}"))
+}
+
+/// Poll `sql` (one boolean) on `dsn` over one connection until it is true.
+pub async fn wait_for_sql(dsn: &Dsn, what: &str, sql: &str) {
+    let client = dsn
+        .connect("pgshepherd-test-probe", &[])
+        .await
+        .unwrap_or_else(|e| panic!("connecting to wait for {what}: {e}"));
+    eventually(what, || async {
+        let row = client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", db_error(&e)));
+        row.get::<_, bool>(0).then_some(())
+    })
+    .await
+}
 
 static BINARIES: OnceLock<PgBinaries> = OnceLock::new();
 static CLUSTER: OnceLock<TempCluster> = OnceLock::new();
@@ -205,6 +262,11 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("checking whether {name} exists: {}", db_error(&e)))
             .get(0)
+    }
+
+    /// Poll `sql` (one boolean) until it is true; see [`wait_for_sql`].
+    pub async fn wait_for(&self, what: &str, sql: &str) {
+        wait_for_sql(&self.dsn, what, sql).await
     }
 
     /// `SELECT count(*) FROM table` (`table` is spliced in as written).
