@@ -136,6 +136,18 @@ pub fn one_table_plan(dir: &Path, target: &str, soak: &str, extra: &str) -> Path
     plan
 }
 
+/// SQL (one statement, no trailing `;`) that keeps its session busy until the
+/// test calls [`TestDb::release`] with the same `name`: a migration or down
+/// script that is "in the middle" for exactly as long as the test needs, where
+/// a `pg_sleep` would guess. Needs [`TestDb::prepare_release`] first. It polls
+/// a table rather than waiting on a lock, so no `lock_timeout` can end it.
+pub fn held_until_released(name: &str) -> String {
+    format!(
+        "DO $$ BEGIN WHILE NOT EXISTS (SELECT FROM test_release WHERE name = '{name}') LOOP \
+         PERFORM pg_sleep(0.05); END LOOP; END $$"
+    )
+}
+
 /// A temporary directory deleted when the returned value is dropped.
 pub fn scratch_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -267,6 +279,32 @@ impl TestDb {
     /// Poll `sql` (one boolean) until it is true; see [`wait_for_sql`].
     pub async fn wait_for(&self, what: &str, sql: &str) {
         wait_for_sql(&self.dsn, what, sql).await
+    }
+
+    /// Create the table [`held_until_released`] polls.
+    pub async fn prepare_release(&self) {
+        self.execute("CREATE TABLE test_release (name text PRIMARY KEY)")
+            .await;
+    }
+
+    /// Wait until some session of this database runs [`held_until_released`]
+    /// for `name`.
+    pub async fn wait_held(&self, name: &str) {
+        self.wait_for(
+            &format!("a session held at `{name}`"),
+            &format!(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() \
+                   AND pid <> pg_backend_pid() AND state = 'active' \
+                   AND query LIKE '%test_release WHERE name = ''{name}''%')"
+            ),
+        )
+        .await
+    }
+
+    /// Let the sessions held at `name` go on.
+    pub async fn release(&self, name: &str) {
+        self.execute(&format!("INSERT INTO test_release VALUES ('{name}')"))
+            .await;
     }
 
     /// `SELECT count(*) FROM table` (`table` is spliced in as written).
