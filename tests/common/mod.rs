@@ -76,6 +76,32 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: not finished after {PATIENCE:?}"))
 }
 
+/// Run `command` to the end and return its output (stdout and stderr
+/// captured); kills it and panics naming `what` if it is still running after
+/// [`PATIENCE`].
+pub fn output_within(what: &str, command: &mut std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let pid = child.id() as i32;
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match output.recv_timeout(PATIENCE) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
+        Err(_) => {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("{what}: still running after {PATIENCE:?}; killed")
+        }
+    }
+}
+
 /// Poll `sql` (one boolean) on `dsn` over one connection until it is true.
 pub async fn wait_for_sql(dsn: &Dsn, what: &str, sql: &str) {
     let client = dsn
