@@ -495,24 +495,39 @@ async fn a_paused_owner_that_comes_back_is_fenced_off_and_the_run_finishes_once(
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_the_backup_parks_before_the_change_and_the_restart_prepares_again() {
     let env = Env::new(&["main"], SETTINGS).await;
-    env.target("main")
-        .execute(
-            "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) AS pad
-               FROM generate_series(1, 400000) g",
-        )
+    let db = env.target("main");
+    db.execute("CREATE TABLE accounts AS SELECT g AS id FROM generate_series(1, 1000) g")
         .await;
+    // pg_dump waits for ACCESS SHARE on every table: held up until the daemon
+    // has taken in the SIGTERM.
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let work = common::scratch_dir();
     let tail = format!("backup:\n  format: custom\n{}", soak("1s", "SELECT 1", 1));
     let (plan, set) = plan_dir(work.path(), "main", ONE_TABLE, &tail);
     let mut daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
-    env.wait_for_event(&run, "backup_started", MINUTE).await;
+    db.wait_for(
+        "pg_dump waiting on the lock",
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name LIKE 'pgshepherd-backup %' \
+           AND wait_event_type = 'Lock')",
+    )
+    .await;
+    daemon.send_sigterm();
+    common::eventually("the daemon shutting down", || async {
+        daemon.log_text().contains("shutting down").then_some(())
+    })
+    .await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
     // The backup finishes (it is not a waiting step), and the run parks at the
     // checkpoint before the first migration.
-    assert_eq!(daemon.sigterm(common::PATIENCE), Some(0));
+    assert_eq!(daemon.wait_exit(common::PATIENCE), Some(0));
     let row = env.run_row(&run).await;
     assert!(row["owner"].is_null(), "{row}");
-    assert!(!env.target("main").table_exists("t").await);
+    assert!(!db.table_exists("t").await);
 
     // Nothing was changed, so the restart goes through the preparation again
     // (window, gate, baselines, a fresh verified backup) before migrating.

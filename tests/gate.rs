@@ -147,8 +147,8 @@ impl Waited {
     }
 
     /// The k-th sample (1-based) was taken no earlier than k intervals after the
-    /// gate started (its `elapsed_s` is measured at the start of the sample
-    /// loop's turn, on the gate's own clock).
+    /// gate started (its `elapsed_s`, on the gate's own clock, is read when the
+    /// sample has been taken, and rounded to the millisecond).
     fn assert_on_schedule(&self, interval_s: f64) {
         for (k, s) in self.samples().iter().enumerate() {
             let elapsed = s["elapsed_s"].as_f64().unwrap();

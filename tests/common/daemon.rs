@@ -271,7 +271,7 @@ impl Daemon {
                 return;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(30),
+                started.elapsed() < super::PATIENCE,
                 "daemon {} did not become healthy:\n{}",
                 self.name,
                 self.log_text()
@@ -296,8 +296,18 @@ impl Daemon {
 
     /// SIGTERM, then wait for the exit (at most `timeout`); returns the exit code.
     pub fn sigterm(&mut self, timeout: Duration) -> Option<i32> {
+        self.send_sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// SIGTERM, without waiting for anything.
+    pub fn send_sigterm(&self) {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    }
+
+    /// Wait for the process to exit (at most `timeout`); returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
