@@ -969,10 +969,48 @@ async fn sse(api: &Api, id: &str, last_event_id: Option<i64>) -> String {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    tokio::time::timeout(Duration::from_secs(20), response.text())
+    common::within("the stream of a finished run ending", response.text())
         .await
-        .expect("the stream of a finished run ends")
         .unwrap()
+}
+
+/// Follow `GET /v1/runs/{id}/events` in a task: the receiver resolves once the
+/// first event has arrived (the stream is live), the task returns the raw SSE
+/// text once the server ends the stream.
+fn follow(
+    api: &Api,
+    id: &str,
+) -> (
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::task::JoinHandle<String>,
+) {
+    let url = api.url(&format!("/v1/runs/{id}/events"));
+    let http = api.http.clone();
+    let (first, following) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut response = http
+            .get(url)
+            .bearer_auth(secret("reader"))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut text = Vec::new();
+        let mut first = Some(first);
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.extend_from_slice(&chunk);
+            let so_far = String::from_utf8_lossy(&text);
+            let one_event = so_far
+                .find("data:")
+                .is_some_and(|at| so_far[at..].contains("\n\n"));
+            if one_event && let Some(first) = first.take() {
+                let _ = first.send(());
+            }
+        }
+        String::from_utf8(text).unwrap()
+    });
+    (following, task)
 }
 
 fn sse_ids_and_names(text: &str) -> Vec<(i64, String)> {
@@ -1008,31 +1046,21 @@ async fn events_as_json_pages_and_as_a_stream_that_ends_with_the_run() {
 
     // Follow the open run; abort it meanwhile: the stream delivers the abort and
     // the end, then closes.
-    let follower = {
-        let url = api.url(&format!("/v1/runs/{id}/events"));
-        let http = api.http.clone();
-        tokio::spawn(async move {
-            let response = http
-                .get(url)
-                .bearer_auth(secret("reader"))
-                .header("accept", "text/event-stream")
-                .send()
-                .await
-                .unwrap();
-            tokio::time::timeout(Duration::from_secs(20), response.text())
-                .await
-                .expect("the stream ends after run_finished")
-                .unwrap()
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (following, follower) = follow(&api, &id);
+    common::within("the stream's first event", following)
+        .await
+        .expect("the stream ended before its first event");
     assert_eq!(
         api.post("alice", &format!("/v1/runs/{id}/abort"), None)
             .await
             .status,
         StatusCode::OK
     );
-    let streamed = sse_ids_and_names(&follower.await.unwrap());
+    let streamed = sse_ids_and_names(
+        &common::within("the stream ending after run_finished", follower)
+            .await
+            .unwrap(),
+    );
     let names: Vec<&str> = streamed.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, ["run_submitted", "abort_requested", "run_finished"]);
 
@@ -1266,25 +1294,13 @@ async fn stopping_the_daemon_ends_open_event_streams() {
         .as_str()
         .unwrap()
         .to_string();
-    let follower = {
-        let url = api.url(&format!("/v1/runs/{id}/events"));
-        let http = api.http.clone();
-        tokio::spawn(async move {
-            let response = http
-                .get(url)
-                .bearer_auth(secret("reader"))
-                .header("accept", "text/event-stream")
-                .send()
-                .await
-                .unwrap();
-            response.text().await.unwrap()
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    stop.send(true).unwrap();
-    let text = tokio::time::timeout(Duration::from_secs(5), follower)
+    let (following, follower) = follow(&api, &id);
+    common::within("the stream's first event", following)
         .await
-        .expect("the stream ends when the daemon stops")
+        .expect("the stream ended before its first event");
+    stop.send(true).unwrap();
+    let text = common::within("the stream ending when the daemon stops", follower)
+        .await
         .unwrap();
     let names: Vec<String> = sse_ids_and_names(&text)
         .into_iter()

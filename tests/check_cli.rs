@@ -5,9 +5,10 @@
 //! Every broken fixture isolates one error class; its expected diagnostics are
 //! listed with their exact `FILE:LINE:COLUMN` and a fragment of the message.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, FixedOffset, Timelike, Weekday};
 use serde_json::Value;
@@ -22,12 +23,13 @@ fn root() -> &'static Path {
 
 /// Run `pgshepherd check ARGS...` from the crate root, so that paths in messages are relative.
 fn check(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgshepherd"))
-        .current_dir(root())
-        .arg("check")
-        .args(args)
-        .output()
-        .expect("run pgshepherd")
+    common::output_within(
+        &format!("pgshepherd check {}", args.join(" ")),
+        Command::new(env!("CARGO_BIN_EXE_pgshepherd"))
+            .current_dir(root())
+            .arg("check")
+            .args(args),
+    )
 }
 
 fn stdout(o: &Output) -> String {
@@ -660,8 +662,10 @@ fn json_reports_one_object_per_plan_with_next_windows() {
     assert!(stderr(&out).contains(&format!("{}:1:1: missing V3", in_set("gap", "V4__d.sql"))));
 }
 
+/// Each input would take the parser minutes or gigabytes if it were read to the
+/// end; the refusal names the limit that stopped it (no timing is asserted).
 #[test]
-fn hostile_yaml_is_refused_quickly_without_crashing() {
+fn hostile_yaml_is_refused_by_its_limits_without_crashing() {
     let dir = tempfile::tempdir().unwrap();
     let deep_flow = dir.path().join("deep-flow.yaml");
     std::fs::write(
@@ -686,14 +690,7 @@ fn hostile_yaml_is_refused_quickly_without_crashing() {
     let bomb = root().join(plan("billion-laughs.yaml"));
 
     for file in [&deep_flow, &deep_block, &deep_maps, &huge, &bomb] {
-        let start = Instant::now();
         let out = check(&[file.to_str().unwrap()]);
-        let took = start.elapsed();
-        assert!(
-            took < Duration::from_secs(2),
-            "{} took {took:?}",
-            file.display()
-        );
         assert_eq!(
             out.status.code(),
             Some(2),

@@ -128,28 +128,27 @@ async fn sql_missing_data_is_inconclusive_with_a_reason() {
 #[tokio::test]
 async fn sql_statement_timeout_is_inconclusive_and_prompt() {
     let db = common::fresh_db().await;
-    let mut c = sql("SELECT 1 FROM pg_sleep(5)");
+    // A query that would run for an hour: a sample that comes back at all was
+    // cut off by its timeout rather than waited out.
+    let mut c = sql("SELECT 1 FROM pg_sleep(3600)");
     c.timeout = Duration::from_millis(200);
     let mut sampler = Sampler::new(&c, &db.dsn);
     // The first sample connects too.
+    let obs = common::within("the first sample", sampler.sample()).await;
+    assert_inconclusive(&obs, "statement_timeout 200ms reached");
+    // The connection survives a statement timeout; the next sample is cut off too.
     let started = Instant::now();
-    let obs = sampler.sample().await;
+    let obs = common::within("the second sample", sampler.sample()).await;
     let took = started.elapsed();
     assert_inconclusive(&obs, "statement_timeout 200ms reached");
-    assert!(took < Duration::from_millis(1500), "took {took:?}");
-    // The connection survives a statement timeout; the next sample is as prompt.
-    let started = Instant::now();
-    assert_inconclusive(&sampler.sample().await, "statement_timeout 200ms reached");
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "second sample took {took:?}");
     assert!(sampler.last_took().unwrap() <= took);
 
-    // `SELECT pg_sleep(5)` itself is refused before it runs: void is not a number.
-    let mut c = sql("SELECT pg_sleep(5)");
+    // `SELECT pg_sleep(3600)` itself is refused before it runs: void is not a
+    // number (were it run, the reason would be the timeout).
+    let mut c = sql("SELECT pg_sleep(3600)");
     c.timeout = Duration::from_millis(200);
-    let started = Instant::now();
-    assert_inconclusive(&sample_once(&c, &db.dsn).await, "cannot cast type void");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    let obs = common::within("the sample", sample_once(&c, &db.dsn)).await;
+    assert_inconclusive(&obs, "cannot cast type void");
 }
 
 #[tokio::test]
@@ -386,18 +385,30 @@ async fn http_latency_and_json_pointer_values() {
     ])
     .await;
     let timeout = Duration::from_secs(2);
-    let Observation::Value(fast) =
-        sample_once(&http(format!("{base}/health"), None, timeout), &no_db()).await
-    else {
-        panic!("no latency")
+    // The latency is in milliseconds: more than the server's own delay, and no
+    // more than the time the test itself waited for the sample.
+    let latency = |path: &'static str| {
+        let c = http(format!("{base}{path}"), None, timeout);
+        async move {
+            let started = Instant::now();
+            let obs = sample_once(&c, &no_db()).await;
+            let waited_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let Observation::Value(ms) = obs else {
+                panic!("no latency for {path}: {obs:?}")
+            };
+            (ms, waited_ms)
+        }
     };
-    assert!(fast > 0.0 && fast < 1000.0, "{fast}");
-    let Observation::Value(slow) =
-        sample_once(&http(format!("{base}/slow"), None, timeout), &no_db()).await
-    else {
-        panic!("no latency")
-    };
-    assert!((150.0..1500.0).contains(&slow), "{slow}");
+    let (fast, waited) = latency("/health").await;
+    assert!(
+        fast > 0.0 && fast <= waited,
+        "{fast} ms, waited {waited} ms"
+    );
+    let (slow, waited) = latency("/slow").await;
+    assert!(
+        slow >= 150.0 && slow <= waited,
+        "{slow} ms, waited {waited} ms"
+    );
     let depth = sample_once(
         &http(format!("{base}/metrics"), Some("/queue/depth"), timeout),
         &no_db(),
@@ -416,7 +427,9 @@ async fn http_latency_and_json_pointer_values() {
 async fn http_unexpected_status_is_a_failed_sample_that_breaches() {
     let base = serve(vec![route("/down", 503, r#"{"depth": 1}"#)]).await;
     let c = http(format!("{base}/down"), None, Duration::from_secs(2));
+    let started = Instant::now();
     let obs = sample_once(&c, &no_db()).await;
+    let waited_ms = started.elapsed().as_secs_f64() * 1000.0;
     let Observation::Failed {
         value: Some(latency),
         reason,
@@ -424,7 +437,11 @@ async fn http_unexpected_status_is_a_failed_sample_that_breaches() {
     else {
         panic!("{obs:?}")
     };
-    assert!(*latency < 1000.0);
+    // The latency of the failed request, in milliseconds.
+    assert!(
+        *latency > 0.0 && *latency <= waited_ms,
+        "{latency} ms, waited {waited_ms} ms"
+    );
     assert_eq!(reason, "HTTP status 503 Service Unavailable, expected 200");
     let mut state = CheckState::new(
         &Check {
@@ -496,23 +513,22 @@ async fn http_unusable_bodies_are_inconclusive() {
 
 #[tokio::test]
 async fn http_timeout_and_refused_connection_are_inconclusive() {
+    // A server that answers in an hour: a sample that comes back at all was
+    // cut off by its timeout.
     let base = serve(vec![Route {
-        delay: Duration::from_secs(5),
+        delay: Duration::from_secs(3600),
         ..route("/hang", 200, "late")
     }])
     .await;
-    let started = Instant::now();
-    let obs = sample_once(
-        &http(format!("{base}/hang"), None, Duration::from_millis(200)),
-        &no_db(),
+    let obs = common::within(
+        "the sample",
+        sample_once(
+            &http(format!("{base}/hang"), None, Duration::from_millis(200)),
+            &no_db(),
+        ),
     )
     .await;
     assert_inconclusive(&obs, "timed out after 200ms");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        started.elapsed()
-    );
 
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -530,21 +546,26 @@ async fn http_timeout_and_refused_connection_are_inconclusive() {
 
 // ---------------------------------------------------------------- builtins
 
-/// Samples until `done` accepts a value or `within` runs out; returns every observation.
-async fn sample_until(
-    sampler: &mut Sampler,
-    within: Duration,
-    done: impl Fn(f64) -> bool,
-) -> Vec<Observation> {
-    let deadline = Instant::now() + within;
+/// Samples until `done` accepts a value (statistics reach the views a moment
+/// after the fact); returns every observation, the accepted one last. Panics
+/// with them after [`common::PATIENCE`].
+async fn sample_until(sampler: &mut Sampler, done: impl Fn(f64) -> bool) -> Vec<Observation> {
+    let deadline = Instant::now() + common::PATIENCE;
     let mut seen = Vec::new();
     loop {
         let obs = sampler.sample().await;
         let hit = matches!(obs, Observation::Value(v) if done(v));
         seen.push(obs);
-        if hit || Instant::now() > deadline {
+        if hit {
             return seen;
         }
+        assert!(
+            Instant::now() < deadline,
+            "no accepted value after {:?}: {seen:?}",
+            common::PATIENCE
+        );
+        // Rates are per second between two readings: give each one time to
+        // cover something.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -584,7 +605,7 @@ async fn deadlocks_per_second_sees_a_real_deadlock() {
     // Backends flush their statistics on exit at the latest.
     drop((a, b));
 
-    let seen = sample_until(&mut sampler, Duration::from_secs(10), |v| v > 0.0).await;
+    let seen = sample_until(&mut sampler, |v| v > 0.0).await;
     assert!(
         matches!(seen.last(), Some(Observation::Value(v)) if *v > 0.0),
         "{seen:?}"
@@ -596,7 +617,7 @@ async fn rollbacks_per_second_rises_when_a_session_rolls_back() {
     let db = common::fresh_db().await;
     let mut sampler = Sampler::new(&builtin(BuiltinSignal::RollbacksPerSecond), &db.dsn);
     sampler.prime().await;
-    let quiet = sample_until(&mut sampler, Duration::from_secs(3), |v| v == 0.0).await;
+    let quiet = sample_until(&mut sampler, |v| v == 0.0).await;
     assert_eq!(
         quiet.last(),
         Some(&Observation::Value(0.0)),
@@ -610,7 +631,7 @@ async fn rollbacks_per_second_rises_when_a_session_rolls_back() {
             .unwrap();
     }
     drop(app);
-    let seen = sample_until(&mut sampler, Duration::from_secs(10), |v| v > 0.0).await;
+    let seen = sample_until(&mut sampler, |v| v > 0.0).await;
     assert!(
         matches!(seen.last(), Some(Observation::Value(v)) if *v > 0.0),
         "{seen:?}"
@@ -647,12 +668,17 @@ async fn lock_waiting_sessions_counts_a_session_blocked_on_a_row_lock() {
     });
     let our_update =
         tokio::spawn(async move { ours.batch_execute("UPDATE r SET v = 2 WHERE id = 1").await });
-
-    let seen = sample_until(&mut sampler, Duration::from_secs(5), |v| v >= 1.0).await;
+    // Both are queued behind the row lock before the sample looks.
+    db.wait_for(
+        "both updates waiting on the row lock",
+        "SELECT count(*) = 2 FROM pg_stat_activity WHERE datname = current_database() \
+           AND wait_event_type = 'Lock' AND application_name IN ('app-blocked', 'pgshepherd-migrate')",
+    )
+    .await;
     assert_eq!(
-        seen.last(),
-        Some(&Observation::Value(1.0)),
-        "pgshepherd's own waiter is excluded: {seen:?}"
+        sampler.sample().await,
+        Observation::Value(1.0),
+        "pgshepherd's own waiter is excluded"
     );
     holder.batch_execute("COMMIT").await.unwrap();
     blocked_update.await.unwrap().unwrap();
@@ -672,18 +698,46 @@ async fn longest_transaction_seconds_sees_an_open_transaction() {
 
     let ours = app_session(&db.dsn, "pgshepherd-migrate").await;
     ours.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // Part of the scenario: pgshepherd's transaction is the older one by a
+    // clear margin, so a sample of its age cannot pass for the app's.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let app = app_session(&db.dsn, "app").await;
     app.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let obs = sampler.sample().await;
-    let Observation::Value(age) = obs else {
-        panic!("{obs:?}")
-    };
+    // The app's transaction's age read just before and just after the sample
+    // brackets the sample if it measured the app's transaction; pgshepherd's is
+    // older by the gap between the two BEGINs, so it would land above the
+    // bracket whenever the bracket is narrower than that gap (a very slow
+    // machine gets another try).
+    let probe = db.client().await;
+    let app_age = "SELECT extract(epoch FROM clock_timestamp() - xact_start)::float8 \
+                   FROM pg_stat_activity WHERE application_name = 'app' AND datname = current_database()";
+    let gap: f64 = probe
+        .query_one(
+            "SELECT extract(epoch FROM max(xact_start) - min(xact_start))::float8 FROM pg_stat_activity \
+              WHERE application_name IN ('app', 'pgshepherd-migrate') AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(gap >= 2.0, "{gap}");
+    let shared = tokio::sync::Mutex::new(sampler);
+    let (before, age, after) =
+        common::eventually("a sample bracketed narrower than the gap", || async {
+            let before: f64 = probe.query_one(app_age, &[]).await.unwrap().get(0);
+            let obs = shared.lock().await.sample().await;
+            let after: f64 = probe.query_one(app_age, &[]).await.unwrap().get(0);
+            let Observation::Value(age) = obs else {
+                panic!("{obs:?}")
+            };
+            (after - before < gap).then_some((before, age, after))
+        })
+        .await;
     assert!(
-        (1.0..3.0).contains(&age),
-        "the app's transaction, not pgshepherd's: {age}"
+        before <= age && age <= after,
+        "the app's transaction, not pgshepherd's: {age} s, the app's was {before}..{after} s old"
     );
+    let mut sampler = shared.into_inner();
     app.batch_execute("COMMIT").await.unwrap();
     ours.batch_execute("COMMIT").await.unwrap();
     assert_eq!(sampler.sample().await, Observation::Value(0.0));

@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::{DateTime, SubsecRound, Utc};
 use common::daemon::{Api, Env, ONE_TABLE, SUBMITTER, plan_dir, soak_yaml};
 use serde_json::Value;
 
@@ -28,6 +29,12 @@ fn one_table(dir: &Path, duration: &str) -> (PathBuf, PathBuf) {
     plan_dir(dir, "main", ONE_TABLE, &tail)
 }
 
+fn timestamp(v: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a timestamp: {v}")))
+        .unwrap_or_else(|e| panic!("{v}: {e}"))
+        .with_timezone(&Utc)
+}
+
 fn names(events: &[Value]) -> Vec<&str> {
     events
         .iter()
@@ -43,15 +50,17 @@ async fn killed_mid_soak_the_restarted_daemon_continues_the_soak_where_it_was() 
     let mut daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
     // Let a few samples be persisted, then pull the plug.
-    env.wait_for_event(&run, "check_sample", MINUTE).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    env.wait_for_row(&run, "two samples checkpointed", |row| {
+        row["checkpoint"]["state"]["progress"]["samples_taken"].as_u64() >= Some(2)
+    })
+    .await;
     daemon.kill9();
     let row = env.run_row(&run).await;
     assert_eq!(row["state_name"], "soaking", "{row}");
     let taken = row["checkpoint"]["state"]["progress"]["samples_taken"]
         .as_u64()
         .unwrap();
-    assert!((1..10).contains(&taken), "{row}");
+    assert!((2..10).contains(&taken), "{row}");
 
     let _daemon = env.start("d2").await;
     let row = env.wait_finished(&run, MINUTE).await;
@@ -105,7 +114,10 @@ async fn killed_between_migrations_nothing_is_applied_twice() {
             ("V1__log.down.sql", "DROP TABLE log;"),
             (
                 "V2__slow.sql",
-                "SELECT pg_sleep(2); INSERT INTO log VALUES ('v2');",
+                &format!(
+                    "{}; INSERT INTO log VALUES ('v2');",
+                    common::held_until_released("v2")
+                ),
             ),
             ("V2__slow.down.sql", "DELETE FROM log WHERE v = 'v2';"),
             ("V3__more.sql", "INSERT INTO log VALUES ('v3');"),
@@ -113,11 +125,12 @@ async fn killed_between_migrations_nothing_is_applied_twice() {
         ],
         &tail,
     );
+    let db = env.target("main");
+    db.prepare_release().await;
     let mut daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
-    env.wait_for_event(&run, "migration_applied", MINUTE).await;
-    // V2 is running (it sleeps): kill the daemon in the middle of it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // V2 is running (held): kill the daemon in the middle of it.
+    db.wait_held("v2").await;
     daemon.kill9();
     let row = env.run_row(&run).await;
     assert_eq!(row["state_name"], "migrating", "{row}");
@@ -125,11 +138,13 @@ async fn killed_between_migrations_nothing_is_applied_twice() {
         row["checkpoint"]["state"]["applied"],
         serde_json::json!([1])
     );
+    // The dead daemon's session finishes V2's script and finds nobody to
+    // commit it; the next daemon's V2 goes straight through.
+    db.release("v2").await;
 
     let _daemon = env.start("d2").await;
     let row = env.wait_finished(&run, MINUTE).await;
     assert_eq!(row["outcome"], "succeeded", "{row}");
-    let db = env.target("main");
     // V2 was cut off with its transaction and applied once afterwards.
     assert_eq!(
         db.query_i64("SELECT count(*) FROM log WHERE v = 'v1'")
@@ -172,30 +187,23 @@ async fn killed_inside_a_no_transaction_migration_the_run_is_rolled_back() {
             ("V1__log.down.sql", "DROP TABLE log;"),
             (
                 "V2__index.sql",
-                "-- pgshepherd:no-transaction\nCREATE INDEX CONCURRENTLY idx_log_v ON log (v);\nSELECT pg_sleep(2);\n",
+                &format!(
+                    "-- pgshepherd:no-transaction\nCREATE INDEX CONCURRENTLY idx_log_v ON log (v);\n{};\n",
+                    common::held_until_released("v2")
+                ),
             ),
             ("V2__index.down.sql", "DROP INDEX IF EXISTS idx_log_v;"),
         ],
         &tail,
     );
+    let db = env.target("main");
+    db.prepare_release().await;
     let mut daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
-    let started = async {
-        loop {
-            let events = env.events(&run).await;
-            if events
-                .iter()
-                .any(|e| e["event"] == "migration_started" && e["version"] == 2)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(MINUTE, started).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The index is built and V2 is held in its next statement: kill the daemon.
+    db.wait_held("v2").await;
     daemon.kill9();
-    let db = env.target("main");
+    db.release("v2").await;
     assert_eq!(
         db.query_i64(
             "SELECT count(*) FROM pgshepherd.history WHERE version = 2 AND state = 'started'"
@@ -242,20 +250,24 @@ async fn killed_mid_rollback_the_rollback_is_finished_after_the_restart() {
         "main",
         &[
             ("V1__t.sql", "CREATE TABLE t (id int);"),
-            ("V1__t.down.sql", "SELECT pg_sleep(2); DROP TABLE t;"),
+            (
+                "V1__t.down.sql",
+                &format!("{}; DROP TABLE t;", common::held_until_released("down")),
+            ),
         ],
         &tail,
     );
     let db = env.target("main");
+    db.prepare_release().await;
 
     let mut daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
-    env.wait_for_event(&run, "rollback_started", MINUTE).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    db.wait_held("down").await;
     daemon.kill9();
     let row = env.run_row(&run).await;
     assert_eq!(row["state_name"], "rolling_back", "{row}");
     assert!(db.table_exists("t").await, "the down script was cut off");
+    db.release("down").await;
 
     let _daemon = env.start("d2").await;
     let row = env.wait_finished(&run, MINUTE).await;
@@ -274,12 +286,15 @@ async fn killed_mid_rollback_the_rollback_is_finished_after_the_restart() {
 async fn killed_during_the_backup_the_backup_is_taken_again_and_verified() {
     let env = Env::new(&["main"], SETTINGS).await;
     let db = env.target("main");
-    // Enough data that pg_dump takes a moment.
-    db.execute(
-        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) AS pad
-           FROM generate_series(1, 400000) g",
-    )
-    .await;
+    db.execute("CREATE TABLE accounts AS SELECT g AS id FROM generate_series(1, 1000) g")
+        .await;
+    // pg_dump waits for ACCESS SHARE on every table (for up to 30 s): this holds
+    // it up until the daemon has been killed.
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let work = common::scratch_dir();
     let tail = format!("backup:\n  format: custom\n{}", soak("1s", "SELECT 1", 1));
     let (plan, set) = plan_dir(
@@ -293,11 +308,16 @@ async fn killed_during_the_backup_the_backup_is_taken_again_and_verified() {
     );
     let mut daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
-    env.wait_for_event(&run, "backup_started", MINUTE).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    db.wait_for(
+        "pg_dump waiting on the lock",
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name LIKE 'pgshepherd-backup %' \
+           AND wait_event_type = 'Lock')",
+    )
+    .await;
     daemon.kill9();
     let row = env.run_row(&run).await;
     assert_eq!(row["state_name"], "backing_up", "{row}");
+    blocker.batch_execute("ROLLBACK").await.unwrap();
 
     let _daemon = env.start("d2").await;
     let row_after = env.wait_finished(&run, MINUTE).await;
@@ -342,35 +362,39 @@ async fn a_second_daemon_takes_over_the_run_of_a_killed_one() {
     let mut a = env.start("alpha").await;
     let mut b = env.start("beta").await;
     let run = Api::new(&a).submit(SUBMITTER, &plan, &set).await;
-    env.wait_for_event(&run, "soak_started", MINUTE).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    env.wait_for_row(&run, "a sample checkpointed", |row| {
+        row["checkpoint"]["state"]["progress"]["samples_taken"].as_u64() >= Some(1)
+    })
+    .await;
     let owner = env.run_row(&run).await["owner"]
         .as_str()
         .unwrap()
         .to_string();
-    let (survivor, killed_at) = if owner == "alpha" {
+    let survivor = if owner == "alpha" {
         a.kill9();
-        ("beta", std::time::Instant::now())
+        "beta"
     } else {
         b.kill9();
-        ("alpha", std::time::Instant::now())
+        "alpha"
     };
-    let resumed = async {
-        loop {
-            let events = env.events(&run).await;
-            if let Some(e) = events
+    // The dead owner's lease as it last renewed it.
+    let lease_until = timestamp(&env.run_row(&run).await["lease_until"]);
+    let events = env
+        .wait_for_events(&run, "the survivor's resume", |events| {
+            events
                 .iter()
-                .find(|e| e["event"] == "run_resumed" && e["owner"] == survivor)
-            {
-                return e.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let resumed = tokio::time::timeout(MINUTE, resumed).await.unwrap();
-    let took = killed_at.elapsed();
-    // Lease 3s, polls every 300ms: taken over well within twice the lease.
-    assert!(took < Duration::from_secs(6), "takeover took {took:?}");
+                .any(|e| e["event"] == "run_resumed" && e["owner"] == survivor)
+        })
+        .await;
+    let resumed = events
+        .iter()
+        .find(|e| e["event"] == "run_resumed" && e["owner"] == survivor)
+        .unwrap();
+    // Not before the dead owner's lease ran out (events are stamped to the ms).
+    assert!(
+        timestamp(&resumed["ts"]) >= lease_until.trunc_subsecs(3),
+        "resumed before the lease of {owner} ran out at {lease_until}: {resumed}"
+    );
     assert!(
         resumed["detail"]
             .as_str()
@@ -398,7 +422,7 @@ async fn sigterm_stops_at_a_checkpoint_and_a_restart_resumes() {
     let mut daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
     env.wait_for_event(&run, "check_sample", MINUTE).await;
-    let code = daemon.sigterm(Duration::from_secs(15));
+    let code = daemon.sigterm(common::PATIENCE);
     assert_eq!(code, Some(0), "{}", daemon.log_text());
     // Released, not finished: no rollback happened, nobody owns it.
     let row = env.run_row(&run).await;
@@ -430,12 +454,12 @@ async fn a_paused_owner_that_comes_back_is_fenced_off_and_the_run_finishes_once(
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(a.pid(), libc::SIGSTOP) };
     let _b = env.start("beta").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    // beta has claimed it (epoch 2) but waits for the target lock alpha's frozen
-    // session still holds.
-    let row = env.run_row(&run).await;
-    assert_eq!(row["owner"], "beta", "{row}");
-    assert_eq!(row["epoch"], 2);
+    // beta claims it (epoch 2) once alpha's lease has run out, but waits for the
+    // target lock alpha's frozen session still holds.
+    env.wait_for_row(&run, "beta's claim", |row| {
+        row["owner"] == "beta" && row["epoch"] == 2
+    })
+    .await;
     // SAFETY: as above.
     unsafe { libc::kill(a.pid(), libc::SIGCONT) };
     let row = env.wait_finished(&run, MINUTE).await;
@@ -471,24 +495,39 @@ async fn a_paused_owner_that_comes_back_is_fenced_off_and_the_run_finishes_once(
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_the_backup_parks_before_the_change_and_the_restart_prepares_again() {
     let env = Env::new(&["main"], SETTINGS).await;
-    env.target("main")
-        .execute(
-            "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g + 1)::text) AS pad
-               FROM generate_series(1, 400000) g",
-        )
+    let db = env.target("main");
+    db.execute("CREATE TABLE accounts AS SELECT g AS id FROM generate_series(1, 1000) g")
         .await;
+    // pg_dump waits for ACCESS SHARE on every table: held up until the daemon
+    // has taken in the SIGTERM.
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let work = common::scratch_dir();
     let tail = format!("backup:\n  format: custom\n{}", soak("1s", "SELECT 1", 1));
     let (plan, set) = plan_dir(work.path(), "main", ONE_TABLE, &tail);
     let mut daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
-    env.wait_for_event(&run, "backup_started", MINUTE).await;
+    db.wait_for(
+        "pg_dump waiting on the lock",
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name LIKE 'pgshepherd-backup %' \
+           AND wait_event_type = 'Lock')",
+    )
+    .await;
+    daemon.send_sigterm();
+    common::eventually("the daemon shutting down", || async {
+        daemon.log_text().contains("shutting down").then_some(())
+    })
+    .await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
     // The backup finishes (it is not a waiting step), and the run parks at the
     // checkpoint before the first migration.
-    assert_eq!(daemon.sigterm(Duration::from_secs(30)), Some(0));
+    assert_eq!(daemon.wait_exit(common::PATIENCE), Some(0));
     let row = env.run_row(&run).await;
     assert!(row["owner"].is_null(), "{row}");
-    assert!(!env.target("main").table_exists("t").await);
+    assert!(!db.table_exists("t").await);
 
     // Nothing was changed, so the restart goes through the preparation again
     // (window, gate, baselines, a fresh verified backup) before migrating.

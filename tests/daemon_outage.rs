@@ -1,9 +1,10 @@
 //! The daemon keeps working when the state database or a target goes away
-//! underneath it: every session is terminated and new connections are refused
-//! for a few seconds, as during a restart.
+//! underneath it: every session is terminated and new connections are refused,
+//! as during a restart, until the daemon has demonstrably run into the outage.
 
 mod common;
 
+use std::future::Future;
 use std::time::Duration;
 
 use common::TestDb;
@@ -11,8 +12,9 @@ use common::daemon::{Api, Env, ONE_TABLE, SUBMITTER, plan_dir, soak_yaml};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// Refuse new connections to `db` and terminate the existing ones for `down`.
-async fn outage(db: &TestDb, down: Duration) {
+/// Refuse new connections to `db` and terminate the existing ones until `over`
+/// resolves.
+async fn outage(db: &TestDb, over: impl Future<Output = ()>) {
     let admin = common::cluster()
         .dsn("postgres")
         .connect("pgshepherd-test outage", &[])
@@ -27,7 +29,7 @@ async fn outage(db: &TestDb, down: Duration) {
         ))
         .await
         .unwrap();
-    tokio::time::sleep(down).await;
+    over.await;
     admin
         .batch_execute(&format!(
             "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true"
@@ -52,7 +54,16 @@ async fn a_state_database_outage_mid_soak_delays_the_run_but_loses_nothing() {
     let daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
     env.wait_for_event(&run, "check_sample", MINUTE).await;
-    outage(&env.state, Duration::from_secs(3)).await;
+    // Down until the daemon has failed a write and said it retries.
+    let retrying = || daemon.log_text().matches("retrying").count();
+    let before = retrying();
+    outage(&env.state, async {
+        common::eventually("the daemon retrying its writes", || async {
+            (retrying() > before).then_some(())
+        })
+        .await
+    })
+    .await;
 
     let row = env.wait_finished(&run, MINUTE).await;
     assert_eq!(row["outcome"], "succeeded", "{row}");
@@ -83,7 +94,20 @@ async fn a_target_outage_mid_soak_is_inconclusive_never_a_pass_and_the_rollback_
     let daemon = env.start("d1").await;
     let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
     env.wait_for_event(&run, "check_sample", MINUTE).await;
-    outage(env.target("main"), Duration::from_secs(3)).await;
+    // Down until three samples in a row were inconclusive: a breach.
+    outage(env.target("main"), async {
+        env.wait_for_events(&run, "three inconclusive samples", |events| {
+            events
+                .iter()
+                .filter(|e| {
+                    e["event"] == "check_sample" && e["step"] == "soak" && e["valid"] == false
+                })
+                .count()
+                >= 3
+        })
+        .await;
+    })
+    .await;
 
     let row = env.wait_finished(&run, MINUTE).await;
     assert_eq!(row["outcome"], "rolled_back", "{row}");

@@ -33,9 +33,19 @@ fn add_second_migration(set: &Path) {
     std::fs::write(set.join("V2__u.down.sql"), "ALTER TABLE t DROP COLUMN u;\n").unwrap();
 }
 
+/// A barrier on the scheduler: a run on target `side`, submitted now, has
+/// started. Runs are claimed oldest first, so any run submitted before it that
+/// could start has started by then.
+async fn scheduler_turn(env: &Env, api: &Api) {
+    let work = common::scratch_dir();
+    let (plan, set) = write_plan(work.path(), "side", "500ms", "SELECT 1", 1, "");
+    let run = api.submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_event(&run, "run_started", MINUTE).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_approve_window_migrate_soak_succeeded() {
-    let env = Env::new(&["main"], SETTINGS).await;
+    let env = Env::new(&["main", "side"], SETTINGS).await;
     let work = common::scratch_dir();
     let (plan, set) = write_plan(
         work.path(),
@@ -52,9 +62,12 @@ async fn submit_approve_window_migrate_soak_succeeded() {
     assert_eq!(status, 200);
     assert_eq!(view["phase"], "pending_approval", "{view}");
 
-    // Nothing happens without an approval.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Nothing happens without an approval, even after the scheduler has
+    // started a later run.
+    scheduler_turn(&env, &api).await;
     assert!(!env.target("main").table_exists("t").await);
+    let (_, view) = api.get(READER, &format!("/v1/runs/{run}")).await;
+    assert_eq!(view["phase"], "pending_approval", "{view}");
 
     // Four eyes: the submitter cannot approve, even with a second token of the
     // same person's role; a reader cannot either.
@@ -317,7 +330,7 @@ async fn a_target_that_requires_approval_holds_runs_whose_plan_does_not_ask_for_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_that_needs_a_human_holds_its_targets_queue_until_acknowledged() {
-    let env = Env::new(&["main"], SETTINGS).await;
+    let env = Env::new(&["main", "side"], SETTINGS).await;
     let daemon = env.start("d1").await;
     let api = Api::new(&daemon);
     // The first run breaches and its plan says hold: the change stays, a person
@@ -340,8 +353,9 @@ async fn a_run_that_needs_a_human_holds_its_targets_queue_until_acknowledged() {
     assert_eq!(row["outcome"], "needs_human", "{row}");
     let queued = api.submit(SUBMITTER, &plan2, &set2).await;
 
-    // Nothing new starts on the target while nobody has acknowledged.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing new starts on the target while nobody has acknowledged, even
+    // after the scheduler has started a later run elsewhere.
+    scheduler_turn(&env, &api).await;
     let (_, view) = api.get(READER, &format!("/v1/runs/{queued}")).await;
     assert_eq!(view["phase"], "queued", "{view}");
     assert!(

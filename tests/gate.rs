@@ -9,10 +9,13 @@
 
 mod common;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use common::TestDb;
 use pgshepherd::plan::Plan;
 use pgshepherd::run::journal::Emitter;
@@ -23,6 +26,18 @@ use tokio::sync::watch;
 
 /// The `n`-th call of the check in its session (1, 2, 3, ...), as SQL.
 const CALL_NUMBER: &str = "set_config('gate.n', (coalesce(nullif(current_setting('gate.n', true), ''), '0')::int + 1)::text, false)::int";
+
+/// When the test asks the run to stop while the gate waits.
+enum Abort {
+    Never,
+    /// Before the gate is even called.
+    Before,
+    /// As the `n`-th sample (1-based) is reported, from inside the event
+    /// observer: the gate has not started another sample yet.
+    AtSample(usize),
+    /// When this future resolves (it watches the database for some state).
+    When(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
 
 /// A fresh database and a plan whose `gate:` section is `gate` (indented by two).
 struct Scenario {
@@ -48,19 +63,28 @@ impl Scenario {
         }
     }
 
-    /// Wait on the plan's gate; `abort_after` flips the abort signal that long
-    /// after the start (`Some(ZERO)`: before the call).
-    async fn wait(
-        &self,
-        give_up_at: Option<chrono::DateTime<Utc>>,
-        abort_after: Option<Duration>,
-    ) -> Waited {
+    /// Wait on the plan's gate, asking it to stop as `abort` says.
+    async fn wait(&self, give_up_at: Option<chrono::DateTime<Utc>>, abort: Abort) -> Waited {
         let events: Arc<Mutex<Vec<Value>>> = Arc::default();
         let sink = events.clone();
-        let emitter = Emitter::new("gate-test", None, false, false).observe(Box::new(move |e| {
-            sink.lock().unwrap().push(serde_json::to_value(e).unwrap())
-        }));
         let (abort_tx, abort_rx) = watch::channel(false);
+        let abort_tx = Arc::new(abort_tx);
+        let abort_at_sample = match abort {
+            Abort::AtSample(n) => Some(n),
+            _ => None,
+        };
+        let samples = AtomicUsize::new(0);
+        let stop = abort_tx.clone();
+        let emitter = Emitter::new("gate-test", None, false, false).observe(Box::new(move |e| {
+            let e = serde_json::to_value(e).unwrap();
+            if e["event"] == "check_sample" {
+                let n = samples.fetch_add(1, Ordering::SeqCst) + 1;
+                if abort_at_sample == Some(n) {
+                    stop.send_replace(true);
+                }
+            }
+            sink.lock().unwrap().push(e)
+        }));
         let ctx = StepContext {
             plan: &self.plan,
             dsn: &self.db.dsn,
@@ -71,25 +95,30 @@ impl Scenario {
             events: &emitter,
             abort: abort_rx,
         };
-        if abort_after == Some(Duration::ZERO) {
-            abort_tx.send(true).unwrap();
-        } else if let Some(after) = abort_after {
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                let _ = abort_tx.send(true);
-            });
+        match abort {
+            Abort::Before => {
+                abort_tx.send_replace(true);
+            }
+            Abort::When(signal) => {
+                tokio::spawn(async move {
+                    signal.await;
+                    abort_tx.send_replace(true);
+                });
+            }
+            Abort::Never | Abort::AtSample(_) => {}
         }
-        let started = Instant::now();
-        let end = wait_for_low_traffic(&ctx, self.plan.gate.as_ref().unwrap(), give_up_at).await;
-        let took = started.elapsed();
+        let end = common::within(
+            "the gate",
+            wait_for_low_traffic(&ctx, self.plan.gate.as_ref().unwrap(), give_up_at),
+        )
+        .await;
         let events = std::mem::take(&mut *events.lock().unwrap());
-        Waited { end, took, events }
+        Waited { end, events }
     }
 }
 
 struct Waited {
     end: GateEnd,
-    took: Duration,
     events: Vec<Value>,
 }
 
@@ -117,6 +146,21 @@ impl Waited {
         }
     }
 
+    /// The k-th sample (1-based) was taken no earlier than k intervals after the
+    /// gate started (its `elapsed_s`, on the gate's own clock, is read when the
+    /// sample has been taken, and rounded to the millisecond).
+    fn assert_on_schedule(&self, interval_s: f64) {
+        for (k, s) in self.samples().iter().enumerate() {
+            let elapsed = s["elapsed_s"].as_f64().unwrap();
+            assert!(
+                elapsed >= interval_s * (k + 1) as f64 - 0.0005,
+                "sample {} at {elapsed}s: {:#?}",
+                k + 1,
+                self.samples()
+            );
+        }
+    }
+
     /// Every event is tagged with the gate step, starts with `gate_started` and
     /// ends with `gate_open` or `gate_closed`, and no sample carries a verdict.
     fn assert_well_formed(&self, last: &str) {
@@ -141,6 +185,13 @@ impl Waited {
     }
 }
 
+/// An event's `ts`.
+fn event_ts(e: &Value) -> chrono::DateTime<Utc> {
+    chrono::DateTime::parse_from_rfc3339(e["ts"].as_str().unwrap_or_else(|| panic!("no ts: {e}")))
+        .unwrap_or_else(|err| panic!("{e}: {err}"))
+        .with_timezone(&Utc)
+}
+
 fn in_ms(ms: i64) -> Option<chrono::DateTime<Utc>> {
     Some(Utc::now() + chrono::Duration::milliseconds(ms))
 }
@@ -152,15 +203,16 @@ async fn a_quiet_target_opens_the_gate_after_exactly_n_samples() {
         "  check:\n    name: busy_rows\n    sql: SELECT count(*) FROM busy\n    max: 5\n  consecutive: 4\n  interval: 100ms\n",
     )
     .await;
-    let w = s.wait(in_ms(10_000), None).await;
+    let w = s.wait(in_ms(120_000), Abort::Never).await;
     assert_eq!(w.end, GateEnd::Open, "{:#?}", w.events);
     assert_eq!(w.values(), [Some(0.0); 4]);
     w.assert_well_formed("gate_open");
     let open = w.named("gate_open")[0];
     assert_eq!(open["samples"], 4);
-    // Four samples, the first one interval after the start.
-    assert!(w.took >= Duration::from_millis(400), "{:?}", w.took);
-    assert!(w.took < Duration::from_secs(3), "{:?}", w.took);
+    // Four samples on the schedule, the first one interval after the start: the
+    // k-th is taken no earlier than k intervals in, so the gate cannot open
+    // sooner than four intervals (how much later depends on the machine).
+    w.assert_on_schedule(0.1);
     assert!(open["waited_s"].as_f64().unwrap() >= 0.4, "{open}");
     let started = w.named("gate_started")[0];
     assert_eq!(started["consecutive"], 4);
@@ -184,7 +236,7 @@ async fn a_breaching_sample_starts_the_count_again() {
         ),
     )
     .await;
-    let w = s.wait(None, None).await;
+    let w = s.wait(None, Abort::Never).await;
     assert_eq!(w.end, GateEnd::Open, "{:#?}", w.events);
     assert_eq!(w.values(), [Some(1.0), Some(2.0), Some(0.0), Some(1.0)]);
     let breaching: Vec<bool> = w
@@ -204,8 +256,10 @@ async fn a_busy_target_keeps_the_gate_closed_until_the_give_up_point() {
         "  check:\n    name: busy_rows\n    sql: SELECT count(*) FROM busy\n    max: 5\n  consecutive: 2\n  interval: 100ms\n",
     )
     .await;
-    let give_up_at = Utc::now() + chrono::Duration::milliseconds(800);
-    let w = s.wait(Some(give_up_at), None).await;
+    // Long enough for a first sample on a loaded machine (the reason quotes it);
+    // nothing below depends on how many fit in.
+    let give_up_at = Utc::now() + chrono::Duration::milliseconds(1500);
+    let w = s.wait(Some(give_up_at), Abort::Never).await;
     let reason = w.reason();
     assert!(reason.contains("check `busy_rows`"), "{reason}");
     assert!(reason.contains("busy_rows = 12.0"), "{reason}");
@@ -215,12 +269,19 @@ async fn a_busy_target_keeps_the_gate_closed_until_the_give_up_point() {
         "{reason}"
     );
     assert!(reason.starts_with("did not open by "), "{reason}");
-    // It gave up at the give-up point, not before and not much after.
-    assert!(Utc::now() >= give_up_at);
-    assert!(w.took >= Duration::from_millis(750), "{:?}", w.took);
-    assert!(w.took < Duration::from_millis(2000), "{:?}", w.took);
+    // It gave up at the give-up point, not before: the gate_closed event is
+    // stamped at or after it. And it did not sample past it: samples are due
+    // every 100 ms from the start, and the 15th is due at the give-up point
+    // itself, so at most 14 were taken (fewer on a loaded machine).
+    // (Events are stamped to the millisecond.)
+    let closed_at = event_ts(w.named("gate_closed")[0]);
+    let give_up_ms = give_up_at.trunc_subsecs(3);
+    assert!(
+        closed_at >= give_up_ms,
+        "closed at {closed_at}, give-up point {give_up_at}"
+    );
     let n = w.samples().len();
-    assert!((5..=8).contains(&n), "{n} samples");
+    assert!((1..=14).contains(&n), "{n} samples");
     assert!(w.values().iter().all(|v| *v == Some(12.0)));
     assert!(w.samples().iter().all(|s| s["breaching"] == true));
     assert_eq!(w.named("gate_closed")[0]["reason"], reason.as_str());
@@ -235,14 +296,18 @@ async fn the_gate_timeout_gives_up_too() {
     )
     .await;
     // The window closes later than the timeout: the timeout decides.
-    let w = s.wait(in_ms(10_000), None).await;
+    let w = s.wait(in_ms(10_000), Abort::Never).await;
     let reason = w.reason();
     assert!(
         reason.starts_with("did not open within `gate.timeout` (500ms)"),
         "{reason}"
     );
-    assert!(w.took >= Duration::from_millis(480), "{:?}", w.took);
-    assert!(w.took < Duration::from_millis(1500), "{:?}", w.took);
+    // Not before the timeout (gate_started to gate_closed), and no sample past
+    // it: the fifth is due at 500 ms, the timeout itself.
+    let waited = event_ts(w.events.last().unwrap()) - event_ts(&w.events[0]);
+    // (Both stamps are taken a moment after the clock they stand for.)
+    assert!(waited >= chrono::Duration::milliseconds(490), "{waited}");
+    assert!(w.samples().len() <= 4, "{:#?}", w.samples());
     w.assert_well_formed("gate_closed");
 }
 
@@ -253,11 +318,10 @@ async fn a_give_up_point_already_passed_takes_no_sample() {
         "  check: {name: one, sql: SELECT 1, max: 5}\n  interval: 100ms\n",
     )
     .await;
-    let w = s.wait(in_ms(-1000), None).await;
+    let w = s.wait(in_ms(-1000), Abort::Never).await;
     let reason = w.reason();
     assert!(reason.contains("no sample was taken"), "{reason}");
     assert!(w.samples().is_empty());
-    assert!(w.took < Duration::from_millis(100), "{:?}", w.took);
     w.assert_well_formed("gate_closed");
 }
 
@@ -268,12 +332,14 @@ async fn a_failing_check_never_opens_the_gate() {
         "  check:\n    name: broken\n    sql: SELECT count(*) FROM no_such_table\n    max: 5\n  consecutive: 1\n  interval: 100ms\n",
     )
     .await;
-    let w = s.wait(in_ms(700), None).await;
+    // One healthy sample would open this gate (consecutive 1); the reason
+    // quotes the last sample, so a first one must fit in, even on a loaded machine.
+    let w = s.wait(in_ms(1500), Abort::Never).await;
     let reason = w.reason();
     assert!(reason.contains("check `broken`"), "{reason}");
     assert!(reason.contains("broken inconclusive"), "{reason}");
     assert!(reason.contains("no_such_table"), "{reason}");
-    assert!(w.samples().len() >= 4, "{:#?}", w.events);
+    assert!(!w.samples().is_empty(), "{:#?}", w.events);
     assert!(
         w.samples()
             .iter()
@@ -296,7 +362,7 @@ async fn missing_data_starts_the_count_again() {
         ),
     )
     .await;
-    let w = s.wait(None, None).await;
+    let w = s.wait(None, Abort::Never).await;
     assert_eq!(w.end, GateEnd::Open, "{:#?}", w.events);
     assert_eq!(w.values(), [Some(0.0), None, Some(0.0), Some(0.0)]);
     assert_eq!(w.samples()[1]["valid"], false);
@@ -311,11 +377,11 @@ async fn an_abort_while_waiting_returns_promptly() {
         "  check:\n    name: busy_rows\n    sql: SELECT count(*) FROM busy\n    max: 5\n  interval: 100ms\n",
     )
     .await;
-    let w = s.wait(None, Some(Duration::from_millis(350))).await;
+    // The abort comes as the third sample is reported, between two samples.
+    let w = s.wait(None, Abort::AtSample(3)).await;
     assert_eq!(w.end, GateEnd::Aborted, "{:#?}", w.events);
-    assert!(w.took >= Duration::from_millis(340), "{:?}", w.took);
-    assert!(w.took < Duration::from_millis(1000), "{:?}", w.took);
-    assert!(!w.samples().is_empty());
+    // Promptly: no further sample was taken after the abort.
+    assert_eq!(w.samples().len(), 3, "{:#?}", w.events);
     let closed = w.named("gate_closed");
     assert!(
         closed[0]["reason"].as_str().unwrap().contains("aborted"),
@@ -326,17 +392,35 @@ async fn an_abort_while_waiting_returns_promptly() {
 
 #[tokio::test]
 async fn an_abort_interrupts_a_slow_sample() {
-    // The first sample starts at 1s and would take 0.9s; the abort comes during it.
+    // The first sample (at 2 s) reads a table the test holds locked, so it cannot
+    // finish before its 2 s statement timeout; the abort comes as soon as the
+    // sample is seen waiting on that lock.
     let s = Scenario::new(
-        "",
-        "  check:\n    name: slow\n    sql: SELECT count(*) FROM pg_sleep(0.9)\n    max: 5\n    timeout: 1s\n  interval: 1s\n",
+        "CREATE TABLE busy (id int);",
+        "  check:\n    name: slow\n    sql: SELECT count(*) FROM busy\n    max: 5\n    timeout: 2s\n  interval: 2s\n",
     )
     .await;
-    let w = s.wait(None, Some(Duration::from_millis(1300))).await;
+    let holder = s.db.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let db = s.db.dsn.clone();
+    let blocked = async move {
+        common::wait_for_sql(
+            &db,
+            "the gate's sample waiting on the lock",
+            "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() \
+               AND wait_event_type = 'Lock' AND query LIKE '%FROM busy%')",
+        )
+        .await
+    };
+    let w = s.wait(None, Abort::When(Box::pin(blocked))).await;
     assert_eq!(w.end, GateEnd::Aborted, "{:#?}", w.events);
-    // The sample would have ended at 1.9s at the earliest, and reported itself.
+    // The sample never reported itself: it could only have ended by its
+    // timeout, and the abort did not wait for that.
     assert!(w.samples().is_empty(), "{:#?}", w.events);
-    assert!(w.took < Duration::from_millis(1850), "{:?}", w.took);
+    holder.batch_execute("ROLLBACK").await.unwrap();
     w.assert_well_formed("gate_closed");
 }
 
@@ -347,9 +431,8 @@ async fn an_abort_before_the_gate_takes_no_sample() {
         "  check: {name: one, sql: SELECT 1, max: 5}\n  interval: 100ms\n",
     )
     .await;
-    let w = s.wait(None, Some(Duration::ZERO)).await;
+    let w = s.wait(None, Abort::Before).await;
     assert_eq!(w.end, GateEnd::Aborted);
-    assert!(w.took < Duration::from_millis(100), "{:?}", w.took);
     assert!(w.samples().is_empty());
     w.assert_well_formed("gate_closed");
 }

@@ -7,7 +7,6 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::TestDb;
 use serde_json::Value;
@@ -460,17 +459,12 @@ async fn a_second_run_on_the_same_target_is_refused_and_names_the_holder() {
     let plan = s.plan(&soak(5, QUIET_CHECK));
     let first = s.command(&plan, &[]).spawn().unwrap();
     // Wait until the first run holds the lock.
-    let mut held = false;
-    for _ in 0..100 {
-        let sql = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
-        if s.db.query_i64(sql).await > 0 {
-            held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(held, "the first run never took the lock");
+    s.db.wait_for(
+        "the first run holding the lock",
+        "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted \
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+    )
+    .await;
     let second = s.run(&plan, &[]).await;
     assert_eq!(second.code, 5, "{}", second.stderr);
     assert!(

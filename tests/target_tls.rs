@@ -65,15 +65,13 @@ async fn tls_only_cluster() -> TempCluster {
         .await
         .unwrap();
     // The reload is asynchronous: wait until a new plain connection is refused.
-    for _ in 0..50 {
-        let plain = format!("{}?sslmode=disable", cluster.url("postgres"))
-            .parse::<pgshepherd::pg::Dsn>()
-            .unwrap();
-        if plain.connect("probe", &[]).await.is_err() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let plain = format!("{}?sslmode=disable", cluster.url("postgres"))
+        .parse::<pgshepherd::pg::Dsn>()
+        .unwrap();
+    common::eventually("plain connections refused after the reload", || async {
+        plain.connect("probe", &[]).await.is_err().then_some(())
+    })
+    .await;
     cluster
 }
 

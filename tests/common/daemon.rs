@@ -160,6 +160,46 @@ impl Env {
         }
     }
 
+    /// Poll the run's events until `done` holds for them; returns them.
+    pub async fn wait_for_events(
+        &self,
+        run_id: &str,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let client = self.state.client().await;
+        let what = format!("{what} (run {run_id})");
+        super::eventually(&what, || async {
+            let events: Vec<Value> = client
+                .query(
+                    "SELECT event FROM events WHERE run_id = $1 ORDER BY id",
+                    &[&run_id],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            done(&events).then_some(events)
+        })
+        .await
+    }
+
+    /// Poll the run's row ([`Env::run_row`]) until `done` holds for it.
+    pub async fn wait_for_row(
+        &self,
+        run_id: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let what = format!("{what} (run {run_id})");
+        super::eventually(&what, || async {
+            let row = self.run_row(run_id).await;
+            done(&row).then_some(row)
+        })
+        .await
+    }
+
     pub async fn event_names(&self, run_id: &str) -> Vec<String> {
         self.events(run_id)
             .await
@@ -231,7 +271,7 @@ impl Daemon {
                 return;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(30),
+                started.elapsed() < super::PATIENCE,
                 "daemon {} did not become healthy:\n{}",
                 self.name,
                 self.log_text()
@@ -256,8 +296,18 @@ impl Daemon {
 
     /// SIGTERM, then wait for the exit (at most `timeout`); returns the exit code.
     pub fn sigterm(&mut self, timeout: Duration) -> Option<i32> {
+        self.send_sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// SIGTERM, without waiting for anything.
+    pub fn send_sigterm(&self) {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    }
+
+    /// Wait for the process to exit (at most `timeout`); returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -20,20 +20,103 @@
 //! parallel and leave whatever they like behind.
 //!
 //! The helpers panic with the SQL that failed: they are for tests only.
+//!
+//! Tests wait for events, never for time: [`eventually`] polls for a state,
+//! [`within`] bounds a future that must finish, [`wait_for_sql`] polls the
+//! database. Their one deadline, [`PATIENCE`], only turns a hang into a failure
+//! that says what was awaited; no test asserts that anything happens sooner.
 
 #![allow(dead_code)]
 
 pub mod daemon;
 pub mod receiver;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use pgshepherd::pg::Dsn;
 use pgshepherd::pg::cluster::{PgBinaries, TempCluster};
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
+
+/// How long a test waits for something before it fails. Far longer than
+/// anything takes on a loaded machine: it is a hang detector, not a speed check.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Between two looks at a state being waited for.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Poll `probe` until it returns `Some`; panics naming `what` after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {PATIENCE:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `future`'s output; panics naming `what` if it has not finished after
+/// [`PATIENCE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not finished after {PATIENCE:?}"))
+}
+
+/// Run `command` to the end and return its output (stdout and stderr
+/// captured); kills it and panics naming `what` if it is still running after
+/// [`PATIENCE`].
+pub fn output_within(what: &str, command: &mut std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let pid = child.id() as i32;
+    let (done, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match output.recv_timeout(PATIENCE) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
+        Err(_) => {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("{what}: still running after {PATIENCE:?}; killed")
+        }
+    }
+}
+
+/// Poll `sql` (one boolean) on `dsn` over one connection until it is true.
+pub async fn wait_for_sql(dsn: &Dsn, what: &str, sql: &str) {
+    let client = dsn
+        .connect("pgshepherd-test-probe", &[])
+        .await
+        .unwrap_or_else(|e| panic!("connecting to wait for {what}: {e}"));
+    eventually(what, || async {
+        let row = client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {}", db_error(&e)));
+        row.get::<_, bool>(0).then_some(())
+    })
+    .await
+}
 
 static BINARIES: OnceLock<PgBinaries> = OnceLock::new();
 static CLUSTER: OnceLock<TempCluster> = OnceLock::new();
@@ -77,6 +160,18 @@ pub fn one_table_plan(dir: &Path, target: &str, soak: &str, extra: &str) -> Path
     );
     std::fs::write(&plan, text).unwrap();
     plan
+}
+
+/// SQL (one statement, no trailing `;`) that keeps its session busy until the
+/// test calls [`TestDb::release`] with the same `name`: a migration or down
+/// script that is "in the middle" for exactly as long as the test needs, where
+/// a `pg_sleep` would guess. Needs [`TestDb::prepare_release`] first. It polls
+/// a table rather than waiting on a lock, so no `lock_timeout` can end it.
+pub fn held_until_released(name: &str) -> String {
+    format!(
+        "DO $$ BEGIN WHILE NOT EXISTS (SELECT FROM test_release WHERE name = '{name}') LOOP \
+         PERFORM pg_sleep(0.05); END LOOP; END $$"
+    )
 }
 
 /// A temporary directory deleted when the returned value is dropped.
@@ -205,6 +300,37 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("checking whether {name} exists: {}", db_error(&e)))
             .get(0)
+    }
+
+    /// Poll `sql` (one boolean) until it is true; see [`wait_for_sql`].
+    pub async fn wait_for(&self, what: &str, sql: &str) {
+        wait_for_sql(&self.dsn, what, sql).await
+    }
+
+    /// Create the table [`held_until_released`] polls.
+    pub async fn prepare_release(&self) {
+        self.execute("CREATE TABLE test_release (name text PRIMARY KEY)")
+            .await;
+    }
+
+    /// Wait until some session of this database runs [`held_until_released`]
+    /// for `name`.
+    pub async fn wait_held(&self, name: &str) {
+        self.wait_for(
+            &format!("a session held at `{name}`"),
+            &format!(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() \
+                   AND pid <> pg_backend_pid() AND state = 'active' \
+                   AND query LIKE '%test_release WHERE name = ''{name}''%')"
+            ),
+        )
+        .await
+    }
+
+    /// Let the sessions held at `name` go on.
+    pub async fn release(&self, name: &str) {
+        self.execute(&format!("INSERT INTO test_release VALUES ('{name}')"))
+            .await;
     }
 
     /// `SELECT count(*) FROM table` (`table` is spliced in as written).

@@ -1,8 +1,8 @@
 //! A webhook receiver for notification tests: a real HTTP server on 127.0.0.1
 //! that records every request (arrival time, path, headers, raw body) and whose
 //! answers a test changes while it runs: a status, a `Retry-After`, a delay
-//! before answering, or a script deciding per request (e.g. "the first attempt
-//! of every webhook-id gets 500").
+//! before answering, no answer until the test releases it, or a script deciding
+//! per request (e.g. "the first attempt of every webhook-id gets 500").
 //!
 //! A receiver can be *reserved* first: its port is bound but nothing listens, so
 //! a channel pointing at it sees "connection refused" until the test calls
@@ -30,7 +30,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpSocket;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// One request as it arrived, and what the receiver answered.
@@ -113,6 +113,8 @@ pub struct Reply {
     pub retry_after: Option<String>,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// Answer only once the test calls [`Receiver::release`].
+    pub held: bool,
     pub body: String,
 }
 
@@ -122,8 +124,16 @@ impl Reply {
             status,
             retry_after: None,
             delay: Duration::ZERO,
+            held: false,
             body: String::new(),
         }
+    }
+
+    /// Hold the answer until [`Receiver::release`] (for ever, if never): the
+    /// sender is "mid-request" for exactly as long as the test needs.
+    pub fn held(mut self) -> Reply {
+        self.held = true;
+        self
     }
 
     pub fn retry_after(mut self, value: &str) -> Reply {
@@ -156,6 +166,8 @@ struct Inner {
     requests: Mutex<Vec<Request>>,
     attempts: Mutex<HashMap<String, u32>>,
     behaviour: Mutex<Behaviour>,
+    /// Becomes true when the test releases held replies.
+    released: watch::Sender<bool>,
 }
 
 struct Server {
@@ -194,6 +206,7 @@ impl Receiver {
                     fail_first: None,
                     script: None,
                 }),
+                released: watch::channel(false).0,
             }),
             reserved: Mutex::new(Some(socket)),
             server: Mutex::new(None),
@@ -291,6 +304,11 @@ impl Receiver {
     /// not yet); `None` falls back to `fail_first_attempts`, then to the default.
     pub fn script(&self, f: impl Fn(&Request) -> Option<Reply> + Send + Sync + 'static) {
         lock(&self.inner.behaviour).script = Some(Box::new(f));
+    }
+
+    /// Answer every held request, now and from now on.
+    pub fn release(&self) {
+        self.inner.released.send_replace(true);
     }
 
     // --- what arrived ---
@@ -438,6 +456,10 @@ async fn handle(
         requests.push(request);
         reply
     };
+    if reply.held {
+        let mut released = inner.released.subscribe();
+        let _ = released.wait_for(|r| *r).await;
+    }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
