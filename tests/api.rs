@@ -44,7 +44,7 @@ async fn start() -> Api {
 }
 
 /// With `stop`, the API is served by `router_until` (event streams end on it).
-async fn start_with(stop: Option<tokio::sync::watch::Receiver<bool>>) -> Api {
+async fn start_with(stop: Option<tokio_util::sync::CancellationToken>) -> Api {
     pgshepherd::tls::install_crypto_provider();
     let db = common::fresh_db().await;
     let dir = common::scratch_dir();
@@ -976,8 +976,8 @@ async fn aborting_an_active_run_is_a_request_its_daemon_acts_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stopping_the_daemon_ends_open_event_streams() {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let api = start_with(Some(stopped)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let api = start_with(Some(stop.clone())).await;
     let id = api.submit("alice", "s", "").await.body["id"]
         .as_str()
         .unwrap()
@@ -997,7 +997,7 @@ async fn stopping_the_daemon_ends_open_event_streams() {
         })
     };
     tokio::time::sleep(Duration::from_millis(600)).await;
-    stop.send(true).unwrap();
+    stop.cancel();
     let text = tokio::time::timeout(Duration::from_secs(5), follower)
         .await
         .expect("the stream ends when the daemon stops")
