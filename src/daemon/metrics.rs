@@ -464,28 +464,27 @@ impl Metrics {
             }
             scrape.register(name, help, family);
         }
-        let gauges: [(&str, &str, Vec<(String, i64)>); 2] = [
-            (
-                "pgshepherd_channel_disabled",
-                "1 while a channel is disabled because its receiver answered 410 Gone",
-                channels
-                    .iter()
-                    .map(|(c, s)| (c.clone(), s.disabled.load(Ordering::Relaxed) as i64))
-                    .collect(),
-            ),
-            (
-                "pgshepherd_notifications_pending",
-                "Notifications waiting in the outbox (all replicas), by channel",
-                pending.to_vec(),
-            ),
-        ];
-        for (name, help, values) in gauges {
+        let per_channel = |values: &mut dyn Iterator<Item = (String, i64)>| {
             let family = Family::<ChannelLabels, Gauge>::default();
             for (channel, n) in values {
                 family.get_or_create(&ChannelLabels { channel }).set(n);
             }
-            scrape.register(name, help, family);
-        }
+            family
+        };
+        scrape.register(
+            "pgshepherd_channel_disabled",
+            "1 while a channel is disabled because its receiver answered 410 Gone",
+            per_channel(
+                &mut channels
+                    .iter()
+                    .map(|(c, s)| (c.clone(), s.disabled.load(Ordering::Relaxed) as i64)),
+            ),
+        );
+        scrape.register(
+            "pgshepherd_notifications_pending",
+            "Notifications waiting in the outbox (all replicas), by channel",
+            per_channel(&mut pending.iter().cloned()),
+        );
         let _ = prometheus_text::encode(out, &scrape);
     }
 }
