@@ -9,7 +9,7 @@
 # daemon's VmRSS when idle, its peak (VmHWM) after the submits, the status codes
 # and the wall time of the whole batch.
 #
-# Usage: cargo build && PGSHEPHERD=target/debug/pgshepherd benches/submit_memory.sh
+# Usage: cargo build --release && benches/submit_memory.sh
 # Env:   CONCURRENCY (16), SIZE_MB (7.5), PGBIN, PGSHEPHERD, KEEP_BENCH_TMP.
 # Requires: jq, curl, ss (iproute2), runuser (util-linux) when run as root.
 

@@ -272,6 +272,17 @@ async fn without_a_valid_token_only_healthz_and_openapi_answer() {
         )
         .await;
     assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(wrong.body["error"].is_string());
+    // The event stream's route too (it is routed apart: it has no timeout).
+    let wrong = api
+        .send(
+            api.http
+                .post(api.url("/v1/runs/0123456789ab/events"))
+                .bearer_auth(secret("root")),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(wrong.body["error"].is_string(), "{:?}", wrong.body);
 
     // Every refusal is in the audit trail, by token name (or anonymous).
     let audit = api.audit().await;

@@ -109,7 +109,11 @@ fn router_with(shared: SharedRef, stop: StopSignal, timeout: Duration) -> Router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     // An event stream stays open until its run finishes or the daemon stops.
-    let streams = Router::new().route(EVENTS.path, get(events::events));
+    // (A method-not-allowed fallback applies to the routes present when it is
+    // set, before any layer: each router sets its own.)
+    let streams = Router::new()
+        .route(EVENTS.path, get(events::events))
+        .method_not_allowed_fallback(method_not_allowed);
     panic_safe(time_boxed(requests, timeout).merge(streams))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(Extension(stop))
