@@ -85,17 +85,17 @@ pub const ROUTES: &[RouteSpec] = &[
 /// The whole API, ready for `axum::serve`. Event streams stay open until their
 /// run finishes; see [`router_until`] to end them at shutdown.
 pub fn router(shared: SharedRef) -> Router {
-    router_with(shared, StopSignal::never(), REQUEST_TIMEOUT)
+    router_with(shared, StopSignal::never())
 }
 
 /// [`router`], with event streams that end once `stop` is cancelled, so that a
 /// graceful shutdown does not wait for every follower of an open run (clients
 /// reconnect with `Last-Event-ID` and miss nothing).
 pub fn router_until(shared: SharedRef, stop: CancellationToken) -> Router {
-    router_with(shared, StopSignal::new(stop), REQUEST_TIMEOUT)
+    router_with(shared, StopSignal::new(stop))
 }
 
-fn router_with(shared: SharedRef, stop: StopSignal, timeout: Duration) -> Router {
+fn router_with(shared: SharedRef, stop: StopSignal) -> Router {
     let submits = post(submit::submit).layer(ConcurrencyLimitLayer::new(MAX_CONCURRENT_SUBMITS));
     let requests = Router::new()
         .route(HEALTHZ.path, get(health::healthz))
@@ -114,7 +114,7 @@ fn router_with(shared: SharedRef, stop: StopSignal, timeout: Duration) -> Router
     let streams = Router::new()
         .route(EVENTS.path, get(events::events))
         .method_not_allowed_fallback(method_not_allowed);
-    panic_safe(time_boxed(requests, timeout).merge(streams))
+    panic_safe(time_boxed(requests, REQUEST_TIMEOUT).merge(streams))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(Extension(stop))
         .layer(from_fn_with_state(shared.clone(), observe))
