@@ -13,7 +13,9 @@
 //! - [`cli`]: command implementations behind the binary.
 //! - [`client`]: the CLI side of the daemon's HTTP API (`submit`, `status`, `logs`, ...).
 //! - [`logging`]: log output (JSON lines with span fields, or human) on stderr.
+//! - [`backoff`]: the one retry schedule (exponential, jitter, cap, Retry-After).
 
+pub mod backoff;
 pub mod checks;
 pub mod cli;
 pub mod client;

@@ -50,7 +50,7 @@ async fn start() -> Api {
 }
 
 /// With `stop`, the API is served by `router_until` (event streams end on it).
-async fn start_with(stop: Option<tokio::sync::watch::Receiver<bool>>) -> Api {
+async fn start_with(stop: Option<tokio_util::sync::CancellationToken>) -> Api {
     pgshepherd::tls::install_crypto_provider();
     let db = common::fresh_db().await;
     let dir = common::scratch_dir();
@@ -556,6 +556,17 @@ async fn without_a_valid_token_only_healthz_and_openapi_answer() {
         )
         .await;
     assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(wrong.body["error"].is_string());
+    // The event stream's route too (it is routed apart: it has no timeout).
+    let wrong = api
+        .send(
+            api.http
+                .post(api.url("/v1/runs/0123456789ab/events"))
+                .bearer_auth(secret("root")),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(wrong.body["error"].is_string(), "{:?}", wrong.body);
 
     // Every refusal is in the audit trail, by token name (or anonymous).
     let audit = api.audit().await;
@@ -1288,8 +1299,8 @@ async fn aborting_an_active_run_is_a_request_its_daemon_acts_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stopping_the_daemon_ends_open_event_streams() {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let api = start_with(Some(stopped)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let api = start_with(Some(stop.clone())).await;
     let id = api.submit("alice", "s", "").await.body["id"]
         .as_str()
         .unwrap()
@@ -1298,7 +1309,7 @@ async fn stopping_the_daemon_ends_open_event_streams() {
     common::within("the stream's first event", following)
         .await
         .expect("the stream ended before its first event");
-    stop.send(true).unwrap();
+    stop.cancel();
     let text = common::within("the stream ending when the daemon stops", follower)
         .await
         .unwrap();

@@ -1,11 +1,17 @@
-//! Prometheus text (exposition format 0.0.4) for `GET /metrics`.
+//! `GET /metrics` in the Prometheus text format 0.0.4, through `prometheus-client`.
 //!
-//! No metrics crate: the series are few and known, and a hand-written registry
-//! keeps [`Metrics::observe_event`] — called for every event of every run this
-//! daemon drives, hundreds of runs at once — to one uncontended lock and a few
-//! hash lookups that allocate only the first time a label set is seen.
+//! [`Metrics::observe_event`] is called for every event of every run this daemon
+//! drives, hundreds of runs at once. It keeps, per run, handles to that run's
+//! series (the crate's counters and gauges are shared atomics), so an event
+//! costs one uncontended lock, a hash lookup by `&str` and an atomic add; label
+//! sets are built (and allocate) only the first time a run meets a check, a step
+//! or an outcome. The series read from the state database (`runs`,
+//! `notifications_pending`) and the delivery counters kept by the outbox are
+//! written at scrape time.
 //!
-//! Series (all names start with `pgshepherd_`):
+//! The crate appends `_total` to counters itself: they are registered without
+//! it, so that the exposed names are the ones below. Series (all names start
+//! with `pgshepherd_`):
 //!
 //! | series | type | labels |
 //! |---|---|---|
@@ -29,13 +35,23 @@
 //! drives.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::checks::verdict::Verdict;
+use crate::notify::outbox::{ChannelStats, DeliveryStats};
 use crate::run::event::{Event, EventKind, Step};
+
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Step durations range from a lock taken in milliseconds to a window awaited for
 /// days; soaks are typically an hour.
@@ -50,95 +66,210 @@ const API_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0,
 ];
 
-#[derive(Default)]
-pub struct Metrics {
-    inner: Mutex<Inner>,
+// Label sets; fields in the order they are exposed.
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// Per run: the step it is in and per-check values. Dropped by `forget_run`.
-    runs: HashMap<String, RunSeries>,
-    /// Per target, then per check.
-    checks: HashMap<String, HashMap<String, CheckCounters>>,
-    /// Per target, then per strategy / outcome name.
-    rollbacks: HashMap<String, HashMap<&'static str, u64>>,
-    finished: HashMap<String, HashMap<&'static str, u64>>,
-    /// Per step name.
-    step_durations: HashMap<String, Histogram>,
-    /// Per route, then per status.
-    api_requests: HashMap<String, HashMap<u16, u64>>,
-    api_durations: HashMap<String, Histogram>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunCheckLabels {
+    run_id: String,
+    target: String,
+    check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SampleLabels {
+    target: String,
+    check: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    target: String,
+    check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RollbackLabels {
+    target: String,
+    strategy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    target: String,
+    outcome: &'static str,
+}
+
+/// Route templates are `'static` (the route table's), so counting a request
+/// allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatusLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseStateLabels {
+    phase: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+type Histograms<S> = Family<S, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    /// The series this daemon keeps between scrapes.
+    registry: Registry,
+    step_durations: Histograms<StepLabels>,
+    check_value: Family<RunCheckLabels, FloatGauge>,
+    check_samples: Family<SampleLabels, Counter>,
+    breaches: Family<CheckLabels, Counter>,
+    rollbacks: Family<RollbackLabels, Counter>,
+    finished: Family<OutcomeLabels, Counter>,
+    api_requests: Family<RouteStatusLabels, Counter>,
+    api_durations: Histograms<RouteLabels>,
+    /// Per run this daemon drives: its step and handles to its check series.
+    /// Dropped by `forget_run`.
+    runs: Mutex<HashMap<String, RunSeries>>,
 }
 
 struct RunSeries {
     target: String,
     /// The step the run is in and the time of its first event in that step.
     step: Option<(Step, DateTime<Utc>)>,
-    /// The last sample of each check; NaN when it had no value.
-    check_values: HashMap<String, f64>,
+    checks: HashMap<String, CheckSeries>,
 }
 
-#[derive(Default)]
-struct CheckCounters {
-    valid: u64,
-    inconclusive: u64,
-    breaches: u64,
+/// One check of one run: its series, looked up once.
+struct CheckSeries {
+    value: FloatGauge,
+    valid: Counter,
+    inconclusive: Counter,
+    breaches: Counter,
 }
 
-struct Histogram {
-    bounds: &'static [f64],
-    /// Per bucket (not cumulative); one more than `bounds` for `+Inf`.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, v: f64) {
-        if !v.is_finite() {
-            return;
-        }
-        let i = self.bounds.partition_point(|b| *b < v);
-        self.counts[i] += 1;
-        self.sum += v;
-        self.count += 1;
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
     }
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        Metrics::default()
+        let mut registry = Registry::default();
+        // Help texts without a final period: the crate adds one.
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "pgshepherd_build_info",
+            "The pgshepherd version of this daemon (always 1)",
+            build_info,
+        );
+        let step_durations: Histograms<StepLabels> =
+            Family::new_with_constructor(|| Histogram::new(STEP_BUCKETS.iter().copied()));
+        registry.register(
+            "pgshepherd_step_duration_seconds",
+            "Time runs driven by this daemon spent in each step, from the step's first event to the next step's",
+            step_durations.clone(),
+        );
+        let check_value = Family::default();
+        registry.register(
+            "pgshepherd_check_value",
+            "The last sample of each check of each run this daemon drives (NaN when it was inconclusive)",
+            check_value.clone(),
+        );
+        let check_samples = Family::default();
+        registry.register(
+            "pgshepherd_check_samples",
+            "Check samples taken, valid or inconclusive (no usable number)",
+            check_samples.clone(),
+        );
+        let breaches = Family::default();
+        registry.register(
+            "pgshepherd_breaches",
+            "Check verdicts that were a breach",
+            breaches.clone(),
+        );
+        let rollbacks = Family::default();
+        registry.register(
+            "pgshepherd_rollbacks",
+            "Rollbacks started, by strategy",
+            rollbacks.clone(),
+        );
+        let finished = Family::default();
+        registry.register(
+            "pgshepherd_runs_finished",
+            "Runs finished by this daemon, by outcome",
+            finished.clone(),
+        );
+        let api_requests = Family::default();
+        registry.register(
+            "pgshepherd_api_requests",
+            "HTTP API requests answered, by route template and status",
+            api_requests.clone(),
+        );
+        let api_durations: Histograms<RouteLabels> =
+            Family::new_with_constructor(|| Histogram::new(API_BUCKETS.iter().copied()));
+        registry.register(
+            "pgshepherd_api_request_duration_seconds",
+            "HTTP API request durations, by route template",
+            api_durations.clone(),
+        );
+        Metrics {
+            registry,
+            step_durations,
+            check_value,
+            check_samples,
+            breaches,
+            rollbacks,
+            finished,
+            api_requests,
+            api_durations,
+            runs: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// A poisoned lock only means another thread panicked mid-update of a counter;
-    /// metrics must never take the daemon down with it.
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// A poisoned lock only means another thread panicked mid-update of a run's
+    /// entry; metrics must never take the daemon down with it.
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, RunSeries>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every event of every run this daemon drives passes through here.
     pub fn observe_event(&self, target: &str, event: &Event) {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        let run = match inner.runs.get_mut(event.run_id.as_str()) {
+        let mut runs = self.lock();
+        let run = match runs.get_mut(event.run_id.as_str()) {
             Some(r) => r,
-            None => inner
-                .runs
+            None => runs
                 .entry(event.run_id.clone())
                 .or_insert_with(|| RunSeries {
                     target: target.to_string(),
                     step: None,
-                    check_values: HashMap::new(),
+                    checks: HashMap::new(),
                 }),
         };
 
@@ -149,7 +280,7 @@ impl Metrics {
                 Some((current, _)) if current == step => {}
                 previous => {
                     if let Some((prev, since)) = previous {
-                        observe_step(&mut inner.step_durations, prev, since, event.ts);
+                        self.observe_step(prev, since, event.ts);
                     }
                     run.step = Some((step, event.ts));
                 }
@@ -158,223 +289,133 @@ impl Metrics {
 
         match &event.kind {
             EventKind::CheckSample { assessment, .. } => {
-                let value = assessment.value.unwrap_or(f64::NAN);
-                match run.check_values.get_mut(assessment.check.as_str()) {
-                    Some(v) => *v = value,
-                    None => {
-                        run.check_values.insert(assessment.check.clone(), value);
-                    }
-                }
-                let c = check_counters(&mut inner.checks, target, &assessment.check);
+                let check = self.check(&event.run_id, run, &assessment.check);
+                check.value.set(assessment.value.unwrap_or(f64::NAN));
                 if assessment.valid {
-                    c.valid += 1;
+                    check.valid.inc();
                 } else {
-                    c.inconclusive += 1;
+                    check.inconclusive.inc();
                 }
             }
             EventKind::CheckVerdict { check, verdict, .. } => {
                 if matches!(verdict, Verdict::Breach { .. }) {
-                    check_counters(&mut inner.checks, target, check).breaches += 1;
+                    self.check(&event.run_id, run, check).breaches.inc();
                 }
             }
             EventKind::RollbackStarted { strategy, .. } => {
-                *by_target(&mut inner.rollbacks, target)
-                    .entry(strategy.as_str())
-                    .or_default() += 1;
+                self.rollbacks
+                    .get_or_create(&RollbackLabels {
+                        target: target.to_string(),
+                        strategy: strategy.as_str(),
+                    })
+                    .inc();
             }
             EventKind::RunFinished { outcome, .. } => {
                 if let Some((prev, since)) = run.step.take() {
-                    observe_step(&mut inner.step_durations, prev, since, event.ts);
+                    self.observe_step(prev, since, event.ts);
                 }
-                *by_target(&mut inner.finished, target)
-                    .entry(outcome.as_str())
-                    .or_default() += 1;
+                self.finished
+                    .get_or_create(&OutcomeLabels {
+                        target: target.to_string(),
+                        outcome: outcome.as_str(),
+                    })
+                    .inc();
             }
             _ => {}
         }
     }
 
+    /// The series of `check` in `run`, created (with every label set it needs)
+    /// the first time the run meets the check.
+    fn check<'r>(&self, run_id: &str, run: &'r mut RunSeries, check: &str) -> &'r CheckSeries {
+        if !run.checks.contains_key(check) {
+            let labels = CheckLabels {
+                target: run.target.clone(),
+                check: check.to_string(),
+            };
+            let sample = |result| SampleLabels {
+                target: run.target.clone(),
+                check: check.to_string(),
+                result,
+            };
+            let series = CheckSeries {
+                value: self.check_value.get_or_create_owned(&RunCheckLabels {
+                    run_id: run_id.to_string(),
+                    target: run.target.clone(),
+                    check: check.to_string(),
+                }),
+                valid: self.check_samples.get_or_create_owned(&sample("valid")),
+                inconclusive: self
+                    .check_samples
+                    .get_or_create_owned(&sample("inconclusive")),
+                breaches: self.breaches.get_or_create_owned(&labels),
+            };
+            run.checks.insert(check.to_string(), series);
+        }
+        &run.checks[check]
+    }
+
+    fn observe_step(&self, step: Step, since: DateTime<Utc>, until: DateTime<Utc>) {
+        // Events of one run come from one daemon at a time, but after a takeover the
+        // clock is another machine's: a negative duration is skew, not data.
+        let Ok(d) = (until - since).to_std() else {
+            return;
+        };
+        self.step_durations
+            .get_or_create(&StepLabels {
+                step: step_name(step),
+            })
+            .observe(d.as_secs_f64());
+    }
+
     /// The run is no longer driven by this daemon: drop its per-run series.
     pub fn forget_run(&self, run_id: &str) {
-        self.lock().runs.remove(run_id);
+        let Some(run) = self.lock().remove(run_id) else {
+            return;
+        };
+        for check in run.checks.into_keys() {
+            self.check_value.remove(&RunCheckLabels {
+                run_id: run_id.to_string(),
+                target: run.target.clone(),
+                check,
+            });
+        }
     }
 
     /// One API request answered. `route` is the route template
     /// (`/v1/runs/{id}`), never the concrete path, to keep the label set bounded.
-    pub fn observe_api(&self, route: &str, status: u16, seconds: f64) {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        *by_target(&mut inner.api_requests, route)
-            .entry(status)
-            .or_default() += 1;
-        match inner.api_durations.get_mut(route) {
-            Some(h) => h.observe(seconds),
-            None => {
-                let mut h = Histogram::new(API_BUCKETS);
-                h.observe(seconds);
-                inner.api_durations.insert(route.to_string(), h);
-            }
+    pub fn observe_api(&self, route: &'static str, status: u16, seconds: f64) {
+        self.api_requests
+            .get_or_create(&RouteStatusLabels { route, status })
+            .inc();
+        if seconds.is_finite() {
+            self.api_durations
+                .get_or_create(&RouteLabels { route })
+                .observe(seconds);
         }
     }
 
     /// The exposition text; `runs_by_phase_state` comes from the state database
     /// as `(phase, state_name, count)`.
     pub fn render(&self, runs_by_phase_state: &[(String, String, i64)]) -> String {
-        let mut out = String::with_capacity(4096);
-        let w = &mut out;
-
-        family(
-            w,
-            "pgshepherd_build_info",
-            "gauge",
-            "The pgshepherd version of this daemon (always 1).",
-        );
-        sample(
-            w,
-            "pgshepherd_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            "1",
-        );
-
-        family(
-            w,
+        let mut scrape = Registry::default();
+        let runs = Family::<PhaseStateLabels, Gauge>::default();
+        for (phase, state, n) in runs_by_phase_state {
+            runs.get_or_create(&PhaseStateLabels {
+                phase: phase.clone(),
+                state: state.clone(),
+            })
+            .set(*n);
+        }
+        scrape.register(
             "pgshepherd_runs",
-            "gauge",
-            "Runs in the state database by phase and state (all daemons).",
+            "Runs in the state database by phase and state (all daemons)",
+            runs,
         );
-        let mut runs: Vec<_> = runs_by_phase_state.iter().collect();
-        runs.sort();
-        for (phase, state, n) in runs {
-            sample(
-                w,
-                "pgshepherd_runs",
-                &[("phase", phase), ("state", state)],
-                &n.to_string(),
-            );
-        }
-
-        // Copy out under the lock, format after: a scrape must not hold up events.
-        let snapshot = self.snapshot();
-
-        family(
-            w,
-            "pgshepherd_step_duration_seconds",
-            "histogram",
-            "Time runs driven by this daemon spent in each step, from the step's first event to the next step's.",
-        );
-        for (step, h) in &snapshot.step_durations {
-            histogram(w, "pgshepherd_step_duration_seconds", ("step", step), h);
-        }
-
-        family(
-            w,
-            "pgshepherd_check_value",
-            "gauge",
-            "The last sample of each check of each run this daemon drives (NaN when it was inconclusive).",
-        );
-        for (run_id, target, check, v) in &snapshot.check_values {
-            sample(
-                w,
-                "pgshepherd_check_value",
-                &[("run_id", run_id), ("target", target), ("check", check)],
-                &float(*v),
-            );
-        }
-
-        family(
-            w,
-            "pgshepherd_check_samples_total",
-            "counter",
-            "Check samples taken, valid or inconclusive (no usable number).",
-        );
-        for (target, check, c) in &snapshot.checks {
-            for (result, n) in [("valid", c.0), ("inconclusive", c.1)] {
-                sample(
-                    w,
-                    "pgshepherd_check_samples_total",
-                    &[("target", target), ("check", check), ("result", result)],
-                    &n.to_string(),
-                );
-            }
-        }
-
-        family(
-            w,
-            "pgshepherd_breaches_total",
-            "counter",
-            "Check verdicts that were a breach.",
-        );
-        for (target, check, c) in &snapshot.checks {
-            if c.2 > 0 {
-                sample(
-                    w,
-                    "pgshepherd_breaches_total",
-                    &[("target", target), ("check", check)],
-                    &c.2.to_string(),
-                );
-            }
-        }
-
-        family(
-            w,
-            "pgshepherd_rollbacks_total",
-            "counter",
-            "Rollbacks started, by strategy.",
-        );
-        for (target, strategy, n) in &snapshot.rollbacks {
-            sample(
-                w,
-                "pgshepherd_rollbacks_total",
-                &[("target", target), ("strategy", strategy)],
-                &n.to_string(),
-            );
-        }
-
-        family(
-            w,
-            "pgshepherd_runs_finished_total",
-            "counter",
-            "Runs finished by this daemon, by outcome.",
-        );
-        for (target, outcome, n) in &snapshot.finished {
-            sample(
-                w,
-                "pgshepherd_runs_finished_total",
-                &[("target", target), ("outcome", outcome)],
-                &n.to_string(),
-            );
-        }
-
-        family(
-            w,
-            "pgshepherd_api_requests_total",
-            "counter",
-            "HTTP API requests answered, by route template and status.",
-        );
-        for (route, status, n) in &snapshot.api_requests {
-            sample(
-                w,
-                "pgshepherd_api_requests_total",
-                &[("route", route), ("status", &status.to_string())],
-                &n.to_string(),
-            );
-        }
-
-        family(
-            w,
-            "pgshepherd_api_request_duration_seconds",
-            "histogram",
-            "HTTP API request durations, by route template.",
-        );
-        for (route, h) in &snapshot.api_durations {
-            histogram(
-                w,
-                "pgshepherd_api_request_duration_seconds",
-                ("route", route),
-                h,
-            );
-        }
-
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &scrape);
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
 
@@ -384,178 +425,67 @@ impl Metrics {
     pub fn render_notifications(
         &self,
         out: &mut String,
-        stats: &crate::notify::outbox::DeliveryStats,
+        stats: &DeliveryStats,
         pending: &[(String, i64)],
     ) {
-        let w = out;
         let channels = stats.snapshot();
-        type Counter = fn(&crate::notify::outbox::ChannelStats) -> u64;
-        let counters: [(&str, &str, Counter); 4] = [
+        let mut scrape = Registry::default();
+        type Read = fn(&ChannelStats) -> &AtomicU64;
+        let counters: [(&str, &str, Read); 4] = [
             (
-                "pgshepherd_notifications_delivered_total",
-                "Notifications a receiver accepted (2xx), by channel.",
-                |s| s.delivered.load(std::sync::atomic::Ordering::Relaxed),
+                "pgshepherd_notifications_delivered",
+                "Notifications a receiver accepted (2xx), by channel",
+                |s| &s.delivered,
             ),
             (
-                "pgshepherd_notifications_failed_total",
-                "Notifications given up on (rejected, 410, or past max_age), by channel.",
-                |s| s.failed.load(std::sync::atomic::Ordering::Relaxed),
+                "pgshepherd_notifications_failed",
+                "Notifications given up on (rejected, 410, or past max_age), by channel",
+                |s| &s.failed,
             ),
             (
-                "pgshepherd_notifications_retries_total",
-                "Delivery attempts that will be retried (network error, timeout, 408/425/429/5xx), by channel.",
-                |s| s.retries.load(std::sync::atomic::Ordering::Relaxed),
+                "pgshepherd_notifications_retries",
+                "Delivery attempts that will be retried (network error, timeout, 408/425/429/5xx), by channel",
+                |s| &s.retries,
             ),
             (
-                "pgshepherd_notifications_dropped_total",
-                "Notifications not sent because their channel is disabled, by channel.",
-                |s| s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                "pgshepherd_notifications_dropped",
+                "Notifications not sent because their channel is disabled, by channel",
+                |s| &s.dropped,
             ),
         ];
-        for (name, help, get) in counters {
-            family(w, name, "counter", help);
+        for (name, help, read) in counters {
+            let family = Family::<ChannelLabels, Counter>::default();
             for (channel, s) in &channels {
-                sample(w, name, &[("channel", channel)], &get(s).to_string());
+                family
+                    .get_or_create(&ChannelLabels {
+                        channel: channel.clone(),
+                    })
+                    .inc_by(read(s).load(Ordering::Relaxed));
             }
+            scrape.register(name, help, family);
         }
-        family(
-            w,
-            "pgshepherd_channel_disabled",
-            "gauge",
-            "1 while a channel is disabled because its receiver answered 410 Gone.",
-        );
-        for (channel, s) in &channels {
-            let v = s.disabled.load(std::sync::atomic::Ordering::Relaxed);
-            sample(
-                w,
-                "pgshepherd_channel_disabled",
-                &[("channel", channel)],
-                &v.to_string(),
-            );
-        }
-        family(
-            w,
-            "pgshepherd_notifications_pending",
-            "gauge",
-            "Notifications waiting in the outbox (all replicas), by channel.",
-        );
-        for (channel, n) in pending {
-            sample(
-                w,
-                "pgshepherd_notifications_pending",
-                &[("channel", channel)],
-                &n.to_string(),
-            );
-        }
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        let inner = self.lock();
-        let mut s = Snapshot::default();
-        for (run_id, run) in &inner.runs {
-            for (check, v) in &run.check_values {
-                s.check_values
-                    .push((run_id.clone(), run.target.clone(), check.clone(), *v));
+        let per_channel = |values: &mut dyn Iterator<Item = (String, i64)>| {
+            let family = Family::<ChannelLabels, Gauge>::default();
+            for (channel, n) in values {
+                family.get_or_create(&ChannelLabels { channel }).set(n);
             }
-        }
-        for (target, checks) in &inner.checks {
-            for (check, c) in checks {
-                s.checks.push((
-                    target.clone(),
-                    check.clone(),
-                    (c.valid, c.inconclusive, c.breaches),
-                ));
-            }
-        }
-        for (target, m) in &inner.rollbacks {
-            for (strategy, n) in m {
-                s.rollbacks.push((target.clone(), strategy, *n));
-            }
-        }
-        for (target, m) in &inner.finished {
-            for (outcome, n) in m {
-                s.finished.push((target.clone(), outcome, *n));
-            }
-        }
-        for (route, m) in &inner.api_requests {
-            for (status, n) in m {
-                s.api_requests.push((route.clone(), *status, *n));
-            }
-        }
-        let hist = |h: &Histogram| HistogramSnapshot {
-            bounds: h.bounds,
-            counts: h.counts.clone(),
-            sum: h.sum,
-            count: h.count,
+            family
         };
-        s.step_durations = inner
-            .step_durations
-            .iter()
-            .map(|(k, h)| (k.clone(), hist(h)))
-            .collect();
-        s.api_durations = inner
-            .api_durations
-            .iter()
-            .map(|(k, h)| (k.clone(), hist(h)))
-            .collect();
-        drop(inner);
-        s.sort();
-        s
-    }
-}
-
-/// The series copied out of the lock, sorted for a stable exposition.
-#[derive(Default)]
-struct Snapshot {
-    check_values: Vec<(String, String, String, f64)>,
-    /// (target, check, (valid, inconclusive, breaches))
-    checks: Vec<(String, String, (u64, u64, u64))>,
-    rollbacks: Vec<(String, &'static str, u64)>,
-    finished: Vec<(String, &'static str, u64)>,
-    api_requests: Vec<(String, u16, u64)>,
-    step_durations: Vec<(String, HistogramSnapshot)>,
-    api_durations: Vec<(String, HistogramSnapshot)>,
-}
-
-impl Snapshot {
-    fn sort(&mut self) {
-        self.check_values
-            .sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
-        self.checks.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        self.rollbacks.sort();
-        self.finished.sort();
-        self.api_requests.sort();
-        self.step_durations.sort_by(|a, b| a.0.cmp(&b.0));
-        self.api_durations.sort_by(|a, b| a.0.cmp(&b.0));
-    }
-}
-
-struct HistogramSnapshot {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-fn observe_step(
-    durations: &mut HashMap<String, Histogram>,
-    step: Step,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-) {
-    // Events of one run come from one daemon at a time, but after a takeover the
-    // clock is another machine's: a negative duration is skew, not data.
-    let Ok(d) = (until - since).to_std() else {
-        return;
-    };
-    let name = step_name(step);
-    match durations.get_mut(name.as_str()) {
-        Some(h) => h.observe(d.as_secs_f64()),
-        None => {
-            let mut h = Histogram::new(STEP_BUCKETS);
-            h.observe(d.as_secs_f64());
-            durations.insert(name, h);
-        }
+        scrape.register(
+            "pgshepherd_channel_disabled",
+            "1 while a channel is disabled because its receiver answered 410 Gone",
+            per_channel(
+                &mut channels
+                    .iter()
+                    .map(|(c, s)| (c.clone(), s.disabled.load(Ordering::Relaxed) as i64)),
+            ),
+        );
+        scrape.register(
+            "pgshepherd_notifications_pending",
+            "Notifications waiting in the outbox (all replicas), by channel",
+            per_channel(&mut pending.iter().cloned()),
+        );
+        let _ = prometheus_text::encode(out, &scrape);
     }
 }
 
@@ -566,94 +496,6 @@ fn step_name(step: Step) -> String {
         Ok(serde_json::Value::String(s)) => s,
         _ => format!("{step:?}").to_lowercase(),
     }
-}
-
-fn check_counters<'a>(
-    checks: &'a mut HashMap<String, HashMap<String, CheckCounters>>,
-    target: &str,
-    check: &str,
-) -> &'a mut CheckCounters {
-    let per_target = by_target(checks, target);
-    if !per_target.contains_key(check) {
-        per_target.insert(check.to_string(), CheckCounters::default());
-    }
-    per_target.get_mut(check).expect("inserted above")
-}
-
-/// The inner map for `key`, allocating the key only the first time it is seen.
-fn by_target<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> &'a mut V {
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), V::default());
-    }
-    map.get_mut(key).expect("inserted above")
-}
-
-fn family(w: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(w, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(w, "# TYPE {name} {kind}");
-}
-
-fn sample(w: &mut String, name: &str, labels: &[(&str, &str)], value: &str) {
-    w.push_str(name);
-    if !labels.is_empty() {
-        w.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                w.push(',');
-            }
-            w.push_str(k);
-            w.push_str("=\"");
-            escape_label_into(w, v);
-            w.push('"');
-        }
-        w.push('}');
-    }
-    w.push(' ');
-    w.push_str(value);
-    w.push('\n');
-}
-
-fn histogram(w: &mut String, name: &str, label: (&str, &str), h: &HistogramSnapshot) {
-    let bucket = format!("{name}_bucket");
-    let mut cumulative = 0;
-    for (i, n) in h.counts.iter().enumerate() {
-        cumulative += n;
-        let le = h.bounds.get(i).map(|b| float(*b)).unwrap_or("+Inf".into());
-        sample(w, &bucket, &[label, ("le", &le)], &cumulative.to_string());
-    }
-    sample(w, &format!("{name}_sum"), &[label], &float(h.sum));
-    sample(w, &format!("{name}_count"), &[label], &h.count.to_string());
-}
-
-/// A float as Prometheus reads it (Go's ParseFloat): `NaN`, `+Inf`, `-Inf`, or a
-/// plain decimal.
-fn float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        v.to_string()
-    }
-}
-
-/// Label values escape backslash, double quote and line feed.
-fn escape_label_into(w: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => w.push_str("\\\\"),
-            '"' => w.push_str("\\\""),
-            '\n' => w.push_str("\\n"),
-            c => w.push(c),
-        }
-    }
-}
-
-/// HELP text escapes backslash and line feed.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -824,13 +666,13 @@ mod tests {
             // Lock 0 → 2 s: in the 5 s bucket, not the 1 s one.
             r#"pgshepherd_step_duration_seconds_bucket{step="lock",le="1"} 0"#,
             r#"pgshepherd_step_duration_seconds_bucket{step="lock",le="5"} 1"#,
-            r#"pgshepherd_step_duration_seconds_sum{step="lock"} 2"#,
+            r#"pgshepherd_step_duration_seconds_sum{step="lock"} 2.0"#,
             // Soak 2 → 92 s.
             r#"pgshepherd_step_duration_seconds_bucket{step="soak",le="60"} 0"#,
             r#"pgshepherd_step_duration_seconds_bucket{step="soak",le="120"} 1"#,
-            r#"pgshepherd_step_duration_seconds_sum{step="soak"} 90"#,
+            r#"pgshepherd_step_duration_seconds_sum{step="soak"} 90.0"#,
             // Rollback 92 → 102 s, closed by run_finished.
-            r#"pgshepherd_step_duration_seconds_sum{step="rollback"} 10"#,
+            r#"pgshepherd_step_duration_seconds_sum{step="rollback"} 10.0"#,
             r#"pgshepherd_step_duration_seconds_count{step="rollback"} 1"#,
             r#"pgshepherd_api_requests_total{route="/v1/runs/{id}",status="200"} 1"#,
             r#"pgshepherd_api_requests_total{route="/v1/runs/{id}",status="404"} 1"#,
@@ -922,7 +764,7 @@ mod tests {
         m.observe_event("jobs", &finished("r-1", 80, Outcome::Stopped));
         let text = m.render(&[]);
         validate_exposition(&text);
-        assert!(text.contains(r#"pgshepherd_step_duration_seconds_sum{step="lock"} 70"#));
+        assert!(text.contains(r#"pgshepherd_step_duration_seconds_sum{step="lock"} 70.0"#));
         assert!(text.contains(r#"pgshepherd_step_duration_seconds_count{step="lock"} 1"#));
     }
 
@@ -942,17 +784,56 @@ mod tests {
     fn an_empty_registry_is_valid_exposition() {
         let text = Metrics::new().render(&[]);
         validate_exposition(&text);
-        assert!(text.contains("# TYPE pgshepherd_step_duration_seconds histogram"));
+        assert!(text.contains("# TYPE pgshepherd_build_info gauge"));
+        // A family without series is left out; Prometheus needs no empty TYPE.
+        assert!(!text.contains("pgshepherd_step_duration_seconds"), "{text}");
     }
 
     #[test]
-    fn floats_are_written_as_prometheus_reads_them() {
-        assert_eq!(float(f64::NAN), "NaN");
-        assert_eq!(float(f64::INFINITY), "+Inf");
-        assert_eq!(float(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(float(0.25), "0.25");
-        assert_eq!(float(3600.0), "3600");
-        assert_eq!(float(1e-7), "0.0000001");
+    fn counters_are_exposed_under_their_names_with_total_once() {
+        let m = Metrics::new();
+        breaching_run(&m, "r-1");
+        m.observe_api("/healthz", 200, 0.001);
+        let mut text = m.render(&[("active".into(), "soaking".into(), 1)]);
+        let stats = crate::notify::outbox::DeliveryStats::default();
+        stats
+            .channel("ops")
+            .delivered
+            .fetch_add(2, Ordering::Relaxed);
+        m.render_notifications(&mut text, &stats, &[("ops".into(), 5)]);
+        validate_exposition(&text);
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        let expected = [
+            "pgshepherd_runs gauge",
+            "pgshepherd_build_info gauge",
+            "pgshepherd_step_duration_seconds histogram",
+            "pgshepherd_check_value gauge",
+            "pgshepherd_check_samples_total counter",
+            "pgshepherd_breaches_total counter",
+            "pgshepherd_rollbacks_total counter",
+            "pgshepherd_runs_finished_total counter",
+            "pgshepherd_api_requests_total counter",
+            "pgshepherd_api_request_duration_seconds histogram",
+            "pgshepherd_notifications_delivered_total counter",
+            "pgshepherd_notifications_failed_total counter",
+            "pgshepherd_notifications_retries_total counter",
+            "pgshepherd_notifications_dropped_total counter",
+            "pgshepherd_channel_disabled gauge",
+            "pgshepherd_notifications_pending gauge",
+        ];
+        assert_eq!(types, expected, "{text}");
+        for line in [
+            r#"pgshepherd_notifications_delivered_total{channel="ops"} 2"#,
+            r#"pgshepherd_notifications_failed_total{channel="ops"} 0"#,
+            r#"pgshepherd_channel_disabled{channel="ops"} 0"#,
+            r#"pgshepherd_notifications_pending{channel="ops"} 5"#,
+            "# HELP pgshepherd_breaches_total Check verdicts that were a breach.",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
     }
 
     /// A line-by-line parser of the text format 0.0.4, strict enough to catch what

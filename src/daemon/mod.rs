@@ -18,6 +18,13 @@ pub mod worker;
 
 pub use shared::Shared;
 
+use std::future::IntoFuture;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+
 /// `pgshepherd daemon --config FILE`: serve until SIGTERM; returns the exit code.
 pub async fn run(config_path: &std::path::Path) -> i32 {
     crate::tls::install_crypto_provider();
@@ -72,21 +79,22 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
         .unwrap_or(listen);
     tracing::info!(node = %node, listen = %local, "pgshepherd daemon started");
 
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let scheduler = tokio::spawn(scheduler::run(shared.clone(), shutdown_rx.clone()));
-    let deliveries = tokio::spawn(crate::notify::outbox::run(
+    // Shutdown is one token: the scheduler, the delivery workers and the API's
+    // event streams all watch it; the tracker knows when the first two are done.
+    let shutdown = CancellationToken::new();
+    let background = TaskTracker::new();
+    background.spawn(scheduler::run(shared.clone(), shutdown.clone()));
+    background.spawn(crate::notify::outbox::run(
         shared.outbox.clone(),
-        shutdown_rx.clone(),
+        shutdown.clone(),
     ));
-    let mut api_shutdown = shutdown_rx.clone();
-    let router = api::router_until(shared.clone(), shutdown_rx.clone());
-    let server = tokio::spawn(async move {
+    background.close();
+    let router = api::router_until(shared.clone(), shutdown.clone());
+    let server = tokio::spawn(
         axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = api_shutdown.wait_for(|s| *s).await;
-            })
-            .await
-    });
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
     systemd::ready();
     // A scheduler that stopped turning (wedged on something) gets the daemon
     // restarted by systemd; a slow state database alone does not (the loop
@@ -98,11 +106,12 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
     crate::cli::run::wait_for_stop_signal().await;
     tracing::info!("stop requested: no new runs; active runs stop at their next checkpoint");
     systemd::stopping();
-    let _ = shutdown_tx.send(true);
-    let _ = scheduler.await;
-    // Deliveries already on the wire finish (each within its channel's timeout);
-    // the rest stay in the outbox for the next start or another replica.
-    let _ = deliveries.await;
+    shutdown.cancel();
+    // The scheduler returns once every run parked at a checkpoint (or
+    // `shutdown_timeout` cut them off) and their leases are released; deliveries
+    // already on the wire finish (each within its channel's timeout) and the rest
+    // stay in the outbox for the next start or another replica.
+    background.wait().await;
     // Open event streams would hold a graceful shutdown forever: give requests
     // in flight a moment, then close.
     if tokio::time::timeout(std::time::Duration::from_secs(5), server)
@@ -132,16 +141,20 @@ async fn open_with_retry(
     pool_size: usize,
 ) -> Result<deadpool_postgres::Pool, store::StoreError> {
     let started = std::time::Instant::now();
-    let mut wait = std::time::Duration::from_millis(200);
+    let retry = Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+    );
+    let mut attempt = 0;
     loop {
+        attempt += 1;
         match store::open(dsn, pool_size).await {
             Ok(p) => return Ok(p),
             Err(e @ store::StoreError::Connect { .. })
                 if started.elapsed() < std::time::Duration::from_secs(30) =>
             {
                 tracing::warn!(error = %e, "state database not reachable yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                tokio::time::sleep(retry.delay(attempt)).await;
             }
             Err(e) => return Err(e),
         }

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::daemon::shared::SharedRef;
@@ -24,7 +24,12 @@ struct Active {
 /// epoch has a new task; the old one's end must not remove it).
 type TaskKey = (String, i64);
 
-pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
+/// Runs until `shutdown` is cancelled and every run it drives has parked at a
+/// checkpoint (or `shutdown_timeout` cut them off). The runs' tasks stay in a
+/// `JoinSet` rather than a `TaskTracker`: the scheduler needs each one's end
+/// (parked, lost, finished, panicked) to release or fail its lease, and must be
+/// able to abort the stragglers at the deadline.
+pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
     let settings = shared.config.daemon.clone();
     let mut active: HashMap<String, Active> = HashMap::new();
     let mut tasks: JoinSet<(TaskKey, DriveEnd)> = JoinSet::new();
@@ -33,17 +38,18 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
     // The last time every lease was renewed: past `lease_timeout` without one,
     // other daemons may have taken our runs, so we stop touching them.
     let mut renewed_at = Instant::now();
-    // The runs' own view of shutdown: they park at their next checkpoint.
-    let (park_tx, park_rx) = watch::channel(false);
+    // The runs' own view of shutdown, cancelled once this loop has stopped
+    // claiming: they park at their next checkpoint.
+    let park = CancellationToken::new();
     let mut draining_since: Option<Instant> = None;
     loop {
         shared.beat();
-        if draining_since.is_none() && *shutdown.borrow() {
+        if draining_since.is_none() && shutdown.is_cancelled() {
             info!(
                 runs = active.len(),
                 "shutting down: no new runs; stopping the active ones at a checkpoint"
             );
-            let _ = park_tx.send(true);
+            park.cancel();
             draining_since = Some(Instant::now());
         }
         // Reap the runs that ended.
@@ -124,7 +130,7 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
                             },
                         );
                         let shared = shared.clone();
-                        let park = park_rx.clone();
+                        let park = park.clone();
                         let key = (id, c.lease.epoch);
                         let task_key = key.clone();
                         let handle = tasks.spawn(async move {
@@ -149,7 +155,7 @@ pub async fn run(shared: SharedRef, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
             _ = shared.wake.notified() => {}
-            _ = shutdown.changed(), if draining_since.is_none() => {}
+            _ = shutdown.cancelled(), if draining_since.is_none() => {}
             Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 reap(&shared, &mut active, &mut task_runs, joined).await;
             }

@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
+use crate::backoff::Backoff;
 use crate::daemon::api::bundle::Bundle;
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store::{self, Claimed, Lease, WriteError};
@@ -64,7 +66,7 @@ pub async fn drive(
     claimed: Claimed,
     abort: watch::Receiver<bool>,
     lost: watch::Receiver<bool>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> DriveEnd {
     let span = tracing::info_span!("run", run_id = %claimed.lease.run_id, target = %claimed.target);
     drive_inner(shared, claimed, abort, lost, shutdown)
@@ -77,7 +79,7 @@ async fn drive_inner(
     claimed: Claimed,
     abort: watch::Receiver<bool>,
     mut lost: watch::Receiver<bool>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> DriveEnd {
     let lease = claimed.lease.clone();
     let (sink, writer) = DbSink::start(shared.clone(), lease.clone(), shutdown.clone());
@@ -153,7 +155,6 @@ async fn drive_inner(
     let runner = Runner::new(&plan, &dsn, bins.as_ref(), opts, &events, abort);
     let mut parked = sink.parked.subscribe();
     let mut writer_lost_rx = writer_lost.subscribe();
-    let mut shutdown_rx = shutdown.clone();
     let end = tokio::select! {
         finished = runner.resume(cp) => DriveEnd::Finished(finished.outcome),
         _ = lost.wait_for(|l| *l) => DriveEnd::Lost,
@@ -163,7 +164,7 @@ async fn drive_inner(
         // the lock, a soak between checkpoints) stops at once: its last
         // checkpoint already says everything a restart needs.
         _ = async {
-            let _ = shutdown_rx.wait_for(|s| *s).await;
+            shutdown.cancelled().await;
             loop {
                 if sink.idle_safe() {
                     break;
@@ -236,7 +237,7 @@ enum Msg {
 /// is committed under the run's lease.
 pub struct DbSink {
     tx: mpsc::UnboundedSender<Msg>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     /// Set when, during shutdown, a checkpoint was written and the run was held
     /// there.
     parked: watch::Sender<bool>,
@@ -250,7 +251,7 @@ impl DbSink {
     fn start(
         shared: SharedRef,
         lease: Lease,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> (Arc<DbSink>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let sink = Arc::new(DbSink {
@@ -293,7 +294,7 @@ impl RunSink for DbSink {
                 // Fenced or shut down: nothing after this checkpoint may run.
                 std::future::pending::<()>().await;
             }
-            if *self.shutdown.borrow() && !finished {
+            if self.shutdown.is_cancelled() && !finished {
                 // Shutting down: the state is durable; hold the run here.
                 let _ = self.parked.send(true);
                 std::future::pending::<()>().await;
@@ -301,6 +302,10 @@ impl RunSink for DbSink {
         })
     }
 }
+
+/// The state database is away: the runs' writers retry on this schedule
+/// (jittered, so hundreds of runs do not hit it together when it is back).
+const WRITE_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 async fn write_loop(
     shared: SharedRef,
@@ -334,7 +339,7 @@ async fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
         loop {
             match store::write(
                 &shared.pool,
@@ -360,9 +365,10 @@ async fn write_loop(
                 Err(WriteError::Store(e)) => {
                     // The state database is away: the run waits at its next
                     // checkpoint until it is back (or the lease is lost).
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot write the run's state; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                    let wait = WRITE_RETRY.delay(attempt);
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write the run's state; retrying");
+                    tokio::time::sleep(wait).await;
                 }
             }
         }

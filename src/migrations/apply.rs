@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
+use crate::backoff::{Backoff, Jitter};
 use crate::migrations::history;
 use crate::migrations::split::statements;
 use crate::migrations::{Migration, Script};
@@ -332,7 +333,7 @@ async fn should_retry(
     if !retryable || attempt > lock.retries {
         return false;
     }
-    let wait = backoff(lock, attempt);
+    let wait = backoff(lock).delay(attempt);
     on_retry(&Retry {
         attempt,
         of: lock.retries + 1,
@@ -343,21 +344,11 @@ async fn should_retry(
     true
 }
 
-/// Exponential backoff from `lock.backoff`, capped at `lock.max_backoff`, with
-/// ±25% jitter so that several waiting runs do not retry in lockstep.
-pub fn backoff(lock: &LockSettings, attempt: u32) -> Duration {
-    let exp = lock
-        .backoff
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let capped = exp.min(lock.max_backoff);
-    let jitter = 0.75 + 0.5 * unit_random();
-    capped.mul_f64(jitter)
-}
-
-fn unit_random() -> f64 {
-    let bytes = uuid::Uuid::new_v4().into_bytes();
-    let n = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    f64::from(n) / f64::from(u32::MAX)
+/// The retry schedule of a migration that hit `lock_timeout`: from
+/// `lock.backoff`, doubling, capped at `lock.max_backoff`, with ±25% jitter so
+/// that several waiting runs do not retry in lockstep.
+pub fn backoff(lock: &LockSettings) -> Backoff {
+    Backoff::new(lock.backoff, lock.max_backoff).with_jitter(Jitter::Proportional(0.25))
 }
 
 /// INVALID indexes that no session is building right now. An index another
@@ -427,12 +418,16 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_with_jitter_and_is_capped() {
-        for (attempt, base) in [(1, 100.0), (2, 200.0), (3, 400.0), (4, 500.0), (9, 500.0)] {
-            let ms = backoff(&lock(), attempt).as_secs_f64() * 1000.0;
+    fn backoff_doubles_with_a_quarter_of_jitter_either_way_and_is_capped() {
+        let b = backoff(&lock());
+        for (attempt, base) in [(1, 100), (2, 200), (3, 400), (4, 500), (9, 500)] {
+            let base = Duration::from_millis(base);
+            assert_eq!(b.delay_at(attempt, 0.0), base * 3 / 4, "attempt {attempt}");
+            assert_eq!(b.delay_at(attempt, 1.0), base * 5 / 4, "attempt {attempt}");
+            let d = b.delay(attempt);
             assert!(
-                ms >= base * 0.75 - 1.0 && ms <= base * 1.25 + 1.0,
-                "attempt {attempt}: {ms}"
+                d >= base * 3 / 4 && d <= base * 5 / 4,
+                "attempt {attempt}: {d:?}"
             );
         }
     }

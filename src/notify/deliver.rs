@@ -13,7 +13,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use tokio::time::{Instant, timeout_at};
 
-use crate::notify::config::ChannelKind;
+use crate::backoff::Backoff;
+use crate::notify::config::{ChannelKind, DeliverySettings};
 use crate::notify::sign;
 
 /// At most this much of a response body is read: receivers answer webhooks with a
@@ -23,8 +24,8 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const MAX_ERROR_CHARS: usize = 300;
 /// How much of an error response's body an error quotes.
 const BODY_EXCERPT_CHARS: usize = 200;
-/// A Retry-After longer than this is taken as this: a receiver that asks for a day
-/// would otherwise let the notification expire unsent.
+/// A Retry-After longer than this is taken as this ([`backoff`]): a receiver that
+/// asks for a day would otherwise let the notification expire unsent.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,8 +50,8 @@ pub enum Delivery {
     /// 2xx.
     Delivered { status: u16 },
     /// Try again later: network error, timeout, 408, 425, 429, 5xx. `retry_after`
-    /// is the receiver's Retry-After on a 429 or 503 (seconds or HTTP-date),
-    /// capped at 1 hour.
+    /// is the receiver's Retry-After on a 429 or 503 (seconds or HTTP-date), as
+    /// asked; [`backoff`] bounds it.
     Retry {
         status: Option<u16>,
         error: String,
@@ -181,29 +182,20 @@ pub async fn send(client: &reqwest::Client, attempt: &Attempt<'_>) -> Delivery {
     }
 }
 
-/// The delay before retry number `attempt` (1-based: about `min` after the first
-/// failure), doubling each time up to `max`. "Equal jitter": with
-/// `d = min(max, min * 2^(attempt-1))` the delay is uniform in `[d/2, d]`, so the
-/// retries of notifications that failed together spread out, yet each waits at
-/// least half its nominal delay. `attempt` 0 counts as 1.
-pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
-    let nominal = nominal_backoff(attempt, min, max);
-    let fixed = nominal / 2;
-    let spread = (nominal - fixed).as_nanos();
-    let random = uuid::Uuid::new_v4().as_u128() % (spread + 1);
-    fixed + Duration::from_nanos(u64::try_from(random).unwrap_or(u64::MAX))
-}
-
-/// `min(max, min * 2^(attempt-1))`, saturating rather than overflowing.
-fn nominal_backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.max(1) - 1);
-    min.saturating_mul(factor).min(max)
+/// The retry schedule of deliveries: the delay before retry number `attempt`
+/// (1-based) is `d = min(max_backoff, min_backoff * 2^(attempt-1))` with "equal
+/// jitter", uniform in `[d/2, d]`, so the retries of notifications that failed
+/// together spread out, yet each waits at least half its nominal delay. A
+/// receiver's Retry-After replaces it, raised to `min_backoff` (a receiver that
+/// keeps saying "now" is not hammered in a loop) and cut to an hour.
+pub fn backoff(settings: &DeliverySettings) -> Backoff {
+    Backoff::new(settings.min_backoff, settings.max_backoff).with_suggested_max(MAX_RETRY_AFTER)
 }
 
 /// A `Retry-After` value as a delay from `now`: delay-seconds or an HTTP-date
 /// (IMF-fixdate, and the obsolete RFC 850 and asctime forms that HTTP/1.1 still
-/// asks recipients to accept). A date in the past is no delay; anything beyond an
-/// hour is an hour. `None` when it is neither.
+/// asks recipients to accept). A date in the past is no delay; [`backoff`] bounds
+/// the rest. `None` when it is neither.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if value.is_empty() {
@@ -212,12 +204,11 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     if value.bytes().all(|b| b.is_ascii_digit()) {
         // Too many digits for a u64 is still "a very long time".
         let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
-        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+        return Some(Duration::from_secs(seconds));
     }
     let at = http_date(value)?;
     let now = DateTime::<Utc>::from(now);
-    let delay = (at - now).to_std().unwrap_or(Duration::ZERO);
-    Some(delay.min(MAX_RETRY_AFTER))
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
 fn http_date(value: &str) -> Option<DateTime<Utc>> {
@@ -783,10 +774,13 @@ mod tests {
         let now = SystemTime::now();
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("86400", now),
+            Some(Duration::from_secs(86_400))
+        );
         assert_eq!(
             parse_retry_after("99999999999999999999999", now),
-            Some(MAX_RETRY_AFTER)
+            Some(Duration::from_secs(u64::MAX))
         );
         for bad in ["", "-1", "1.5", "7s", "soon", "0x10"] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
@@ -817,7 +811,7 @@ mod tests {
         let much_earlier = now - Duration::from_secs(86_400);
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", much_earlier),
-            Some(MAX_RETRY_AFTER)
+            Some(Duration::from_secs(86_400 + 37))
         );
         assert_eq!(
             parse_retry_after("Sun, 31 Nov 1994 08:49:37 GMT", now),
@@ -826,52 +820,37 @@ mod tests {
     }
 
     #[test]
-    fn backoff_stays_within_equal_jitter_bounds() {
-        let (min, max) = (Duration::from_secs(1), Duration::from_secs(300));
+    fn deliveries_back_off_with_equal_jitter_up_to_max_backoff() {
+        let settings = DeliverySettings::default();
+        let (min, max) = (settings.min_backoff, settings.max_backoff);
+        let b = backoff(&settings);
         for n in 1..=15u32 {
             let nominal = (min * 2u32.pow(n - 1)).min(max);
-            let samples: Vec<Duration> = (0..500).map(|_| backoff(n, min, max)).collect();
-            for s in &samples {
-                assert!(
-                    *s >= nominal / 2 && *s <= nominal,
-                    "attempt {n}: {s:?} outside [{:?}, {nominal:?}]",
-                    nominal / 2
-                );
-            }
-            // Jitter spreads them: not all equal, and both halves of the range are used.
-            let mid = nominal * 3 / 4;
-            assert!(
-                samples.iter().any(|s| *s < mid) && samples.iter().any(|s| *s > mid),
-                "attempt {n}"
-            );
+            assert_eq!(b.delay_at(n, 0.0), nominal / 2, "attempt {n}");
+            assert_eq!(b.delay_at(n, 1.0), nominal, "attempt {n}");
+            let d = b.delay_or_suggested(n, None);
+            assert!(d >= nominal / 2 && d <= nominal, "attempt {n}: {d:?}");
         }
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_and_never_overflows() {
-        let (min, max) = (Duration::from_millis(500), Duration::from_secs(60));
-        assert_eq!(nominal_backoff(0, min, max), min);
-        assert_eq!(nominal_backoff(1, min, max), min);
-        let mut previous = Duration::ZERO;
-        for n in 1..200u32 {
-            let d = nominal_backoff(n, min, max);
-            assert!(d >= previous, "the cap shrank at attempt {n}");
-            assert!(d <= max);
-            if previous > Duration::ZERO && previous * 2 <= max {
-                assert_eq!(d, previous * 2, "attempt {n} does not double");
-            }
-            previous = d;
-        }
-        assert_eq!(previous, max);
-        assert_eq!(nominal_backoff(u32::MAX, min, max), max);
-        assert_eq!(nominal_backoff(u32::MAX, Duration::MAX, max), max);
-        // Far past the cap every delay is in [max/2, max].
-        for _ in 0..200 {
-            let late = backoff(u32::MAX, Duration::from_secs(3600), max);
-            assert!(late >= max / 2 && late <= max, "{late:?}");
-        }
-        assert_eq!(backoff(5, Duration::ZERO, max), Duration::ZERO);
-        // A min above the max is held to the max.
-        assert!(backoff(1, Duration::from_secs(600), max) <= max);
+    fn a_retry_after_is_honoured_past_max_backoff_but_within_an_hour_and_never_below_min() {
+        let settings = DeliverySettings {
+            min_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(60),
+            ..DeliverySettings::default()
+        };
+        let b = backoff(&settings);
+        let after = |v: &str| b.delay_or_suggested(1, parse_retry_after(v, SystemTime::now()));
+        assert_eq!(after("7"), Duration::from_secs(7));
+        assert_eq!(after("600"), Duration::from_secs(600));
+        assert_eq!(after("86400"), MAX_RETRY_AFTER);
+        assert_eq!(after("99999999999999999999999"), MAX_RETRY_AFTER);
+        assert_eq!(after("0"), Duration::from_secs(2));
+        let past = b.delay_or_suggested(
+            1,
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", SystemTime::now()),
+        );
+        assert_eq!(past, Duration::from_secs(2));
     }
 }

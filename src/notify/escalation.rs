@@ -10,7 +10,7 @@
 use chrono::Utc;
 use deadpool_postgres::GenericClient;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::notify::config::NotifyConfig;
@@ -19,7 +19,7 @@ use crate::notify::outbox::{self, Outbox};
 use crate::notify::{EscalationStep, Notice, NoticeKind, Severity};
 
 /// Advance due escalations until `shutdown`.
-pub async fn run(outbox: Arc<Outbox>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(outbox: Arc<Outbox>, shutdown: CancellationToken) {
     loop {
         match advance_due(&outbox).await {
             Ok(0) => {}
@@ -28,9 +28,9 @@ pub async fn run(outbox: Arc<Outbox>, mut shutdown: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(outbox.config.delivery.poll_interval) => {}
-            _ = shutdown.changed() => {}
+            _ = shutdown.cancelled() => {}
         }
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             return;
         }
     }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::notify::config::{Channel, NotifyConfig};
@@ -302,7 +303,7 @@ impl Outbox {
 /// Run one delivery worker per configured channel, plus the escalation timer,
 /// until `shutdown`. In-flight sends finish (bounded by their timeout); anything
 /// not yet sent stays in the outbox for the next start or another daemon.
-pub async fn run(outbox: Arc<Outbox>, shutdown: watch::Receiver<bool>) {
+pub async fn run(outbox: Arc<Outbox>, shutdown: CancellationToken) {
     if outbox.config.channels.is_empty() {
         return;
     }
@@ -364,7 +365,7 @@ async fn channel_worker(
     outbox: Arc<Outbox>,
     channel: Channel,
     client: reqwest::Client,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let stats = outbox.stats.channel(&channel.name);
     let slots = Arc::new(Semaphore::new(channel.concurrency.max(1) as usize));
@@ -373,7 +374,7 @@ async fn channel_worker(
     let mut wake = outbox.wake.subscribe();
     let mut rechecked = tokio::time::Instant::now();
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             break;
         }
         while in_flight.try_join_next().is_some() {}
@@ -428,7 +429,7 @@ async fn channel_worker(
             _ = wake.changed() => {}
             _ = in_flight.join_next(), if !in_flight.is_empty() => {}
             _ = tokio::time::sleep(outbox.config.delivery.poll_interval) => {}
-            _ = shutdown.changed() => {}
+            _ = shutdown.cancelled() => {}
         }
     }
     // Let sends already on the wire finish: their outcome is recorded, so they
@@ -530,17 +531,9 @@ async fn send_one(
             error,
             retry_after,
         } => {
-            // A Retry-After shorter than min_backoff (even 0) is raised to it:
-            // a receiver that keeps saying "now" is not hammered in a loop.
-            let delay = retry_after
-                .map(|d| d.max(settings.min_backoff))
-                .unwrap_or_else(|| {
-                    deliver::backoff(
-                        row.attempts.max(1) as u32,
-                        settings.min_backoff,
-                        settings.max_backoff,
-                    )
-                });
+            // A Retry-After is honoured within [min_backoff, 1 h] (see deliver::backoff).
+            let delay = deliver::backoff(settings)
+                .delay_or_suggested(row.attempts.max(1) as u32, *retry_after);
             let age = (now - row.created_at).to_std().unwrap_or_default();
             if age + delay > settings.max_age {
                 stats.failed.fetch_add(1, Ordering::Relaxed);

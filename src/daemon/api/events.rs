@@ -22,7 +22,7 @@ use deadpool_postgres::GenericClient;
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 
 use crate::config::Role;
@@ -42,28 +42,21 @@ const STREAM_BATCH: i64 = 500;
 
 /// Ends open event streams when the daemon stops (see `routes::router_until`).
 #[derive(Debug, Clone)]
-pub struct StopSignal {
-    stop: watch::Receiver<bool>,
-    /// Keeps a never-signalled channel open (a closed one would end every stream).
-    _never: Option<std::sync::Arc<watch::Sender<bool>>>,
-}
+pub struct StopSignal(CancellationToken);
 
 impl StopSignal {
-    pub fn new(stop: watch::Receiver<bool>) -> StopSignal {
-        StopSignal { stop, _never: None }
+    pub fn new(stop: CancellationToken) -> StopSignal {
+        StopSignal(stop)
     }
 
+    /// A signal nobody can give: streams end only with their run.
     pub fn never() -> StopSignal {
-        let (tx, rx) = watch::channel(false);
-        StopSignal {
-            stop: rx,
-            _never: Some(std::sync::Arc::new(tx)),
-        }
+        StopSignal(CancellationToken::new())
     }
 
-    /// Resolves once stopping (or once the stopping side is gone).
-    async fn stopped(&mut self) {
-        let _ = self.stop.wait_for(|s| *s).await;
+    /// Resolves once stopping.
+    async fn stopped(&self) {
+        self.0.cancelled().await
     }
 }
 
@@ -308,10 +301,9 @@ fn event_stream(
                 }
                 Ok(Poll::Finished) => return None,
                 Ok(Poll::Idle) => {
-                    let mut stop = c.stop.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(POLL_INTERVAL) => {}
-                        _ = stop.stopped() => return None,
+                        _ = c.stop.stopped() => return None,
                     }
                 }
                 Err(e) => {

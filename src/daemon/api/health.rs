@@ -130,7 +130,7 @@ pub async fn metrics(
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::daemon::metrics::CONTENT_TYPE),
     );
     Ok(response)
 }

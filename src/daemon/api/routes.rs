@@ -1,19 +1,31 @@
-//! The route table and the middleware around every request: it times the request
-//! for `metrics.observe_api` (by route template, so run ids do not explode the
-//! label set), writes the audit row of every mutating or refused request, and
-//! turns a panic in a handler into a 500 instead of a dropped connection.
+//! The route table and the layers around every request, outermost first:
+//!
+//! 1. `observe`: times the request for `metrics.observe_api` (by route template,
+//!    so run ids do not explode the label set) and writes the audit row of every
+//!    mutating or refused request;
+//! 2. `CatchPanicLayer`: a panic in a handler becomes a 500 with the API's JSON
+//!    error instead of a dropped connection;
+//! 3. `TimeoutLayer`: a request that has no response head after
+//!    [`REQUEST_TIMEOUT`] is answered 503 (an event stream's head is ready at
+//!    once and its body is not bounded; the route carries no timeout anyway);
+//! 4. a concurrency limit on submits ([`MAX_CONCURRENT_SUBMITS`]): each holds its
+//!    body and the bundle parsed from it, so they wait their turn rather than
+//!    all at once take the memory of 8 MiB each.
 
-use std::panic::AssertUnwindSafe;
-use std::time::Instant;
+use std::any::Any;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{Method, StatusCode};
-use axum::middleware::{Next, from_fn_with_state};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use futures_util::FutureExt;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tracing::Instrument;
 
 use crate::daemon::api::auth::ActorSlot;
 use crate::daemon::api::error::{ApiError, AuditDetail, AuditRun};
@@ -23,6 +35,16 @@ use crate::daemon::shared::SharedRef;
 
 /// Largest request body accepted (a submitted plan bundle with its migrations).
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// The longest a request may take until its response head: reading the body,
+/// waiting for a submit slot and the handler's work. A handler cut off here has
+/// its transaction rolled back (unless it was already committing).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Submits handled at once; the others wait (within [`REQUEST_TIMEOUT`]) before
+/// their body is read. Measured with 16 concurrent 7.5 MiB submits
+/// (benches/submit_memory.sh): see docs/operations.md.
+pub const MAX_CONCURRENT_SUBMITS: usize = 2;
 
 /// One route: its method, its path template, and the name of its action in the
 /// audit trail.
@@ -66,30 +88,84 @@ pub fn router(shared: SharedRef) -> Router {
     router_with(shared, StopSignal::never())
 }
 
-/// [`router`], with event streams that end once `stop` turns true, so that a
+/// [`router`], with event streams that end once `stop` is cancelled, so that a
 /// graceful shutdown does not wait for every follower of an open run (clients
 /// reconnect with `Last-Event-ID` and miss nothing).
-pub fn router_until(shared: SharedRef, stop: watch::Receiver<bool>) -> Router {
+pub fn router_until(shared: SharedRef, stop: CancellationToken) -> Router {
     router_with(shared, StopSignal::new(stop))
 }
 
 fn router_with(shared: SharedRef, stop: StopSignal) -> Router {
-    Router::new()
+    let submits = post(submit::submit).layer(ConcurrencyLimitLayer::new(MAX_CONCURRENT_SUBMITS));
+    let requests = Router::new()
         .route(HEALTHZ.path, get(health::healthz))
         .route(METRICS.path, get(health::metrics))
         .route(OPENAPI.path, get(openapi::handler(&shared.config)))
-        .route(LIST.path, get(runs::list).post(submit::submit))
+        .route(LIST.path, get(runs::list).merge(submits))
         .route(SHOW.path, get(runs::show))
-        .route(EVENTS.path, get(events::events))
         .route(APPROVE.path, post(control::approve))
         .route(ABORT.path, post(control::abort))
         .route(ACK.path, post(control::ack))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    // An event stream stays open until its run finishes or the daemon stops.
+    // (A method-not-allowed fallback applies to the routes present when it is
+    // set, before any layer: each router sets its own.)
+    let streams = Router::new()
+        .route(EVENTS.path, get(events::events))
+        .method_not_allowed_fallback(method_not_allowed);
+    panic_safe(time_boxed(requests, REQUEST_TIMEOUT).merge(streams))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(Extension(stop))
         .layer(from_fn_with_state(shared.clone(), observe))
         .with_state(shared)
+}
+
+/// `router` answered 503 (JSON) when a request has no response head within
+/// `timeout`.
+fn time_boxed<S: Clone + Send + Sync + 'static>(router: Router<S>, timeout: Duration) -> Router<S> {
+    router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(map_response(move |r| timeout_as_json(timeout, r)))
+}
+
+/// `router` with a handler's panic turned into a 500 (JSON).
+fn panic_safe<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router.layer(CatchPanicLayer::custom(panic_response))
+}
+
+/// tower-http's timeout answers with an empty body: give it the API's JSON
+/// error. Handlers' own 503s carry JSON already and pass unchanged.
+async fn timeout_as_json(timeout: Duration, response: Response) -> Response {
+    if response.status() != StatusCode::SERVICE_UNAVAILABLE
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "no answer within {}s (the state database may be slow or unavailable); a submit, approve, abort or ack may or may not have been applied: look at the run",
+            timeout.as_secs_f64()
+        ),
+    )
+    .into_response()
+}
+
+/// A handler panicked: log it (inside the request's span, which names the
+/// route) and answer 500 with the API's JSON error. The panic text stays in the
+/// log; it may hold anything.
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "api handler panicked");
+    ApiError::internal("internal error (the daemon logged it)").into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -150,18 +226,8 @@ async fn observe(State(shared): State<SharedRef>, mut request: Request, next: Ne
     let actor = ActorSlot::default();
     request.extensions_mut().insert(actor.clone());
 
-    let response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
-        Ok(response) => response,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(route = matched.template, panic = %what, "api handler panicked");
-            ApiError::internal("internal error (the daemon logged it)").into_response()
-        }
-    };
+    let span = tracing::info_span!("api", route = matched.template);
+    let response = next.run(request).instrument(span).await;
 
     let status = response.status().as_u16();
     shared
@@ -210,6 +276,61 @@ mod tests {
             classify(&Method::GET, "/v1/runs//events").template,
             "unmatched"
         );
+    }
+
+    /// Serve `router` on 127.0.0.1 and GET `path`: (status, JSON body).
+    async fn get_json(router: Router, path: &str) -> (u16, serde_json::Value) {
+        crate::tls::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        let status = response.status().as_u16();
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        assert!(is_json, "{status}: {:?}", response.headers());
+        (status, response.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_answer_in_time_gets_a_json_503() {
+        let router = time_boxed(
+            Router::new()
+                .route("/slow", get(std::future::pending::<()>))
+                .route(
+                    "/busy",
+                    get(|| async { ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "db away") }),
+                ),
+            Duration::from_millis(100),
+        );
+        let (status, body) = get_json(router.clone(), "/slow").await;
+        assert_eq!(status, 503);
+        let error = body["error"].as_str().unwrap();
+        assert!(error.starts_with("no answer within 0.1s"), "{error}");
+        // A handler's own 503 keeps its message.
+        let (status, body) = get_json(router, "/busy").await;
+        assert_eq!((status, body["error"].as_str()), (503, Some("db away")));
+    }
+
+    async fn boom() -> ApiError {
+        panic!("secret detail")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_json_500_and_the_server_goes_on() {
+        let router = panic_safe(
+            Router::new()
+                .route("/boom", get(boom))
+                .route("/fine", get(|| async { ApiError::not_found("no") })),
+        );
+        let (status, body) = get_json(router.clone(), "/boom").await;
+        assert_eq!(status, 500);
+        assert_eq!(body["error"], "internal error (the daemon logged it)");
+        assert!(!body.to_string().contains("secret"), "{body}");
+        let (status, _) = get_json(router, "/fine").await;
+        assert_eq!(status, 404);
     }
 
     #[test]
