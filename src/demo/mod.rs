@@ -55,15 +55,15 @@ enum DemoError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Url(#[from] DsnError),
-    #[error(transparent)]
+    #[error("{}", crate::pg::server_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// `dsn` is the redacted connection string.
-    #[error("cannot connect to {dsn}: {source}")]
+    #[error("cannot connect to {dsn}: {}", crate::pg::server_message(.source))]
     Connect {
         dsn: String,
         source: tokio_postgres::Error,
     },
-    #[error("seeding job_execution_summaries: {0}")]
+    #[error("seeding job_execution_summaries: {}", crate::pg::server_message(.0))]
     Seed(tokio_postgres::Error),
     #[error("writing the example plan: {0}")]
     WriteExample(std::io::Error),
