@@ -13,6 +13,7 @@
 //! - [`cli`]: command implementations behind the binary.
 //! - [`client`]: the CLI side of the daemon's HTTP API (`submit`, `status`, `logs`, ...).
 //! - [`logging`]: log output (JSON lines with span fields, or human) on stderr.
+//! - [`output`]: what commands print, written so that a closed pipe is no panic.
 
 pub mod checks;
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod logging;
 pub mod migrations;
 pub mod notify;
+pub mod output;
 pub mod pg;
 pub mod plan;
 pub mod run;

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::output;
 use crate::run::checkpoint::{Checkpoint, RunFacts, RunSink};
 use crate::run::event::{Event, EventKind, Step};
 use crate::run::render;
@@ -136,12 +137,15 @@ impl Emitter {
         if let Some(j) = &self.journal {
             let mut j = j.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = j.append(&event) {
-                eprintln!(
+                output::note(format_args!(
                     "warning: cannot write the run journal {}: {e}",
                     j.path().display()
-                );
+                ));
             }
         }
+        // A closed stdout (`run --json | head`) is ignored, not a reason to stop:
+        // the reader leaving is not a stop request (see `crate::output`), and
+        // the journal keeps every event.
         if self.json
             && let Ok(line) = serde_json::to_string(&event)
         {
@@ -152,7 +156,7 @@ impl Emitter {
         if self.human
             && let Some(text) = render::human(&event)
         {
-            eprintln!("{text}");
+            output::note(text);
         }
         for observer in &self.observers {
             observer(&event);
@@ -174,10 +178,10 @@ impl Emitter {
         if let Some(j) = &self.journal {
             let j = j.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = j.save_state(&checkpoint) {
-                eprintln!(
+                output::note(format_args!(
                     "warning: cannot persist the run state next to {}: {e}",
                     j.path().display()
-                );
+                ));
             }
         }
         if let Some(sink) = &self.sink {
@@ -188,7 +192,7 @@ impl Emitter {
     /// A progress line on stderr only (not an event): backup bytes, soak ticks.
     pub fn progress(&self, text: &str) {
         if self.human {
-            eprintln!("{text}");
+            output::note(text);
         }
     }
 }
