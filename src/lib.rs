@@ -14,6 +14,7 @@
 //! - [`client`]: the CLI side of the daemon's HTTP API (`submit`, `status`, `logs`, ...).
 //! - [`logging`]: log output (JSON lines with span fields, or human) on stderr.
 //! - [`output`]: what commands print, written so that a closed pipe is no panic.
+//! - [`private_fs`]: backups and journals are created 0600 in 0700 directories.
 
 pub mod checks;
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod notify;
 pub mod output;
 pub mod pg;
 pub mod plan;
+pub mod private_fs;
 pub mod run;
 pub mod steps;
 pub mod tls;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::output;
+use crate::private_fs;
 use crate::run::checkpoint::{Checkpoint, RunFacts, RunSink};
 use crate::run::event::{Event, EventKind, Step};
 use crate::run::render;
@@ -22,9 +23,11 @@ pub struct Journal {
 
 impl Journal {
     pub fn create(dir: &Path, run_id: &str) -> io::Result<Journal> {
-        std::fs::create_dir_all(dir)?;
+        // The journal names tables, versions and failures of a production
+        // database: private, like the backups next to it.
+        private_fs::create_dir_all(dir)?;
         let path = dir.join(format!("{run_id}.jsonl"));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = private_fs::open(&path, OpenOptions::new().create(true).append(true))?;
         Ok(Journal {
             state_path: dir.join(format!("{run_id}.state.json")),
             path,
@@ -51,7 +54,7 @@ impl Journal {
     /// bookkeeping of a 100-migration set small next to the migrations themselves.
     pub fn save_state(&self, checkpoint: &Checkpoint) -> io::Result<()> {
         let tmp = self.state_path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(checkpoint)?)?;
+        private_fs::write(&tmp, &serde_json::to_vec_pretty(checkpoint)?)?;
         std::fs::rename(&tmp, &self.state_path)
     }
 }
