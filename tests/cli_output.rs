@@ -138,6 +138,22 @@ async fn logs_json_piped_into_head_exits_quietly() {
     let row = env.wait_finished(&run, Duration::from_secs(60)).await;
     assert_eq!(row["outcome"], "succeeded", "{row}");
 
+    // The daemon's JSON log of the same run: each event's line carries the run,
+    // the target, the step and the event as fields, and no clock in its message.
+    let log = daemon.log_text();
+    let applied: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["event"] == "migration_applied")
+        .collect();
+    assert_eq!(applied.len(), 30, "{log}");
+    let line = &applied[0];
+    assert_eq!(line["run_id"], run.as_str(), "{line}");
+    assert_eq!(line["target"], "main", "{line}");
+    assert_eq!(line["step"], "migrate", "{line}");
+    let message = line["message"].as_str().unwrap();
+    assert!(!message.starts_with('['), "a clock in the message: {line}");
+
     let args = [
         "logs",
         &run,
