@@ -14,6 +14,8 @@
 //! - [`client`]: the CLI side of the daemon's HTTP API (`submit`, `status`, `logs`, ...).
 //! - [`logging`]: log output (JSON lines with span fields, or human) on stderr.
 //! - [`backoff`]: the one retry schedule (exponential, jitter, cap, Retry-After).
+//! - [`output`]: what commands print, written so that a closed pipe is no panic.
+//! - [`private_fs`]: backups and journals are created 0600 in 0700 directories.
 
 pub mod backoff;
 pub mod checks;
@@ -25,8 +27,10 @@ pub mod demo;
 pub mod logging;
 pub mod migrations;
 pub mod notify;
+pub mod output;
 pub mod pg;
 pub mod plan;
+pub mod private_fs;
 pub mod run;
 pub mod steps;
 pub mod tls;

@@ -1,7 +1,10 @@
 //! Log output: the daemon's (`log` in its config) and the other commands'.
 //!
 //! Logs go to stderr: under systemd that is the journal, and for `run --json` it
-//! keeps stdout for the event stream alone. `RUST_LOG`, when set and valid, wins
+//! keeps stdout for the event stream alone. A log line that cannot be written
+//! (stderr closed: `2>&1 | head`) is dropped: tracing-subscriber's fallback would
+//! report it with `eprintln!` on the same closed stderr, which panics, and a
+//! panic in a run must never be the price of a lost log line. `RUST_LOG`, when set and valid, wins
 //! over the configured level so an operator can turn on debug output for one
 //! restart without editing the config.
 //!
@@ -41,6 +44,7 @@ pub fn init(settings: &LogSettings) -> bool {
         }
         LogFormat::Pretty => tracing_subscriber::fmt()
             .compact()
+            .log_internal_errors(false)
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
@@ -60,6 +64,7 @@ pub fn init_cli() -> bool {
     let (filter, problem) = filter("warn");
     let installed = tracing_subscriber::fmt()
         .compact()
+        .log_internal_errors(false)
         .without_time()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -109,6 +114,7 @@ where
         .with_writer(writer)
         // Span fields are kept as JSON text, which `JsonLines` parses and flattens.
         .fmt_fields(JsonFields::new())
+        .log_internal_errors(false)
         .event_format(JsonLines)
         .finish()
 }

@@ -176,6 +176,12 @@ impl ClientArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The daemon installs its own subscriber from its config (format, level);
+    // every other command logs warnings and errors to stderr, so that stdout
+    // stays the command's output alone (`--json`).
+    if !matches!(cli.command, Command::Daemon { .. }) {
+        pgshepherd::logging::init_cli();
+    }
     let code = match cli.command {
         Command::Check { plans, json } => cli::check::run(&plans, json),
         Command::Run {

@@ -45,7 +45,7 @@ const IDLE_IN_TRANSACTION_TIMEOUT: &str = "30s";
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReadError {
     /// `dsn` is the redacted connection string.
-    #[error("cannot connect to {dsn}: {}", error_chain(.source))]
+    #[error("cannot connect to {dsn}: {}", crate::pg::server_message(.source))]
     Connect {
         dsn: String,
         source: tokio_postgres::Error,
@@ -203,7 +203,7 @@ async fn read_only(
 /// when it came from the server, with the two cases users hit most named plainly.
 fn describe_error(e: &tokio_postgres::Error, timeout: Duration) -> String {
     let Some(db) = e.as_db_error() else {
-        return format!("query failed: {}", error_chain(e));
+        return format!("query failed: {}", crate::pg::server_message(e));
     };
     let code = db.code();
     let what = if *code == SqlState::QUERY_CANCELED {

@@ -70,7 +70,10 @@ impl SqlSampler {
                 }
                 Ok(Some(v)) => Observation::Value(v),
                 Ok(None) => Observation::inconclusive("query returned NULL"),
-                Err(e) => Observation::inconclusive(format!("cannot read the value: {e}")),
+                Err(e) => Observation::inconclusive(format!(
+                    "cannot read the value: {}",
+                    crate::pg::server_message(&e)
+                )),
             },
             _ => Observation::inconclusive(
                 "query returned more than one row; a check query must return exactly one",

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
+use crate::output;
 use crate::plan::{self, Diagnostics, Plan, RollbackStrategy};
 
 /// How many upcoming window openings `--json` lists.
@@ -35,9 +36,9 @@ pub fn run_at(paths: &[PathBuf], json: bool, now: DateTime<Utc>) -> i32 {
             }
         }
         if json {
-            println!("{}", report(path, &result, now));
+            output::line(report(path, &result, now));
         } else if let Ok(plan) = &result {
-            println!("{}", summary(path, plan, now));
+            output::line(summary(path, plan, now));
         }
     }
     if all_valid { 0 } else { 2 }

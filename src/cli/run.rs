@@ -31,8 +31,8 @@ pub async fn run(args: RunArgs) -> i32 {
         Err(diagnostics) => return refused(json, 2, &diagnostics.to_string()),
     };
     if plan.approval.required {
-        eprintln!(
-            "note: the plan requires approval, which only the daemon enforces (`pgshepherd submit`); `run` goes ahead without it"
+        crate::output::note(
+            "note: the plan requires approval, which only the daemon enforces (`pgshepherd submit`); `run` goes ahead without it",
         );
     }
     let config = match args.config.as_deref().map(Config::load).transpose() {
@@ -133,8 +133,8 @@ pub async fn execute(
     let (abort_tx, abort_rx) = watch::channel(false);
     let signals = tokio::spawn(async move {
         wait_for_stop_signal().await;
-        eprintln!(
-            "stop requested: finishing the current step; a run that changed the target rolls back per its plan"
+        crate::output::note(
+            "stop requested: finishing the current step; a run that changed the target rolls back per its plan",
         );
         let _ = abort_tx.send(true);
     });
@@ -173,7 +173,7 @@ pub fn new_run_id() -> String {
 /// A run refused before it started: the reason on stderr and, with `--json`, the
 /// `run_finished` line the event stream always ends with. Returns `exit_code`.
 pub fn refused(json: bool, exit_code: i32, reason: &str) -> i32 {
-    eprintln!("{reason}");
+    crate::output::note(reason);
     if json {
         let events = Emitter::new(&new_run_id(), None, true, false);
         events.emit(

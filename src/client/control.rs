@@ -4,6 +4,7 @@ use reqwest::Method;
 
 use crate::client::ClientOptions;
 use crate::client::http::{Api, check_run_id};
+use crate::output;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -39,7 +40,7 @@ pub async fn control(options: &ClientOptions, action: Action, id: &str) -> i32 {
         Err(f) => return f.report(),
     };
     if options.json {
-        println!("{run}");
+        output::line(run);
         return 0;
     }
     let state = run["state"].as_str().unwrap_or("?");
@@ -58,6 +59,6 @@ pub async fn control(options: &ClientOptions, action: Action, id: &str) -> i32 {
         ),
         Action::Ack => format!("acknowledged run {id}"),
     };
-    println!("{text}");
+    output::line(text);
     0
 }

@@ -17,6 +17,7 @@ use crate::client::ClientOptions;
 use crate::client::http::{Api, Failure, check_run_id};
 use crate::client::render;
 use crate::client::show::{fetch_run, run_exit_code};
+use crate::output;
 use crate::run::event::{Event, EventKind};
 
 /// Events per page when not following.
@@ -27,9 +28,9 @@ const RECONNECT_WAIT: Duration = Duration::from_secs(2);
 
 fn print(options: &ClientOptions, event: &Value) {
     if options.json {
-        println!("{event}");
+        output::line(event);
     } else if let Some(line) = render::event_line(event) {
-        println!("{line}");
+        output::line(line);
     }
 }
 

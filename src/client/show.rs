@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::client::ClientOptions;
 use crate::client::http::{Api, Failure, check_run_id};
 use crate::client::render;
+use crate::output;
 
 /// Filters of `list`.
 #[derive(Debug, Clone, Default)]
@@ -30,9 +31,9 @@ pub async fn status(options: &ClientOptions, run: Option<&str>) -> i32 {
     match fetch_run(options, id).await {
         Ok(view) => {
             if options.json {
-                println!("{view}");
+                output::line(&view);
             } else {
-                println!("{}", render::run_status(&view));
+                output::line(render::run_status(&view));
             }
             run_exit_code(&view)
         }
@@ -88,13 +89,13 @@ pub async fn list(options: &ClientOptions, filter: &ListFilter) -> i32 {
     match result {
         Ok(body) => {
             if options.json {
-                println!("{body}");
+                output::line(body);
             } else {
                 let runs = body["runs"].as_array().cloned().unwrap_or_default();
                 if runs.is_empty() {
                     eprintln!("no runs");
                 } else {
-                    println!("{}", render::run_table(&runs));
+                    output::line(render::run_table(&runs));
                 }
             }
             0

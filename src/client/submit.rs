@@ -9,6 +9,7 @@ use reqwest::Method;
 use crate::client::ClientOptions;
 use crate::client::http::Api;
 use crate::daemon::api::bundle::Bundle;
+use crate::output;
 
 pub async fn submit(options: &ClientOptions, plan_path: &Path) -> i32 {
     let plan = match crate::plan::load(plan_path) {
@@ -45,9 +46,9 @@ pub async fn submit(options: &ClientOptions, plan_path: &Path) -> i32 {
         Ok((_, run)) => {
             let id = run["id"].as_str().unwrap_or("?");
             if options.json {
-                println!("{run}");
+                output::line(run);
             } else {
-                println!("{id}");
+                output::line(id);
                 eprintln!(
                     "submitted run {id}: plan {} -> target {}, {} file(s), {}",
                     run["plan"]["name"].as_str().unwrap_or("?"),

@@ -49,7 +49,7 @@ impl From<tokio_postgres::Error> for StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Pool(crate::pg::dsn::redact_text(&e.to_string()))
+        StoreError::Pool(crate::pg::dsn::redact_text(&crate::pg::error_text(&e)))
     }
 }
 
@@ -70,7 +70,7 @@ pub async fn open(dsn: &Dsn, max_connections: usize) -> Result<Pool, StoreError>
     let migrated = embedded::migrations::runner()
         .run_async(&mut client)
         .await
-        .map_err(|e| StoreError::Schema(e.to_string()));
+        .map_err(|e| StoreError::Schema(crate::pg::error_text(&e)));
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
         .await;

@@ -55,15 +55,15 @@ enum DemoError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Url(#[from] DsnError),
-    #[error(transparent)]
+    #[error("{}", crate::pg::server_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// `dsn` is the redacted connection string.
-    #[error("cannot connect to {dsn}: {source}")]
+    #[error("cannot connect to {dsn}: {}", crate::pg::server_message(.source))]
     Connect {
         dsn: String,
         source: tokio_postgres::Error,
     },
-    #[error("seeding job_execution_summaries: {0}")]
+    #[error("seeding job_execution_summaries: {}", crate::pg::server_message(.0))]
     Seed(tokio_postgres::Error),
     #[error("writing the example plan: {0}")]
     WriteExample(std::io::Error),
@@ -88,7 +88,7 @@ pub async fn run(args: DemoArgs) -> i32 {
         // stream with `run_finished`; after the run, the stream has ended.
         Err(e) if !started => crate::cli::run::refused(json, 1, &format!("demo: {e}")),
         Err(e) => {
-            eprintln!("demo: {e}");
+            crate::output::note(format_args!("demo: {e}"));
             1
         }
     }
@@ -102,7 +102,7 @@ async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, DemoError> {
     let (_cluster, dsn) = match &args.database_url {
         Some(url) => (None, url.parse::<Dsn>()?),
         None => {
-            eprintln!("[demo] starting a throwaway PostgreSQL cluster");
+            crate::output::note("[demo] starting a throwaway PostgreSQL cluster");
             let cluster = TempCluster::start(&bins)?;
             let admin = cluster
                 .dsn("postgres")
@@ -129,9 +129,9 @@ async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, DemoError> {
         )
         .await?
         .get(0);
-    eprintln!(
+    crate::output::note(format_args!(
         "[demo] {dsn}: job_execution_summaries has {rows_before} rows, {cancelled} cancelled jobs without a cancel_reason"
-    );
+    ));
 
     let plan_path = write_example(work.path()).map_err(DemoError::WriteExample)?;
     let mut plan = crate::plan::load(&plan_path)?;
@@ -168,7 +168,7 @@ async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, DemoError> {
         )
         .await?
         .get(0);
-    eprintln!(
+    crate::output::note(format_args!(
         "[demo] the simulated job runner committed {} inserts ({} failed){}",
         stats.committed,
         stats.failed,
@@ -177,23 +177,25 @@ async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, DemoError> {
             .as_ref()
             .map(|e| format!("; last error: {e}"))
             .unwrap_or_default()
-    );
+    ));
     let lost = rows_before + stats.committed as i64 - rows_after;
-    eprintln!(
+    crate::output::note(format_args!(
         "[demo] rows: {rows_before} before, {rows_after} after; {}",
         if lost == 0 {
             "no row lost".to_string()
         } else {
             format!("{lost} ROWS MISSING")
         }
-    );
+    ));
     if index_exists {
-        eprintln!("[demo] {INDEX} exists; the dashboard query's plan:");
+        crate::output::note(format_args!(
+            "[demo] {INDEX} exists; the dashboard query's plan:"
+        ));
         for line in explain(&client).await? {
-            eprintln!("         {line}");
+            crate::output::note(format_args!("         {line}"));
         }
     } else {
-        eprintln!("[demo] {INDEX} does not exist");
+        crate::output::note(format_args!("[demo] {INDEX} does not exist"));
     }
     if lost != 0 {
         return Err(DemoError::RowsMissing(lost));

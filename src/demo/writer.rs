@@ -89,10 +89,7 @@ impl JobRunner {
                 }
                 Err(e) => {
                     self.failed.fetch_add(1, Ordering::SeqCst);
-                    let msg = e
-                        .as_db_error()
-                        .map(|d| d.message().to_string())
-                        .unwrap_or_else(|| e.to_string());
+                    let msg = crate::pg::server_message(&e);
                     *self.last_error.lock().await = Some(msg);
                 }
             }

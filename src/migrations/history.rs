@@ -37,7 +37,7 @@ pub struct Applied {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    #[error("while reading pgshepherd.history: {0}")]
+    #[error("while reading pgshepherd.history: {}", crate::pg::server_message(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error(
         "checksum drift: {label} was applied with checksum {applied} but the file now has {current}. \

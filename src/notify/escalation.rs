@@ -24,7 +24,9 @@ pub async fn run(outbox: Arc<Outbox>, shutdown: CancellationToken) {
         match advance_due(&outbox).await {
             Ok(0) => {}
             Ok(_) => outbox.poke(),
-            Err(e) => warn!(error = %e, "cannot advance escalations; retrying"),
+            Err(e) => {
+                warn!(error = %crate::pg::error_text(&*e), "cannot advance escalations; retrying")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(outbox.config.delivery.poll_interval) => {}

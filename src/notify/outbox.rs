@@ -411,7 +411,7 @@ async fn channel_worker(
                     }
                 }
                 Err(e) => {
-                    warn!(channel = %channel.name, error = %e, "cannot read the outbox; retrying")
+                    warn!(channel = %channel.name, error = %crate::pg::error_text(&*e), "cannot read the outbox; retrying")
                 }
             }
         }
@@ -587,7 +587,7 @@ async fn send_one(
         match record(outbox, channel, &row, &update).await {
             Ok(()) => return,
             Err(e) => {
-                warn!(channel = %channel.name, notification = %row.msg_id, error = %e,
+                warn!(channel = %channel.name, notification = %row.msg_id, error = %crate::pg::error_text(&*e),
                       "cannot record a delivery outcome; retrying")
             }
         }

@@ -45,7 +45,7 @@ impl std::fmt::Display for Holder {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("cannot connect to the target {dsn}: {source}")]
+    #[error("cannot connect to the target {dsn}: {}", crate::pg::server_message(.source))]
     Connect {
         dsn: String,
         source: tokio_postgres::Error,
@@ -58,7 +58,7 @@ pub enum LockError {
         "the target is locked by another session (it left before it could be identified); waited {waited:?}"
     )]
     BusyUnknown { waited: Duration },
-    #[error("while taking the advisory lock: {0}")]
+    #[error("while taking the advisory lock: {}", crate::pg::server_message(.0))]
     Query(#[from] tokio_postgres::Error),
 }
 

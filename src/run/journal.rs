@@ -6,6 +6,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::output;
+use crate::private_fs;
 use crate::run::checkpoint::{Checkpoint, RunFacts, RunSink};
 use crate::run::event::{Event, EventKind, Step};
 use crate::run::render;
@@ -21,9 +23,11 @@ pub struct Journal {
 
 impl Journal {
     pub fn create(dir: &Path, run_id: &str) -> io::Result<Journal> {
-        std::fs::create_dir_all(dir)?;
+        // The journal names tables, versions and failures of a production
+        // database: private, like the backups next to it.
+        private_fs::create_dir_all(dir)?;
         let path = dir.join(format!("{run_id}.jsonl"));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = private_fs::open(&path, OpenOptions::new().create(true).append(true))?;
         Ok(Journal {
             state_path: dir.join(format!("{run_id}.state.json")),
             path,
@@ -50,7 +54,7 @@ impl Journal {
     /// bookkeeping of a 100-migration set small next to the migrations themselves.
     pub fn save_state(&self, checkpoint: &Checkpoint) -> io::Result<()> {
         let tmp = self.state_path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(checkpoint)?)?;
+        private_fs::write(&tmp, &serde_json::to_vec_pretty(checkpoint)?)?;
         std::fs::rename(&tmp, &self.state_path)
     }
 }
@@ -136,12 +140,15 @@ impl Emitter {
         if let Some(j) = &self.journal {
             let mut j = j.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = j.append(&event) {
-                eprintln!(
+                output::note(format_args!(
                     "warning: cannot write the run journal {}: {e}",
                     j.path().display()
-                );
+                ));
             }
         }
+        // A closed stdout (`run --json | head`) is ignored, not a reason to stop:
+        // the reader leaving is not a stop request (see `crate::output`), and
+        // the journal keeps every event.
         if self.json
             && let Ok(line) = serde_json::to_string(&event)
         {
@@ -152,7 +159,7 @@ impl Emitter {
         if self.human
             && let Some(text) = render::human(&event)
         {
-            eprintln!("{text}");
+            output::note(text);
         }
         for observer in &self.observers {
             observer(&event);
@@ -174,10 +181,10 @@ impl Emitter {
         if let Some(j) = &self.journal {
             let j = j.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = j.save_state(&checkpoint) {
-                eprintln!(
+                output::note(format_args!(
                     "warning: cannot persist the run state next to {}: {e}",
                     j.path().display()
-                );
+                ));
             }
         }
         if let Some(sink) = &self.sink {
@@ -188,7 +195,7 @@ impl Emitter {
     /// A progress line on stderr only (not an event): backup bytes, soak ticks.
     pub fn progress(&self, text: &str) {
         if self.human {
-            eprintln!("{text}");
+            output::note(text);
         }
     }
 }

@@ -39,7 +39,7 @@ pub enum RollbackError {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read pgshepherd.history: {0}")]
+#[error("cannot read pgshepherd.history: {}", crate::pg::server_message(.0))]
 pub struct HistoryReadError(#[source] tokio_postgres::Error);
 
 /// Undo `undo` (versions in apply order) with the plan's strategy `down` or

@@ -23,7 +23,11 @@ pub async fn record(
     let detail = truncate(detail, MAX_DETAIL);
     tracing::info!(actor, action, run_id, status, detail, "api audit");
     let write = async {
-        let client = shared.pool.get().await.map_err(|e| e.to_string())?;
+        let client = shared
+            .pool
+            .get()
+            .await
+            .map_err(|e| crate::pg::error_text(&e))?;
         client
             .execute(
                 "INSERT INTO audit (actor, action, run_id, status, detail) VALUES ($1, $2, $3, $4, $5)",

@@ -60,7 +60,7 @@ pub async fn take(
     let create = dir.clone();
     blocking(
         format!("creating backup directory {}", dir.display()),
-        move || fs::create_dir_all(create),
+        move || crate::private_fs::create_dir_all(&create),
     )
     .await?;
     let resolve = dir.clone();
@@ -228,10 +228,7 @@ async fn dump_custom(
 ) -> Result<ArchiveDigest, BackupError> {
     let create = path.to_path_buf();
     let file = blocking(format!("creating {}", path.display()), move || {
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(create)
+        crate::private_fs::open(&create, fs::OpenOptions::new().write(true).create_new(true))
     })
     .await?;
     let mut cmd = tool(&bins.pg_dump, dsn, application_name);
@@ -418,6 +415,9 @@ async fn dump_directory(
     }
     let dir = path.to_path_buf();
     let files = blocking(format!("hashing {}", path.display()), move || {
+        // pg_dump creates the directory 0700 but its files with the umask. No one
+        // else could read them meanwhile: the target directory above is 0700.
+        crate::private_fs::restrict_dir(&dir)?;
         hash_dir_files(&dir, jobs as usize)
     })
     .await?;

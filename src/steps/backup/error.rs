@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 pub enum BackupError {
     #[error("while {context}: {source}")]
     Io { context: String, source: io::Error },
-    #[error("could not connect to {dsn} to {purpose}: {source}")]
+    #[error("could not connect to {dsn} to {purpose}: {}", crate::pg::server_message(.source))]
     Connect {
         dsn: String,
         purpose: &'static str,
         source: tokio_postgres::Error,
     },
-    #[error("while {context} on {dsn}: {source}")]
+    #[error("while {context} on {dsn}: {}", crate::pg::server_message(.source))]
     Query {
         dsn: String,
         context: &'static str,

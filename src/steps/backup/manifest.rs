@@ -111,7 +111,13 @@ pub(super) fn write_manifest(path: &Path, manifest: &Manifest) -> io::Result<()>
     let tmp = path.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(manifest).expect("a manifest always serializes");
     let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = crate::private_fs::open(
+            &tmp,
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )?;
         f.write_all(&body)?;
         f.write_all(b"\n")?;
         f.sync_all()?;
