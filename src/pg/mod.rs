@@ -1,8 +1,10 @@
-//! Talking to PostgreSQL: connection strings, advisory locks, throwaway clusters.
+//! Talking to PostgreSQL: connection strings, advisory locks, throwaway clusters,
+//! and keeping pgshepherd's own rollbacks out of the statistics it judges.
 
 pub mod cluster;
 pub mod dsn;
 pub mod lock;
+pub mod stats;
 
 pub use dsn::Dsn;
 pub use lock::TargetLock;
