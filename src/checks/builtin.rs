@@ -6,9 +6,12 @@
 //!   two readings, divided by the seconds between them. The first reading comes
 //!   from `prime`; a counter that went backwards or a changed `stats_reset` means
 //!   the statistics were reset, which is inconclusive (the next sample has a fresh
-//!   base). These counters cannot tell sessions apart, so pgshepherd's own
-//!   rollbacks (a migration retried after `lock_timeout`) are included; the checks
-//!   themselves COMMIT their read-only transactions so they add nothing.
+//!   base). These counters cannot tell sessions apart, so pgshepherd keeps its
+//!   own rollbacks out of them instead: the checks end every read with COMMIT,
+//!   a failed one too (see `session`), and the rollbacks of the locked session
+//!   (a verify script, a migration retried after `lock_timeout`) are published
+//!   at once, before the soak's first reading, instead of up to 10 s into it
+//!   (see `pg::stats`).
 //!   Since PostgreSQL 15 backends flush their statistics at most about once a
 //!   second, so a rate over a short interval is lumpy but not lost.
 //! - `longest_transaction_seconds`: the age of the oldest open transaction among

@@ -6,6 +6,9 @@
 //!   with `default_transaction_read_only=on`;
 //! - inside `BEGIN READ ONLY` with `SET LOCAL statement_timeout` = the check's
 //!   timeout, so even a query that calls a writing function is refused by the server;
+//! - ended by COMMIT even when the read failed (undone to a savepoint first), so
+//!   that the checks never add to `pg_stat_database.xact_rollback`, which
+//!   `rollbacks_per_second` judges;
 //! - sent with the extended protocol, which accepts exactly one statement: a query
 //!   ending in `; DELETE FROM orders` is a syntax error, not a second statement;
 //! - bounded on the client side too, in case the server or the network hangs
@@ -163,6 +166,10 @@ impl ReadOnlySession {
     }
 }
 
+/// Set right after BEGIN, so that a failed read can be undone without rolling
+/// back the transaction.
+const SAVEPOINT: &str = "pgshepherd_read";
+
 async fn read_only(
     client: &mut Client,
     timeout: Duration,
@@ -170,10 +177,11 @@ async fn read_only(
     describe: Option<&str>,
 ) -> Result<Read, tokio_postgres::Error> {
     let result = async {
-        // One round trip for both: this is our own SQL, so the simple protocol is fine.
+        // One round trip for all three: this is our own SQL, so the simple
+        // protocol is fine.
         client
             .batch_execute(&format!(
-                "BEGIN READ ONLY; SET LOCAL statement_timeout = {}",
+                "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SAVEPOINT {SAVEPOINT}",
                 timeout.as_millis()
             ))
             .await?;
@@ -190,10 +198,23 @@ async fn read_only(
     .await;
     // COMMIT, not ROLLBACK: the transaction is read-only either way, and a
     // rollback would count in pg_stat_database.xact_rollback, which the
-    // rollbacks_per_second builtin watches. After an error COMMIT rolls back; it
-    // is sent even when BEGIN's batch failed half-way, so no aborted transaction
-    // is left open for the next sample (outside one it is only a warning).
-    let end = client.batch_execute("COMMIT").await;
+    // rollbacks_per_second builtin watches. A failed read (a timeout, a typo in
+    // a check) would make COMMIT a rollback all the same, so the failure is
+    // undone to the savepoint first and the empty transaction commits: a check
+    // failing on every sample must not read as the application rolling back.
+    let end = match &result {
+        Ok(_) => client.batch_execute("COMMIT").await,
+        Err(_) => match client
+            .batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; COMMIT"))
+            .await
+        {
+            Ok(()) => Ok(()),
+            // BEGIN's batch failed half-way (no savepoint): end whatever is
+            // open so that no aborted transaction is left for the next sample
+            // (outside one, COMMIT is only a warning).
+            Err(_) => client.batch_execute("COMMIT").await,
+        },
+    };
     let read = result?;
     end?;
     Ok(read)

@@ -19,6 +19,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::migrations::history;
 use crate::migrations::split::statements;
 use crate::migrations::{Migration, Script};
+use crate::pg::stats::publish_own;
 use crate::pg::{TargetLock, server_message, sqlstate};
 use crate::plan::LockSettings;
 
@@ -172,7 +173,9 @@ pub async fn apply_down(
 }
 
 /// Run a verify script in a transaction that is always rolled back: it can look,
-/// and fail, but never change anything.
+/// and fail, but never change anything. Like every rollback of pgshepherd's own,
+/// it is published at once so that `rollbacks_per_second` does not count it
+/// (see `pg::stats`).
 pub async fn run_verify(
     lock: &TargetLock,
     script: &Script,
@@ -189,6 +192,8 @@ pub async fn run_verify(
     }
     .await;
     let _ = client.batch_execute("ROLLBACK").await;
+    // Counted before the soak's first reading, not during the soak.
+    publish_own(client).await;
     result
         .map(|_| started.elapsed())
         .map_err(|e| ScriptError::new(script, &e, 1))
@@ -230,6 +235,7 @@ async fn run_transactional(
             Ok(()) => return Ok(report(script, started, attempt, Vec::new())),
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
+                publish_own(client).await;
                 if !should_retry(&e, attempt, &limits.lock, on_retry).await {
                     return Err(ScriptError::new(script, &e, attempt));
                 }
@@ -268,6 +274,8 @@ async fn run_statements(
                     break;
                 };
                 let (dropped, left) = drop_new_invalid_indexes(client, &invalid_before).await;
+                // The failed statement was a rolled-back transaction too.
+                publish_own(client).await;
                 cleaned.extend(dropped);
                 if !should_retry(&e, attempt, &limits.lock, on_retry).await {
                     let mut err = ScriptError::new(script, &e, attempts);

@@ -1,10 +1,12 @@
 //! Talking to PostgreSQL: connection strings, advisory locks, throwaway clusters,
-//! and its errors in words.
+//! its errors in words, and keeping pgshepherd's own rollbacks out of the
+//! statistics it judges.
 
 pub mod cluster;
 pub mod dsn;
 pub mod error;
 pub mod lock;
+pub mod stats;
 
 pub use dsn::Dsn;
 pub use error::{error_text, server_message, sqlstate};

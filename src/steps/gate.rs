@@ -16,6 +16,7 @@ use crate::checks::Sampler;
 use crate::checks::verdict::{Assessment, CheckState, num};
 use crate::plan::{Check, Gate, InconclusivePolicy};
 use crate::run::event::{CheckPlan, EventKind, Step};
+use crate::steps::cadence::Cadence;
 use crate::steps::context::StepContext;
 
 /// How waiting for the gate ended.
@@ -32,7 +33,8 @@ pub enum GateEnd {
 
 /// Wait until `gate.check` is healthy (a valid sample that is not breaching its
 /// thresholds) for `gate.consecutive` samples in a row, one sample every
-/// `gate.interval`, the first one interval after the start. Give up at `give_up_at`
+/// `gate.interval`, the first one interval after the start; after a stall the
+/// schedule moves later rather than catching up (see [`Cadence`]). Give up at `give_up_at`
 /// (a wall-clock instant: window close or deadline, whichever the caller computes)
 /// or after `gate.timeout`.
 ///
@@ -171,10 +173,15 @@ impl Wait<'_, '_> {
             _ = sampler.prime() => {}
             _ = ctx.abort_requested() => return GateEnd::Aborted,
         }
+        // Samples a full interval apart even after a stall: a streak of healthy
+        // samples taken in a burst would say the target was quiet for
+        // `consecutive` intervals when it was looked at only once.
+        let mut cadence = Cadence::new(self.gate.interval);
         let mut tick: u32 = 0;
         loop {
             tick = tick.saturating_add(1);
-            let next = self.started + self.gate.interval.saturating_mul(tick);
+            let due = cadence.due(tick);
+            let next = self.started + due;
             let wake = limit.at.map_or(next, |l| l.min(next));
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
@@ -183,6 +190,7 @@ impl Wait<'_, '_> {
             if wake < next || limit.passed() {
                 return GateEnd::GaveUp(self.gave_up(limit));
             }
+            cadence.fired(due, self.started.elapsed());
             let taken = Instant::now();
             let observation = tokio::select! {
                 o = sampler.sample() => o,

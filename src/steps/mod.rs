@@ -1,6 +1,7 @@
 //! The steps of a run: backup, migrate, soak, rollback.
 
 pub mod backup;
+pub mod cadence;
 pub mod context;
 pub mod gate;
 pub mod migrate;

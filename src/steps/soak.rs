@@ -13,6 +13,7 @@ use crate::plan::Check;
 use crate::run::driver::{Finished, Lifecycle};
 use crate::run::event::{CheckPlan, CheckTally, Decision, EventKind, Step};
 use crate::run::lifecycle::Input;
+use crate::steps::cadence::Cadence;
 use crate::steps::context::StepContext;
 
 /// How a soak (or a confirmation period) ended.
@@ -215,7 +216,10 @@ impl Monitor {
     ///
     /// `resume` continues a soak persisted by an earlier process at its next
     /// sample, with every check's counts and streaks as they were; the time
-    /// nobody watched does not count as soaked. `checkpoint`: the run's
+    /// nobody watched does not count as soaked. Nor does time this process was
+    /// blocked (a stalled state database, a paused process): the missed samples
+    /// are not taken in a burst, the schedule moves later instead, so samples stay
+    /// about an interval apart and the soak ends later ([`Cadence`]). `checkpoint`: the run's
     /// lifecycle, which records each tick's progress before the next sample.
     pub async fn watch(
         &mut self,
@@ -272,24 +276,44 @@ impl Monitor {
         let started = Instant::now()
             .checked_sub(already_elapsed)
             .unwrap_or_else(Instant::now);
-        let tick_at = |tick: u32| started + interval * tick;
+        let at = |since: Duration| tokio::time::Instant::from_std(started + since);
+        // Elapsed times below are watched time: a stall moves the schedule later
+        // instead of being made up by a burst of samples (see `cadence`).
+        let mut cadence = Cadence::new(interval);
         for tick in first_tick..=ticks {
-            let at = tokio::time::Instant::from_std(tick_at(tick));
+            let due = cadence.due(tick);
             let aborted = ctx.aborted()
                 || tokio::select! {
-                    _ = tokio::time::sleep_until(at) => false,
+                    _ = tokio::time::sleep_until(at(due)) => false,
                     _ = ctx.abort_requested() => true,
                 };
             if aborted {
                 return SoakResult {
                     end: SoakEnd::Aborted,
-                    elapsed: started.elapsed(),
+                    elapsed: cadence.watched(started.elapsed()),
                     tallies: tally(&self.checks, &states, &cost, min_samples),
                 };
             }
-            let late = tokio::time::Instant::now().saturating_duration_since(at);
+            let woke = cadence.fired(due, started.elapsed());
+            if !woke.unwatched.is_zero() {
+                ctx.events.progress(&format!(
+                    "  {} sampling was blocked for {:.1}s: not counted as watched, the {} ends later",
+                    step_label(step),
+                    woke.late.as_secs_f64(),
+                    step_label(step)
+                ));
+                tracing::warn!(
+                    run_id = ctx.run_id,
+                    step = step_label(step),
+                    late_ms = woke.late.as_millis() as u64,
+                    "sampling was blocked; the time it missed does not count as watched, \
+                     so the {} ends later",
+                    step_label(step)
+                );
+            }
+            let late = woke.late;
             let samples = self.sample_all(ctx.dsn).await;
-            let elapsed = started.elapsed();
+            let elapsed = cadence.watched(started.elapsed());
             let mut fired: Vec<Verdict> = Vec::new();
             let mut line = Vec::new();
             for (i, (obs, took)) in samples.into_iter().enumerate() {
@@ -343,28 +367,35 @@ impl Monitor {
                 };
             }
         }
-        // Wait out the remainder so a soak lasts its full duration.
-        let rest = duration.saturating_sub(started.elapsed());
-        if !ctx.sleep(rest).await {
+        // Wait out the remainder so a soak lasts its full duration, watched.
+        let end = cadence.when_watched(duration);
+        let aborted = ctx.aborted()
+            || tokio::select! {
+                _ = tokio::time::sleep_until(at(end)) => false,
+                _ = ctx.abort_requested() => true,
+            };
+        if aborted {
             return SoakResult {
                 end: SoakEnd::Aborted,
-                elapsed: started.elapsed(),
+                elapsed: cadence.watched(started.elapsed()),
                 tallies: tally(&self.checks, &states, &cost, min_samples),
             };
         }
+        cadence.fired(end, started.elapsed());
+        let elapsed = cadence.watched(started.elapsed());
         for state in &states {
             if let Some(verdict) = state.finish() {
                 self.emit_verdict(ctx, step, &verdict);
                 return SoakResult {
                     end: SoakEnd::Verdict(verdict),
-                    elapsed: started.elapsed(),
+                    elapsed,
                     tallies: tally(&self.checks, &states, &cost, min_samples),
                 };
             }
         }
         SoakResult {
             end: SoakEnd::Passed,
-            elapsed: started.elapsed(),
+            elapsed,
             tallies: tally(&self.checks, &states, &cost, min_samples),
         }
     }
