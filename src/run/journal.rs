@@ -4,7 +4,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
+
+use tokio::sync::oneshot;
 
 use crate::output;
 use crate::private_fs;
@@ -15,10 +17,22 @@ use crate::run::state::RunState;
 
 /// Append-only JSON-lines journal plus the latest persisted state, in
 /// `<dir>/<run_id>.jsonl` and `<dir>/<run_id>.state.json`.
+///
+/// Writes and fsyncs happen on a thread of their own, off the async path: an
+/// event is queued, and the thread appends what has queued up and fsyncs it
+/// once. Queue order is kept, and a state snapshot is written only after every
+/// event queued before it is fsynced; [`Emitter::save_state`] waits for that,
+/// and the runner changes the target only after it, so every event that led
+/// to a change is durable before the change. Dropping the journal flushes it.
 pub struct Journal {
     path: PathBuf,
-    state_path: PathBuf,
-    file: File,
+    tx: Option<mpsc::Sender<Queued>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+enum Queued {
+    Line(Vec<u8>),
+    State(Vec<u8>, oneshot::Sender<io::Result<()>>),
 }
 
 impl Journal {
@@ -28,10 +42,16 @@ impl Journal {
         private_fs::create_dir_all(dir)?;
         let path = dir.join(format!("{run_id}.jsonl"));
         let file = private_fs::open(&path, OpenOptions::new().create(true).append(true))?;
+        let state_path = dir.join(format!("{run_id}.state.json"));
+        let (tx, rx) = mpsc::channel();
+        let shown = path.clone();
+        let writer = std::thread::Builder::new()
+            .name("pgshepherd-journal".into())
+            .spawn(move || write_loop(file, &shown, &state_path, rx))?;
         Ok(Journal {
-            state_path: dir.join(format!("{run_id}.state.json")),
             path,
-            file,
+            tx: Some(tx),
+            writer: Some(writer),
         })
     }
 
@@ -39,23 +59,80 @@ impl Journal {
         &self.path
     }
 
-    fn append(&mut self, event: &Event) -> io::Result<()> {
-        let mut line = serde_json::to_vec(event)?;
+    fn append(&self, event: &Event) {
+        let Ok(mut line) = serde_json::to_vec(event) else {
+            return;
+        };
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        // The journal is how a person reconstructs what happened after a crash.
-        self.file.sync_data()
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Queued::Line(line));
+        }
     }
 
-    /// Persist the state atomically (write, rename). The snapshot is not fsynced:
-    /// a rename is atomic against a crash of the process, and the journal, which
-    /// is fsynced event by event, holds the same transitions for recovery after
-    /// a crash of the machine. One fsync per step instead of two keeps the
-    /// bookkeeping of a 100-migration set small next to the migrations themselves.
-    pub fn save_state(&self, checkpoint: &Checkpoint) -> io::Result<()> {
-        let tmp = self.state_path.with_extension("json.tmp");
-        private_fs::write(&tmp, &serde_json::to_vec_pretty(checkpoint)?)?;
-        std::fs::rename(&tmp, &self.state_path)
+    /// Persist the state atomically (write, rename), after every event queued
+    /// before it is fsynced. The snapshot is not fsynced itself: a rename is
+    /// atomic against a crash of the process, and the journal, which is
+    /// fsynced, holds the same transitions for recovery after a crash of the
+    /// machine.
+    async fn save_state(&self, checkpoint: &Checkpoint) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(checkpoint)?;
+        let (done, written) = oneshot::channel();
+        let gone = || io::Error::other("the journal writer has stopped");
+        self.tx
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(Queued::State(bytes, done))
+            .map_err(|_| gone())?;
+        written.await.map_err(|_| gone())?
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and stop.
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The journal's thread: append lines, fsync once per batch, write snapshots in
+/// queue order.
+fn write_loop(mut file: File, path: &Path, state_path: &Path, rx: mpsc::Receiver<Queued>) {
+    let warn = |what: &str, e: &io::Error| {
+        output::note(format_args!(
+            "warning: cannot {what} {}: {e}",
+            path.display()
+        ))
+    };
+    let mut next = rx.recv().ok();
+    while let Some(first) = next.take() {
+        let mut pending = Some(first);
+        let mut unsynced = false;
+        // Everything queued so far, up to the next snapshot, shares one fsync.
+        while let Some(Queued::Line(line)) = &pending {
+            if let Err(e) = file.write_all(line) {
+                warn("write the run journal", &e);
+            }
+            unsynced = true;
+            pending = rx.try_recv().ok();
+        }
+        // The journal is how a person reconstructs what happened after a crash.
+        if unsynced && let Err(e) = file.sync_data() {
+            warn("write the run journal", &e);
+        }
+        match pending {
+            Some(Queued::State(bytes, done)) => {
+                let tmp = state_path.with_extension("json.tmp");
+                let written = private_fs::write(&tmp, &bytes)
+                    .and_then(|()| std::fs::rename(&tmp, state_path));
+                let _ = done.send(written);
+                next = rx.recv().ok();
+            }
+            Some(Queued::Line(_)) => unreachable!("lines are drained above"),
+            None => next = rx.recv().ok(),
+        }
     }
 }
 
@@ -64,7 +141,7 @@ impl Journal {
 /// checkpoints to the journal and the sink.
 pub struct Emitter {
     run_id: String,
-    journal: Option<Mutex<Journal>>,
+    journal: Option<Journal>,
     json: bool,
     human: bool,
     observers: Vec<Observer>,
@@ -81,7 +158,7 @@ impl Emitter {
     pub fn new(run_id: &str, journal: Option<Journal>, json: bool, human: bool) -> Emitter {
         Emitter {
             run_id: run_id.to_string(),
-            journal: journal.map(Mutex::new),
+            journal,
             json,
             human,
             observers: Vec::new(),
@@ -121,13 +198,9 @@ impl Emitter {
     }
 
     pub fn journal_path(&self) -> Option<String> {
-        self.journal.as_ref().map(|j| {
-            j.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .path()
-                .display()
-                .to_string()
-        })
+        self.journal
+            .as_ref()
+            .map(|j| j.path().display().to_string())
     }
 
     pub fn emit(&self, step: Option<Step>, kind: EventKind) {
@@ -138,13 +211,7 @@ impl Emitter {
             kind,
         };
         if let Some(j) = &self.journal {
-            let mut j = j.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = j.append(&event) {
-                output::note(format_args!(
-                    "warning: cannot write the run journal {}: {e}",
-                    j.path().display()
-                ));
-            }
+            j.append(&event);
         }
         // A closed stdout (`run --json | head`) is ignored, not a reason to stop:
         // the reader leaving is not a stop request (see `crate::output`), and
@@ -178,14 +245,13 @@ impl Emitter {
             state: state.clone(),
             facts: self.facts(),
         };
-        if let Some(j) = &self.journal {
-            let j = j.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = j.save_state(&checkpoint) {
-                output::note(format_args!(
-                    "warning: cannot persist the run state next to {}: {e}",
-                    j.path().display()
-                ));
-            }
+        if let Some(j) = &self.journal
+            && let Err(e) = j.save_state(&checkpoint).await
+        {
+            output::note(format_args!(
+                "warning: cannot persist the run state next to {}: {e}",
+                j.path().display()
+            ));
         }
         if let Some(sink) = &self.sink {
             sink.save(checkpoint).await;
@@ -197,5 +263,44 @@ impl Emitter {
         if self.human {
             output::note(text);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::event::Outcome;
+
+    fn lines(path: &Path) -> usize {
+        std::fs::read_to_string(path).unwrap().lines().count()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_follows_every_event_queued_before_it_and_dropping_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::create(dir.path(), "r1").unwrap();
+        let path = journal.path().to_path_buf();
+        let events = Emitter::new("r1", Some(journal), false, false);
+        for _ in 0..200 {
+            events.emit(None, EventKind::LockAcquired { waited_ms: 1 });
+        }
+        events.save_state(&RunState::Locking).await;
+        // The snapshot was written after the 200 events, which are on disk.
+        assert_eq!(lines(&path), 200);
+        let state = std::fs::read_to_string(dir.path().join("r1.state.json")).unwrap();
+        assert!(state.contains("\"locking\""), "{state}");
+        events.emit(
+            None,
+            EventKind::RunFinished {
+                outcome: Outcome::Succeeded,
+                reason: None,
+                exit_code: 0,
+                applied: vec![],
+                backup: None,
+                journal: None,
+            },
+        );
+        drop(events);
+        assert_eq!(lines(&path), 201);
     }
 }

@@ -4,11 +4,15 @@
 
 use std::time::{Duration, Instant};
 
+use crate::backoff::Backoff;
 use crate::pg::TargetLock;
 use crate::pg::lock::LockError;
 use crate::run::event::{EventKind, Step};
 use crate::run::lifecycle::Input;
 use crate::run::runner::{Phase, Runner};
+
+/// Retrying the lock of a run that must go on, while the target comes back.
+const RELOCK_RETRY: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
 
 impl Runner<'_> {
     /// One attempt at the lock (polling up to `acquire_timeout`), with its events.
@@ -60,7 +64,6 @@ impl Runner<'_> {
         // process owns the run now, so that session is stale: end it.
         self.end_stale_sessions().await;
         // The target may still be coming back: retry with backoff for a while.
-        let mut wait = Duration::from_millis(250);
         let give_up = self
             .ctx
             .plan
@@ -68,7 +71,9 @@ impl Runner<'_> {
             .acquire_timeout
             .max(Duration::from_secs(60));
         let started = Instant::now();
+        let mut attempt = 0u32;
         loop {
+            attempt = attempt.saturating_add(1);
             match self.try_lock().await {
                 Ok(lock) => return Ok(lock),
                 Err(e) if started.elapsed() > give_up => {
@@ -81,10 +86,7 @@ impl Runner<'_> {
                         })
                         .await);
                 }
-                Err(_) => {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
+                Err(_) => tokio::time::sleep(RELOCK_RETRY.delay(attempt)).await,
             }
         }
     }
