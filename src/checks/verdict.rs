@@ -122,6 +122,14 @@ impl fmt::Display for Observation {
     }
 }
 
+/// What a sample counts as, before the rules look at streaks.
+enum Judged {
+    /// A valid sample; the reason is set for a failure.
+    Valid(Option<String>),
+    /// No usable number, and why.
+    Inconclusive(String),
+}
+
 /// Which rule a bound or a verdict comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -481,11 +489,11 @@ impl CheckState {
         self.counts.total_samples += 1;
         let value = observation.value();
         let mut crossed = Vec::new();
-        // `Ok(reason)` for a valid sample (reason set for a failure), `Err(reason)`
-        // for an inconclusive one.
-        let judged: Result<Option<String>, String> = match observation {
-            Observation::Value(v) if v.is_nan() => Err("value is NaN".to_string()),
-            Observation::Value(v) if v.is_infinite() => Err(format!("value is {}", num(*v))),
+        let judged = match observation {
+            Observation::Value(v) if v.is_nan() => Judged::Inconclusive("value is NaN".to_string()),
+            Observation::Value(v) if v.is_infinite() => {
+                Judged::Inconclusive(format!("value is {}", num(*v)))
+            }
             Observation::Value(v) => {
                 crossed = self
                     .bounds
@@ -494,21 +502,21 @@ impl CheckState {
                     .cloned()
                     .collect();
                 if crossed.is_empty() && !self.unevaluable.is_empty() {
-                    Err(format!(
+                    Judged::Inconclusive(format!(
                         "no baseline to evaluate {} against (value {})",
                         self.unevaluable.join(" and "),
                         num(*v)
                     ))
                 } else {
-                    Ok(None)
+                    Judged::Valid(None)
                 }
             }
-            Observation::Failed { reason, .. } => Ok(Some(reason.clone())),
-            Observation::Inconclusive { reason } => Err(reason.clone()),
+            Observation::Failed { reason, .. } => Judged::Valid(Some(reason.clone())),
+            Observation::Inconclusive { reason } => Judged::Inconclusive(reason.clone()),
         };
 
         let (valid, breaching, reason, verdict) = match judged {
-            Ok(reason) => {
+            Judged::Valid(reason) => {
                 let breaching = reason.is_some() || !crossed.is_empty();
                 self.counts.valid_samples += 1;
                 self.counts.inconclusive_in_a_row = 0;
@@ -521,7 +529,7 @@ impl CheckState {
                     .then(|| self.breach_verdict(value, &crossed, reason.clone()));
                 (true, breaching, reason, verdict)
             }
-            Err(reason) => {
+            Judged::Inconclusive(reason) => {
                 // Set aside: the breach streak neither resets nor advances.
                 self.counts.inconclusive_samples += 1;
                 self.counts.inconclusive_in_a_row += 1;
