@@ -64,7 +64,7 @@ if [ "$RETENTION" = 1 ]; then
 else
     retention="retention: {samples: never, events: never, notifications: never, audit: never}"
 fi
-echo "$retention" | write_daemon_config_extra "$TARGETS"
+write_daemon_config_extra "$TARGETS" <<<"$retention"
 sed -i -e "s/^log: .*/log: {format: json, level: \"warn,pgshepherd::daemon::retention=info\"}/" "$W/daemon.yaml"
 sed -i 's/^daemon: .*/daemon: {name: bench, poll_interval: 300ms, lease_timeout: 3s}/' "$W/daemon.yaml"
 start_daemon
