@@ -119,47 +119,12 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
 
         if draining_since.is_none() {
             let room = settings.max_active_runs as i64 - active.len() as i64;
-            let mut taken_back = Vec::new();
-            if let Some(name) = name.as_mut() {
-                match name.hold().await {
-                    Ok(Held::Kept) => {}
-                    Ok(Held::Taken) => {
-                        warned_same_name = false;
-                        let driving: Vec<String> = active.keys().cloned().collect();
-                        match store::take_back(
-                            &shared.pool,
-                            &shared.node,
-                            settings.lease_timeout,
-                            &driving,
-                            room,
-                        )
-                        .await
-                        {
-                            Ok(runs) => {
-                                if !runs.is_empty() {
-                                    info!(
-                                        runs = runs.len(),
-                                        "taking back the runs a previous process of this name left leased"
-                                    );
-                                }
-                                taken_back = runs;
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "cannot take back this name's runs; they resume when their leases expire")
-                            }
-                        }
-                    }
-                    Ok(Held::Elsewhere) if !warned_same_name => {
-                        warned_same_name = true;
-                        warn!(
-                            node = %shared.node,
-                            "another live process uses this daemon name: its runs are taken over only when their leases expire (give each daemon its own daemon.name)"
-                        );
-                    }
-                    Ok(Held::Elsewhere) => {}
-                    Err(e) => warn!(error = %e, "cannot take the daemon name's lock"),
+            let taken_back = match name.as_mut() {
+                Some(name) => {
+                    take_back_own(&shared, name, &mut warned_same_name, &active, room).await
                 }
-            }
+                None => Vec::new(),
+            };
             let room = room - taken_back.len() as i64;
             let mut claimed = taken_back;
             match store::claim(&shared.pool, &shared.node, settings.lease_timeout, room).await {
@@ -215,6 +180,56 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
     // replica (or the restart) picks the runs up without waiting for expiry.
     for a in active.values() {
         let _ = store::release(&shared.pool, &a.lease).await;
+    }
+}
+
+/// Runs leased to this daemon's name that no live process drives: taken back
+/// at once when this process has just taken the name's lock (see
+/// [`crate::daemon::name_lock`]). Nothing otherwise.
+async fn take_back_own(
+    shared: &SharedRef,
+    name: &mut NameLock,
+    warned_same_name: &mut bool,
+    active: &HashMap<String, Active>,
+    room: i64,
+) -> Vec<store::Claimed> {
+    match name.hold().await {
+        Ok(Held::Kept) => Vec::new(),
+        Ok(Held::Taken) => {
+            *warned_same_name = false;
+            let driving: Vec<String> = active.keys().cloned().collect();
+            let lease_timeout = shared.config.daemon.lease_timeout;
+            match store::take_back(&shared.pool, &shared.node, lease_timeout, &driving, room).await
+            {
+                Ok(runs) => {
+                    if !runs.is_empty() {
+                        info!(
+                            runs = runs.len(),
+                            "taking back the runs a previous process of this name left leased"
+                        );
+                    }
+                    runs
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot take back this name's runs; they resume when their leases expire");
+                    Vec::new()
+                }
+            }
+        }
+        Ok(Held::Elsewhere) => {
+            if !*warned_same_name {
+                *warned_same_name = true;
+                warn!(
+                    node = %shared.node,
+                    "another live process uses this daemon name: its runs are taken over only when their leases expire (give each daemon its own daemon.name)"
+                );
+            }
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot take the daemon name's lock");
+            Vec::new()
+        }
     }
 }
 
