@@ -27,6 +27,7 @@ struct RawConfig {
     notifications: Option<crate::notify::config::RawDelivery>,
     log: Option<RawLog>,
     daemon: Option<RawDaemon>,
+    retention: Option<RawRetention>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +55,17 @@ struct RawDaemon {
     poll_interval: Option<String>,
     max_active_runs: Option<u32>,
     shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    samples: Option<String>,
+    events: Option<String>,
+    notifications: Option<String>,
+    audit: Option<String>,
+    interval: Option<String>,
+    batch: Option<u32>,
 }
 
 /// What a token may do. Every role may also read; `admin` may do everything.
@@ -131,6 +143,40 @@ impl Default for DaemonSettings {
     }
 }
 
+/// How long the state database keeps what it no longer needs (see
+/// docs/operations.md, "State database retention"). `None`: kept for ever
+/// (`never` in the file). Rows of runs that are not finished are never pruned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// Check samples (`check_sample` events) of runs finished longer ago.
+    pub samples: Option<std::time::Duration>,
+    /// Every other event of runs finished longer ago.
+    pub events: Option<std::time::Duration>,
+    /// Notifications no longer pending (delivered, failed, dropped) of runs
+    /// finished longer ago.
+    pub notifications: Option<std::time::Duration>,
+    /// Audit rows older than this (except those of runs not yet finished).
+    pub audit: Option<std::time::Duration>,
+    /// How often the pruning task runs.
+    pub interval: std::time::Duration,
+    /// Rows deleted per statement (each in its own short transaction).
+    pub batch: i64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        RetentionSettings {
+            samples: Some(std::time::Duration::from_secs(14 * DAY)),
+            events: Some(std::time::Duration::from_secs(90 * DAY)),
+            notifications: Some(std::time::Duration::from_secs(30 * DAY)),
+            audit: Some(std::time::Duration::from_secs(180 * DAY)),
+            interval: std::time::Duration::from_secs(600),
+            batch: 1000,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTarget {
@@ -152,6 +198,8 @@ pub struct Config {
     pub tokens: Vec<Token>,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
+    /// What the daemon prunes from the state database, and when.
+    pub retention: RetentionSettings,
     /// Channels, escalation policies and delivery settings.
     pub notify: crate::notify::config::NotifyConfig,
 }
@@ -316,6 +364,7 @@ impl Config {
                 errors.push(Diagnostic::new(path, 0, 0, "daemon.poll_interval must be at most half of daemon.lease_timeout (leases are renewed every poll)".to_string()));
             }
         }
+        let retention = resolve_retention(path, raw.retention.as_ref(), &mut errors);
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
@@ -334,9 +383,60 @@ impl Config {
             tokens,
             log,
             daemon,
+            retention,
             notify,
         })
     }
+}
+
+/// `retention:`: each age is a duration or `never`; defaults for what is absent.
+fn resolve_retention(
+    path: &Path,
+    raw: Option<&RawRetention>,
+    errors: &mut Vec<Diagnostic>,
+) -> RetentionSettings {
+    let mut settings = RetentionSettings::default();
+    let Some(raw) = raw else {
+        return settings;
+    };
+    let mut error = |msg: String| errors.push(Diagnostic::new(path, 0, 0, msg));
+    let mut age = |key: &str, v: &Option<String>, slot: &mut Option<std::time::Duration>| {
+        let Some(v) = v else { return };
+        if v.trim() == "never" {
+            *slot = None;
+            return;
+        }
+        match crate::plan::duration::parse(v) {
+            Ok(x) if !x.is_zero() => *slot = Some(x),
+            Ok(_) => error(format!(
+                "retention.{key} must be > 0 (or `never` to keep for ever)"
+            )),
+            Err(e) => error(format!("retention.{key}: {e}")),
+        }
+    };
+    age("samples", &raw.samples, &mut settings.samples);
+    age("events", &raw.events, &mut settings.events);
+    age(
+        "notifications",
+        &raw.notifications,
+        &mut settings.notifications,
+    );
+    age("audit", &raw.audit, &mut settings.audit);
+    let mut interval = Some(settings.interval);
+    age("interval", &raw.interval, &mut interval);
+    match interval {
+        Some(i) => settings.interval = i,
+        None => errors.push(Diagnostic::new(
+            path,
+            0,
+            0,
+            "retention.interval must be a duration".to_string(),
+        )),
+    }
+    if let Some(b) = raw.batch {
+        settings.batch = i64::from(b.clamp(1, 100_000));
+    }
+    settings
 }
 
 fn first_line(s: &str) -> String {
@@ -394,7 +494,29 @@ pub fn expand_env(s: &str) -> Result<String, EnvError> {
 
 #[cfg(test)]
 mod tests {
-    use super::expand_env;
+    use super::{RawRetention, RetentionSettings, expand_env, resolve_retention};
+
+    #[test]
+    fn retention_has_defaults_never_and_refuses_zero() {
+        let path = std::path::Path::new("c.yaml");
+        let mut errors = Vec::new();
+        assert_eq!(
+            resolve_retention(path, None, &mut errors),
+            RetentionSettings::default()
+        );
+        let raw: RawRetention =
+            serde_saphyr::from_str("samples: 1s\naudit: never\ninterval: 200ms\nbatch: 10")
+                .unwrap();
+        let r = resolve_retention(path, Some(&raw), &mut errors);
+        assert!(errors.is_empty());
+        assert_eq!(r.samples, Some(std::time::Duration::from_secs(1)));
+        assert_eq!(r.audit, None);
+        assert_eq!(r.events, RetentionSettings::default().events);
+        assert_eq!((r.interval.as_millis(), r.batch), (200, 10));
+        let raw: RawRetention = serde_saphyr::from_str("events: 0s\ninterval: never").unwrap();
+        resolve_retention(path, Some(&raw), &mut errors);
+        assert_eq!(errors.len(), 2);
+    }
 
     #[test]
     fn expands_set_variables_and_refuses_unset_ones() {

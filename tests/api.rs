@@ -84,7 +84,12 @@ async fn start_with(stop: Option<tokio_util::sync::CancellationToken>) -> Api {
         None => api::router(shared),
     };
     tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
     let base = format!("http://{addr}");
     let http = reqwest::Client::builder()
@@ -220,6 +225,22 @@ impl Api {
             .unwrap()
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect()
+    }
+
+    /// The `count` of each audit row of unauthenticated requests, oldest first.
+    async fn unauthenticated_counts(&self) -> Vec<i32> {
+        self.db
+            .client()
+            .await
+            .query(
+                "SELECT count FROM audit WHERE actor = 'anonymous' AND status = 401 ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
             .collect()
     }
 
@@ -576,7 +597,9 @@ async fn without_a_valid_token_only_healthz_and_openapi_answer() {
             .filter(|a| a.0 == actor && a.3 == status)
             .count()
     };
-    assert_eq!(count("anonymous", 401), 5, "{audit:#?}");
+    // The five 401s came from one address within a minute: one row counts them.
+    assert_eq!(count("anonymous", 401), 1, "{audit:#?}");
+    assert_eq!(api.unauthenticated_counts().await, [5]);
     assert_eq!(count("reader", 403), 1, "{audit:#?}");
     assert_eq!(count("bob", 403), 1, "{audit:#?}");
     assert!(
@@ -585,6 +608,46 @@ async fn without_a_valid_token_only_healthz_and_openapi_answer() {
             .any(|a| a.0 == "reader" && a.1 == "submit" && a.3 == 403)
     );
     api.assert_no_secrets_stored().await;
+}
+
+/// A scan without a token: 200 refused requests, on several routes and over
+/// many connections at once, leave one audit row per source address and minute
+/// (one here, unless the scan straddled a minute), and its count says 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn unauthenticated_requests_are_counted_not_written_one_by_one() {
+    let api = start().await;
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..200usize {
+        let http = reqwest::Client::new();
+        let request = match i % 4 {
+            0 => http.get(api.url("/v1/runs")),
+            1 => http
+                .get(api.url("/v1/runs/0123456789ab"))
+                .bearer_auth("not-a-token"),
+            2 => http.post(api.url("/v1/runs/0123456789ab/abort")),
+            _ => http
+                .get(api.url("/v1/runs/0123456789ab/events"))
+                .header("authorization", "Basic dTpw"),
+        };
+        requests.spawn(async move { request.send().await.unwrap().status() });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    let counts = api.unauthenticated_counts().await;
+    assert!(!counts.is_empty() && counts.len() <= 2, "{counts:?}");
+    assert_eq!(counts.iter().sum::<i32>(), 200, "{counts:?}");
+    let sources: Vec<String> = api
+        .db
+        .client()
+        .await
+        .query("SELECT DISTINCT source FROM audit WHERE status = 401", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sources, ["127.0.0.1"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

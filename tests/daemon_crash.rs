@@ -98,6 +98,102 @@ async fn killed_mid_soak_the_restarted_daemon_continues_the_soak_where_it_was() 
     assert_eq!(history, 1);
 }
 
+/// Leases that would keep a restarted daemon waiting a long time.
+const LONG_LEASE: &str = "lease_timeout: 60s\npoll_interval: 300ms\nshutdown_timeout: 10s";
+
+/// Killed mid-soak and restarted under the same name, with its runs' leases far
+/// from expiring: the new process takes its own run back at once, under a new
+/// epoch, instead of waiting for its predecessor's lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn restarted_under_its_name_a_daemon_takes_its_runs_back_before_the_lease_expires() {
+    let env = Env::new(&["main"], LONG_LEASE).await;
+    let work = common::scratch_dir();
+    let (plan, set) = one_table(work.path(), "5s");
+    let mut daemon = env.start("d1").await;
+    let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_row(&run, "two samples checkpointed", |row| {
+        row["checkpoint"]["state"]["progress"]["samples_taken"].as_u64() >= Some(2)
+    })
+    .await;
+    daemon.kill9();
+    let row = env.run_row(&run).await;
+    let (owner, epoch) = (row["owner"].clone(), row["epoch"].as_i64().unwrap());
+    assert_eq!(owner, "d1", "{row}");
+    let lease_until = timestamp(&row["lease_until"]);
+
+    let _daemon = env.start("d1").await;
+    let events = env
+        .wait_for_events(&run, "the run resumed by the restarted daemon", |events| {
+            events
+                .iter()
+                .filter(|e| e["event"] == "run_resumed")
+                .count()
+                == 2
+        })
+        .await;
+    // Seen while the dead process's lease had not expired yet (the state
+    // database's clock, the one leases are written with).
+    let before_expiry: bool = env
+        .state
+        .client()
+        .await
+        .query_one("SELECT now() < $1", &[&lease_until])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(before_expiry, "resumed only after the old lease expired");
+    let resumed = events
+        .iter()
+        .rfind(|e| e["event"] == "run_resumed")
+        .unwrap();
+    assert_eq!(resumed["owner"], "d1", "{resumed}");
+    assert_eq!(resumed["epoch"], epoch + 1, "{resumed}");
+    assert_eq!(resumed["from_state"], "soaking", "{resumed}");
+    assert!(timestamp(&resumed["ts"]) < lease_until, "{resumed}");
+
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    let events = env.events(&run).await;
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "soak_finished")
+        .unwrap();
+    assert_eq!(finished["tallies"][0]["valid"], 10, "{finished}");
+}
+
+/// Two live processes misconfigured with one name: the second does not take
+/// the first's run (it would fence a live daemon); it says why in its log, and
+/// the run ends under the first's epoch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_live_process_with_the_same_name_does_not_take_the_runs() {
+    let env = Env::new(&["main"], LONG_LEASE).await;
+    let work = common::scratch_dir();
+    let (plan, set) = one_table(work.path(), "4s");
+    let first = env.start_as("first", "d1").await;
+    let run = Api::new(&first).submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_event(&run, "soak_started", MINUTE).await;
+
+    let second = env.start_as("second", "d1").await;
+    common::eventually("the second process's warning", || async {
+        second
+            .log_text()
+            .contains("another live process uses this daemon name")
+            .then_some(())
+    })
+    .await;
+    let row = env.wait_finished(&run, MINUTE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    assert_eq!(row["epoch"], 1, "{row}");
+    let resumed: Vec<Value> = env
+        .events(&run)
+        .await
+        .into_iter()
+        .filter(|e| e["event"] == "run_resumed")
+        .collect();
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    drop(first);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_between_migrations_nothing_is_applied_twice() {
     let env = Env::new(&["main"], SETTINGS).await;

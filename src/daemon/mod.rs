@@ -4,12 +4,17 @@
 //! - [`store`]: the state database (schema, leases with fencing, checkpoints, events).
 //! - [`scheduler`]: claims runs, renews leases, relays abort requests, takes over.
 //! - [`worker`]: drives one claimed run from its persisted checkpoint.
+//! - [`name_lock`]: which live process is daemon `name` (its runs are taken back
+//!   at once after a restart).
+//! - [`retention`]: prunes old events, samples, notifications and audit rows.
 //! - [`api`]: the HTTP API (axum), its auth and its audit trail.
 //! - [`metrics`]: Prometheus text for `GET /metrics`.
 //! - [`systemd`]: `sd_notify` readiness, watchdog and stopping messages.
 
 pub mod api;
 pub mod metrics;
+pub mod name_lock;
+pub mod retention;
 pub mod scheduler;
 pub mod shared;
 pub mod store;
@@ -88,12 +93,16 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
         shared.outbox.clone(),
         shutdown.clone(),
     ));
+    background.spawn(retention::run(shared.clone(), shutdown.clone()));
     background.close();
     let router = api::router_until(shared.clone(), shutdown.clone());
     let server = tokio::spawn(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future(),
     );
     systemd::ready();
     // A scheduler that stopped turning (wedged on something) gets the daemon

@@ -1,7 +1,9 @@
 //! The scheduler: every poll it renews this daemon's leases, relays abort
 //! requests to the runs they concern, and claims ready runs up to its capacity
 //! (one active run per target, in submission order; expired leases of dead
-//! daemons included: that is the takeover). On shutdown it stops claiming,
+//! daemons included: that is the takeover). Runs leased to this daemon's own
+//! name by a previous process of that name, gone now, are taken back at once
+//! (see [`crate::daemon::name_lock`]). On shutdown it stops claiming,
 //! lets each run reach a checkpoint, and releases the leases.
 
 use std::collections::HashMap;
@@ -11,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::daemon::name_lock::{Held, NameLock};
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store::{self, Lease};
 use crate::daemon::worker::{self, DriveEnd, Handles};
@@ -42,6 +45,12 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
     // claiming: they park at their next checkpoint.
     let park = CancellationToken::new();
     let mut draining_since: Option<Instant> = None;
+    let mut name = shared
+        .config
+        .state_database
+        .clone()
+        .map(|dsn| NameLock::new(dsn, &shared.node));
+    let mut warned_same_name = false;
     loop {
         shared.beat();
         if draining_since.is_none() && shutdown.is_cancelled() {
@@ -110,37 +119,43 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
 
         if draining_since.is_none() {
             let room = settings.max_active_runs as i64 - active.len() as i64;
-            match store::claim(&shared.pool, &shared.node, settings.lease_timeout, room).await {
-                Ok(claimed) => {
-                    for c in claimed {
-                        let id = c.lease.run_id.clone();
-                        if let Some(old) = active.remove(&id) {
-                            // Our own expired lease, reclaimed under a new epoch:
-                            // the old task is fenced and stops.
-                            let _ = old.handles.lost.send(true);
-                        }
-                        info!(run_id = %id, epoch = c.lease.epoch, previous_owner = ?c.previous_owner, "claimed run");
-                        let (handles, abort_rx, lost_rx) =
-                            worker::handles(c.abort_requested_by.is_some());
-                        active.insert(
-                            id.clone(),
-                            Active {
-                                lease: c.lease.clone(),
-                                handles,
-                            },
-                        );
-                        let shared = shared.clone();
-                        let park = park.clone();
-                        let key = (id, c.lease.epoch);
-                        let task_key = key.clone();
-                        let handle = tasks.spawn(async move {
-                            let end = worker::drive(shared, c, abort_rx, lost_rx, park).await;
-                            (task_key, end)
-                        });
-                        task_runs.insert(handle.id(), key);
-                    }
+            let taken_back = match name.as_mut() {
+                Some(name) => {
+                    take_back_own(&shared, name, &mut warned_same_name, &active, room).await
                 }
+                None => Vec::new(),
+            };
+            let room = room - taken_back.len() as i64;
+            let mut claimed = taken_back;
+            match store::claim(&shared.pool, &shared.node, settings.lease_timeout, room).await {
+                Ok(mut more) => claimed.append(&mut more),
                 Err(e) => warn!(error = %e, "cannot claim runs"),
+            }
+            for c in claimed {
+                let id = c.lease.run_id.clone();
+                if let Some(old) = active.remove(&id) {
+                    // Our own expired lease, reclaimed under a new epoch:
+                    // the old task is fenced and stops.
+                    let _ = old.handles.lost.send(true);
+                }
+                info!(run_id = %id, epoch = c.lease.epoch, previous_owner = ?c.previous_owner, "claimed run");
+                let (handles, abort_rx, lost_rx) = worker::handles(c.abort_requested_by.is_some());
+                active.insert(
+                    id.clone(),
+                    Active {
+                        lease: c.lease.clone(),
+                        handles,
+                    },
+                );
+                let shared = shared.clone();
+                let park = park.clone();
+                let key = (id, c.lease.epoch);
+                let task_key = key.clone();
+                let handle = tasks.spawn(async move {
+                    let end = worker::drive(shared, c, abort_rx, lost_rx, park).await;
+                    (task_key, end)
+                });
+                task_runs.insert(handle.id(), key);
             }
             if let Err(e) = store::seen(&shared.pool, &shared.node).await {
                 warn!(error = %e, "state database unreachable");
@@ -165,6 +180,56 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
     // replica (or the restart) picks the runs up without waiting for expiry.
     for a in active.values() {
         let _ = store::release(&shared.pool, &a.lease).await;
+    }
+}
+
+/// Runs leased to this daemon's name that no live process drives: taken back
+/// at once when this process has just taken the name's lock (see
+/// [`crate::daemon::name_lock`]). Nothing otherwise.
+async fn take_back_own(
+    shared: &SharedRef,
+    name: &mut NameLock,
+    warned_same_name: &mut bool,
+    active: &HashMap<String, Active>,
+    room: i64,
+) -> Vec<store::Claimed> {
+    match name.hold().await {
+        Ok(Held::Kept) => Vec::new(),
+        Ok(Held::Taken) => {
+            *warned_same_name = false;
+            let driving: Vec<String> = active.keys().cloned().collect();
+            let lease_timeout = shared.config.daemon.lease_timeout;
+            match store::take_back(&shared.pool, &shared.node, lease_timeout, &driving, room).await
+            {
+                Ok(runs) => {
+                    if !runs.is_empty() {
+                        info!(
+                            runs = runs.len(),
+                            "taking back the runs a previous process of this name left leased"
+                        );
+                    }
+                    runs
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot take back this name's runs; they resume when their leases expire");
+                    Vec::new()
+                }
+            }
+        }
+        Ok(Held::Elsewhere) => {
+            if !*warned_same_name {
+                *warned_same_name = true;
+                warn!(
+                    node = %shared.node,
+                    "another live process uses this daemon name: its runs are taken over only when their leases expire (give each daemon its own daemon.name)"
+                );
+            }
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot take the daemon name's lock");
+            Vec::new()
+        }
     }
 }
 

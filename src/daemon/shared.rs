@@ -24,6 +24,8 @@ pub struct Shared {
     pub scheduler_beat: AtomicU64,
     /// Notifications: the delivery workers' view of the config and their wake-up.
     pub outbox: Arc<Outbox>,
+    /// The open audit rows of unauthenticated requests, by source address.
+    pub unauthenticated: crate::daemon::api::audit::Unauthenticated,
 }
 
 impl Shared {
@@ -41,6 +43,7 @@ impl Shared {
             metrics: Metrics::new(),
             wake: Notify::new(),
             scheduler_beat: AtomicU64::new(now_ms()),
+            unauthenticated: Default::default(),
         }
     }
 

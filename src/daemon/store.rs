@@ -191,6 +191,59 @@ pub async fn claim(
         .collect())
 }
 
+/// Take back, under new epochs, the runs leased to `node` that this process
+/// does not drive (`driving`), without waiting for their leases to expire. Only
+/// for a process holding the name's lock ([`crate::daemon::name_lock`]): the
+/// process that held those leases is gone. The new epoch fences it all the same.
+pub async fn take_back(
+    pool: &Pool,
+    node: &str,
+    lease_timeout: Duration,
+    driving: &[String],
+    limit: i64,
+) -> Result<Vec<Claimed>, StoreError> {
+    if limit <= 0 {
+        return Ok(Vec::new());
+    }
+    let client = pool.get().await?;
+    let lease_ms = lease_timeout.as_millis() as f64;
+    let rows = client
+        .query(
+            "WITH mine AS (
+                 SELECT id FROM runs
+                  WHERE owner = $1 AND phase = 'active' AND NOT (id = ANY($3))
+                  ORDER BY seq
+                  LIMIT $4
+                  FOR UPDATE SKIP LOCKED)
+             UPDATE runs r
+                SET epoch = r.epoch + 1,
+                    lease_until = now() + $2 * interval '1 millisecond',
+                    updated_at = now()
+               FROM mine
+              WHERE r.id = mine.id
+          RETURNING r.id, r.epoch, r.target, r.plan_path, r.bundle, r.checkpoint,
+                    r.abort_requested_by",
+            &[&node, &lease_ms, &driving, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Claimed {
+            lease: Lease {
+                run_id: r.get(0),
+                owner: node.to_string(),
+                epoch: r.get(1),
+            },
+            target: r.get(2),
+            plan_path: r.get(3),
+            bundle: r.get(4),
+            checkpoint: r.get(5),
+            abort_requested_by: r.get(6),
+            previous_owner: Some(node.to_string()),
+        })
+        .collect())
+}
+
 /// What renewing a lease found.
 #[derive(Debug, Clone)]
 pub struct Renewed {

@@ -115,9 +115,20 @@ impl Env {
 
     /// Start a daemon called `name` and wait until it answers `/healthz`.
     pub async fn start(&self, name: &str) -> Daemon {
+        self.start_as(name, name).await
+    }
+
+    /// Start a process `label` (its config and log file) of daemon `name`: two
+    /// processes with one `daemon.name`.
+    pub async fn start_as(&self, label: &str, name: &str) -> Daemon {
         let port = free_port();
         let config = self.config(name, port);
-        let log = self.dir.path().join(format!("{name}.log"));
+        let config = {
+            let own = self.dir.path().join(format!("{label}.yaml"));
+            std::fs::rename(&config, &own).unwrap();
+            own
+        };
+        let log = self.dir.path().join(format!("{label}.log"));
         let child = Command::new(pgshepherd_bin())
             .args(["daemon", "--config"])
             .arg(&config)

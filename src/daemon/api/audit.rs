@@ -1,8 +1,25 @@
 //! The audit trail: every mutating request (submit, approve, abort, ack), whatever
-//! its outcome, and every refused request (401, 403), as one `audit` row and one
-//! log line. Rows name the actor by token name; no token text ever reaches them.
+//! its outcome, and every refused request (403), as one `audit` row and one log
+//! line. Rows name the actor by token name; no token text ever reaches them.
+//!
+//! Unauthenticated requests (401) are counted, not written one by one: a scan
+//! sends thousands, and each would have been a row. Each source address gets at
+//! most one row per minute (per daemon), whose `count` says how many 401s it
+//! stands for; the action and detail are those of the first. Every 401 is still
+//! one log line.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::daemon::shared::Shared;
+
+/// One audit row of 401s per source address stands for this long at most.
+pub const UNAUTHENTICATED_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses tracked at once; past this, the rest share the source `other`
+/// (a scan from a whole network must not grow the map without bound).
+const MAX_SOURCES: usize = 10_000;
 
 /// Longest `detail` kept; a long list of plan errors is cut, not stored whole.
 const MAX_DETAIL: usize = 2000;
@@ -48,6 +65,169 @@ pub async fn record(
     }
 }
 
+/// The open 401 rows of this daemon, by source address.
+#[derive(Default)]
+pub struct Unauthenticated {
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+struct Window {
+    started: Instant,
+    /// The audit row, once inserted.
+    row: Option<i64>,
+    /// A request is inserting the row; it adds what was counted meanwhile.
+    inserting: bool,
+    /// Counted, not yet added to the row.
+    unflushed: i32,
+}
+
+/// What one request must write after counting itself.
+enum Flush {
+    Insert(i32),
+    Add(i64, i32),
+    /// Another request's write carries this one's count.
+    Nothing,
+}
+
+impl Unauthenticated {
+    /// Count one 401 from `source`; the caller writes what it is told to.
+    fn count(&self, source: &str) -> Flush {
+        let Ok(mut windows) = self.windows.lock() else {
+            return Flush::Insert(1);
+        };
+        if windows.len() >= MAX_SOURCES && !windows.contains_key(source) {
+            windows.retain(|_, w| w.inserting || w.started.elapsed() < UNAUTHENTICATED_WINDOW);
+        }
+        let key = if windows.len() >= MAX_SOURCES && !windows.contains_key(source) {
+            "other"
+        } else {
+            source
+        };
+        let window = windows.entry(key.to_string()).or_insert_with(Window::new);
+        // A window whose row is still being inserted is not replaced: the
+        // inserter adds what it counted.
+        if !window.inserting && window.started.elapsed() >= UNAUTHENTICATED_WINDOW {
+            *window = Window::new();
+        }
+        window.unflushed += 1;
+        window.take()
+    }
+
+    /// The row of `source`'s window was inserted (`row`) or could not be
+    /// (`None`): what else to add to it.
+    fn inserted(&self, source: &str, row: Option<i64>) -> Flush {
+        let Ok(mut windows) = self.windows.lock() else {
+            return Flush::Nothing;
+        };
+        let Some(window) = windows.get_mut(source).filter(|w| w.inserting) else {
+            return Flush::Nothing;
+        };
+        window.inserting = false;
+        window.row = row;
+        window.take()
+    }
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            started: Instant::now(),
+            row: None,
+            inserting: false,
+            unflushed: 0,
+        }
+    }
+
+    fn take(&mut self) -> Flush {
+        if self.unflushed == 0 || self.inserting {
+            return Flush::Nothing;
+        }
+        let n = std::mem::take(&mut self.unflushed);
+        match self.row {
+            Some(row) => Flush::Add(row, n),
+            None => {
+                self.inserting = true;
+                Flush::Insert(n)
+            }
+        }
+    }
+}
+
+/// Record one unauthenticated request from `source` (see the module comment).
+pub async fn record_unauthenticated(
+    shared: &Shared,
+    source: Option<IpAddr>,
+    action: &str,
+    detail: &str,
+) {
+    let source = source.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    let detail = truncate(detail, MAX_DETAIL);
+    tracing::info!(actor = "anonymous", action, status = 401, %source, detail, "api audit");
+    let mut flush = shared.unauthenticated.count(&source);
+    loop {
+        let written = match flush {
+            Flush::Nothing => return,
+            Flush::Insert(n) => {
+                let row = with_timeout(async {
+                    let client = shared
+                        .pool
+                        .get()
+                        .await
+                        .map_err(|e| crate::pg::error_text(&e))?;
+                    client
+                        .query_one(
+                            "INSERT INTO audit (actor, action, status, detail, source, count)
+                             VALUES ('anonymous', $1, 401, $2, $3, $4) RETURNING id",
+                            &[&action, &detail, &source, &n],
+                        )
+                        .await
+                        .map(|r| r.get::<_, i64>(0))
+                        .map_err(|e| crate::pg::server_message(&e))
+                })
+                .await;
+                let next = shared
+                    .unauthenticated
+                    .inserted(&source, row.as_ref().ok().copied());
+                let result = row.map(|_| ());
+                flush = next;
+                result
+            }
+            Flush::Add(row, n) => {
+                flush = Flush::Nothing;
+                with_timeout(async {
+                    let client = shared
+                        .pool
+                        .get()
+                        .await
+                        .map_err(|e| crate::pg::error_text(&e))?;
+                    client
+                        .execute(
+                            "UPDATE audit SET count = count + $2 WHERE id = $1",
+                            &[&row, &n],
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| crate::pg::server_message(&e))
+                })
+                .await
+            }
+        };
+        if let Err(error) = written {
+            tracing::error!(actor = "anonymous", action, status = 401, %source, %error, "could not write the audit row");
+        }
+    }
+}
+
+async fn with_timeout<T>(write: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "the state database did not answer within {}s",
+            WRITE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
@@ -61,7 +241,23 @@ fn truncate(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::truncate;
+    use super::{Flush, Unauthenticated, truncate};
+
+    #[test]
+    fn one_insert_per_source_then_counts_added_to_it() {
+        let u = Unauthenticated::default();
+        assert!(matches!(u.count("a"), Flush::Insert(1)));
+        // While the row is being inserted, others only count.
+        assert!(matches!(u.count("a"), Flush::Nothing));
+        assert!(matches!(u.count("a"), Flush::Nothing));
+        assert!(matches!(u.count("b"), Flush::Insert(1)));
+        // The inserter adds what was counted meanwhile.
+        assert!(matches!(u.inserted("a", Some(7)), Flush::Add(7, 2)));
+        assert!(matches!(u.count("a"), Flush::Add(7, 1)));
+        // A failed insert is retried by the next request, with its count only.
+        assert!(matches!(u.inserted("b", None), Flush::Nothing));
+        assert!(matches!(u.count("b"), Flush::Insert(1)));
+    }
 
     #[test]
     fn truncates_on_a_character_boundary() {

@@ -13,9 +13,10 @@
 //!    all at once take the memory of 8 MiB each.
 
 use std::any::Any;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
@@ -82,7 +83,9 @@ pub const ROUTES: &[RouteSpec] = &[
     HEALTHZ, METRICS, OPENAPI, SUBMIT, LIST, SHOW, EVENTS, APPROVE, ABORT, ACK,
 ];
 
-/// The whole API, ready for `axum::serve`. Event streams stay open until their
+/// The whole API, ready for `axum::serve` (with
+/// `into_make_service_with_connect_info::<SocketAddr>()`, so that unauthenticated
+/// requests are audited by source address). Event streams stay open until their
 /// run finishes; see [`router_until`] to end them at shutdown.
 pub fn router(shared: SharedRef) -> Router {
     router_with(shared, StopSignal::never())
@@ -225,6 +228,12 @@ async fn observe(State(shared): State<SharedRef>, mut request: Request, next: Ne
     let matched = classify(request.method(), request.uri().path());
     let actor = ActorSlot::default();
     request.extensions_mut().insert(actor.clone());
+    // The peer address (served with connect info); not a forwarded header,
+    // which anyone can write.
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
 
     let span = tracing::info_span!("api", route = matched.template);
     let response = next.run(request).instrument(span).await;
@@ -246,8 +255,26 @@ async fn observe(State(shared): State<SharedRef>, mut request: Request, next: Ne
             .extensions()
             .get::<AuditDetail>()
             .map_or(String::new(), |d| d.0.clone());
-        let actor = actor.get().unwrap_or_else(|| "anonymous".to_string());
-        audit::record(&shared, &actor, action, run_id.as_deref(), status, &detail).await;
+        match actor.get() {
+            Some(actor) => {
+                audit::record(&shared, &actor, action, run_id.as_deref(), status, &detail).await
+            }
+            // Unauthenticated: counted per source address and minute.
+            None if status == 401 => {
+                audit::record_unauthenticated(&shared, source, action, &detail).await
+            }
+            None => {
+                audit::record(
+                    &shared,
+                    "anonymous",
+                    action,
+                    run_id.as_deref(),
+                    status,
+                    &detail,
+                )
+                .await
+            }
+        }
     }
     response
 }
