@@ -289,6 +289,50 @@ async fn breach_restores_the_verified_backup_when_the_plan_allows_data_loss() {
     assert_eq!(history_versions(&s.db).await, Vec::<i64>::new());
 }
 
+/// Issue 10: two databases run through the same plan (one target name) with
+/// `--database-url` and `keep: 1`. The second database's run must not delete the
+/// first one's only backup: retention goes by the database, not the target name.
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_one_on_one_database_leaves_another_databases_only_backup() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let other = common::fresh_db().await;
+    other.execute(TABLE_SETUP).await;
+    let plan = s.plan(&format!(
+        "{}backup:\n  keep: 1\n",
+        soak(1, QUIET_CHECK).replace("backup:\n  keep: 2\n", "")
+    ));
+
+    let first = s.run(&plan, &[]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let kx_manifest = first.named("backup_verified")[0]["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = s.run_at(&other.url, &plan, &[]).await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let ky_manifest = second.named("backup_verified")[0]["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    assert!(
+        second.named("backup_pruned").is_empty(),
+        "{:?}",
+        second.named("backup_pruned")
+    );
+    for (manifest, db) in [(&kx_manifest, &s.db), (&ky_manifest, &other)] {
+        let text: Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+        assert_eq!(text["target"], "testdb", "one target name");
+        assert_eq!(text["database"]["name"], db.name.as_str(), "{text}");
+        assert!(text["database"]["system_identifier"].is_string(), "{text}");
+        assert!(
+            std::path::Path::new(text["path"].as_str().unwrap()).exists(),
+            "{text}"
+        );
+    }
+}
+
 /// A managed-database-style role: not a superuser, owns the database (so schema
 /// `public`) and `accounts`, may create trusted extensions but not others. The
 /// test cluster trusts every role on loopback. Returns the role's URL.
