@@ -289,7 +289,7 @@ async fn retention_keeps_the_newest_n() {
     // Somebody else's file in the target directory is never touched.
     fs::write(dir.path().join("orders-db/README"), "not a backup").unwrap();
 
-    let mut removed = backup::prune(dir.path(), "orders-db", 2).await.unwrap();
+    let mut removed = backup::prune(dir.path(), &taken[3], 2).await.unwrap();
     removed.sort();
     let mut expected = vec![
         taken[0].path.clone(),
@@ -304,18 +304,96 @@ async fn retention_keeps_the_newest_n() {
     }
     assert!(dir.path().join("orders-db/README").exists());
     assert!(
-        backup::prune(dir.path(), "orders-db", 2)
+        backup::prune(dir.path(), &taken[3], 2)
             .await
             .unwrap()
             .is_empty(),
         "pruning is idempotent"
     );
+}
+
+/// Issue 10: `run --database-url` points one plan (one target name) at any
+/// database, so retention must go by the database, not by the target name: a
+/// `keep: 1` backup of `ky` must not delete the only backup of `kx`, nor a backup
+/// written before manifests recorded their database.
+#[tokio::test]
+async fn retention_never_deletes_another_databases_backups() {
+    let kx = common::fresh_db().await;
+    let ky = common::fresh_db().await;
+    kx.execute("CREATE TABLE t (id int)").await;
+    ky.execute("CREATE TABLE t (id int)").await;
+    let dir = common::scratch_dir();
+    let s = settings(BackupFormat::Custom, 1);
+
+    let only_kx = take(&kx, dir.path(), "kx-1", &s).await;
+    let kx_id = only_kx
+        .manifest
+        .database
+        .clone()
+        .expect("a fresh manifest records its database");
+    assert_eq!(kx_id.name, kx.name);
+    // The harness's role is a superuser, and PUBLIC may read pg_control_system()
+    // anyway: the cluster is known by its system identifier, not its address.
+    let system_identifier = kx_id
+        .system_identifier
+        .clone()
+        .expect("system identifier read");
+    assert!(kx_id.server.is_none());
     assert!(
-        backup::prune(dir.path(), "no-such-target", 2)
+        system_identifier.parse::<u64>().is_ok(),
+        "{system_identifier}"
+    );
+
+    // A backup from before the identity was recorded: the same manifest without
+    // the `database` key, as the previous version wrote it. It still loads.
+    let legacy = take(&kx, dir.path(), "legacy-1", &s).await;
+    let mut text: serde_json::Value =
+        serde_json::from_slice(&fs::read(&legacy.manifest_path).unwrap()).unwrap();
+    text.as_object_mut().unwrap().remove("database");
+    fs::write(
+        &legacy.manifest_path,
+        serde_json::to_vec_pretty(&text).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        Backup::load(&legacy.manifest_path)
+            .unwrap()
+            .manifest
+            .database,
+        None
+    );
+
+    // Two backups of ky under the same target name, keep 1.
+    let old_ky = take(&ky, dir.path(), "ky-1", &s).await;
+    let new_ky = take(&ky, dir.path(), "ky-2", &s).await;
+    let ky_id = new_ky.manifest.database.clone().unwrap();
+    assert_eq!(
+        ky_id.system_identifier, kx_id.system_identifier,
+        "one cluster"
+    );
+    assert_ne!(ky_id, kx_id, "two databases");
+
+    let mut removed = backup::prune(dir.path(), &new_ky, 1).await.unwrap();
+    removed.sort();
+    let mut expected = vec![old_ky.path.clone(), old_ky.manifest_path.clone()];
+    expected.sort();
+    assert_eq!(removed, expected, "only ky's older backup goes");
+    for kept in [&only_kx, &legacy, &new_ky] {
+        assert!(
+            kept.path.exists() && kept.manifest_path.exists(),
+            "{}",
+            kept.path.display()
+        );
+    }
+    // Pruning from kx's side, keep 1: kx has one identified backup; the legacy one
+    // (whose database is unknown) stays too.
+    assert!(
+        backup::prune(dir.path(), &only_kx, 1)
             .await
             .unwrap()
             .is_empty()
     );
+    assert!(legacy.manifest_path.exists());
 }
 
 #[tokio::test]
@@ -516,12 +594,7 @@ async fn directory_format_with_two_jobs() {
         "{err}"
     );
 
-    assert!(
-        backup::prune(dir.path(), "orders-db", 1)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(backup::prune(dir.path(), &b, 1).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -78,8 +78,13 @@ impl Scenario {
     }
 
     async fn run(&self, plan: &PathBuf, extra: &[&str]) -> Outcome {
+        self.run_at(&self.db.url, plan, extra).await
+    }
+
+    /// Run against `url` (this scenario's database, as another role).
+    async fn run_at(&self, url: &str, plan: &PathBuf, extra: &[&str]) -> Outcome {
         let out = self
-            .command(plan, extra)
+            .command_at(url, plan, extra)
             .output()
             .await
             .expect("run pgshepherd");
@@ -87,16 +92,14 @@ impl Scenario {
     }
 
     fn command(&self, plan: &PathBuf, extra: &[&str]) -> tokio::process::Command {
+        self.command_at(&self.db.url, plan, extra)
+    }
+
+    fn command_at(&self, url: &str, plan: &PathBuf, extra: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(common::pgshepherd_bin());
         cmd.arg("run")
             .arg(plan)
-            .args([
-                "--database-url",
-                &self.db.url,
-                "--now",
-                "--json",
-                "--backup-dir",
-            ])
+            .args(["--database-url", url, "--now", "--json", "--backup-dir"])
             .arg(self.dir.path().join("backups"))
             .args(extra)
             .stdout(Stdio::piped())
@@ -284,6 +287,163 @@ async fn breach_restores_the_verified_backup_when_the_plan_allows_data_loss() {
     assert!(!column_exists(&s.db, "accounts", "created_at").await);
     assert_eq!(s.db.row_count("accounts").await, 500);
     assert_eq!(history_versions(&s.db).await, Vec::<i64>::new());
+}
+
+/// Issue 10: two databases run through the same plan (one target name) with
+/// `--database-url` and `keep: 1`. The second database's run must not delete the
+/// first one's only backup: retention goes by the database, not the target name.
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_one_on_one_database_leaves_another_databases_only_backup() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let other = common::fresh_db().await;
+    other.execute(TABLE_SETUP).await;
+    let plan = s.plan(&format!(
+        "{}backup:\n  keep: 1\n",
+        soak(1, QUIET_CHECK).replace("backup:\n  keep: 2\n", "")
+    ));
+
+    let first = s.run(&plan, &[]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let kx_manifest = first.named("backup_verified")[0]["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = s.run_at(&other.url, &plan, &[]).await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let ky_manifest = second.named("backup_verified")[0]["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    assert!(
+        second.named("backup_pruned").is_empty(),
+        "{:?}",
+        second.named("backup_pruned")
+    );
+    for (manifest, db) in [(&kx_manifest, &s.db), (&ky_manifest, &other)] {
+        let text: Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+        assert_eq!(text["target"], "testdb", "one target name");
+        assert_eq!(text["database"]["name"], db.name.as_str(), "{text}");
+        assert!(text["database"]["system_identifier"].is_string(), "{text}");
+        assert!(
+            std::path::Path::new(text["path"].as_str().unwrap()).exists(),
+            "{text}"
+        );
+    }
+}
+
+/// A managed-database-style role: not a superuser, owns the database (so schema
+/// `public`) and `accounts`, may create trusted extensions but not others. The
+/// test cluster trusts every role on loopback. Returns the role's URL.
+async fn non_superuser_owner(db: &TestDb) -> String {
+    let role = format!("app_{}", db.name.split('_').next().unwrap());
+    db.execute(&format!(
+        "CREATE ROLE {role} LOGIN; ALTER DATABASE \"{}\" OWNER TO {role}; ALTER TABLE accounts OWNER TO {role};",
+        db.name
+    ))
+    .await;
+    db.url.replacen("postgres@", &format!("{role}@"), 1)
+}
+
+/// Issue 10: a restore the role cannot perform (an untrusted extension in the
+/// archive, a schema it does not own) is found by the dry run and refuses the run
+/// before anything changes, naming what is missing, instead of failing after the
+/// migration and leaving the target migrated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_the_role_cannot_perform_stops_the_run_before_any_change() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let url = non_superuser_owner(&s.db).await;
+    // Installed by a superuser, as a provider would: the role cannot create it.
+    s.db.execute("CREATE EXTENSION pg_buffercache; CREATE SCHEMA audit; CREATE TABLE audit.trail (at timestamptz)")
+        .await;
+    let plan = s.plan(&format!(
+        "{}rollback:\n  strategy: restore\n  allow_data_loss: true\n  confirm: 1s\n",
+        soak(4, AUDIT_LOG_ABSENT)
+    ));
+
+    let dry = s.run_at(&url, &plan, &["--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let rollback = &dry.named("dry_run")[0]["report"]["rollback"];
+    assert_eq!(rollback["ready"], false, "{rollback}");
+    let problems = rollback["restore"]["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(
+            |p| p["problem"] == "extension_not_creatable" && p["extension"] == "pg_buffercache"
+        ),
+        "{rollback}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["problem"] == "schema_not_owned" && p["schema"] == "audit"),
+        "{rollback}"
+    );
+    assert!(dry.stderr.contains("restore NOT ready"), "{}", dry.stderr);
+
+    let out = s.run_at(&url, &plan, &[]).await;
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert_eq!(out.outcome(), "stopped");
+    let reason = out.reason();
+    for named in [
+        "pg_buffercache",
+        "only a superuser may create it",
+        "schema audit is owned by postgres",
+    ] {
+        assert!(reason.contains(named), "{named} not in: {reason}");
+    }
+    assert!(
+        out.named("backup_started").is_empty(),
+        "stopped before the backup"
+    );
+    assert!(out.named("migration_started").is_empty());
+    assert!(!s.db.table_exists("audit_log").await);
+    assert!(!column_exists(&s.db, "accounts", "created_at").await);
+    assert_eq!(history_versions(&s.db).await, Vec::<i64>::new());
+    assert_eq!(
+        s.db.query_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgshepherd'")
+            .await,
+        0
+    );
+}
+
+/// The other side: the same kind of role with only a trusted extension can
+/// restore, so the check lets it through, the breach is undone by the restore,
+/// and the run says that the extension's owner changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_superuser_that_can_restore_is_let_through_and_told_of_the_owner_change() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let url = non_superuser_owner(&s.db).await;
+    s.db.execute("CREATE EXTENSION citext").await;
+    let plan = s.plan(&format!(
+        "{}rollback:\n  strategy: restore\n  allow_data_loss: true\n  confirm: 1s\n",
+        soak(4, AUDIT_LOG_ABSENT)
+    ));
+    let dry = s.run_at(&url, &plan, &["--dry-run"]).await;
+    let rollback = &dry.named("dry_run")[0]["report"]["rollback"];
+    assert_eq!(rollback["ready"], true, "{rollback}");
+    assert_eq!(
+        rollback["restore"]["owner_changes"][0]["extension"], "citext",
+        "{rollback}"
+    );
+
+    let out = s.run_at(&url, &plan, &[]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let restored = out.named("backup_restored");
+    assert_eq!(restored.len(), 1);
+    let change = &restored[0]["extension_owner_changes"][0];
+    assert_eq!(change["extension"], "citext", "{}", restored[0]);
+    assert_eq!(change["owner_before"], "postgres");
+    assert!(!s.db.table_exists("audit_log").await);
+    assert_eq!(s.db.row_count("accounts").await, 500);
+    assert_eq!(
+        s.db.query_i64("SELECT count(*) FROM pg_extension WHERE extname = 'citext' AND extowner::regrole::text <> 'postgres'")
+            .await,
+        1,
+        "the restoring role owns the extension now"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

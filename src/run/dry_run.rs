@@ -6,12 +6,19 @@ use serde_json::{Value, json};
 use crate::migrations::Migration;
 use crate::plan::RollbackStrategy;
 use crate::steps::StepContext;
+use crate::steps::backup::Readiness;
 use crate::steps::soak::Monitor;
 
 /// The pending migrations with their SQL and directives, the rollback strategy and
-/// whether every down script exists, the checks with their thresholds, and the
-/// baseline each check measures right now.
-pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i64]) -> Value {
+/// whether it can work (every down script exists; for `restore`, what the
+/// target's role would lack to restore a backup, `restore`), the checks with their
+/// thresholds, and the baseline each check measures right now.
+pub async fn report(
+    ctx: &StepContext<'_>,
+    pending: &[&Migration],
+    applied: &[i64],
+    restore: Option<&Readiness>,
+) -> Value {
     let plan = ctx.plan;
     let migrations: Vec<Value> = pending
         .iter()
@@ -47,7 +54,11 @@ pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i6
         .collect();
     let rollback_ready = match plan.rollback.strategy {
         RollbackStrategy::Down => missing_down.is_empty(),
-        RollbackStrategy::Restore => plan.backup.enabled && plan.rollback.allow_data_loss,
+        RollbackStrategy::Restore => {
+            plan.backup.enabled
+                && plan.rollback.allow_data_loss
+                && restore.is_none_or(Readiness::ready)
+        }
         RollbackStrategy::Hold => true,
     };
     ctx.events.progress(&format!(
@@ -56,6 +67,15 @@ pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i6
         plan.rollback.strategy.as_str(),
         if rollback_ready { "ready" } else { "NOT ready" }
     ));
+    if let Some(readiness) = restore {
+        for problem in &readiness.problems {
+            ctx.events
+                .progress(&format!("  restore NOT ready: {problem}"));
+        }
+        for change in &readiness.owner_changes {
+            ctx.events.progress(&format!("  note: {change}"));
+        }
+    }
     for m in pending {
         ctx.events.progress(&format!(
             "  would apply {}{}{}:\n{}",
@@ -98,6 +118,7 @@ pub async fn report(ctx: &StepContext<'_>, pending: &[&Migration], applied: &[i6
             "allow_data_loss": plan.rollback.allow_data_loss,
             "missing_down_scripts": missing_down,
             "ready": rollback_ready,
+            "restore": restore,
             "confirm_s": plan.rollback.confirm.as_secs_f64(),
         },
         "backup": plan.backup,

@@ -264,6 +264,9 @@ pub enum EventKind {
         path: String,
         sha256: String,
         duration_ms: u64,
+        /// Extensions the restore created again, now owned by the target's role.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        extension_owner_changes: Vec<crate::steps::backup::ExtensionOwnerChange>,
     },
     RollbackFinished {
         strategy: RollbackStrategy,
@@ -621,6 +624,7 @@ pub(crate) mod samples {
                 path: s("/backups/a.dump"),
                 sha256: s("0123456789abcdef"),
                 duration_ms: 2000,
+                extension_owner_changes: Vec::new(),
             },
             RollbackFinished {
                 strategy: RollbackStrategy::Down,

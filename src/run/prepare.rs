@@ -198,11 +198,7 @@ impl Runner<'_> {
 
     /// Stop before any change, on purpose or by circumstance (exit 5).
     async fn stop(&self, reason: String) -> crate::run::Finished {
-        self.end(Input::Stop {
-            reason,
-            exit_code: 5,
-        })
-        .await
+        self.stop_before_change(reason).await
     }
 
     fn window_closed(&self) -> bool {
@@ -305,7 +301,7 @@ impl Runner<'_> {
                 duration_ms: verify_started.elapsed().as_millis() as u64,
             },
         );
-        match backup::prune(&self.ctx.backup_dir, &self.opts.target, plan.backup.keep).await {
+        match backup::prune(&self.ctx.backup_dir, &backup, plan.backup.keep).await {
             Ok(removed) if !removed.is_empty() => self.ctx.emit(
                 Step::Backup,
                 EventKind::BackupPruned {

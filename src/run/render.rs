@@ -203,8 +203,17 @@ pub fn text(event: &Event) -> String {
             format!("undone by {} in {} ms", report.file, report.duration_ms)
         }
         BackupRestored {
-            path, duration_ms, ..
-        } => format!("restored {path} ({duration_ms} ms)"),
+            path,
+            duration_ms,
+            extension_owner_changes,
+            ..
+        } => {
+            let mut line = format!("restored {path} ({duration_ms} ms)");
+            for change in extension_owner_changes {
+                line.push_str(&format!("; {change}"));
+            }
+            line
+        }
         RollbackFinished {
             applied,
             at_starting_version,

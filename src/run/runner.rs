@@ -18,7 +18,7 @@ use crate::migrations::Migration;
 use crate::migrations::history::{self, HistoryError};
 use crate::pg::cluster::PgBinaries;
 use crate::pg::{Dsn, TargetLock};
-use crate::plan::Plan;
+use crate::plan::{Plan, RollbackStrategy};
 use crate::run::checkpoint::{Checkpoint, RunFacts};
 use crate::run::driver::{Finished, Lifecycle};
 use crate::run::dry_run;
@@ -94,6 +94,15 @@ impl<'a> Runner<'a> {
             starting: Vec::new(),
             backup: None,
         }
+    }
+
+    /// Stop before any change, on purpose or by circumstance (exit 5).
+    pub(crate) async fn stop_before_change(&self, reason: String) -> Finished {
+        self.end(Input::Stop {
+            reason,
+            exit_code: 5,
+        })
+        .await
     }
 
     /// Feed `input` to the lifecycle; the run's end when it ends the run. For
@@ -312,6 +321,14 @@ impl<'a> Runner<'a> {
             Ok(rows) => history::reconcile(&plan.migrations, &rows),
             Err(e) => Err(HistoryError::Query(e)),
         };
+        // A `restore` rollback that cannot work must be found now, not after the
+        // migration, when the target is already changed (issue 10).
+        let restore = match plan.rollback.strategy {
+            RollbackStrategy::Restore if status.is_ok() => {
+                Some(backup::check_restore(&client, self.ctx.dsn).await)
+            }
+            _ => None,
+        };
         drop(client);
         let status = match status {
             Ok(s) => s,
@@ -339,8 +356,22 @@ impl<'a> Runner<'a> {
                 dry_run: self.opts.dry_run,
             },
         );
+        let restore = match restore {
+            None => None,
+            Some(Ok(readiness)) => Some(readiness),
+            Some(Err(e)) => {
+                let reason = format!("cannot tell whether the backup could be restored: {e}");
+                return Err(self
+                    .end(Input::Stop {
+                        reason,
+                        exit_code: 1,
+                    })
+                    .await);
+            }
+        };
         if self.opts.dry_run {
-            let report = dry_run::report(&self.ctx, &pending, &status.applied).await;
+            let report =
+                dry_run::report(&self.ctx, &pending, &status.applied, restore.as_ref()).await;
             self.ctx
                 .events
                 .emit(Some(Step::Preflight), EventKind::DryRun { report });
@@ -355,6 +386,23 @@ impl<'a> Runner<'a> {
                 .unwrap_or_else(|| "no version".into());
             let reason = format!("nothing to apply: the target is already at {at}");
             return Err(self.end(Input::NothingToDo { reason }).await);
+        }
+        if let Some(readiness) = &restore {
+            if !readiness.ready() {
+                // Exit 5, not 2: the plan and its set are valid (`check` passes);
+                // what is missing is a privilege on the live target, a
+                // circumstance like a held lock or a backup pg_dump cannot read.
+                let reason = format!(
+                    "rollback strategy restore cannot work for role {}: {}; nothing was changed \
+                     (grant what is missing, or use rollback strategy down)",
+                    readiness.role,
+                    readiness.explain()
+                );
+                return Err(self.stop_before_change(reason).await);
+            }
+            for change in &readiness.owner_changes {
+                self.ctx.events.progress(&format!("  note: {change}"));
+            }
         }
         Ok(pending.iter().map(|m| m.version).collect())
     }

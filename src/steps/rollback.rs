@@ -65,7 +65,7 @@ pub async fn roll_back(
             let backup = backup.ok_or(RollbackError::NoBackup)?;
             let bins = ctx.bins.ok_or(RollbackError::NoTools)?;
             let started = Instant::now();
-            backup::restore(bins, ctx.dsn, backup, ctx.plan.lock.lock_timeout)
+            let report = backup::restore(bins, ctx.dsn, backup, ctx.plan.lock.lock_timeout)
                 .await
                 .map_err(|source| RollbackError::Restore {
                     path: backup.path.display().to_string(),
@@ -77,6 +77,7 @@ pub async fn roll_back(
                     path: backup.path.display().to_string(),
                     sha256: backup.manifest.sha256.clone(),
                     duration_ms: started.elapsed().as_millis() as u64,
+                    extension_owner_changes: report.extension_owner_changes,
                 },
             );
             life.apply(Input::Restored)

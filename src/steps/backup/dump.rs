@@ -19,7 +19,7 @@ use super::files::{
 use super::manifest::{MANIFEST_SUFFIX, write_manifest};
 use super::retention::discard_partial;
 use super::tool::{APPLICATION_NAME, read_text, spawn, tool};
-use super::{ArchiveFormat, Backup, BackupError, FileDigest, Manifest};
+use super::{ArchiveFormat, Backup, BackupError, DatabaseIdentity, FileDigest, Manifest};
 use crate::pg::Dsn;
 use crate::pg::cluster::PgBinaries;
 use crate::plan::BackupSettings;
@@ -69,7 +69,7 @@ pub async fn take(
     })
     .await?;
 
-    let (server_version, tables) = inventory(dsn).await?;
+    let (server_version, tables, database) = inventory(dsn).await?;
 
     let created_at = Utc::now();
     let stem = format!(
@@ -129,6 +129,7 @@ pub async fn take(
         jobs,
         applied_versions: applied_versions.to_vec(),
         tables,
+        database: Some(database),
     };
     let manifest = {
         let path = manifest_path.clone();
@@ -154,9 +155,10 @@ pub async fn take(
     })
 }
 
-/// The server version and the ordinary tables whose data pg_dump will write
-/// (extension members are left out: pg_dump dumps only their definitions).
-async fn inventory(dsn: &Dsn) -> Result<(String, Vec<String>), BackupError> {
+/// The server version, the ordinary tables whose data pg_dump will write
+/// (extension members are left out: pg_dump dumps only their definitions) and the
+/// database's identity.
+async fn inventory(dsn: &Dsn) -> Result<(String, Vec<String>, DatabaseIdentity), BackupError> {
     let client = dsn
         .connect(APPLICATION_NAME, &[("statement_timeout", "60s")])
         .await
@@ -172,11 +174,40 @@ async fn inventory(dsn: &Dsn) -> Result<(String, Vec<String>), BackupError> {
             source,
         }
     };
-    let version: String = client
-        .query_one("SELECT current_setting('server_version')", &[])
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_database(), \
+                    coalesce(host(inet_server_addr()), 'local') || ':' || current_setting('port')",
+            &[],
+        )
         .await
-        .map_err(query_err("reading the server version"))?
-        .get(0);
+        .map_err(query_err("reading the server version"))?;
+    let version: String = row.get(0);
+    // PUBLIC may execute pg_control_system() unless the provider revoked it; any
+    // error here (permission denied, no such function on a fork) means "unknown",
+    // and the address stands in for the cluster (see DatabaseIdentity).
+    let system_identifier = client
+        .query_one(
+            "SELECT system_identifier::text FROM pg_catalog.pg_control_system()",
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, Option<String>>(0));
+    if system_identifier.is_none() {
+        tracing::info!(
+            "pg_control_system() is not readable by this role: backups of this database are told apart by \
+             server address and database name"
+        );
+    }
+    let database = DatabaseIdentity {
+        server: match system_identifier {
+            Some(_) => None,
+            None => Some(row.get(2)),
+        },
+        system_identifier,
+        name: row.get(1),
+    };
     let rows = client
         .query(
             r"SELECT format('%I.%I', n.nspname, c.relname)
@@ -194,7 +225,7 @@ async fn inventory(dsn: &Dsn) -> Result<(String, Vec<String>), BackupError> {
         )
         .await
         .map_err(query_err("listing tables before the backup"))?;
-    Ok((version, rows.iter().map(|r| r.get(0)).collect()))
+    Ok((version, rows.iter().map(|r| r.get(0)).collect(), database))
 }
 
 /// Size and hash of an archive.

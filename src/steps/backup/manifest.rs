@@ -73,6 +73,46 @@ pub struct Manifest {
     /// Ordinary tables (`schema.table`, quoted where SQL needs it) present just
     /// before the dump; their data must be in the archive.
     pub tables: Vec<String>,
+    /// Which database was dumped. Retention keeps and prunes per identity, never
+    /// per target name: one target name can point at several databases
+    /// (`run --database-url`). Absent in manifests written before pgshepherd
+    /// recorded it; retention never deletes those (see [`prune`](super::prune)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseIdentity>,
+}
+
+/// The identity of a database, as recorded in a manifest: its cluster and its name.
+///
+/// The cluster is its `system_identifier` (`pg_control_system()`, unique per
+/// initdb, kept by physical replicas and by a restart or a move to another host).
+/// PostgreSQL grants that function to PUBLIC, but a provider may revoke it; then
+/// the cluster is known only as the address the server answered on
+/// (`inet_server_addr()`, `local` over a Unix socket, and the `port` setting),
+/// which tells two clusters apart but may name one cluster in two ways (its
+/// address, `localhost`, its socket): retention then keeps more, never less.
+/// Two identities are the same database only when every field is equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DatabaseIdentity {
+    /// `pg_control_system().system_identifier`, in decimal (a u64 is beyond what
+    /// JSON numbers carry exactly in most readers); `None` when the role may not
+    /// read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+    /// Only without a system identifier: `ADDRESS:PORT` the server answered on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// `current_database()`.
+    pub name: String,
+}
+
+impl std::fmt::Display for DatabaseIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.system_identifier, &self.server) {
+            (Some(id), _) => write!(f, "database {} of cluster {id}", self.name),
+            (None, Some(server)) => write!(f, "database {} on {server}", self.name),
+            (None, None) => write!(f, "database {}", self.name),
+        }
+    }
 }
 
 /// A backup on disk: its archive, its manifest and how long writing it took.

@@ -22,9 +22,11 @@
 //! daemon drives many runs' soaks on the same worker threads.
 //!
 //! Files: `dump` ([`take`], pg_dump streamed and hashed, and [`cancel`]),
-//! `manifest` ([`Manifest`], [`Backup`], loading and the atomic write), `verify`
-//! ([`verify`]), `restore` ([`restore`], one transaction or nothing), `retention`
-//! ([`prune`], [`discard_partial`]), `error` ([`BackupError`], [`VerifyProblem`]),
+//! `manifest` ([`Manifest`], [`Backup`], [`DatabaseIdentity`], loading and the
+//! atomic write), `verify` ([`verify`]), `restore` ([`restore`], one transaction or
+//! nothing), `readiness` ([`check_restore`]: whether the target's role can restore,
+//! asked before anything changes), `retention` ([`prune`], per database identity,
+//! and [`discard_partial`]), `error` ([`BackupError`], [`VerifyProblem`]),
 //! and the helpers they share: `files` (hashing, paths, the blocking pool) and
 //! `tool` (running pg_dump, pg_restore and psql).
 //!
@@ -34,6 +36,7 @@ mod dump;
 mod error;
 mod files;
 mod manifest;
+mod readiness;
 mod restore;
 mod retention;
 mod tool;
@@ -41,7 +44,8 @@ mod verify;
 
 pub use dump::{cancel, dump_application_name, take};
 pub use error::{BackupError, VerifyProblem};
-pub use manifest::{ArchiveFormat, Backup, FileDigest, Manifest};
+pub use manifest::{ArchiveFormat, Backup, DatabaseIdentity, FileDigest, Manifest};
+pub use readiness::{ExtensionOwnerChange, Readiness, RestoreProblem, check_restore};
 pub use restore::{RestoreReport, restore};
 pub use retention::{discard_partial, prune};
 pub use tool::APPLICATION_NAME;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::error::io_err;
+use super::readiness::{ExtensionOwnerChange, owner_changes};
 use super::tool::{APPLICATION_NAME, read_text, spawn, tool};
 use super::verify::check_digest;
 use super::{Backup, BackupError};
@@ -26,6 +27,10 @@ pub struct RestoreReport {
     /// Tables of the manifest present after the restore (all of them, or it failed).
     pub tables: usize,
     pub duration_ms: u64,
+    /// Extensions the restore dropped and created again as the restoring role,
+    /// which now owns them (PostgreSQL cannot give an extension to another owner).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extension_owner_changes: Vec<ExtensionOwnerChange>,
 }
 
 /// Drops every user schema (all but pg_catalog, information_schema, pg_toast*,
@@ -79,6 +84,12 @@ $pgshepherd$;
 /// every table), so the restore fails and changes nothing rather than queueing
 /// behind a long transaction while blocking everyone queued behind it.
 ///
+/// Extensions in the dropped schemas are created again by the archive's script, as
+/// the role restoring them: each is then owned by that role, whoever owned it
+/// before ([`RestoreReport::extension_owner_changes`] names them). Whether the
+/// role can do all this at all is [`check_restore`](super::check_restore)'s
+/// question, asked before the run changes anything.
+///
 /// Not covered: database settings, roles, subscriptions (DROP SUBSCRIPTION cannot
 /// run in a transaction) and the rare object outside any schema that does not
 /// depend on one. Ones created after the backup stay; if the archive also creates
@@ -102,6 +113,8 @@ pub async fn restore(
             problem,
         });
     }
+
+    let extension_owner_changes = owner_changes(dsn).await;
 
     let mut restore_cmd = Command::new(&bins.pg_restore);
     restore_cmd
@@ -200,7 +213,16 @@ pub async fn restore(
         database: dsn.to_string(),
         tables,
         duration_ms: started.elapsed().as_millis() as u64,
+        extension_owner_changes,
     };
+    for change in &report.extension_owner_changes {
+        tracing::warn!(
+            extension = %change.extension,
+            owner_before = %change.owner_before,
+            owner_after = %change.owner_after,
+            "the restore changed an extension's owner"
+        );
+    }
     tracing::info!(tables, duration_ms = report.duration_ms, "backup restored");
     Ok(report)
 }

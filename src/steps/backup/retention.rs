@@ -1,4 +1,4 @@
-//! Retention: keep the newest backups of a target, and remove what an interrupted
+//! Retention: keep the newest backups of a database, and remove what an interrupted
 //! backup left behind. Both scan and delete on the blocking pool.
 
 use std::fs;
@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use super::error::io_err;
 use super::files::path_component;
 use super::manifest::MANIFEST_SUFFIX;
-use super::{Backup, BackupError};
+use super::{Backup, BackupError, DatabaseIdentity};
 
 /// Remove what an interrupted `take` of run `run_id` left in the target's backup
 /// directory (an archive or directory without a manifest, or with one). Returns
@@ -45,34 +45,52 @@ fn discard_in(dir: &Path, run_id: &str) -> Vec<PathBuf> {
     removed
 }
 
-/// Keep the newest `keep` backups of `target` (by the manifests' `created_at`) and
-/// delete the older ones, archive first and manifest last, so an interrupted prune
-/// leaves a manifest that fails verification rather than an untracked archive.
-/// Returns the removed paths. `keep` is at least 1: the backup just taken is never
-/// pruned. Files that are not readable manifests are left alone.
+/// Keep the newest `keep` backups of the database `latest` (just taken and
+/// verified) was taken from, in `latest`'s target directory, and delete the older
+/// ones of that database (by the manifests' `created_at`), archive first and
+/// manifest last, so an interrupted prune leaves a manifest that fails
+/// verification rather than an untracked archive. Returns the removed paths.
+///
+/// Only manifests recording the same [`DatabaseIdentity`] as `latest` are
+/// candidates: a target name is not a database (`run --database-url` points one
+/// plan at any database), so the backups of other databases sharing the directory
+/// are never touched, whatever their age or number. Manifests that record no
+/// identity (written before pgshepherd recorded one) are never deleted either:
+/// which database they hold is unknown, and they may be its only backup; delete
+/// them by hand. `keep` is at least 1: `latest` is never pruned. Files that are
+/// not readable manifests are left alone.
 pub async fn prune(
     backup_dir: &Path,
-    target: &str,
+    latest: &Backup,
     keep: u32,
 ) -> Result<Vec<PathBuf>, BackupError> {
-    let dir = backup_dir.join(path_component(target));
+    let Some(database) = latest.manifest.database.clone() else {
+        // Cannot happen for a backup `take` wrote; without an identity nothing is
+        // known to be of the same database, so nothing is deleted.
+        return Ok(Vec::new());
+    };
+    let dir = backup_dir.join(path_component(&latest.manifest.target));
     let context = format!("pruning {}", dir.display());
-    let target = target.to_string();
     // The blocking pool does not inherit the caller's span: carry it, so that the
     // log lines below keep the run's fields.
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(|| prune_in(&dir, &target, keep)))
+    tokio::task::spawn_blocking(move || span.in_scope(|| prune_in(&dir, &database, keep)))
         .await
         .map_err(|e| io_err(context)(io::Error::other(e)))?
 }
 
-fn prune_in(dir: &Path, target: &str, keep: u32) -> Result<Vec<PathBuf>, BackupError> {
+fn prune_in(
+    dir: &Path,
+    database: &DatabaseIdentity,
+    keep: u32,
+) -> Result<Vec<PathBuf>, BackupError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err(format!("listing {}", dir.display()))(e)),
     };
     let mut manifests: Vec<(DateTime<Utc>, String, PathBuf)> = Vec::new();
+    let mut unidentified = 0usize;
     for entry in entries {
         let entry = entry.map_err(io_err(format!("listing {}", dir.display())))?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -83,7 +101,22 @@ fn prune_in(dir: &Path, target: &str, keep: u32) -> Result<Vec<PathBuf>, BackupE
             tracing::warn!(manifest = %entry.path().display(), "skipping unreadable manifest while pruning");
             continue;
         };
+        match &backup.manifest.database {
+            Some(d) if d == database => {}
+            Some(_) => continue,
+            None => {
+                unidentified += 1;
+                continue;
+            }
+        }
         manifests.push((backup.manifest.created_at, stem.to_string(), entry.path()));
+    }
+    if unidentified > 0 {
+        tracing::info!(
+            unidentified,
+            directory = %dir.display(),
+            "backups whose manifest records no database identity are never pruned; delete them by hand"
+        );
     }
     manifests.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
     let mut removed = Vec::new();
@@ -109,7 +142,7 @@ fn prune_in(dir: &Path, target: &str, keep: u32) -> Result<Vec<PathBuf>, BackupE
         removed.push(manifest_path);
     }
     if !removed.is_empty() {
-        tracing::info!(target, keep, removed = removed.len(), "pruned old backups");
+        tracing::info!(database = %database, keep, removed = removed.len(), "pruned old backups");
     }
     Ok(removed)
 }
@@ -117,6 +150,82 @@ fn prune_in(dir: &Path, target: &str, keep: u32) -> Result<Vec<PathBuf>, BackupE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::steps::backup::{ArchiveFormat, Manifest};
+
+    fn identity(
+        system_identifier: Option<&str>,
+        server: Option<&str>,
+        name: &str,
+    ) -> DatabaseIdentity {
+        DatabaseIdentity {
+            system_identifier: system_identifier.map(str::to_string),
+            server: server.map(str::to_string),
+            name: name.to_string(),
+        }
+    }
+
+    /// A manifest and an archive in `dir`, taken `minute` minutes past midnight.
+    fn backup(dir: &Path, minute: u32, database: Option<DatabaseIdentity>) -> PathBuf {
+        let stem = format!("20260101T00{minute:02}00.000Z-r{minute}");
+        let archive = dir.join(format!("{stem}.dump"));
+        fs::write(&archive, "x").unwrap();
+        let manifest = Manifest {
+            target: "app".into(),
+            run_id: format!("r{minute}"),
+            created_at: format!("2026-01-01T00:{minute:02}:00Z").parse().unwrap(),
+            server_version: "15.0".into(),
+            format: ArchiveFormat::Custom,
+            path: archive,
+            size_bytes: 1,
+            sha256: "00".into(),
+            files: Vec::new(),
+            compression: 0,
+            jobs: 1,
+            applied_versions: Vec::new(),
+            tables: Vec::new(),
+            database,
+        };
+        let path = dir.join(format!("{stem}{MANIFEST_SUFFIX}"));
+        fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn pruning_goes_by_database_identity_and_spares_unidentified_backups() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let kx = identity(Some("7"), None, "kx");
+        let ky = identity(Some("7"), None, "ky");
+        // Same name, another cluster; and the same name known only by address.
+        let kx_elsewhere = identity(Some("8"), None, "kx");
+        let kx_by_address = identity(None, Some("10.0.0.1:5432"), "kx");
+        let only_kx = backup(dir, 1, Some(kx.clone()));
+        let legacy = backup(dir, 2, None);
+        let other_cluster = backup(dir, 3, Some(kx_elsewhere));
+        let by_address = backup(dir, 4, Some(kx_by_address));
+        let old_ky = backup(dir, 5, Some(ky.clone()));
+        let new_ky = backup(dir, 6, Some(ky.clone()));
+
+        let removed = prune_in(dir, &ky, 1).unwrap();
+        assert_eq!(
+            removed,
+            vec![dir.join("20260101T000500.000Z-r5.dump"), old_ky]
+        );
+        for kept in [&only_kx, &legacy, &other_cluster, &by_address, &new_ky] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        assert!(prune_in(dir, &kx, 1).unwrap().is_empty());
+        assert!(legacy.exists());
+    }
+
+    #[test]
+    fn a_manifest_without_a_database_identity_still_loads() {
+        let root = tempfile::tempdir().unwrap();
+        let path = backup(root.path(), 1, None);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("\"database\""), "{text}");
+        assert_eq!(Backup::load(&path).unwrap().manifest.database, None);
+    }
 
     #[tokio::test]
     async fn discarding_a_partial_backup_removes_only_that_runs_files() {
