@@ -39,6 +39,12 @@ pub enum StoreError {
     Pool(String),
     #[error("state database: {0}")]
     Query(String),
+    /// The state database did not answer in time (see [`crate::daemon::deadline`]).
+    #[error("the state database did not answer {what} within {} ms; its idle connections were closed", .after.as_millis())]
+    Deadline {
+        what: &'static str,
+        after: Duration,
+    },
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -53,8 +59,18 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
-/// Connect, bring the schema up to date, and return a pool.
-pub async fn open(dsn: &Dsn, max_connections: usize) -> Result<Pool, StoreError> {
+/// Connect, bring the schema up to date, and return a pool whose connections
+/// cannot hang the daemon on a silent network: `op_timeout` (see
+/// [`crate::daemon::deadline::op_timeout`]) bounds connecting, unacknowledged
+/// writes (`tcp_user_timeout`), each statement on the server
+/// (`statement_timeout`) and a transaction left open by a client that vanished
+/// (`idle_in_transaction_session_timeout`); TCP keepalives find a dead idle
+/// connection. Settings given in the DSN win.
+pub async fn open(
+    dsn: &Dsn,
+    max_connections: usize,
+    op_timeout: Duration,
+) -> Result<Pool, StoreError> {
     let connect_err = |e: tokio_postgres::Error| StoreError::Connect {
         dsn: dsn.to_string(),
         message: crate::pg::server_message(&e),
@@ -76,11 +92,7 @@ pub async fn open(dsn: &Dsn, max_connections: usize) -> Result<Pool, StoreError>
         .await;
     migrated?;
 
-    let mut config = dsn.config().clone();
-    config.application_name("pgshepherd daemon");
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
+    let config = pool_config(dsn, op_timeout);
     let manager = Manager::from_config(
         config,
         crate::tls::postgres_connector(),
@@ -90,11 +102,43 @@ pub async fn open(dsn: &Dsn, max_connections: usize) -> Result<Pool, StoreError>
     );
     Pool::builder(manager)
         .max_size(max_connections)
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(op_timeout))
+        .create_timeout(Some(op_timeout))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| StoreError::Pool(e.to_string()))
+}
+
+/// The pooled connections' settings (see [`open`]).
+fn pool_config(dsn: &Dsn, op_timeout: Duration) -> tokio_postgres::Config {
+    let mut config = dsn.config().clone();
+    config.application_name("pgshepherd daemon");
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(op_timeout);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(op_timeout);
+    }
+    // An idle connection whose path died is found within about 5 s + 3 x 1 s.
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(5).min(config.get_keepalives_idle()));
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(1));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    let ms = op_timeout.as_millis();
+    let ours = format!(
+        "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
+    );
+    // Options from the DSN come last, so that they win.
+    let options = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
+        _ => ours,
+    };
+    config.options(options);
+    config
 }
 
 /// Which daemon drives a run, under which fencing epoch.

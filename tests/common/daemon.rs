@@ -28,6 +28,9 @@ pub struct Env {
     /// Extra top-level YAML (`channels:`, `escalation:`, `notifications:`),
     /// written before the `daemon:` section.
     extra_config: String,
+    /// The daemons' `state_database` when it is not `state.url` (through a
+    /// [`super::proxy::Proxy`], say).
+    state_url: Option<String>,
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -49,7 +52,13 @@ impl Env {
             dir: scratch_dir(),
             daemon_settings: daemon_settings.to_string(),
             extra_config: String::new(),
+            state_url: None,
         }
+    }
+
+    /// The daemons started from now on reach the state database at `url`.
+    pub fn set_state_url(&mut self, url: &str) {
+        self.state_url = Some(url.to_string());
     }
 
     /// Extra top-level YAML for the configs written from now on (`channels:`,
@@ -94,7 +103,7 @@ impl Env {
              log: {{format: json, level: \"info,pgshepherd=debug\"}}\n\
              {extra}\
              daemon:\n  name: {name}\n{settings}",
-            state = self.state.url,
+            state = self.state_url.as_deref().unwrap_or(&self.state.url),
             backups = self.backups().display(),
             a = sha256_hex(SUBMITTER),
             c = sha256_hex(SUBMITTER2),
