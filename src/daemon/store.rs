@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{
+    ClientWrapper, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod,
+};
 use serde_json::Value;
 
 use crate::notify::config::NotifyConfig;
@@ -65,7 +67,7 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 /// writes (`tcp_user_timeout`), each statement on the server
 /// (`statement_timeout`) and a transaction left open by a client that vanished
 /// (`idle_in_transaction_session_timeout`); TCP keepalives find a dead idle
-/// connection. Settings given in the DSN win.
+/// connection.
 pub async fn open(
     dsn: &Dsn,
     max_connections: usize,
@@ -100,16 +102,38 @@ pub async fn open(
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // Server-side limits, set on each new connection rather than through the
+    // startup `options` (which a pooler such as PgBouncer refuses): a statement
+    // or a transaction cut off by a client deadline ends on the server too,
+    // releasing the rows it locked.
+    let ms = op_timeout.as_millis();
+    let limits = format!(
+        "SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}"
+    );
+    let post_create = Hook::async_fn(move |client: &mut ClientWrapper, _| {
+        let limits = limits.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(op_timeout, client.batch_execute(&limits)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(HookError::Backend(e)),
+                Err(_) => Err(HookError::message(
+                    "the state database did not answer while a connection was being set up",
+                )),
+            }
+        })
+    });
     Pool::builder(manager)
         .max_size(max_connections)
         .wait_timeout(Some(op_timeout))
         .create_timeout(Some(op_timeout))
+        .post_create(post_create)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| StoreError::Pool(e.to_string()))
 }
 
-/// The pooled connections' settings (see [`open`]).
+/// The pooled connections' network settings (see [`open`]); the DSN's own win,
+/// but for a keepalive idle time longer than ours.
 fn pool_config(dsn: &Dsn, op_timeout: Duration) -> tokio_postgres::Config {
     let mut config = dsn.config().clone();
     config.application_name("pgshepherd daemon");
@@ -128,16 +152,6 @@ fn pool_config(dsn: &Dsn, op_timeout: Duration) -> tokio_postgres::Config {
     if config.get_keepalives_retries().is_none() {
         config.keepalives_retries(3);
     }
-    let ms = op_timeout.as_millis();
-    let ours = format!(
-        "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
-    );
-    // Options from the DSN come last, so that they win.
-    let options = match config.get_options() {
-        Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
-        _ => ours,
-    };
-    config.options(options);
     config
 }
 
