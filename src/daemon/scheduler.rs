@@ -180,7 +180,14 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
                 }
             }
             let seen = store::seen(&shared.pool, &shared.node);
-            if let Err(e) = bounded(&shared.pool, op_timeout, "recording this daemon as alive", seen).await {
+            if let Err(e) = bounded(
+                &shared.pool,
+                op_timeout,
+                "recording this daemon as alive",
+                seen,
+            )
+            .await
+            {
                 warn!(error = %e, "state database unreachable");
                 round = round.and(Err(e.to_string()));
             }
@@ -205,7 +212,13 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
     // replica (or the restart) picks the runs up without waiting for expiry.
     for a in active.values() {
         let release = store::release(&shared.pool, &a.lease);
-        let _ = bounded(&shared.pool, shared.op_timeout, "releasing a lease", release).await;
+        let _ = bounded(
+            &shared.pool,
+            shared.op_timeout,
+            "releasing a lease",
+            release,
+        )
+        .await;
     }
 }
 
@@ -240,7 +253,12 @@ async fn reap(
     match end {
         Some(DriveEnd::Parked) => {
             let release = store::release(&shared.pool, &lease);
-            let released = bounded(&shared.pool, shared.op_timeout, "releasing a lease", release);
+            let released = bounded(
+                &shared.pool,
+                shared.op_timeout,
+                "releasing a lease",
+                release,
+            );
             if let Err(e) = released.await {
                 warn!(run_id = %run_id, error = %e, "cannot release the lease; it will expire");
             }

@@ -77,7 +77,10 @@ impl Shared {
 
     /// A scheduler round reached the state database (`Ok`) or did not.
     pub fn scheduler_round(&self, outcome: Result<(), String>) {
-        let mut view = self.scheduler_view.lock().unwrap_or_else(|e| e.into_inner());
+        let mut view = self
+            .scheduler_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match outcome {
             Ok(()) => *view = SchedulerView::default(),
             Err(e) => {
@@ -89,7 +92,10 @@ impl Shared {
 
     /// The scheduler stopped driving `n` runs whose leases it could not renew.
     pub fn runs_stopped(&self, n: usize) {
-        let mut view = self.scheduler_view.lock().unwrap_or_else(|e| e.into_inner());
+        let mut view = self
+            .scheduler_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         view.runs_stopped += n;
     }
 

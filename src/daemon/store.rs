@@ -43,10 +43,7 @@ pub enum StoreError {
     Query(String),
     /// The state database did not answer in time (see [`crate::daemon::deadline`]).
     #[error("the state database did not answer {what} within {} ms; its idle connections were closed", .after.as_millis())]
-    Deadline {
-        what: &'static str,
-        after: Duration,
-    },
+    Deadline { what: &'static str, after: Duration },
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -107,9 +104,8 @@ pub async fn open(
     // or a transaction cut off by a client deadline ends on the server too,
     // releasing the rows it locked.
     let ms = op_timeout.as_millis();
-    let limits = format!(
-        "SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}"
-    );
+    let limits =
+        format!("SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}");
     let post_create = Hook::async_fn(move |client: &mut ClientWrapper, _| {
         let limits = limits.clone();
         Box::pin(async move {

@@ -288,12 +288,7 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(
-        config: NotifyConfig,
-        pool: Pool,
-        node: String,
-        op_timeout: Duration,
-    ) -> Outbox {
+    pub fn new(config: NotifyConfig, pool: Pool, node: String, op_timeout: Duration) -> Outbox {
         Outbox {
             config,
             pool,

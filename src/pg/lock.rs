@@ -111,9 +111,10 @@ impl TargetLock {
         let started = Instant::now();
         let mut told = false;
         loop {
-            let got: bool = answered(client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]))
-                .await?
-                .get(0);
+            let got: bool =
+                answered(client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]))
+                    .await?
+                    .get(0);
             if got {
                 return Ok(TargetLock { client, pid });
             }

@@ -31,6 +31,8 @@ pub struct Env {
     /// The daemons' `state_database` when it is not `state.url` (through a
     /// [`super::proxy::Proxy`], say).
     state_url: Option<String>,
+    /// Targets reached at another URL than their database's (through a proxy).
+    target_urls: Vec<(String, String)>,
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -53,7 +55,13 @@ impl Env {
             daemon_settings: daemon_settings.to_string(),
             extra_config: String::new(),
             state_url: None,
+            target_urls: Vec::new(),
         }
+    }
+
+    /// The daemons started from now on reach target `name` at `url`.
+    pub fn set_target_url(&mut self, name: &str, url: &str) {
+        self.target_urls.push((name.to_string(), url.to_string()));
     }
 
     /// The daemons started from now on reach the state database at `url`.
@@ -83,7 +91,13 @@ impl Env {
     pub fn config(&self, name: &str, port: u16) -> PathBuf {
         let mut targets = String::new();
         for (n, db) in &self.targets {
-            targets.push_str(&format!("  {n}:\n    dsn: \"{}\"\n", db.url));
+            let url = self
+                .target_urls
+                .iter()
+                .rev()
+                .find(|(t, _)| t == n)
+                .map_or(db.url.as_str(), |(_, u)| u.as_str());
+            targets.push_str(&format!("  {n}:\n    dsn: \"{url}\"\n"));
             // Targets named `guarded*` need approval whatever the plan says.
             if n.starts_with("guarded") {
                 targets.push_str("    require_approval: true\n");

@@ -42,14 +42,8 @@ impl Proxy {
         let accepting = shared.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let silenced = Arc::new(AtomicBool::new(
-                    accepting.blackout.load(Ordering::SeqCst),
-                ));
-                accepting
-                    .connections
-                    .lock()
-                    .unwrap()
-                    .push(silenced.clone());
+                let silenced = Arc::new(AtomicBool::new(accepting.blackout.load(Ordering::SeqCst)));
+                accepting.connections.lock().unwrap().push(silenced.clone());
                 tokio::spawn(carry(client, upstream_port, silenced));
             }
         });
