@@ -186,7 +186,9 @@ async fn drive_inner(
     shared.metrics.forget_run(&lease.run_id);
     match &end {
         DriveEnd::Finished(outcome) => info!(outcome = outcome.as_str(), "run finished"),
-        DriveEnd::Lost => warn!("lost the run's lease to another daemon; stopped driving it"),
+        DriveEnd::Lost => warn!(
+            "lost the run's lease (taken by another daemon, or not renewed in time); stopped driving it"
+        ),
         DriveEnd::Parked => info!("stopped at a checkpoint for shutdown"),
     }
     end
