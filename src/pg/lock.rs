@@ -69,6 +69,10 @@ pub enum LockError {
 /// so a longer wait means the network path or the server is frozen.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connecting for the lock, handshake included (the TCP connect alone has
+/// its own 10 s `connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// `query` within [`ANSWER_TIMEOUT`].
 async fn answered<T>(
     query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -98,13 +102,20 @@ impl TargetLock {
         timeout: Duration,
         mut on_busy: impl FnMut(&Holder),
     ) -> Result<TargetLock, LockError> {
+        // `connect_timeout` bounds the TCP connect only: a server (or a path)
+        // that accepts and then stays silent would hold the handshake forever.
         let client =
-            dsn.connect(application_name, &[])
-                .await
-                .map_err(|source| LockError::Connect {
+            match tokio::time::timeout(CONNECT_TIMEOUT, dsn.connect(application_name, &[])).await {
+                Ok(connected) => connected.map_err(|source| LockError::Connect {
                     dsn: dsn.to_string(),
                     source,
-                })?;
+                })?,
+                Err(_) => {
+                    return Err(LockError::NoAnswer {
+                        after: CONNECT_TIMEOUT,
+                    });
+                }
+            };
         let pid: i32 = answered(client.query_one("SELECT pg_backend_pid()", &[]))
             .await?
             .get(0);
