@@ -75,7 +75,8 @@ async fn start_with(stop: Option<tokio_util::sync::CancellationToken>) -> Api {
     let config_path = dir.path().join("pgshepherd.yaml");
     std::fs::write(&config_path, yaml).unwrap();
     let config = Config::load(&config_path).unwrap_or_else(|d| panic!("{d}"));
-    let pool = store::open(config.state_database.as_ref().unwrap(), 4)
+    let op_timeout = pgshepherd::daemon::deadline::op_timeout(config.daemon.lease_timeout);
+    let pool = store::open(config.state_database.as_ref().unwrap(), 4, op_timeout)
         .await
         .unwrap();
     let shared = Arc::new(Shared::new(config, pool, "test-node".into()));

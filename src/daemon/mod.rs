@@ -2,6 +2,7 @@
 //! daemon holds each run's lease, controlled through the HTTP API.
 //!
 //! - [`store`]: the state database (schema, leases with fencing, checkpoints, events).
+//! - [`deadline`]: deadlines on state-database operations (a silent network).
 //! - [`scheduler`]: claims runs, renews leases, relays abort requests, takes over.
 //! - [`worker`]: drives one claimed run from its persisted checkpoint.
 //! - [`name_lock`]: which live process is daemon `name` (its runs are taken back
@@ -12,6 +13,7 @@
 //! - [`systemd`]: `sd_notify` readiness, watchdog and stopping messages.
 
 pub mod api;
+pub mod deadline;
 pub mod metrics;
 pub mod name_lock;
 pub mod retention;
@@ -57,7 +59,8 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
     // the escalation timer hold a connection only while claiming or recording.
     let pool_size = (config.daemon.max_active_runs as usize / 8).clamp(8, 64)
         + (config.notify.channels.len() + 1).min(16);
-    let pool = match open_with_retry(&state_dsn, pool_size).await {
+    let op_timeout = deadline::op_timeout(config.daemon.lease_timeout);
+    let pool = match open_with_retry(&state_dsn, pool_size, op_timeout).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the state database");
@@ -73,7 +76,13 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
             return 1;
         }
     };
-    if let Err(e) = store::register_daemon(&pool, &node).await {
+    let registered = deadline::bounded(
+        &pool,
+        op_timeout,
+        "registering this daemon",
+        store::register_daemon(&pool, &node),
+    );
+    if let Err(e) = registered.await {
         eprintln!("error: {e}");
         return 1;
     }
@@ -148,6 +157,7 @@ fn default_node_name() -> String {
 async fn open_with_retry(
     dsn: &crate::pg::Dsn,
     pool_size: usize,
+    op_timeout: std::time::Duration,
 ) -> Result<deadpool_postgres::Pool, store::StoreError> {
     let started = std::time::Instant::now();
     let retry = Backoff::new(
@@ -157,7 +167,7 @@ async fn open_with_retry(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match store::open(dsn, pool_size).await {
+        match store::open(dsn, pool_size, op_timeout).await {
             Ok(p) => return Ok(p),
             Err(e @ store::StoreError::Connect { .. })
                 if started.elapsed() < std::time::Duration::from_secs(30) =>

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::daemon::deadline::bounded;
 use crate::daemon::name_lock::{Held, NameLock};
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store::{self, Lease};
@@ -21,6 +22,14 @@ use crate::daemon::worker::{self, DriveEnd, Handles};
 struct Active {
     lease: Lease,
     handles: Handles,
+    /// When the lease runs out as far as this daemon can tell: `lease_timeout`
+    /// after the last claim or renewal that extended it was *sent* (the server
+    /// set its `lease_until` later than that). Past it another daemon may drive
+    /// the run, so this one stops touching it.
+    expires: Instant,
+    /// Told to stop because its lease ran out or was taken: no longer renewed;
+    /// its task is ending.
+    let_go: bool,
 }
 
 /// The identity of a run's task: run and epoch (a run reclaimed under a new
@@ -38,9 +47,6 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
     let mut tasks: JoinSet<(TaskKey, DriveEnd)> = JoinSet::new();
     // Which run each task drives, to clean up after a task that panicked.
     let mut task_runs: HashMap<tokio::task::Id, TaskKey> = HashMap::new();
-    // The last time every lease was renewed: past `lease_timeout` without one,
-    // other daemons may have taken our runs, so we stop touching them.
-    let mut renewed_at = Instant::now();
     // The runs' own view of shutdown, cancelled once this loop has stopped
     // claiming: they park at their next checkpoint.
     let park = CancellationToken::new();
@@ -79,46 +85,72 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
             }
         }
 
-        // Renew leases; relay aborts; stop runs whose lease is gone.
-        let leases: Vec<Lease> = active.values().map(|a| a.lease.clone()).collect();
-        match store::renew(&shared.pool, &leases, settings.lease_timeout).await {
+        // Stop the runs whose lease ran out without renewal: another daemon
+        // may hold them now. Stopping closes their target sessions (and with
+        // them the target lock); whoever claims them next, this daemon
+        // included, continues from the last checkpoint under a new epoch.
+        let op_timeout = shared.op_timeout;
+        let now = Instant::now();
+        let mut stopped = 0;
+        for a in active.values_mut() {
+            if !a.let_go && now >= a.expires {
+                a.let_go = true;
+                let _ = a.handles.lost.send(true);
+                stopped += 1;
+            }
+        }
+        if stopped > 0 {
+            warn!(
+                runs = stopped,
+                "leases expired without renewal; stopped driving those runs until they can be claimed again"
+            );
+            shared.runs_stopped(stopped);
+        }
+
+        // Renew leases; relay aborts; stop runs whose lease was taken. The
+        // renewal must answer before the first lease runs out: a later answer
+        // would come too late to keep driving anything.
+        let mut round: Result<(), String> = Ok(());
+        let held = active.values().filter(|a| !a.let_go);
+        let leases: Vec<Lease> = held.clone().map(|a| a.lease.clone()).collect();
+        let renew_started = Instant::now();
+        let limit = held
+            .map(|a| a.expires.saturating_duration_since(renew_started))
+            .min()
+            .unwrap_or(op_timeout)
+            .min(op_timeout);
+        let renewal = store::renew(&shared.pool, &leases, settings.lease_timeout);
+        match bounded(&shared.pool, limit, "renewing leases", renewal).await {
             Ok(renewed) => {
-                renewed_at = Instant::now();
                 for r in renewed {
-                    let Some(a) = active.get(&r.run_id) else {
+                    let Some(a) = active.get_mut(&r.run_id) else {
                         continue;
                     };
                     if r.finished {
                         // Finished under our lease; its task is about to be reaped.
                     } else if !r.held {
                         warn!(run_id = %r.run_id, "the lease was taken by another daemon");
+                        a.let_go = true;
                         let _ = a.handles.lost.send(true);
-                    } else if r.abort_requested_by.is_some() && !*a.handles.abort.borrow() {
-                        info!(run_id = %r.run_id, by = ?r.abort_requested_by, "abort requested");
-                        let _ = a.handles.abort.send(true);
+                    } else {
+                        a.expires = renew_started + settings.lease_timeout;
+                        if r.abort_requested_by.is_some() && !*a.handles.abort.borrow() {
+                            info!(run_id = %r.run_id, by = ?r.abort_requested_by, "abort requested");
+                            let _ = a.handles.abort.send(true);
+                        }
                     }
                 }
             }
             Err(e) => {
-                warn!(error = %e, "cannot renew leases; runs continue and retry their writes");
-                if renewed_at.elapsed() >= settings.lease_timeout && !active.is_empty() {
-                    // Our leases have expired: another daemon may be driving these
-                    // runs now. Stop touching their targets (this closes their
-                    // sessions and releases the target locks); whoever holds the
-                    // lease when the database is back continues them.
-                    warn!(
-                        runs = active.len(),
-                        "leases expired without renewal; stopping every run this daemon drives"
-                    );
-                    for a in active.values() {
-                        let _ = a.handles.lost.send(true);
-                    }
-                }
+                warn!(error = %e, runs = leases.len(), "cannot renew leases; a run whose lease runs out is stopped");
+                round = Err(format!("cannot renew leases: {e}"));
             }
         }
 
         if draining_since.is_none() {
             let room = settings.max_active_runs as i64 - active.len() as i64;
+            // Leases taken back or claimed below run from no earlier than now.
+            let claim_started = Instant::now();
             let taken_back = match name.as_mut() {
                 Some(name) => {
                     take_back_own(&shared, name, &mut warned_same_name, &active, room).await
@@ -126,10 +158,14 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
                 None => Vec::new(),
             };
             let room = room - taken_back.len() as i64;
+            let claim = store::claim(&shared.pool, &shared.node, settings.lease_timeout, room);
             let mut claimed = taken_back;
-            match store::claim(&shared.pool, &shared.node, settings.lease_timeout, room).await {
+            match bounded(&shared.pool, op_timeout, "claiming runs", claim).await {
                 Ok(mut more) => claimed.append(&mut more),
-                Err(e) => warn!(error = %e, "cannot claim runs"),
+                Err(e) => {
+                    warn!(error = %e, "cannot claim runs");
+                    round = round.and(Err(format!("cannot claim runs: {e}")));
+                }
             }
             for c in claimed {
                 let id = c.lease.run_id.clone();
@@ -145,6 +181,8 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
                     Active {
                         lease: c.lease.clone(),
                         handles,
+                        expires: claim_started + settings.lease_timeout,
+                        let_go: false,
                     },
                 );
                 let shared = shared.clone();
@@ -157,10 +195,20 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
                 });
                 task_runs.insert(handle.id(), key);
             }
-            if let Err(e) = store::seen(&shared.pool, &shared.node).await {
+            let seen = store::seen(&shared.pool, &shared.node);
+            if let Err(e) = bounded(
+                &shared.pool,
+                op_timeout,
+                "recording this daemon as alive",
+                seen,
+            )
+            .await
+            {
                 warn!(error = %e, "state database unreachable");
+                round = round.and(Err(e.to_string()));
             }
         }
+        shared.scheduler_round(round);
 
         let poll = if draining_since.is_some() {
             Duration::from_millis(100).min(settings.poll_interval)
@@ -179,7 +227,14 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
     // Whatever is left was cut off at the timeout: let its leases go now so that a
     // replica (or the restart) picks the runs up without waiting for expiry.
     for a in active.values() {
-        let _ = store::release(&shared.pool, &a.lease).await;
+        let release = store::release(&shared.pool, &a.lease);
+        let _ = bounded(
+            &shared.pool,
+            shared.op_timeout,
+            "releasing a lease",
+            release,
+        )
+        .await;
     }
 }
 
@@ -199,7 +254,15 @@ async fn take_back_own(
             *warned_same_name = false;
             let driving: Vec<String> = active.keys().cloned().collect();
             let lease_timeout = shared.config.daemon.lease_timeout;
-            match store::take_back(&shared.pool, &shared.node, lease_timeout, &driving, room).await
+            let take_back =
+                store::take_back(&shared.pool, &shared.node, lease_timeout, &driving, room);
+            match bounded(
+                &shared.pool,
+                shared.op_timeout,
+                "taking back this name's runs",
+                take_back,
+            )
+            .await
             {
                 Ok(runs) => {
                     if !runs.is_empty() {
@@ -263,7 +326,14 @@ async fn reap(
     active.remove(&run_id);
     match end {
         Some(DriveEnd::Parked) => {
-            if let Err(e) = store::release(&shared.pool, &lease).await {
+            let release = store::release(&shared.pool, &lease);
+            let released = bounded(
+                &shared.pool,
+                shared.op_timeout,
+                "releasing a lease",
+                release,
+            );
+            if let Err(e) = released.await {
                 warn!(run_id = %run_id, error = %e, "cannot release the lease; it will expire");
             }
         }

@@ -1,7 +1,8 @@
 //! What the API, the scheduler and the workers of one daemon share.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -26,14 +27,34 @@ pub struct Shared {
     pub outbox: Arc<Outbox>,
     /// The open audit rows of unauthenticated requests, by source address.
     pub unauthenticated: crate::daemon::api::audit::Unauthenticated,
+    /// The deadline of one state-database operation
+    /// ([`crate::daemon::deadline::op_timeout`]).
+    pub op_timeout: Duration,
+    /// What the scheduler's last round with the state database found, for
+    /// `/healthz`.
+    pub scheduler_view: Mutex<SchedulerView>,
+}
+
+/// The scheduler's standing with the state database.
+#[derive(Debug, Default, Clone)]
+pub struct SchedulerView {
+    /// Since when its rounds (renew, claim) have been failing; `None` while
+    /// they succeed.
+    pub failing_since: Option<Instant>,
+    pub last_error: Option<String>,
+    /// Runs it stopped driving because it could not renew their leases in
+    /// time, during the current failure.
+    pub runs_stopped: usize,
 }
 
 impl Shared {
     pub fn new(config: Config, pool: deadpool_postgres::Pool, node: String) -> Shared {
+        let op_timeout = crate::daemon::deadline::op_timeout(config.daemon.lease_timeout);
         let outbox = Arc::new(Outbox::new(
             config.notify.clone(),
             pool.clone(),
             node.clone(),
+            op_timeout,
         ));
         Shared {
             outbox,
@@ -44,7 +65,41 @@ impl Shared {
             wake: Notify::new(),
             scheduler_beat: AtomicU64::new(now_ms()),
             unauthenticated: Default::default(),
+            op_timeout,
+            scheduler_view: Mutex::new(SchedulerView::default()),
         }
+    }
+
+    /// The scheduler's standing with the state database.
+    pub fn scheduler_view(&self) -> SchedulerView {
+        self.scheduler_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A scheduler round reached the state database (`Ok`) or did not.
+    pub fn scheduler_round(&self, outcome: Result<(), String>) {
+        let mut view = self
+            .scheduler_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(()) => *view = SchedulerView::default(),
+            Err(e) => {
+                view.failing_since.get_or_insert_with(Instant::now);
+                view.last_error = Some(e);
+            }
+        }
+    }
+
+    /// The scheduler stopped driving `n` runs whose leases it could not renew.
+    pub fn runs_stopped(&self, n: usize) {
+        let mut view = self
+            .scheduler_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        view.runs_stopped += n;
     }
 
     pub fn beat(&self) {

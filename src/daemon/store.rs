@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{
+    ClientWrapper, Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod,
+};
 use serde_json::Value;
 
 use crate::notify::config::NotifyConfig;
@@ -39,6 +41,9 @@ pub enum StoreError {
     Pool(String),
     #[error("state database: {0}")]
     Query(String),
+    /// The state database did not answer in time (see [`crate::daemon::deadline`]).
+    #[error("the state database did not answer {what} within {} ms; its idle connections were closed", .after.as_millis())]
+    Deadline { what: &'static str, after: Duration },
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -53,8 +58,18 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
-/// Connect, bring the schema up to date, and return a pool.
-pub async fn open(dsn: &Dsn, max_connections: usize) -> Result<Pool, StoreError> {
+/// Connect, bring the schema up to date, and return a pool whose connections
+/// cannot hang the daemon on a silent network: `op_timeout` (see
+/// [`crate::daemon::deadline::op_timeout`]) bounds connecting, unacknowledged
+/// writes (`tcp_user_timeout`), each statement on the server
+/// (`statement_timeout`) and a transaction left open by a client that vanished
+/// (`idle_in_transaction_session_timeout`); TCP keepalives find a dead idle
+/// connection.
+pub async fn open(
+    dsn: &Dsn,
+    max_connections: usize,
+    op_timeout: Duration,
+) -> Result<Pool, StoreError> {
     let connect_err = |e: tokio_postgres::Error| StoreError::Connect {
         dsn: dsn.to_string(),
         message: crate::pg::server_message(&e),
@@ -76,11 +91,7 @@ pub async fn open(dsn: &Dsn, max_connections: usize) -> Result<Pool, StoreError>
         .await;
     migrated?;
 
-    let mut config = dsn.config().clone();
-    config.application_name("pgshepherd daemon");
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
+    let config = pool_config(dsn, op_timeout);
     let manager = Manager::from_config(
         config,
         crate::tls::postgres_connector(),
@@ -88,13 +99,56 @@ pub async fn open(dsn: &Dsn, max_connections: usize) -> Result<Pool, StoreError>
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // Server-side limits, set on each new connection rather than through the
+    // startup `options` (which a pooler such as PgBouncer refuses): a statement
+    // or a transaction cut off by a client deadline ends on the server too,
+    // releasing the rows it locked.
+    let ms = op_timeout.as_millis();
+    let limits =
+        format!("SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}");
+    let post_create = Hook::async_fn(move |client: &mut ClientWrapper, _| {
+        let limits = limits.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(op_timeout, client.batch_execute(&limits)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(HookError::Backend(e)),
+                Err(_) => Err(HookError::message(
+                    "the state database did not answer while a connection was being set up",
+                )),
+            }
+        })
+    });
     Pool::builder(manager)
         .max_size(max_connections)
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(op_timeout))
+        .create_timeout(Some(op_timeout))
+        .post_create(post_create)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| StoreError::Pool(e.to_string()))
+}
+
+/// The pooled connections' network settings (see [`open`]); the DSN's own win,
+/// but for a keepalive idle time longer than ours.
+fn pool_config(dsn: &Dsn, op_timeout: Duration) -> tokio_postgres::Config {
+    let mut config = dsn.config().clone();
+    config.application_name("pgshepherd daemon");
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(op_timeout);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(op_timeout);
+    }
+    // An idle connection whose path died is found within about 5 s + 3 x 1 s.
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(5).min(config.get_keepalives_idle()));
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(1));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    config
 }
 
 /// Which daemon drives a run, under which fencing epoch.

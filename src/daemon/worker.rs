@@ -12,6 +12,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::backoff::Backoff;
 use crate::daemon::api::bundle::Bundle;
+use crate::daemon::deadline::bounded;
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store::{self, Claimed, Lease, WriteError};
 use crate::notify::notices::{self, Progress};
@@ -82,7 +83,12 @@ async fn drive_inner(
     shutdown: CancellationToken,
 ) -> DriveEnd {
     let lease = claimed.lease.clone();
-    let (sink, writer) = DbSink::start(shared.clone(), lease.clone(), shutdown.clone());
+    let (sink, writer) = DbSink::start(
+        shared.clone(),
+        lease.clone(),
+        shutdown.clone(),
+        lost.clone(),
+    );
     let writer_lost = sink.lost.clone();
     let target = claimed.target.clone();
     let metrics_shared = shared.clone();
@@ -180,7 +186,9 @@ async fn drive_inner(
     shared.metrics.forget_run(&lease.run_id);
     match &end {
         DriveEnd::Finished(outcome) => info!(outcome = outcome.as_str(), "run finished"),
-        DriveEnd::Lost => warn!("lost the run's lease to another daemon; stopped driving it"),
+        DriveEnd::Lost => warn!(
+            "lost the run's lease (taken by another daemon, or not renewed in time); stopped driving it"
+        ),
         DriveEnd::Parked => info!("stopped at a checkpoint for shutdown"),
     }
     end
@@ -252,6 +260,7 @@ impl DbSink {
         shared: SharedRef,
         lease: Lease,
         shutdown: CancellationToken,
+        let_go: watch::Receiver<bool>,
     ) -> (Arc<DbSink>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let sink = Arc::new(DbSink {
@@ -262,7 +271,7 @@ impl DbSink {
             last_state: Mutex::new("created"),
         });
         let lost = sink.lost.clone();
-        let writer = tokio::spawn(write_loop(shared, lease, rx, lost));
+        let writer = tokio::spawn(write_loop(shared, lease, rx, lost, let_go));
         (sink, writer)
     }
 
@@ -312,6 +321,7 @@ async fn write_loop(
     lease: Lease,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     lost: watch::Sender<bool>,
+    mut let_go: watch::Receiver<bool>,
 ) {
     let mut progress = Progress::new(
         shared
@@ -341,16 +351,27 @@ async fn write_loop(
         }
         let mut attempt = 0;
         loop {
-            match store::write(
+            // The scheduler let the run go (its lease ran out unrenewed): what
+            // is still queued happened after the last write that could be
+            // fenced, and is not recorded.
+            if *let_go.borrow() {
+                return;
+            }
+            let write = store::write(
                 &shared.pool,
                 &lease,
                 &events,
                 checkpoint.as_ref(),
                 &shared.config.notify,
                 Some(&mut progress),
-            )
-            .await
-            {
+            );
+            let written = bounded(
+                &shared.pool,
+                shared.op_timeout,
+                "writing the run's state",
+                write,
+            );
+            match written.await {
                 Ok(()) => {
                     let progressed = progress.take_enqueued();
                     if progressed || events.iter().any(|e| notices::is_notable(&e.kind)) {
@@ -368,7 +389,10 @@ async fn write_loop(
                     attempt += 1;
                     let wait = WRITE_RETRY.delay(attempt);
                     warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write the run's state; retrying");
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = let_go.wait_for(|l| *l) => {}
+                    }
                 }
             }
         }
@@ -384,13 +408,20 @@ async fn write_loop(
 pub async fn fail(shared: &SharedRef, lease: &Lease) -> Result<(), WriteError> {
     let reason = "pgshepherd failed internally while driving this run; inspect the target and its events, then finish or undo the change by hand".to_string();
     let (event, checkpoint) = driver::crashed(&lease.run_id, reason);
-    let written = store::write(
+    let events = [event];
+    let write = store::write(
         &shared.pool,
         lease,
-        &[event],
+        &events,
         Some(&checkpoint),
         &shared.config.notify,
         None,
+    );
+    let written = bounded(
+        &shared.pool,
+        shared.op_timeout,
+        "recording the failed run",
+        write,
     )
     .await;
     shared.outbox.poke();

@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::daemon::deadline::bounded;
 use crate::notify::config::{Channel, NotifyConfig};
 use crate::notify::deliver::{self, Attempt, Delivery};
 use crate::notify::notices::{self, Progress, ProgressPoint, RunMeta};
@@ -281,14 +282,18 @@ pub struct Outbox {
     /// channel worker sees each bump (a watch never loses one).
     pub wake: watch::Sender<u64>,
     pub stats: DeliveryStats,
+    /// The deadline of a claim or a record on the state database (see
+    /// [`crate::daemon::deadline`]).
+    pub op_timeout: Duration,
 }
 
 impl Outbox {
-    pub fn new(config: NotifyConfig, pool: Pool, node: String) -> Outbox {
+    pub fn new(config: NotifyConfig, pool: Pool, node: String, op_timeout: Duration) -> Outbox {
         Outbox {
             config,
             pool,
             node,
+            op_timeout,
             wake: watch::channel(0).0,
             stats: DeliveryStats::default(),
         }
@@ -386,7 +391,14 @@ async fn channel_worker(
         let free = slots.available_permits();
         let mut claimed_any = false;
         if free > 0 {
-            match claim(&outbox, &channel, free as i64).await {
+            match bounded(
+                &outbox.pool,
+                outbox.op_timeout,
+                "claiming notifications",
+                claim(&outbox, &channel, free as i64),
+            )
+            .await
+            {
                 Ok(rows) => {
                     claimed_any = !rows.is_empty();
                     for row in rows {
@@ -584,7 +596,14 @@ async fn send_one(
     // expires (at least once, never silently lost): retry the write a few times.
     for wait in [0u64, 200, 1000, 3000] {
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        match record(outbox, channel, &row, &update).await {
+        match bounded(
+            &outbox.pool,
+            outbox.op_timeout,
+            "recording a delivery",
+            record(outbox, channel, &row, &update),
+        )
+        .await
+        {
             Ok(()) => return,
             Err(e) => {
                 warn!(channel = %channel.name, notification = %row.msg_id, error = %crate::pg::error_text(&*e),

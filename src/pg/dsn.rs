@@ -100,6 +100,7 @@ impl Dsn {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
+        keep_alive(&mut config);
         if !options.is_empty() {
             let opts: Vec<String> = options.iter().map(|(k, v)| format!("-c {k}={v}")).collect();
             config.options(opts.join(" "));
@@ -119,6 +120,27 @@ impl Dsn {
             let _ = connection.await;
         });
         Ok(client)
+    }
+}
+
+/// A network path that goes silent without a reset (a firewall or NAT that
+/// forgot the connection) would leave a query waiting forever: keepalives find
+/// a dead idle connection within about 10 s + 5 x 2 s, and `tcp_user_timeout`
+/// fails one whose sent data stays unacknowledged for 30 s. Neither cuts a long
+/// statement short: the server's kernel acknowledges the query and answers the
+/// keepalives while the statement runs. The DSN's own settings win.
+fn keep_alive(config: &mut Config) {
+    use std::time::Duration;
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(10).min(config.get_keepalives_idle()));
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(2));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(5);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(30));
     }
 }
 

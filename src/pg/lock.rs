@@ -60,6 +60,29 @@ pub enum LockError {
     BusyUnknown { waited: Duration },
     #[error("while taking the advisory lock: {}", crate::pg::server_message(.0))]
     Query(#[from] tokio_postgres::Error),
+    #[error("the target did not answer within {} s while the lock was being taken", .after.as_secs())]
+    NoAnswer { after: Duration },
+}
+
+/// How long one statement of the lock's own (polling, identifying the holder,
+/// checking the session) may go unanswered: these are instant on a live server,
+/// so a longer wait means the network path or the server is frozen.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connecting for the lock, handshake included (the TCP connect alone has
+/// its own 10 s `connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `query` within [`ANSWER_TIMEOUT`].
+async fn answered<T>(
+    query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, LockError> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, query).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(LockError::NoAnswer {
+            after: ANSWER_TIMEOUT,
+        }),
+    }
 }
 
 /// A session-level advisory lock on one target database, held on a dedicated
@@ -79,28 +102,34 @@ impl TargetLock {
         timeout: Duration,
         mut on_busy: impl FnMut(&Holder),
     ) -> Result<TargetLock, LockError> {
+        // `connect_timeout` bounds the TCP connect only: a server (or a path)
+        // that accepts and then stays silent would hold the handshake forever.
         let client =
-            dsn.connect(application_name, &[])
-                .await
-                .map_err(|source| LockError::Connect {
+            match tokio::time::timeout(CONNECT_TIMEOUT, dsn.connect(application_name, &[])).await {
+                Ok(connected) => connected.map_err(|source| LockError::Connect {
                     dsn: dsn.to_string(),
                     source,
-                })?;
-        let pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
+                })?,
+                Err(_) => {
+                    return Err(LockError::NoAnswer {
+                        after: CONNECT_TIMEOUT,
+                    });
+                }
+            };
+        let pid: i32 = answered(client.query_one("SELECT pg_backend_pid()", &[]))
             .await?
             .get(0);
         let started = Instant::now();
         let mut told = false;
         loop {
-            let got: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
-                .await?
-                .get(0);
+            let got: bool =
+                answered(client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]))
+                    .await?
+                    .get(0);
             if got {
                 return Ok(TargetLock { client, pid });
             }
-            let holder = holder(&client).await?;
+            let holder = answered(holder(&client)).await?;
             if !told && let Some(h) = &holder {
                 on_busy(h);
                 told = true;
@@ -119,6 +148,13 @@ impl TargetLock {
     /// The locked session. Everything that changes the target goes through it.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Whether the locked session still answers (within [`ANSWER_TIMEOUT`]). A
+    /// connection whose network path went silent is not closed, only mute: the
+    /// lock it holds on the server is of no use to this process.
+    pub async fn answers(&self) -> bool {
+        !self.client.is_closed() && answered(self.client.simple_query("")).await.is_ok()
     }
 
     /// Backend pid of the locked session (so checks can tell it apart).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
 use crate::pg::TargetLock;
-use crate::pg::lock::LockError;
+use crate::pg::lock::{ANSWER_TIMEOUT, LockError};
 use crate::run::event::{EventKind, Step};
 use crate::run::lifecycle::Input;
 use crate::run::runner::{Phase, Runner};
@@ -43,10 +43,11 @@ impl Runner<'_> {
         Ok(lock)
     }
 
-    /// The target restarted underneath the run (its lock session is gone): take
+    /// The target restarted underneath the run (its lock session is gone), or
+    /// the network path to it went silent (the session no longer answers): take
     /// the lock again before changing anything more.
     pub(crate) async fn relock(&mut self, lock: TargetLock) -> Phase<TargetLock> {
-        if !lock.client().is_closed() {
+        if lock.answers().await {
             return Ok(lock);
         }
         drop(lock);
@@ -92,20 +93,23 @@ impl Runner<'_> {
     }
 
     /// Terminate the target sessions named after this run (`pgshepherd run ID`)
-    /// that are not ours. Best effort: without the privilege, the lock wait
-    /// below still works once the server notices the old client is gone.
+    /// that are not ours. Best effort, and bounded (a target that does not
+    /// answer must not hold up the retries below): without the privilege, the
+    /// lock wait below still works once the server notices the old client is
+    /// gone.
     async fn end_stale_sessions(&self) {
         let name = format!("pgshepherd run {}", self.ctx.run_id);
-        let Ok(client) = self.ctx.dsn.connect("pgshepherd takeover", &[]).await else {
-            return;
+        let end = async {
+            let client = self.ctx.dsn.connect("pgshepherd takeover", &[]).await?;
+            client
+                .query(
+                    "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                    &[&name],
+                )
+                .await
         };
-        if let Ok(rows) = client
-            .query(
-                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
-                  WHERE application_name = $1 AND pid <> pg_backend_pid()",
-                &[&name],
-            )
-            .await
+        if let Ok(Ok(rows)) = tokio::time::timeout(ANSWER_TIMEOUT, end).await
             && !rows.is_empty()
         {
             self.ctx.events.progress(&format!(

@@ -28,6 +28,11 @@ pub struct Env {
     /// Extra top-level YAML (`channels:`, `escalation:`, `notifications:`),
     /// written before the `daemon:` section.
     extra_config: String,
+    /// The daemons' `state_database` when it is not `state.url` (through a
+    /// [`super::proxy::Proxy`], say).
+    state_url: Option<String>,
+    /// Targets reached at another URL than their database's (through a proxy).
+    target_urls: Vec<(String, String)>,
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -49,7 +54,19 @@ impl Env {
             dir: scratch_dir(),
             daemon_settings: daemon_settings.to_string(),
             extra_config: String::new(),
+            state_url: None,
+            target_urls: Vec::new(),
         }
+    }
+
+    /// The daemons started from now on reach target `name` at `url`.
+    pub fn set_target_url(&mut self, name: &str, url: &str) {
+        self.target_urls.push((name.to_string(), url.to_string()));
+    }
+
+    /// The daemons started from now on reach the state database at `url`.
+    pub fn set_state_url(&mut self, url: &str) {
+        self.state_url = Some(url.to_string());
     }
 
     /// Extra top-level YAML for the configs written from now on (`channels:`,
@@ -74,7 +91,13 @@ impl Env {
     pub fn config(&self, name: &str, port: u16) -> PathBuf {
         let mut targets = String::new();
         for (n, db) in &self.targets {
-            targets.push_str(&format!("  {n}:\n    dsn: \"{}\"\n", db.url));
+            let url = self
+                .target_urls
+                .iter()
+                .rev()
+                .find(|(t, _)| t == n)
+                .map_or(db.url.as_str(), |(_, u)| u.as_str());
+            targets.push_str(&format!("  {n}:\n    dsn: \"{url}\"\n"));
             // Targets named `guarded*` need approval whatever the plan says.
             if n.starts_with("guarded") {
                 targets.push_str("    require_approval: true\n");
@@ -94,7 +117,7 @@ impl Env {
              log: {{format: json, level: \"info,pgshepherd=debug\"}}\n\
              {extra}\
              daemon:\n  name: {name}\n{settings}",
-            state = self.state.url,
+            state = self.state_url.as_deref().unwrap_or(&self.state.url),
             backups = self.backups().display(),
             a = sha256_hex(SUBMITTER),
             c = sha256_hex(SUBMITTER2),

@@ -229,7 +229,7 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Pool(_) | StoreError::Connect { .. } => {
+            StoreError::Pool(_) | StoreError::Connect { .. } | StoreError::Deadline { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
             _ => ApiError::internal(e.to_string()),

@@ -13,10 +13,12 @@ use crate::config::Role;
 use crate::daemon::api::auth::Caller;
 use crate::daemon::api::error::ApiError;
 use crate::daemon::api::routes::{HEALTHZ, METRICS};
+use crate::daemon::deadline::bounded;
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store::StoreError;
 
-/// How long `/healthz` waits for the state database before calling it down.
+/// How long `/healthz` waits for the state database before calling it down (at
+/// most: the daemon's own operation deadline when that is shorter).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The answer to `GET /healthz`.
@@ -30,6 +32,12 @@ pub struct Health {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub error: Option<String>,
+    /// Runs this daemon stopped driving because it could not renew their
+    /// leases in time (only while its scheduler cannot reach the state
+    /// database). They continue under whoever claims them next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub runs_stopped: Option<usize>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -41,7 +49,8 @@ pub enum HealthStatus {
 
 /// Liveness and state-database health (no auth)
 ///
-/// 200 while the state database answers `SELECT 1` (within 3 s), else 503.
+/// 200 while the state database answers `SELECT 1` (within 3 s) and the
+/// scheduler's last round (lease renewal, claims) reached it, else 503.
 #[utoipa::path(
     get,
     path = HEALTHZ.path,
@@ -50,7 +59,7 @@ pub enum HealthStatus {
     security(),
     responses(
         (status = 200, description = "The state database answers `SELECT 1`.", body = Health),
-        (status = 503, description = "The state database does not answer.", body = Health),
+        (status = 503, description = "The state database does not answer, or the scheduler cannot renew its leases or claim runs.", body = Health),
     ),
 )]
 pub async fn healthz(State(shared): State<SharedRef>) -> Response {
@@ -62,13 +71,25 @@ pub async fn healthz(State(shared): State<SharedRef>) -> Response {
             .map_err(StoreError::from)?;
         Ok::<(), StoreError>(())
     };
-    let outcome = match tokio::time::timeout(HEALTH_TIMEOUT, probe).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "the state database did not answer within {}s",
-            HEALTH_TIMEOUT.as_secs()
-        )),
+    // A probe that timed out closes the pool's idle connections: the one it
+    // used may be stuck on a silent network and must not be handed out again.
+    let limit = HEALTH_TIMEOUT.min(shared.op_timeout);
+    let probed = bounded(&shared.pool, limit, "the health probe", probe).await;
+    // The probe may succeed on a fresh connection while the scheduler's own
+    // work still fails (or has just failed): both are reported.
+    let view = shared.scheduler_view();
+    let scheduler = view.failing_since.map(|since| {
+        format!(
+            "the scheduler has not reached the state database for {} ms: {}",
+            since.elapsed().as_millis(),
+            view.last_error.as_deref().unwrap_or("unknown error")
+        )
+    });
+    let outcome = match (probed, scheduler) {
+        (Ok(()), None) => Ok(()),
+        (Err(e), None) => Err(e.to_string()),
+        (Ok(()), Some(s)) => Err(s),
+        (Err(e), Some(s)) => Err(format!("{e}; {s}")),
     };
     let (code, status, error) = match outcome {
         Ok(()) => (StatusCode::OK, HealthStatus::Ok, None),
@@ -83,6 +104,7 @@ pub async fn healthz(State(shared): State<SharedRef>) -> Response {
         node: shared.node.clone(),
         version: env!("CARGO_PKG_VERSION"),
         error,
+        runs_stopped: (view.runs_stopped > 0).then_some(view.runs_stopped),
     };
     (code, Json(health)).into_response()
 }
