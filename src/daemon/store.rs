@@ -227,22 +227,25 @@ pub async fn claim(
             &[&node, &(lease_ms as f64), &limit],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Claimed {
-            lease: Lease {
-                run_id: r.get(0),
-                owner: node.to_string(),
-                epoch: r.get(1),
-            },
-            target: r.get(2),
-            plan_path: r.get(3),
-            bundle: r.get(4),
-            checkpoint: r.get(5),
-            abort_requested_by: r.get(6),
-            previous_owner: r.get(7),
-        })
-        .collect())
+    Ok(rows.iter().map(|r| claimed(r, node, r.get(7))).collect())
+}
+
+/// A claimed run from a `RETURNING id, epoch, target, plan_path, bundle,
+/// checkpoint, abort_requested_by` row.
+fn claimed(r: &tokio_postgres::Row, node: &str, previous_owner: Option<String>) -> Claimed {
+    Claimed {
+        lease: Lease {
+            run_id: r.get(0),
+            owner: node.to_string(),
+            epoch: r.get(1),
+        },
+        target: r.get(2),
+        plan_path: r.get(3),
+        bundle: r.get(4),
+        checkpoint: r.get(5),
+        abort_requested_by: r.get(6),
+        previous_owner,
+    }
 }
 
 /// Take back, under new epochs, the runs leased to `node` that this process
@@ -282,19 +285,7 @@ pub async fn take_back(
         .await?;
     Ok(rows
         .iter()
-        .map(|r| Claimed {
-            lease: Lease {
-                run_id: r.get(0),
-                owner: node.to_string(),
-                epoch: r.get(1),
-            },
-            target: r.get(2),
-            plan_path: r.get(3),
-            bundle: r.get(4),
-            checkpoint: r.get(5),
-            abort_requested_by: r.get(6),
-            previous_owner: Some(node.to_string()),
-        })
+        .map(|r| claimed(r, node, Some(node.to_string())))
         .collect())
 }
 
