@@ -110,7 +110,8 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
         // Renew leases; relay aborts; stop runs whose lease was taken. The
         // renewal must answer before the first lease runs out: a later answer
         // would come too late to keep driving anything.
-        let mut round: Result<(), String> = Ok(());
+        // The first thing this round could not do with the state database, if any.
+        let mut failure: Option<String> = None;
         let held = active.values().filter(|a| !a.let_go);
         let leases: Vec<Lease> = held.clone().map(|a| a.lease.clone()).collect();
         let renew_started = Instant::now();
@@ -143,7 +144,7 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
             }
             Err(e) => {
                 warn!(error = %e, runs = leases.len(), "cannot renew leases; a run whose lease runs out is stopped");
-                round = Err(format!("cannot renew leases: {e}"));
+                failure = Some(format!("cannot renew leases: {e}"));
             }
         }
 
@@ -164,7 +165,7 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
                 Ok(mut more) => claimed.append(&mut more),
                 Err(e) => {
                     warn!(error = %e, "cannot claim runs");
-                    round = round.and(Err(format!("cannot claim runs: {e}")));
+                    failure.get_or_insert(format!("cannot claim runs: {e}"));
                 }
             }
             for c in claimed {
@@ -205,10 +206,10 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
             .await
             {
                 warn!(error = %e, "state database unreachable");
-                round = round.and(Err(e.to_string()));
+                failure.get_or_insert(e.to_string());
             }
         }
-        shared.scheduler_round(round);
+        shared.scheduler_round(failure);
 
         let poll = if draining_since.is_some() {
             Duration::from_millis(100).min(settings.poll_interval)

@@ -78,15 +78,16 @@ impl Shared {
             .clone()
     }
 
-    /// A scheduler round reached the state database (`Ok`) or did not.
-    pub fn scheduler_round(&self, outcome: Result<(), String>) {
+    /// A scheduler round reached the state database (`None`) or failed with
+    /// this error.
+    pub fn scheduler_round(&self, failure: Option<String>) {
         let mut view = self
             .scheduler_view
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        match outcome {
-            Ok(()) => *view = SchedulerView::default(),
-            Err(e) => {
+        match failure {
+            None => *view = SchedulerView::default(),
+            Some(e) => {
                 view.failing_since.get_or_insert_with(Instant::now);
                 view.last_error = Some(e);
             }

@@ -40,26 +40,16 @@ pub async fn record(
     let detail = truncate(detail, MAX_DETAIL);
     tracing::info!(actor, action, run_id, status, detail, "api audit");
     let write = async {
-        let client = shared
-            .pool
-            .get()
-            .await
-            .map_err(|e| crate::pg::error_text(&e))?;
+        let client = shared.pool.get().await.map_err(WriteError::Pool)?;
         client
             .execute(
                 "INSERT INTO audit (actor, action, run_id, status, detail) VALUES ($1, $2, $3, $4, $5)",
                 &[&actor, &action, &run_id, &i32::from(status), &detail],
             )
             .await
-            .map_err(|e| crate::pg::server_message(&e))
+            .map_err(WriteError::Query)
     };
-    let written = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "the state database did not answer within {}s",
-            WRITE_TIMEOUT.as_secs()
-        )),
-    };
+    let written = with_timeout(write).await;
     if let Err(error) = written {
         tracing::error!(actor, action, run_id, status, %error, "could not write the audit row");
     }
@@ -169,11 +159,7 @@ pub async fn record_unauthenticated(
             Flush::Nothing => return,
             Flush::Insert(n) => {
                 let row = with_timeout(async {
-                    let client = shared
-                        .pool
-                        .get()
-                        .await
-                        .map_err(|e| crate::pg::error_text(&e))?;
+                    let client = shared.pool.get().await.map_err(WriteError::Pool)?;
                     client
                         .query_one(
                             "INSERT INTO audit (actor, action, status, detail, source, count)
@@ -182,7 +168,7 @@ pub async fn record_unauthenticated(
                         )
                         .await
                         .map(|r| r.get::<_, i64>(0))
-                        .map_err(|e| crate::pg::server_message(&e))
+                        .map_err(WriteError::Query)
                 })
                 .await;
                 let next = shared
@@ -195,11 +181,7 @@ pub async fn record_unauthenticated(
             Flush::Add(row, n) => {
                 flush = Flush::Nothing;
                 with_timeout(async {
-                    let client = shared
-                        .pool
-                        .get()
-                        .await
-                        .map_err(|e| crate::pg::error_text(&e))?;
+                    let client = shared.pool.get().await.map_err(WriteError::Pool)?;
                     client
                         .execute(
                             "UPDATE audit SET count = count + $2 WHERE id = $1",
@@ -207,7 +189,7 @@ pub async fn record_unauthenticated(
                         )
                         .await
                         .map(|_| ())
-                        .map_err(|e| crate::pg::server_message(&e))
+                        .map_err(WriteError::Query)
                 })
                 .await
             }
@@ -218,14 +200,23 @@ pub async fn record_unauthenticated(
     }
 }
 
-async fn with_timeout<T>(write: impl Future<Output = Result<T, String>>) -> Result<T, String> {
-    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "the state database did not answer within {}s",
-            WRITE_TIMEOUT.as_secs()
-        )),
-    }
+/// Why an audit row was not written (it is logged instead).
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("{}", crate::pg::error_text(.0))]
+    Pool(deadpool_postgres::PoolError),
+    #[error("{}", crate::pg::server_message(.0))]
+    Query(tokio_postgres::Error),
+    #[error("the state database did not answer within {}s", WRITE_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+async fn with_timeout<T>(
+    write: impl Future<Output = Result<T, WriteError>>,
+) -> Result<T, WriteError> {
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or(Err(WriteError::Timeout))
 }
 
 fn truncate(s: &str, max: usize) -> &str {
