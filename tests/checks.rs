@@ -77,6 +77,16 @@ async fn app_session(dsn: &Dsn, name: &str) -> Client {
     dsn.connect(name, &[]).await.expect("connect")
 }
 
+/// An application session (`app-holder`) in a transaction holding row 1 of `r`.
+async fn hold_row_one(dsn: &Dsn) -> Client {
+    let holder = app_session(dsn, "app-holder").await;
+    holder
+        .batch_execute("BEGIN; SELECT * FROM r WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    holder
+}
+
 // ---------------------------------------------------------------- SQL
 
 #[tokio::test]
@@ -654,11 +664,7 @@ async fn lock_waiting_sessions_counts_a_session_blocked_on_a_row_lock() {
     let mut sampler = Sampler::new(&builtin(BuiltinSignal::LockWaitingSessions), &db.dsn);
     assert_eq!(sampler.sample().await, Observation::Value(0.0));
 
-    let holder = app_session(&db.dsn, "app-holder").await;
-    holder
-        .batch_execute("BEGIN; SELECT * FROM r WHERE id = 1 FOR UPDATE")
-        .await
-        .unwrap();
+    let holder = hold_row_one(&db.dsn).await;
     let blocked = app_session(&db.dsn, "app-blocked").await;
     let ours = app_session(&db.dsn, "pgshepherd-migrate").await;
     let blocked_update = tokio::spawn(async move {
@@ -684,6 +690,53 @@ async fn lock_waiting_sessions_counts_a_session_blocked_on_a_row_lock() {
     blocked_update.await.unwrap().unwrap();
     our_update.await.unwrap().unwrap();
     assert_eq!(sampler.sample().await, Observation::Value(0.0));
+}
+
+/// Issue 10: as a role without `pg_read_all_stats`, another role's sessions show
+/// up with NULL state, wait event and transaction start; a count over them would
+/// read 0 while they wait. Such samples are inconclusive, naming the role and the
+/// grant, and become real values once the role may see them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtins_that_cannot_see_other_roles_sessions_are_inconclusive() {
+    let db = common::fresh_db().await;
+    let role = format!("watcher_{}", db.name.split('_').next().unwrap());
+    db.execute(&format!(
+        "CREATE ROLE {role} LOGIN; CREATE TABLE r (id int PRIMARY KEY); INSERT INTO r VALUES (1);"
+    ))
+    .await;
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let watcher: Dsn = url.parse().unwrap();
+    // Another role's transaction, holding a row lock that a second one waits on.
+    let holder = hold_row_one(&db.dsn).await;
+    let blocked = app_session(&db.dsn, "app-blocked").await;
+    let blocked_delete =
+        tokio::spawn(async move { blocked.batch_execute("DELETE FROM r WHERE id = 1").await });
+    db.wait_for(
+        "the delete waiting on the row lock",
+        "SELECT count(*) = 1 FROM pg_stat_activity WHERE datname = current_database() \
+           AND wait_event_type = 'Lock' AND application_name = 'app-blocked'",
+    )
+    .await;
+
+    for signal in [
+        BuiltinSignal::LockWaitingSessions,
+        BuiltinSignal::LongestTransactionSeconds,
+    ] {
+        let obs = sample_once(&builtin(signal), &watcher).await;
+        assert_inconclusive(&obs, &format!("hidden from role {role}"));
+        assert_inconclusive(&obs, &format!("GRANT pg_read_all_stats TO {role}"));
+    }
+
+    db.execute(&format!("GRANT pg_read_all_stats TO {role}"))
+        .await;
+    assert_eq!(
+        sample_once(&builtin(BuiltinSignal::LockWaitingSessions), &watcher).await,
+        Observation::Value(1.0)
+    );
+    let obs = sample_once(&builtin(BuiltinSignal::LongestTransactionSeconds), &watcher).await;
+    assert!(matches!(obs, Observation::Value(v) if v > 0.0), "{obs:?}");
+    holder.batch_execute("COMMIT").await.unwrap();
+    blocked_delete.await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -408,6 +408,68 @@ async fn a_restore_the_role_cannot_perform_stops_the_run_before_any_change() {
     );
 }
 
+/// Issue 10: a role without `pg_read_all_stats` sees only its own sessions, so
+/// `lock_waiting_sessions` and a gate on `pg_stat_activity` would read 0 while
+/// another role's session waits. The dry run says so and the run refuses before
+/// anything changes, naming the checks and the GRANT; with the grant it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_that_cannot_see_other_roles_sessions_stop_the_run_before_any_change() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let url = non_superuser_owner(&s.db).await;
+    let role = url
+        .split("//")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    let checks = format!(
+        "{QUIET_CHECK}    - name: waiters\n      builtin: lock_waiting_sessions\n      max: 5\n      consecutive: 1\n      min_samples: 1\n"
+    );
+    let plan = s.plan(&format!(
+        "gate:\n  check:\n    name: busy\n    sql: SELECT count(*) FROM pg_stat_activity WHERE state = 'active'\n    max: 50\n  \
+         consecutive: 1\n  interval: 100ms\n{}",
+        soak(1, &checks)
+    ));
+
+    let dry = s.run_at(&url, &plan, &["--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(dry.stderr.contains("checks NOT ready"), "{}", dry.stderr);
+    let hidden = &dry.named("dry_run")[0]["report"]["soak"]["sessions_hidden"];
+    assert!(
+        hidden.as_str().unwrap().contains("check `waiters`"),
+        "{hidden}"
+    );
+
+    let out = s.run_at(&url, &plan, &[]).await;
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert_eq!(out.outcome(), "stopped");
+    let reason = out.reason();
+    for named in [
+        "gate check `busy` (its SQL reads pg_stat_activity)",
+        "check `waiters` (builtin lock_waiting_sessions)",
+        &format!("GRANT pg_read_all_stats TO {role}"),
+    ] {
+        assert!(reason.contains(named), "{named} not in: {reason}");
+    }
+    assert!(!reason.contains("accounts_rows"), "{reason}");
+    assert!(
+        out.named("backup_started").is_empty(),
+        "stopped before the backup"
+    );
+    assert!(out.named("migration_started").is_empty());
+    assert!(!s.db.table_exists("audit_log").await);
+    assert_eq!(history_versions(&s.db).await, Vec::<i64>::new());
+
+    s.db.execute(&format!("GRANT pg_read_all_stats TO {role}"))
+        .await;
+    let out = s.run_at(&url, &plan, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history_versions(&s.db).await, vec![1, 2]);
+}
+
 /// The other side: the same kind of role with only a trusted extension can
 /// restore, so the check lets it through, the breach is undone by the restore,
 /// and the run says that the extension's owner changed.

@@ -22,6 +22,9 @@
 //!
 //! Sessions whose `application_name` starts with `pgshepherd` are excluded from the
 //! last two: the migration itself waiting on a lock is the lock step's business.
+//! Both need to see other roles' sessions (`pg_read_all_stats`): a sample in which
+//! some are hidden is inconclusive, and a run whose role lacks the privilege is
+//! refused before it changes anything (see `visibility`).
 
 use std::time::{Duration, Instant};
 
@@ -33,17 +36,22 @@ use crate::plan::model::BuiltinSignal;
 const COUNTERS_SQL: &str = "SELECT deadlocks, xact_rollback, stats_reset::text \
      FROM pg_stat_database WHERE datname = current_database()";
 
-const LONGEST_TRANSACTION_SQL: &str = "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)::float8 \
+// Each gauge query also counts the sessions on the database that the role cannot
+// see (backend_type reads NULL only for those) and names the role: a sample with
+// hidden sessions is inconclusive, not a 0 (see `visibility`).
+const LONGEST_TRANSACTION_SQL: &str = "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)) \
+       FILTER (WHERE backend_type = 'client backend' AND xact_start IS NOT NULL \
+         AND coalesce(application_name, '') NOT LIKE 'pgshepherd%'), 0)::float8, \
+       count(*) FILTER (WHERE backend_type IS NULL), current_user::text \
      FROM pg_stat_activity \
-     WHERE datname = current_database() AND backend_type = 'client backend' \
-       AND xact_start IS NOT NULL AND pid <> pg_backend_pid() \
-       AND coalesce(application_name, '') NOT LIKE 'pgshepherd%'";
+     WHERE datname = current_database() AND pid <> pg_backend_pid()";
 
-const LOCK_WAITING_SQL: &str = "SELECT count(*)::float8 \
+const LOCK_WAITING_SQL: &str = "SELECT count(*) FILTER (WHERE backend_type = 'client backend' \
+         AND wait_event_type = 'Lock' \
+         AND coalesce(application_name, '') NOT LIKE 'pgshepherd%')::float8, \
+       count(*) FILTER (WHERE backend_type IS NULL), current_user::text \
      FROM pg_stat_activity \
-     WHERE datname = current_database() AND backend_type = 'client backend' \
-       AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() \
-       AND coalesce(application_name, '') NOT LIKE 'pgshepherd%'";
+     WHERE datname = current_database() AND pid <> pg_backend_pid()";
 
 /// Why a counter could not be read; worded as an inconclusive sample's reason.
 #[derive(Debug, thiserror::Error)]
@@ -114,12 +122,24 @@ impl BuiltinSampler {
             Ok(read) => read.rows,
             Err(e) => return Observation::inconclusive(e.to_string()),
         };
-        match rows.first().map(|r| r.try_get::<_, f64>(0)) {
-            Some(Ok(v)) => Observation::Value(v),
-            Some(Err(e)) => {
+        let Some(row) = rows.first() else {
+            return Observation::inconclusive(format!("no row for {}", self.signal.as_str()));
+        };
+        let read = row
+            .try_get::<_, f64>(0)
+            .and_then(|v| Ok((v, row.try_get::<_, i64>(1)?, row.try_get::<_, String>(2)?)));
+        match read {
+            Ok((_, hidden, role)) if hidden > 0 => Observation::inconclusive(format!(
+                "{hidden} session(s) on this database are hidden from role {role} \
+                 (pg_stat_activity shows <insufficient privilege>), so {} cannot count them \
+                 (GRANT {} TO {role})",
+                self.signal.as_str(),
+                crate::checks::visibility::PRIVILEGE,
+            )),
+            Ok((v, _, _)) => Observation::Value(v),
+            Err(e) => {
                 Observation::inconclusive(format!("cannot read {}: {e}", self.signal.as_str()))
             }
-            None => Observation::inconclusive(format!("no row for {}", self.signal.as_str())),
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! - [`sampler`]: one [`Sampler`] per check, `prime()` then `sample()` each interval.
 //! - [`sql`], [`http`], [`builtin`]: the sources; [`session`] is the read-only,
-//!   time-boxed connection SQL checks and builtins share.
+//!   time-boxed connection SQL checks and builtins share; [`visibility`]: checks
+//!   that count other sessions need the role to see them.
 //! - [`verdict`]: [`CheckState`] turns observations into [`Assessment`]s and
 //!   [`Verdict`]s.
 
@@ -13,6 +14,7 @@ pub mod sampler;
 pub mod session;
 pub mod sql;
 pub mod verdict;
+pub mod visibility;
 
 pub use sampler::Sampler;
 pub use verdict::{Assessment, Bound, CheckState, Counts, Observation, Rule, Verdict};

@@ -6,19 +6,29 @@ use serde_json::{Value, json};
 use crate::migrations::Migration;
 use crate::plan::RollbackStrategy;
 use crate::steps::StepContext;
-use crate::steps::backup::Readiness;
+use crate::steps::backup::Readiness as RestoreReadiness;
 use crate::steps::soak::Monitor;
+
+/// What preflight found the live target's role lacking, for the report.
+pub struct Readiness<'a> {
+    /// For `restore`: what the role would lack to restore a backup.
+    pub restore: Option<&'a RestoreReadiness>,
+    /// Why checks that count other sessions could not see them (a run refuses).
+    pub sessions: Option<&'a str>,
+}
 
 /// The pending migrations with their SQL and directives, the rollback strategy and
 /// whether it can work (every down script exists; for `restore`, what the
-/// target's role would lack to restore a backup, `restore`), the checks with their
-/// thresholds, and the baseline each check measures right now.
+/// target's role would lack to restore a backup), the checks with their
+/// thresholds, whether the role can see what they count, and the baseline each
+/// check measures right now.
 pub async fn report(
     ctx: &StepContext<'_>,
     pending: &[&Migration],
     applied: &[i64],
-    restore: Option<&Readiness>,
+    ready: Readiness<'_>,
 ) -> Value {
+    let restore = ready.restore;
     let plan = ctx.plan;
     let migrations: Vec<Value> = pending
         .iter()
@@ -57,7 +67,7 @@ pub async fn report(
         RollbackStrategy::Restore => {
             plan.backup.enabled
                 && plan.rollback.allow_data_loss
-                && restore.is_none_or(Readiness::ready)
+                && restore.is_none_or(RestoreReadiness::ready)
         }
         RollbackStrategy::Hold => true,
     };
@@ -75,6 +85,10 @@ pub async fn report(
         for change in &readiness.owner_changes {
             ctx.events.progress(&format!("  note: {change}"));
         }
+    }
+    if let Some(reason) = ready.sessions {
+        ctx.events
+            .progress(&format!("  checks NOT ready: {reason}"));
     }
     for m in pending {
         ctx.events.progress(&format!(
@@ -129,6 +143,7 @@ pub async fn report(
             "interval_s": plan.soak.interval.as_secs_f64(),
             "checks": checks,
             "baseline_error": baseline_error,
+            "sessions_hidden": ready.sessions,
         },
     })
 }

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use tokio::sync::watch;
 
+use crate::checks::visibility::{self, SessionVisibility};
 use crate::migrations::Migration;
 use crate::migrations::history::{self, HistoryError};
 use crate::pg::cluster::PgBinaries;
@@ -97,6 +98,16 @@ impl<'a> Runner<'a> {
     }
 
     /// Stop before any change, on purpose or by circumstance (exit 5).
+    /// Stop before any change because the environment failed (exit 1): the
+    /// target unreachable, a preflight question it could not answer.
+    async fn stop_on_environment(&self, reason: String) -> Finished {
+        self.end(Input::Stop {
+            reason,
+            exit_code: 1,
+        })
+        .await
+    }
+
     pub(crate) async fn stop_before_change(&self, reason: String) -> Finished {
         self.end(Input::Stop {
             reason,
@@ -309,12 +320,7 @@ impl<'a> Runner<'a> {
                     self.ctx.dsn,
                     crate::pg::server_message(&e)
                 );
-                return Err(self
-                    .end(Input::Stop {
-                        reason,
-                        exit_code: 1,
-                    })
-                    .await);
+                return Err(self.stop_on_environment(reason).await);
             }
         };
         let status = match history::read(&client, &plan.migrations.name).await {
@@ -328,6 +334,13 @@ impl<'a> Runner<'a> {
                 Some(backup::check_restore(&client, self.ctx.dsn).await)
             }
             _ => None,
+        };
+        // A check that counts other sessions reads 0 when the role cannot see them:
+        // found now, not as a soak that passes on missing data (issue 10).
+        let blind = visibility::blind_checks(plan);
+        let sessions = match blind.is_empty() {
+            true => None,
+            false => Some(SessionVisibility::read(&client).await),
         };
         drop(client);
         let status = match status {
@@ -361,17 +374,26 @@ impl<'a> Runner<'a> {
             Some(Ok(readiness)) => Some(readiness),
             Some(Err(e)) => {
                 let reason = format!("cannot tell whether the backup could be restored: {e}");
-                return Err(self
-                    .end(Input::Stop {
-                        reason,
-                        exit_code: 1,
-                    })
-                    .await);
+                return Err(self.stop_on_environment(reason).await);
+            }
+        };
+        let blind_refusal = match sessions {
+            None => None,
+            Some(Ok(v)) => visibility::refusal(&v, &blind),
+            Some(Err(e)) => {
+                let reason = format!(
+                    "cannot tell whether the role sees other sessions: {}",
+                    crate::pg::server_message(&e)
+                );
+                return Err(self.stop_on_environment(reason).await);
             }
         };
         if self.opts.dry_run {
-            let report =
-                dry_run::report(&self.ctx, &pending, &status.applied, restore.as_ref()).await;
+            let ready = dry_run::Readiness {
+                restore: restore.as_ref(),
+                sessions: blind_refusal.as_deref(),
+            };
+            let report = dry_run::report(&self.ctx, &pending, &status.applied, ready).await;
             self.ctx
                 .events
                 .emit(Some(Step::Preflight), EventKind::DryRun { report });
@@ -386,6 +408,11 @@ impl<'a> Runner<'a> {
                 .unwrap_or_else(|| "no version".into());
             let reason = format!("nothing to apply: the target is already at {at}");
             return Err(self.end(Input::NothingToDo { reason }).await);
+        }
+        if let Some(reason) = blind_refusal {
+            // Exit 5 like the restore readiness below: a privilege missing on the
+            // live target is a circumstance, the plan itself is valid.
+            return Err(self.stop_before_change(reason).await);
         }
         if let Some(readiness) = &restore {
             if !readiness.ready() {
