@@ -14,6 +14,9 @@
 //! every line and `jq 'select(.run_id == "…")'` or a log pipeline's field filter
 //! finds all of a run. tracing's own `target` (the Rust module path) would collide
 //! with pgshepherd's `target` (the database), so it is written as `module`.
+//! A field named `detail` holding a JSON object (a run event's own fields, see
+//! [`DETAIL`]) is written as that object, not as a string of JSON, so a log
+//! pipeline can filter on `detail.value` as it filters on `run_id`.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -31,6 +34,10 @@ use crate::config::{LogFormat, LogSettings};
 /// Keys the JSON format writes itself; a field of the same name is written as
 /// `field.<name>` rather than lost or duplicated.
 const RESERVED: &[&str] = &["ts", "level", "message", "module", "span"];
+
+/// The field whose value, JSON text of an object, the JSON format embeds as an
+/// object (the pretty format shows the text).
+pub const DETAIL: &str = "detail";
 
 /// Install the daemon's global subscriber per its config. Returns `false` (and
 /// changes nothing) when a subscriber is already installed, so calling it twice,
@@ -199,6 +206,13 @@ struct FieldVisitor<'a> {
 
 impl FieldVisitor<'_> {
     fn put(&mut self, field: &Field, value: Value) {
+        let value = match value {
+            Value::String(text) if field.name() == DETAIL => match serde_json::from_str(&text) {
+                Ok(object @ Value::Object(_)) => object,
+                _ => Value::String(text),
+            },
+            other => other,
+        };
         if field.name() == "message" {
             self.message = Some(match value {
                 Value::String(s) => s,
@@ -346,6 +360,17 @@ mod tests {
         assert_eq!(lines[0]["level"], "INFO");
         assert_eq!(lines[0]["field.level"], 3);
         assert_eq!(lines[0]["ratio"], "NaN");
+    }
+
+    #[test]
+    fn a_detail_object_is_embedded_and_anything_else_kept_as_text() {
+        let lines = capture("info", || {
+            tracing::info!(detail = r#"{"value":0.5,"check":"c"}"#, "object");
+            tracing::info!(detail = "not json", "text");
+        });
+        assert_eq!(lines[0]["detail"]["value"], 0.5);
+        assert_eq!(lines[0]["detail"]["check"], "c");
+        assert_eq!(lines[1]["detail"], "not json");
     }
 
     #[test]

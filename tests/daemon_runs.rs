@@ -7,6 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use common::daemon::{ADMIN, APPROVER, Api, Env, READER, SUBMITTER, SUBMITTER2, soak_plan};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -146,6 +148,15 @@ async fn submit_approve_window_migrate_soak_succeeded() {
     for secret in [SUBMITTER, APPROVER, READER, ADMIN] {
         assert!(!log.contains(secret), "a token leaked into the log");
     }
+    // The JSON log carries each run event's fields as data, not only as words.
+    let finished = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["event"] == "run_finished")
+        .unwrap_or_else(|| panic!("no run_finished line in the log:\n{log}"));
+    assert_eq!(finished["detail"]["outcome"], "succeeded", "{finished}");
+    assert_eq!(finished["detail"]["exit_code"], 0, "{finished}");
+    assert!(finished["run_id"].is_string(), "{finished}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -223,15 +223,26 @@ async fn give_up(events: &Emitter, claimed: &Claimed, reason: String) -> DriveEn
     DriveEnd::Finished(outcome)
 }
 
+/// A run event as a log line: the words as the message, the event's own fields
+/// (as in `--json` and the API) under `detail`; `run_id` and `target` come from
+/// the run's span.
 fn log_event(event: &Event) {
     let step = event.step.map(|s| format!("{s:?}").to_lowercase());
     let name = event.kind.name();
     let text = crate::run::render::text(event);
+    let detail = match serde_json::to_value(&event.kind) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            // The name is the line's `event` field already.
+            fields.remove("event");
+            serde_json::Value::Object(fields).to_string()
+        }
+        _ => String::new(),
+    };
     match &event.kind {
         EventKind::CheckSample { .. } => {
-            tracing::debug!(step = step.as_deref(), event = name, "{text}")
+            tracing::debug!(step = step.as_deref(), event = name, detail, "{text}")
         }
-        _ => tracing::info!(step = step.as_deref(), event = name, "{text}"),
+        _ => tracing::info!(step = step.as_deref(), event = name, detail, "{text}"),
     }
 }
 
