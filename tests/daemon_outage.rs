@@ -307,3 +307,27 @@ async fn a_target_path_gone_silent_mid_soak_rolls_back_on_a_fresh_lock_session()
     assert!(!env.target("main").table_exists("t").await);
     drop(daemon);
 }
+
+/// Reading `pgshepherd.history` on a connection whose path went silent ends with
+/// a "did not answer" error after the lock's answer deadline, instead of waiting
+/// for keepalives (issue 10: history reads on target connections).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_read_on_a_silent_target_path_ends_with_no_answer() {
+    let db = common::fresh_db().await;
+    let upstream = common::cluster().port();
+    let proxy = Proxy::start(upstream).await;
+    let dsn: pgshepherd::pg::Dsn = proxy.route(&db.url, upstream).parse().unwrap();
+    let client = dsn.connect("pgshepherd-test", &[]).await.unwrap();
+    let read = pgshepherd::migrations::history::read(&client, "set").await;
+    assert!(read.unwrap().is_empty(), "nothing applied yet");
+
+    proxy.go_silent();
+    let err = pgshepherd::migrations::history::read(&client, "set")
+        .await
+        .expect_err("a silent path cannot answer");
+    let text = err.to_string();
+    assert!(
+        text.contains("did not answer") && text.contains("pgshepherd.history"),
+        "{text}"
+    );
+}

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::migrations::{Migration, MigrationSet};
+use crate::pg::lock::ANSWER_TIMEOUT;
 
 pub const CREATE: &str = "
 CREATE SCHEMA IF NOT EXISTS pgshepherd;
@@ -35,10 +36,22 @@ pub struct Applied {
     pub run_id: String,
 }
 
+/// Why the history could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
+pub enum ReadError {
     #[error("while reading pgshepherd.history: {}", crate::pg::server_message(.0))]
     Query(#[from] tokio_postgres::Error),
+    #[error(
+        "the target did not answer within {} s while pgshepherd.history was read",
+        .after.as_secs()
+    )]
+    NoAnswer { after: std::time::Duration },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    Query(#[from] ReadError),
     #[error(
         "checksum drift: {label} was applied with checksum {applied} but the file now has {current}. \
          Applied migrations must not be edited; restore the file or add a new migration"
@@ -66,8 +79,19 @@ pub enum HistoryError {
 }
 
 /// The applied rows of `set`, in version order; an empty list when pgshepherd has
-/// never touched the target.
-pub async fn read(client: &Client, set: &str) -> Result<Vec<Applied>, tokio_postgres::Error> {
+/// never touched the target. Two instant queries: a target that does not answer
+/// them within [`ANSWER_TIMEOUT`] has a frozen server or network path, which
+/// keepalives alone would take up to `tcp_user_timeout` (30 s) to notice.
+pub async fn read(client: &Client, set: &str) -> Result<Vec<Applied>, ReadError> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, read_rows(client, set)).await {
+        Ok(rows) => Ok(rows?),
+        Err(_) => Err(ReadError::NoAnswer {
+            after: ANSWER_TIMEOUT,
+        }),
+    }
+}
+
+async fn read_rows(client: &Client, set: &str) -> Result<Vec<Applied>, tokio_postgres::Error> {
     let exists: bool = client
         .query_one("SELECT to_regclass('pgshepherd.history') IS NOT NULL", &[])
         .await?

@@ -325,7 +325,7 @@ impl<'a> Runner<'a> {
         };
         let status = match history::read(&client, &plan.migrations.name).await {
             Ok(rows) => history::reconcile(&plan.migrations, &rows),
-            Err(e) => Err(HistoryError::Query(e)),
+            Err(e) => Err(HistoryError::from(e)),
         };
         // A `restore` rollback that cannot work must be found now, not after the
         // migration, when the target is already changed (issue 10).

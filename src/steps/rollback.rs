@@ -39,8 +39,8 @@ pub enum RollbackError {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read pgshepherd.history: {}", crate::pg::server_message(.0))]
-pub struct HistoryReadError(#[source] tokio_postgres::Error);
+#[error(transparent)]
+pub struct HistoryReadError(history::ReadError);
 
 /// Undo `undo` (versions in apply order) with the plan's strategy `down` or
 /// `restore`, under the `permit` the lifecycle handed out with the persisted
