@@ -1,39 +1,120 @@
 //! A target that only accepts TLS connections: pgshepherd and the tools it runs
-//! (pg_dump, pg_restore) follow the URL's `sslmode`.
+//! (pg_dump, pg_restore) follow the URL's `sslmode`, and with `verify-ca` /
+//! `verify-full` authenticate the server against `sslrootcert`.
 
 mod common;
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
 
+use pgshepherd::daemon::store;
+use pgshepherd::pg::Dsn;
 use pgshepherd::pg::cluster::TempCluster;
 
-/// A cluster of its own with a self-signed certificate, refusing plain TCP.
-async fn tls_only_cluster() -> TempCluster {
+/// Run openssl with `args`, failing the test with its error output.
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl (the TLS tests need the openssl command)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// A test certificate authority in `dir`: `NAME.crt` and `NAME.key`.
+fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        &format!("/CN=pgshepherd test {name}"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        path(&key),
+        "-out",
+        path(&crt),
+    ]);
+    crt
+}
+
+/// A server certificate for `san` (openssl's subjectAltName syntax) signed by
+/// the CA `ca` (its `.crt`, next to its `.key`), written as the cluster's
+/// `server.crt` / `server.key`.
+fn sign_server_cert(data: &Path, ca: &Path, san: &str) {
+    let scratch = common::scratch_dir();
+    let csr = scratch.path().join("server.csr");
+    let ext = scratch.path().join("server.ext");
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+        ),
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=pgshepherd test server",
+        "-keyout",
+        path(&data.join("server.key")),
+        "-out",
+        path(&csr),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        path(&csr),
+        "-CA",
+        path(ca),
+        "-CAkey",
+        path(&ca.with_extension("key")),
+        "-CAcreateserial",
+        "-CAserial",
+        path(&scratch.path().join("ca.srl")),
+        "-days",
+        "1",
+        "-extfile",
+        path(&ext),
+        "-out",
+        path(&data.join("server.crt")),
+    ]);
+}
+
+/// A cluster of its own refusing plain TCP, with the certificate `make_cert`
+/// writes into its data directory (`server.crt`, `server.key`).
+async fn tls_only_cluster(make_cert: impl FnOnce(&Path)) -> TempCluster {
     let cluster = TempCluster::start(common::binaries()).expect("start a cluster");
     let data = cluster.data_dir().to_path_buf();
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(data.join("server.key"))
-        .arg("-out")
-        .arg(data.join("server.crt"))
-        .output()
-        .expect("run openssl");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    make_cert(&data);
     std::fs::write(
         data.join("pg_hba.conf"),
         "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
@@ -75,51 +156,191 @@ async fn tls_only_cluster() -> TempCluster {
     cluster
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn runs_against_a_tls_only_target_and_refuses_plain_connections() {
-    let cluster = tls_only_cluster().await;
-    let dir = common::scratch_dir();
-    let plan = common::one_table_plan(dir.path(), "db", "1s", "");
-    let run = |sslmode: &str| {
-        Command::new(common::pgshepherd_bin())
-            .arg("run")
-            .arg(&plan)
-            .args([
-                "--now",
-                "--json",
-                "--database-url",
-                &format!("{}?sslmode={sslmode}", cluster.url("postgres")),
-            ])
-            .arg("--backup-dir")
-            .arg(dir.path().join("backups"))
-            .output()
-            .unwrap()
-    };
-    let plain = run("disable");
-    assert_eq!(
-        plain.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&plain.stderr)
-    );
-    let tls = run("require");
-    assert_eq!(
-        tls.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&tls.stderr)
-    );
-    // The backup went through TLS too (pg_dump got PGSSLMODE).
-    assert!(String::from_utf8_lossy(&tls.stdout).contains("\"event\":\"backup_verified\""));
+/// `pgshepherd run --now --json` of `plan` against `url`.
+fn run(plan: &Path, url: &str, backups: &Path) -> Output {
+    Command::new(common::pgshepherd_bin())
+        .arg("run")
+        .arg(plan)
+        .args(["--now", "--json", "--database-url", url])
+        .arg("--backup-dir")
+        .arg(backups)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// pg_dump (schema only) with the connection settings pgshepherd gives it.
+fn pg_dump(url: &str) -> Output {
+    let dsn: Dsn = url.parse().unwrap();
+    Command::new(&common::binaries().pg_dump)
+        .envs(dsn.libpq_env())
+        .args(["--schema-only", "--file", "/dev/null"])
+        .output()
+        .unwrap()
+}
+
+async fn table_exists(cluster: &TempCluster, dbname: &str) -> bool {
     let admin = cluster
-        .dsn("postgres")
+        .dsn(dbname)
         .connect("pgshepherd test", &[])
         .await
         .unwrap();
-    let exists: bool = admin
+    admin
         .query_one("SELECT to_regclass('t') IS NOT NULL", &[])
         .await
         .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_against_a_tls_only_target_and_refuses_plain_connections() {
+    let dir = common::scratch_dir();
+    let ca = make_ca(dir.path(), "ca");
+    // The server's certificate is signed by the test CA for 127.0.0.1.
+    let cluster =
+        tls_only_cluster(|data| sign_server_cert(data, &ca, "IP:127.0.0.1,DNS:localhost")).await;
+    let plan = common::one_table_plan(dir.path(), "db", "1s", "");
+    let backups = dir.path().join("backups");
+    let plain = run(
+        &plan,
+        &format!("{}?sslmode=disable", cluster.url("postgres")),
+        &backups,
+    );
+    assert_eq!(plain.status.code(), Some(1), "{}", text(&plain));
+    let tls = run(
+        &plan,
+        &format!("{}?sslmode=require", cluster.url("postgres")),
+        &backups,
+    );
+    assert_eq!(tls.status.code(), Some(0), "{}", text(&tls));
+    // The backup went through TLS too (pg_dump got PGSSLMODE).
+    assert!(String::from_utf8_lossy(&tls.stdout).contains("\"event\":\"backup_verified\""));
+    assert!(table_exists(&cluster, "postgres").await);
+
+    // verify-full with the CA: pgshepherd's connections and pg_dump's, pg_restore's
+    // (the backup is verified by restoring it) authenticate the server.
+    cluster
+        .dsn("postgres")
+        .connect("pgshepherd test", &[])
+        .await
+        .unwrap()
+        .batch_execute("CREATE DATABASE verified")
+        .await
+        .unwrap();
+    let verified = run(
+        &plan,
+        &format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            cluster.url("verified"),
+            path(&ca)
+        ),
+        &backups,
+    );
+    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("\"event\":\"backup_verified\""));
+    assert!(table_exists(&cluster, "verified").await);
+
+    // The daemon's state database: its schema session and its pooled
+    // connections authenticate the server the same way.
+    let state: Dsn = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        cluster.url("postgres"),
+        path(&ca)
+    )
+    .parse()
+    .unwrap();
+    let pool = store::open(&state, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let ssl: bool = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
         .get(0);
-    assert!(exists);
+    assert!(ssl);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_a_server_whose_certificate_does_not_verify() {
+    let dir = common::scratch_dir();
+    let ca = make_ca(dir.path(), "ca");
+    // An impostor: a certificate from another CA, and for another name.
+    let other_ca = make_ca(dir.path(), "other-ca");
+    let cluster =
+        tls_only_cluster(|data| sign_server_cert(data, &other_ca, "DNS:other.example")).await;
+    let url = |mode: &str, root: &Path| {
+        format!(
+            "{}?sslmode={mode}&sslrootcert={}",
+            cluster.url("postgres"),
+            path(root)
+        )
+    };
+
+    // Not signed by the CA trusted: refused before anything changes.
+    let plan = common::one_table_plan(dir.path(), "db", "1s", "");
+    let refused = run(&plan, &url("verify-full", &ca), &dir.path().join("backups"));
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused)
+            .contains("the server's certificate could not be verified (sslmode=verify-full"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!table_exists(&cluster, "postgres").await);
+    let state: Dsn = url("verify-full", &ca).parse().unwrap();
+    let Err(err) = store::open(&state, 2, Duration::from_secs(10)).await else {
+        panic!("the state database's certificate does not verify, yet it was opened");
+    };
+    assert!(err.to_string().contains("could not be verified"), "{err}");
+    // pg_dump, with the settings pgshepherd gives it, refuses it too.
+    for mode in ["verify-ca", "verify-full"] {
+        let dump = pg_dump(&url(mode, &ca));
+        assert!(!dump.status.success());
+        assert!(
+            String::from_utf8_lossy(&dump.stderr).contains("certificate verify failed"),
+            "{}",
+            text(&dump)
+        );
+    }
+
+    // Signed by the CA trusted, but not for the host connected to (127.0.0.1):
+    // verify-full refuses, verify-ca (the chain only) accepts; pg_dump agrees.
+    let err = url("verify-full", &other_ca)
+        .parse::<Dsn>()
+        .unwrap()
+        .connect("pgshepherd test", &[])
+        .await
+        .unwrap_err();
+    let message = pgshepherd::pg::server_message(&err);
+    assert!(
+        message.contains("could not be verified") && message.contains("not valid for name"),
+        "{message}"
+    );
+    let dump = pg_dump(&url("verify-full", &other_ca));
+    assert!(
+        String::from_utf8_lossy(&dump.stderr).contains("does not match host name"),
+        "{}",
+        text(&dump)
+    );
+    url("verify-ca", &other_ca)
+        .parse::<Dsn>()
+        .unwrap()
+        .connect("pgshepherd test", &[])
+        .await
+        .unwrap();
+    let dump = pg_dump(&url("verify-ca", &other_ca));
+    assert!(dump.status.success(), "{}", text(&dump));
 }

@@ -94,7 +94,7 @@ pub async fn open(
     let config = pool_config(dsn, op_timeout);
     let manager = Manager::from_config(
         config,
-        crate::tls::postgres_connector(),
+        dsn.tls_connector(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

@@ -1,33 +1,274 @@
 //! Connection strings that never print their password.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::tls::{RootCertError, ServerVerification};
 
 /// A target's connection string. `Display` and `Debug` redact the password, so a
 /// `Dsn` can be logged, put in events and errors without leaking it.
+///
+/// tokio-postgres knows `sslmode` only up to `require` and no `sslrootcert`:
+/// pgshepherd takes its TLS parameters out of the string before tokio-postgres
+/// parses the rest, and keeps them here.
 #[derive(Clone)]
 pub struct Dsn {
     config: Config,
+    tls: TlsSettings,
 }
 
-/// A connection string that does not parse. It is never echoed, not even
-/// redacted: a malformed string is exactly where a redactor can be fooled.
+/// libpq's TLS parameters as pgshepherd applies them (see [`TlsSettings::resolve`]).
+#[derive(Clone, Debug)]
+struct TlsSettings {
+    /// `sslmode` as written (libpq's name), for the tools' `PGSSLMODE`.
+    mode: &'static str,
+    /// The root certificate file libpq would use: `sslrootcert`, or
+    /// `~/.postgresql/root.crt`, whether it exists or not (the tools get it in
+    /// `PGSSLROOTCERT`, so they look where pgshepherd looked).
+    root_cert: Option<PathBuf>,
+    /// Set when the server's certificate is authenticated.
+    verification: Option<ServerVerification>,
+}
+
+/// A connection string that pgshepherd cannot use. The string is never echoed,
+/// not even redacted: a malformed string is exactly where a redactor can be
+/// fooled.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid database URL (not shown, it may hold a password): {source}")]
-pub struct DsnError {
-    source: tokio_postgres::Error,
+pub enum DsnError {
+    #[error("invalid database URL (not shown, it may hold a password): {0}")]
+    Parse(tokio_postgres::Error),
+    #[error(
+        "invalid database URL: sslmode must be one of disable, prefer, require, verify-ca, verify-full"
+    )]
+    SslMode,
+    #[error(
+        "sslmode={mode} needs a root certificate: set sslrootcert=... or put it in ~/.postgresql/root.crt ({})",
+        default.as_ref().map_or_else(|| "no home directory is known".to_string(), |p| format!("{} does not exist", p.display()))
+    )]
+    NoRootCert {
+        mode: &'static str,
+        default: Option<PathBuf>,
+    },
+    #[error(
+        "sslrootcert=system (the system's trusted roots) is not supported: give the path of a PEM file with the CA certificates to trust (the system's bundle is usually /etc/ssl/certs/ca-certificates.crt)"
+    )]
+    SystemRoots,
+    #[error(
+        "{0} is not supported: pgshepherd does not present client certificates; authenticate with a password"
+    )]
+    ClientCert(&'static str),
+    #[error(transparent)]
+    RootCert(#[from] RootCertError),
 }
 
 impl FromStr for Dsn {
     type Err = DsnError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Config::from_str(s)
-            .map(|config| Dsn { config })
-            .map_err(|source| DsnError { source })
+        let (rest, params) = take_tls_params(s);
+        let mut config = Config::from_str(&rest).map_err(DsnError::Parse)?;
+        let tls = TlsSettings::resolve(params, std::env::home_dir())?;
+        config.ssl_mode(match tls.mode {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            // A certificate can only be verified on a TLS connection: never
+            // fall back to plain text.
+            _ => SslMode::Require,
+        });
+        Ok(Dsn { config, tls })
+    }
+}
+
+/// The TLS parameters pgshepherd handles itself, as found in a connection
+/// string (the last of each wins, as in libpq).
+#[derive(Debug, Default, PartialEq)]
+struct TlsParams {
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+    /// The first client certificate parameter seen (refused).
+    client_cert: Option<&'static str>,
+}
+
+impl TlsParams {
+    /// Keep `value` if `key` is one of ours; false if tokio-postgres should see it.
+    fn take(&mut self, key: &str, value: String) -> bool {
+        match key {
+            "sslmode" => self.sslmode = Some(value),
+            "sslrootcert" => self.sslrootcert = Some(value),
+            "sslcert" => {
+                self.client_cert.get_or_insert("sslcert");
+            }
+            "sslkey" => {
+                self.client_cert.get_or_insert("sslkey");
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+impl TlsSettings {
+    /// libpq's rules: `verify-ca` checks that the server's certificate chains to a
+    /// root certificate of `sslrootcert` (default `~/.postgresql/root.crt`, which
+    /// must then exist), `verify-full` also that it names the host; `prefer` and
+    /// `require` check the chain as `verify-ca` does when the root certificate
+    /// file exists, and only encrypt otherwise; `disable` is plain text.
+    fn resolve(params: TlsParams, home: Option<PathBuf>) -> Result<TlsSettings, DsnError> {
+        if let Some(param) = params.client_cert {
+            return Err(DsnError::ClientCert(param));
+        }
+        let mode = match params.sslmode.as_deref().unwrap_or("prefer") {
+            "disable" => "disable",
+            "prefer" => "prefer",
+            "require" => "require",
+            "verify-ca" => "verify-ca",
+            "verify-full" => "verify-full",
+            _ => return Err(DsnError::SslMode),
+        };
+        let explicit = match params.sslrootcert {
+            Some(p) if p == "system" => return Err(DsnError::SystemRoots),
+            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+            _ => None,
+        };
+        let default = home.map(|h| h.join(".postgresql").join("root.crt"));
+        let root_cert = explicit.clone().or(default.clone());
+        let verification = match mode {
+            "disable" => None,
+            "verify-ca" | "verify-full" => {
+                let path = match (&explicit, &default) {
+                    (Some(p), _) => p,
+                    (None, Some(d)) if d.exists() => d,
+                    (None, _) => return Err(DsnError::NoRootCert { mode, default }),
+                };
+                Some(ServerVerification::load(path, mode)?)
+            }
+            // libpq checks the chain in these modes too when the file exists
+            // (and ignores a file that does not).
+            _ => match &root_cert {
+                Some(p) if p.exists() => Some(ServerVerification::load(p, mode)?),
+                _ => None,
+            },
+        };
+        Ok(TlsSettings {
+            mode,
+            root_cert,
+            verification,
+        })
+    }
+}
+
+/// Split a connection string (URL or key/value) into what tokio-postgres
+/// parses and pgshepherd's TLS parameters. Anything this scan does not
+/// understand is left in place for tokio-postgres to refuse.
+fn take_tls_params(s: &str) -> (String, TlsParams) {
+    let mut params = TlsParams::default();
+    for prefix in ["postgres://", "postgresql://"] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            return (take_url_params(s, prefix.len(), rest, &mut params), params);
+        }
+    }
+    (take_keyword_params(s, &mut params), params)
+}
+
+fn take_url_params(s: &str, prefix_len: usize, rest: &str, params: &mut TlsParams) -> String {
+    // tokio-postgres ends the credentials at the first `@`, so a `?` in a
+    // password does not start the query string.
+    let after_credentials = rest.find('@').map_or(0, |i| i + 1);
+    let Some(q) = rest[after_credentials..].find('?') else {
+        return s.to_string();
+    };
+    let query_start = prefix_len + after_credentials + q + 1;
+    let decode = |v: &str| {
+        percent_encoding::percent_decode_str(v)
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
+    let mut kept = Vec::new();
+    for pair in s[query_start..].split('&') {
+        let taken = match pair.split_once('=') {
+            Some((k, v)) => match (decode(k), decode(v)) {
+                (Some(k), Some(v)) => params.take(&k, v),
+                _ => false,
+            },
+            None => false,
+        };
+        if !taken {
+            kept.push(pair);
+        }
+    }
+    let head = &s[..query_start - 1];
+    if kept.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}?{}", kept.join("&"))
+    }
+}
+
+/// The key/value form, scanned as tokio-postgres scans it: `key = value`,
+/// values bare (up to whitespace) or single-quoted, `\` escaping a character.
+fn take_keyword_params(s: &str, params: &mut TlsParams) -> String {
+    let mut kept = String::with_capacity(s.len());
+    let mut it = s.char_indices().peekable();
+    let skip_ws = |it: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+        while it.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    };
+    let pos = |it: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+        it.peek().map_or(s.len(), |&(i, _)| i)
+    };
+    loop {
+        skip_ws(&mut it);
+        let start = pos(&mut it);
+        while it
+            .next_if(|&(_, c)| !c.is_whitespace() && c != '=')
+            .is_some()
+        {}
+        let key = &s[start..pos(&mut it)];
+        if key.is_empty() {
+            kept.push_str(&s[start..]);
+            return kept;
+        }
+        skip_ws(&mut it);
+        if it.next_if(|&(_, c)| c == '=').is_none() {
+            kept.push_str(&s[start..]);
+            return kept;
+        }
+        skip_ws(&mut it);
+        let quoted = it.next_if(|&(_, c)| c == '\'').is_some();
+        let mut value = String::new();
+        let mut closed = !quoted;
+        while let Some(&(_, c)) = it.peek() {
+            if quoted && c == '\'' {
+                it.next();
+                closed = true;
+                break;
+            }
+            if !quoted && c.is_whitespace() {
+                break;
+            }
+            it.next();
+            if c == '\\' {
+                if let Some((_, escaped)) = it.next() {
+                    value.push(escaped);
+                }
+            } else {
+                value.push(c);
+            }
+        }
+        if !closed || (!quoted && value.is_empty()) {
+            kept.push_str(&s[start..]);
+            return kept;
+        }
+        let end = pos(&mut it);
+        if !params.take(key, value) {
+            kept.push_str(&s[start..end]);
+            kept.push(' ');
+        }
     }
 }
 
@@ -52,7 +293,10 @@ impl Dsn {
     pub fn with_dbname(&self, dbname: &str) -> Dsn {
         let mut config = self.config.clone();
         config.dbname(dbname);
-        Dsn { config }
+        Dsn {
+            config,
+            tls: self.tls.clone(),
+        }
     }
 
     fn first_host(&self) -> (String, u16) {
@@ -74,11 +318,11 @@ impl Dsn {
             ("PGPORT", port.to_string()),
             ("PGDATABASE", self.dbname().to_string()),
             ("PGCONNECT_TIMEOUT", "10".to_string()),
-            (
-                "PGSSLMODE",
-                ssl_mode_name(self.config.get_ssl_mode()).to_string(),
-            ),
+            ("PGSSLMODE", self.tls.mode.to_string()),
         ];
+        if let Some(root_cert) = &self.tls.root_cert {
+            env.push(("PGSSLROOTCERT", root_cert.display().to_string()));
+        }
         if let Some(u) = self.user() {
             env.push(("PGUSER", u.to_string()));
         }
@@ -86,6 +330,12 @@ impl Dsn {
             env.push(("PGPASSWORD", String::from_utf8_lossy(p).into_owned()));
         }
         env
+    }
+
+    /// The TLS connector for this server: it authenticates the server's
+    /// certificate when the connection string says so (see [`TlsSettings`]).
+    pub fn tls_connector(&self) -> MakeRustlsConnect {
+        crate::tls::postgres_connector(self.tls.verification.as_ref())
     }
 
     /// Connect with an `application_name` (so pgshepherd's own sessions can be told
@@ -105,8 +355,8 @@ impl Dsn {
             let opts: Vec<String> = options.iter().map(|(k, v)| format!("-c {k}={v}")).collect();
             config.options(opts.join(" "));
         }
-        // libpq's sslmode: `disable` is plain; `prefer` (the default) and `require`
-        // negotiate TLS, `prefer` falling back to plain when the server has none.
+        // libpq's sslmode: `disable` is plain; the others negotiate TLS, `prefer`
+        // (the default) falling back to plain when the server has none.
         if config.get_ssl_mode() == SslMode::Disable {
             let (client, connection) = config.connect(NoTls).await?;
             tokio::spawn(async move {
@@ -115,7 +365,7 @@ impl Dsn {
             });
             return Ok(client);
         }
-        let (client, connection) = config.connect(crate::tls::postgres_connector()).await?;
+        let (client, connection) = config.connect(self.tls_connector()).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -157,14 +407,6 @@ impl fmt::Display for Dsn {
 impl fmt::Debug for Dsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Dsn({self})")
-    }
-}
-
-fn ssl_mode_name(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Require => "require",
-        _ => "prefer",
     }
 }
 
@@ -248,6 +490,102 @@ mod tests {
             let err = bad.parse::<Dsn>().unwrap_err().to_string();
             assert!(!err.contains("hunter2") && !err.contains("ter2"), "{err}");
         }
+    }
+
+    #[test]
+    fn tls_parameters_are_taken_out_of_both_forms() {
+        let (rest, p) = take_tls_params(
+            "postgres://u:p?w@h:5432/db?sslmode=verify-full&application_name=x&sslrootcert=%2Fetc%2Fca%20dir%2Froot.crt",
+        );
+        assert_eq!(rest, "postgres://u:p?w@h:5432/db?application_name=x");
+        assert_eq!(p.sslmode.as_deref(), Some("verify-full"));
+        assert_eq!(p.sslrootcert.as_deref(), Some("/etc/ca dir/root.crt"));
+        let (rest, p) = take_tls_params("postgres://h/db?sslmode=require");
+        assert_eq!(rest, "postgres://h/db");
+        assert_eq!(p.sslmode.as_deref(), Some("require"));
+        let (rest, p) = take_tls_params(
+            "host=h sslrootcert = '/ca/it\\'s root.crt' password='a b' sslmode=verify-ca dbname=d",
+        );
+        assert_eq!(rest, "host=h password='a b' dbname=d ");
+        assert_eq!(p.sslmode.as_deref(), Some("verify-ca"));
+        assert_eq!(p.sslrootcert.as_deref(), Some("/ca/it's root.crt"));
+        // What the scan does not understand is left for tokio-postgres to refuse.
+        let (rest, _) = take_tls_params("host=h sslmode='verify-full");
+        assert_eq!(rest, "host=h sslmode='verify-full");
+        let (_, p) = take_tls_params("postgres://h/db?sslkey=/k");
+        assert_eq!(p.client_cert, Some("sslkey"));
+    }
+
+    #[test]
+    fn tls_settings_follow_libpq() {
+        let home = tempfile::tempdir().unwrap();
+        let params = |mode: &str, root: Option<&str>| TlsParams {
+            sslmode: Some(mode.to_string()),
+            sslrootcert: root.map(str::to_string),
+            client_cert: None,
+        };
+        let resolve = |p| TlsSettings::resolve(p, Some(home.path().to_path_buf()));
+        // No root certificate anywhere: verify-* refuses, require only encrypts.
+        let err = resolve(params("verify-full", None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("sslmode=verify-full needs a root certificate: set sslrootcert=... or put it in ~/.postgresql/root.crt"),
+            "{err}"
+        );
+        let require = resolve(params("require", None)).unwrap();
+        assert!(require.verification.is_none());
+        assert_eq!(
+            require.root_cert,
+            Some(home.path().join(".postgresql/root.crt"))
+        );
+        assert!(matches!(
+            resolve(params("verify-ca", Some("system"))),
+            Err(DsnError::SystemRoots)
+        ));
+        assert!(matches!(
+            resolve(params("verify-all", None)),
+            Err(DsnError::SslMode)
+        ));
+        // A root certificate file that cannot serve is named.
+        let missing = home.path().join("missing.crt");
+        let err = resolve(params("verify-ca", Some(missing.to_str().unwrap())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(missing.to_str().unwrap()), "{err}");
+        let garbage = home.path().join("garbage.crt");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let err = resolve(params("verify-full", Some(garbage.to_str().unwrap())))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(garbage.to_str().unwrap()) && err.contains("no usable certificate"),
+            "{err}"
+        );
+        // With require, a root certificate file is used when it exists (libpq's
+        // compatibility rule), so the garbage file fails there too.
+        assert!(resolve(params("require", Some(garbage.to_str().unwrap()))).is_err());
+        let err = "postgres://u:hunter2@h/db?sslmode=verify-full&sslcert=/c"
+            .parse::<Dsn>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sslcert is not supported") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_tools_get_the_same_tls_settings() {
+        let dsn: Dsn =
+            "postgres://app:s3cret@db.example/orders?sslmode=disable&sslrootcert=/ca/root.crt"
+                .parse()
+                .unwrap();
+        let env = dsn.libpq_env();
+        assert!(env.contains(&("PGSSLMODE", "disable".to_string())));
+        assert!(env.contains(&("PGSSLROOTCERT", "/ca/root.crt".to_string())));
+        assert_eq!(dsn.config().get_ssl_mode(), SslMode::Disable);
+        assert_eq!(dsn.to_string(), "postgres://app@db.example:5432/orders");
     }
 
     #[test]
