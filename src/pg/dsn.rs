@@ -332,6 +332,32 @@ impl Dsn {
         env
     }
 
+    /// The connection parameters the tools get as `--dbname` that the
+    /// environment cannot carry: libpq has no variables for keepalives, and
+    /// without them a pg_dump whose network path went silent would wait forever.
+    /// Nothing secret: the password stays in `PGPASSWORD`.
+    pub fn libpq_conninfo(&self) -> String {
+        let mut config = self.config.clone();
+        keep_alive(&mut config);
+        let quoted = self.dbname().replace('\\', "\\\\").replace('\'', "\\'");
+        format!(
+            "dbname='{quoted}' keepalives=1 keepalives_idle={} keepalives_interval={} \
+             keepalives_count={} tcp_user_timeout={}",
+            config.get_keepalives_idle().as_secs().max(1),
+            config
+                .get_keepalives_interval()
+                .unwrap_or_default()
+                .as_secs()
+                .max(1),
+            config.get_keepalives_retries().unwrap_or(5),
+            config
+                .get_tcp_user_timeout()
+                .copied()
+                .unwrap_or_default()
+                .as_millis(),
+        )
+    }
+
     /// The TLS connector for this server: it authenticates the server's
     /// certificate when the connection string says so (see [`TlsSettings`]).
     pub fn tls_connector(&self) -> MakeRustlsConnect {
@@ -586,6 +612,18 @@ mod tests {
         assert!(env.contains(&("PGSSLROOTCERT", "/ca/root.crt".to_string())));
         assert_eq!(dsn.config().get_ssl_mode(), SslMode::Disable);
         assert_eq!(dsn.to_string(), "postgres://app@db.example:5432/orders");
+    }
+
+    #[test]
+    fn the_tools_get_keepalives_and_no_password_in_their_arguments() {
+        let dsn: Dsn = "postgres://app:s3cret@db.example/o'rders?keepalives_idle=4"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            dsn.libpq_conninfo(),
+            "dbname='o\\'rders' keepalives=1 keepalives_idle=4 keepalives_interval=2 \
+             keepalives_count=5 tcp_user_timeout=30000"
+        );
     }
 
     #[test]

@@ -16,10 +16,12 @@ pub const APPLICATION_NAME: &str = "pgshepherd-backup";
 /// Error output kept in messages: enough to see the cause, not a whole COPY stream.
 pub(super) const STDERR_LINES: usize = 20;
 
-/// A pg tool with the target's connection in its environment.
+/// A pg tool that connects (pg_dump, psql) with the target's connection in its
+/// environment and the keepalives in `--dbname`.
 pub(super) fn tool(program: &Path, dsn: &Dsn, application_name: &str) -> Command {
     let mut cmd = Command::new(program);
-    cmd.envs(dsn.libpq_env())
+    cmd.arg(format!("--dbname={}", dsn.libpq_conninfo()))
+        .envs(dsn.libpq_env())
         .env("PGAPPNAME", application_name)
         .stdin(Stdio::null())
         .kill_on_drop(true);
