@@ -196,3 +196,69 @@ async fn the_lock_refuses_a_shared_session_without_taking_the_lock() {
     assert!(lock.answers().await);
     assert_eq!(advisory_locks(&db).await, 1);
 }
+
+/// The daemon drives its runs with the same code: a target whose DSN goes
+/// through a transaction-mode pooler ends its run `stopped` with the same
+/// advice, nothing changed and no lock left.
+#[tokio::test]
+async fn the_daemon_stops_a_run_whose_target_goes_through_a_transaction_pooler() {
+    use common::daemon::{Api, Env, ONE_TABLE, SUBMITTER, plan_dir};
+    let bouncer = PgBouncer::start(PoolMode::Transaction);
+    let mut env = Env::new(&["main"], "poll_interval: 300ms").await;
+    let pooled = bouncer.route(&env.target("main").url);
+    env.set_target_url("main", &pooled);
+    let work = common::scratch_dir();
+    let tail = "soak:\n  duration: 1s\n  interval: 500ms\n  baseline_samples: 1\n  checks:\n    \
+                - name: one\n      sql: \"SELECT 1\"\n      max: 1\n      min_samples: 1\n      consecutive: 1\n";
+    let (plan, set) = plan_dir(work.path(), "main", ONE_TABLE, tail);
+    let daemon = env.start("d1").await;
+    let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
+
+    let row = env.wait_finished(&run, common::PATIENCE).await;
+    assert_eq!(row["outcome"], "stopped", "{row}");
+    assert!(
+        row["reason"].as_str().unwrap_or("").contains(ADVICE),
+        "{row}"
+    );
+    let names = env.event_names(&run).await;
+    for event in ["lock_acquired", "backup_started", "migration_started"] {
+        assert!(!names.iter().any(|n| n == event), "{event} in {names:?}");
+    }
+    let target = env.target("main");
+    assert!(!target.table_exists("t").await);
+    assert!(!history_exists(target).await);
+    assert_eq!(advisory_locks(target).await, 0, "{}", bouncer.log());
+    drop(daemon);
+}
+
+/// The daemon's own state database needs one session too (its schema lock and
+/// upgrade, the daemon name's lock): through a transaction-mode pooler the
+/// daemon refuses to start, saying why, and leaves no schema lock behind.
+#[tokio::test]
+async fn the_daemon_refuses_a_state_database_behind_a_transaction_pooler() {
+    use common::daemon::Env;
+    let bouncer = PgBouncer::start(PoolMode::Transaction);
+    let mut env = Env::new(&["main"], "").await;
+    let pooled = bouncer.route(&env.state.url);
+    env.set_state_url(&pooled);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let config = env.config("d1", port);
+
+    let out = common::output_within(
+        "pgshepherd daemon with a pooled state database",
+        std::process::Command::new(common::pgshepherd_bin())
+            .args(["daemon", "--config"])
+            .arg(&config),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the state_database URL goes through a pooler in transaction mode"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(ADVICE), "{stderr}");
+    assert_eq!(advisory_locks(&env.state).await, 0, "{}", bouncer.log());
+}

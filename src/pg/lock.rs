@@ -132,7 +132,7 @@ impl TargetLock {
         // Before the lock is ever asked for: behind a pooler in transaction
         // mode it would be taken by whichever pooled server session ran the
         // statement, and stay held there after this connection is gone.
-        session::check(&client, dsn, ANSWER_TIMEOUT).await?;
+        session::check(&client, dsn, ANSWER_TIMEOUT, "the target URL").await?;
         let pid: i32 = answered(client.query_one("SELECT pg_backend_pid()", &[]))
             .await?
             .get(0);

@@ -53,27 +53,30 @@ const ADVICE: &str = "pgshepherd needs one session for its lock and migrations; 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(
-        "the target URL goes through a pooler in transaction mode (PgBouncer pool_mode=transaction?): \
+        "{url} goes through a pooler in transaction mode (PgBouncer pool_mode=transaction?): \
          {ADVICE}; seen: {evidence}"
     )]
-    Shared { evidence: String },
+    Shared { url: &'static str, evidence: String },
     #[error(
-        "the target URL goes through a pooler in statement mode (PgBouncer pool_mode=statement?): \
+        "{url} goes through a pooler in statement mode (PgBouncer pool_mode=statement?): \
          {ADVICE}; it refused a transaction: {message}"
     )]
-    StatementMode { message: String },
+    StatementMode { url: &'static str, message: String },
     #[error(
-        "cannot check that the target URL keeps one session (a pooler in transaction mode would \
+        "cannot check that {url} keeps one session (a pooler in transaction mode would \
          break pgshepherd's lock): {}",
-        crate::pg::server_message(.0)
+        crate::pg::server_message(.source)
     )]
-    Query(#[from] tokio_postgres::Error),
+    Query {
+        url: &'static str,
+        source: tokio_postgres::Error,
+    },
     #[error(
-        "cannot check that the target URL keeps one session: no answer within {} s \
+        "cannot check that {url} keeps one session: no answer within {} s \
          (a pooler in transaction mode with every server connection busy waits like this too)",
         .after.as_secs()
     )]
-    NoAnswer { after: Duration },
+    NoAnswer { url: &'static str, after: Duration },
 }
 
 impl SessionError {
@@ -97,12 +100,38 @@ struct Look {
 /// Refuse `client` unless it is a session of its own on the server (see the
 /// module documentation). `dsn` is what `client` was opened with; the witness
 /// connects there too. Each statement and the witness's connect are bounded by
-/// `answer_within`.
+/// `answer_within`. `url` names the URL in the refusal ("the target URL").
 pub async fn check(
     client: &Client,
     dsn: &Dsn,
     answer_within: Duration,
+    url: &'static str,
 ) -> Result<(), SessionError> {
+    inspect(client, dsn, answer_within)
+        .await
+        .map_err(|r| match r {
+            Refusal::Shared(evidence) => SessionError::Shared { url, evidence },
+            Refusal::StatementMode(message) => SessionError::StatementMode { url, message },
+            Refusal::Query(source) => SessionError::Query { url, source },
+            Refusal::NoAnswer(after) => SessionError::NoAnswer { url, after },
+        })
+}
+
+/// [`check`]'s verdict, before it is worded for a URL.
+enum Refusal {
+    Shared(String),
+    StatementMode(String),
+    Query(tokio_postgres::Error),
+    NoAnswer(Duration),
+}
+
+impl From<tokio_postgres::Error> for Refusal {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Refusal::Query(e)
+    }
+}
+
+async fn inspect(client: &Client, dsn: &Dsn, answer_within: Duration) -> Result<(), Refusal> {
     let token = uuid::Uuid::new_v4().simple().to_string();
     let first = look(
         client,
@@ -119,20 +148,16 @@ pub async fn check(
     .await
     {
         Ok(seen) => seen,
-        Err(SessionError::Query(e)) if refuses_transactions(&e) => {
-            return Err(SessionError::StatementMode {
-                message: crate::pg::server_message(&e),
-            });
+        Err(Refusal::Query(e)) if refuses_transactions(&e) => {
+            return Err(Refusal::StatementMode(crate::pg::server_message(&e)));
         }
         Err(e) => return Err(e),
     };
     let again = if shares(&first, &seen, &token) {
-        Err(SessionError::Shared {
-            evidence: format!(
-                "another connection was served by the same server session (backend pid {})",
-                seen.pid
-            ),
-        })
+        Err(Refusal::Shared(format!(
+            "another connection was served by the same server session (backend pid {})",
+            seen.pid
+        )))
     } else {
         // The witness still holds its server session, so the checked
         // connection cannot be handed that one now.
@@ -148,9 +173,9 @@ pub async fn check(
     let _ = bounded(witness.batch_execute("COMMIT"), answer_within).await;
     drop(witness);
     if let Some(evidence) = moved(&first, &again?, &token) {
-        return Err(SessionError::Shared { evidence });
+        return Err(Refusal::Shared(evidence));
     }
-    // The marker was only for this check; the session is the run's.
+    // The marker was only for this check; the session is the caller's.
     bounded(
         client.batch_execute(&format!("RESET {MARKER}")),
         answer_within,
@@ -188,16 +213,16 @@ fn refuses_transactions(e: &tokio_postgres::Error) -> bool {
 async fn bounded<T>(
     query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     within: Duration,
-) -> Result<T, SessionError> {
+) -> Result<T, Refusal> {
     match tokio::time::timeout(within, query).await {
         Ok(result) => Ok(result?),
-        Err(_) => Err(SessionError::NoAnswer { after: within }),
+        Err(_) => Err(Refusal::NoAnswer(within)),
     }
 }
 
 /// The pid and marker of the last row `sql` returns (simple protocol), within
 /// `within`.
-async fn look(client: &Client, sql: &str, within: Duration) -> Result<Look, SessionError> {
+async fn look(client: &Client, sql: &str, within: Duration) -> Result<Look, Refusal> {
     let messages = bounded(client.simple_query(sql), within).await?;
     let row = messages.iter().rev().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => Some(row),
@@ -246,6 +271,7 @@ mod tests {
     #[test]
     fn the_refusal_says_what_to_do() {
         let e = SessionError::Shared {
+            url: "the target URL",
             evidence: "x".into(),
         }
         .to_string();

@@ -320,7 +320,9 @@ impl<'a> Runner<'a> {
         };
         // A pooler that shares server sessions is refused now, before the run
         // waits for its window; the lock checks again (see `pg::session`).
-        if let Err(e) = session::check(&client, self.ctx.dsn, ANSWER_TIMEOUT).await {
+        if let Err(e) =
+            session::check(&client, self.ctx.dsn, ANSWER_TIMEOUT, "the target URL").await
+        {
             let exit_code = if e.is_pooler() { 5 } else { 1 };
             let reason = e.to_string();
             return Err(self.end(Input::Stop { reason, exit_code }).await);
