@@ -4,6 +4,12 @@
 //! The lock is taken by polling `pg_try_advisory_lock`, never by a blocking
 //! `pg_advisory_lock`: a session queued on an advisory lock can deadlock with a
 //! concurrent `CREATE INDEX CONCURRENTLY`, which waits for every older transaction.
+//!
+//! A session-level lock is only a lock on a connection that is one server
+//! session: before asking for it, the connection is checked with
+//! [`crate::pg::session::check`], which refuses a pooler in transaction or
+//! statement mode (the lock would be taken by a pooled server session, shared
+//! with other clients, and outlive this connection).
 
 use std::time::{Duration, Instant};
 
