@@ -6,7 +6,8 @@
 //! - [`checks`]: soak checks (SQL, HTTP, built-in signals) and the verdict rules.
 //! - [`steps`]: backup, the low-traffic gate, migrate, soak, rollback.
 //! - [`run`]: the run lifecycle (one transition function), its runner and its events.
-//! - [`pg`]: connection strings, the per-target advisory lock, throwaway clusters.
+//! - [`pg`]: connection strings, the per-target advisory lock, refusing poolers that
+//!   share server sessions, throwaway clusters.
 //! - [`daemon`]: the service: state database, leases and takeover, scheduler, HTTP API.
 //! - [`config`]: the daemon's config file (targets, tokens, logs, leases).
 //! - [`tls`]: TLS for target connections.

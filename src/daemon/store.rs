@@ -35,6 +35,10 @@ const SCHEMA_LOCK: i64 = 0x7067_7368_6570_0001;
 pub enum StoreError {
     #[error("cannot connect to the state database {dsn}: {message}")]
     Connect { dsn: String, message: String },
+    /// `state_database` goes through a pooler that shares server sessions:
+    /// the schema lock and upgrade (and the daemon name's lock) need one.
+    #[error(transparent)]
+    NotASession(crate::pg::session::SessionError),
     #[error("while upgrading the state database schema: {0}")]
     Schema(String),
     #[error("state database: {0}")]
@@ -78,6 +82,20 @@ pub async fn open(
         .connect("pgshepherd schema", &[])
         .await
         .map_err(connect_err)?;
+    // Behind a transaction-mode pooler the schema lock would stay held by a
+    // pooled server session, and the next start would wait for it forever.
+    if let Err(e) =
+        crate::pg::session::check(&client, dsn, op_timeout, "the state_database URL").await
+    {
+        return Err(if e.is_pooler() {
+            StoreError::NotASession(e)
+        } else {
+            StoreError::Connect {
+                dsn: dsn.to_string(),
+                message: e.to_string(),
+            }
+        });
+    }
     client
         .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
         .await

@@ -4,6 +4,12 @@
 //! The lock is taken by polling `pg_try_advisory_lock`, never by a blocking
 //! `pg_advisory_lock`: a session queued on an advisory lock can deadlock with a
 //! concurrent `CREATE INDEX CONCURRENTLY`, which waits for every older transaction.
+//!
+//! A session-level lock is only a lock on a connection that is one server
+//! session: before asking for it, the connection is checked with
+//! [`crate::pg::session::check`], which refuses a pooler in transaction or
+//! statement mode (the lock would be taken by a pooled server session, shared
+//! with other clients, and outlive this connection).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +17,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::pg::Dsn;
+use crate::pg::session::{self, SessionError};
 
 /// Advisory lock key: "pgsh" in ASCII. Advisory locks are per database, so this is
 /// one lock per target database.
@@ -62,6 +69,18 @@ pub enum LockError {
     Query(#[from] tokio_postgres::Error),
     #[error("the target did not answer within {} s while the lock was being taken", .after.as_secs())]
     NoAnswer { after: Duration },
+    /// The lock would not be a lock: the URL goes through a pooler that shares
+    /// server sessions. Retrying cannot help.
+    #[error(transparent)]
+    NotASession(#[from] SessionError),
+}
+
+impl LockError {
+    /// The URL goes through a pooler that shares server sessions: no attempt
+    /// at the lock can work through it.
+    pub fn is_pooler(&self) -> bool {
+        matches!(self, LockError::NotASession(e) if e.is_pooler())
+    }
 }
 
 /// How long one statement of the lock's own (polling, identifying the holder,
@@ -116,6 +135,10 @@ impl TargetLock {
                     });
                 }
             };
+        // Before the lock is ever asked for: behind a pooler in transaction
+        // mode it would be taken by whichever pooled server session ran the
+        // statement, and stay held there after this connection is gone.
+        session::check(&client, dsn, ANSWER_TIMEOUT, "the target URL").await?;
         let pid: i32 = answered(client.query_one("SELECT pg_backend_pid()", &[]))
             .await?
             .get(0);
@@ -150,11 +173,22 @@ impl TargetLock {
         &self.client
     }
 
-    /// Whether the locked session still answers (within [`ANSWER_TIMEOUT`]). A
-    /// connection whose network path went silent is not closed, only mute: the
-    /// lock it holds on the server is of no use to this process.
+    /// Whether the locked session still answers (within [`ANSWER_TIMEOUT`]) and
+    /// is still the same server session. A connection whose network path went
+    /// silent is not closed, only mute: the lock it holds on the server is of
+    /// no use to this process; nor is one held by a server session this
+    /// connection no longer reaches.
     pub async fn answers(&self) -> bool {
-        !self.client.is_closed() && answered(self.client.simple_query("")).await.is_ok()
+        if self.client.is_closed() {
+            return false;
+        }
+        match answered(self.client.simple_query("SELECT pg_backend_pid()")).await {
+            Ok(messages) => messages.iter().any(|m| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(row)
+                    if row.get(0) == Some(self.pid.to_string().as_str()))
+            }),
+            Err(_) => false,
+        }
     }
 
     /// Backend pid of the locked session (so checks can tell it apart).

@@ -1,4 +1,5 @@
-//! Talking to PostgreSQL: connection strings, advisory locks, throwaway clusters,
+//! Talking to PostgreSQL: connection strings, advisory locks, refusing a pooler
+//! that shares server sessions, throwaway clusters,
 //! its errors in words, and keeping pgshepherd's own rollbacks out of the
 //! statistics it judges.
 
@@ -6,6 +7,7 @@ pub mod cluster;
 pub mod dsn;
 pub mod error;
 pub mod lock;
+pub mod session;
 pub mod stats;
 
 pub use dsn::Dsn;

@@ -77,7 +77,7 @@ impl Runner<'_> {
             attempt = attempt.saturating_add(1);
             match self.try_lock().await {
                 Ok(lock) => return Ok(lock),
-                Err(e) if started.elapsed() > give_up => {
+                Err(e) if started.elapsed() > give_up || e.is_pooler() => {
                     let reason =
                         format!("cannot take the target lock again to continue the run: {e}");
                     return Err(self

@@ -18,7 +18,8 @@ use crate::checks::visibility::{self, SessionVisibility};
 use crate::migrations::Migration;
 use crate::migrations::history::{self, HistoryError};
 use crate::pg::cluster::PgBinaries;
-use crate::pg::{Dsn, TargetLock};
+use crate::pg::lock::ANSWER_TIMEOUT;
+use crate::pg::{Dsn, TargetLock, session};
 use crate::plan::{Plan, RollbackStrategy};
 use crate::run::checkpoint::{Checkpoint, RunFacts};
 use crate::run::driver::{Finished, Lifecycle};
@@ -323,6 +324,15 @@ impl<'a> Runner<'a> {
                 return Err(self.stop_on_environment(reason).await);
             }
         };
+        // A pooler that shares server sessions is refused now, before the run
+        // waits for its window; the lock checks again (see `pg::session`).
+        if let Err(e) =
+            session::check(&client, self.ctx.dsn, ANSWER_TIMEOUT, "the target URL").await
+        {
+            let exit_code = if e.is_pooler() { 5 } else { 1 };
+            let reason = e.to_string();
+            return Err(self.end(Input::Stop { reason, exit_code }).await);
+        }
         let status = match history::read(&client, &plan.migrations.name).await {
             Ok(rows) => history::reconcile(&plan.migrations, &rows),
             Err(e) => Err(HistoryError::from(e)),

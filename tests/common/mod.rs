@@ -29,6 +29,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod pgbouncer;
 pub mod proxy;
 pub mod receiver;
 
