@@ -17,6 +17,7 @@
 //! - [`backoff`]: the one retry schedule (exponential, jitter, cap, Retry-After).
 //! - [`output`]: what commands print, written so that a closed pipe is no panic.
 //! - [`private_fs`]: backups and journals are created 0600 in 0700 directories.
+//! - [`undo`]: capturing the rows a migration changes and giving them back.
 
 pub mod backoff;
 pub mod checks;
@@ -35,4 +36,5 @@ pub mod private_fs;
 pub mod run;
 pub mod steps;
 pub mod tls;
+pub mod undo;
 pub mod window;

@@ -65,6 +65,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Give back the rows a run's migrations changed (captured with
+    /// `-- pgshepherd:capture`), keeping what users wrote since.
+    ///
+    /// Exit codes: 0 everything reverted; 4 conflicts left (skip-conflicts,
+    /// merge); 5 refused, nothing changed; 2 invalid input; 1 environment.
+    Undo(cli::undo::UndoArgs),
     /// The long-running service: the HTTP API and the runs submitted to it.
     ///
     /// State lives in PostgreSQL (`state_database`); several replicas may share one.
@@ -213,6 +219,7 @@ fn main() -> ExitCode {
             database_url,
             json,
         })),
+        Command::Undo(args) => runtime().block_on(cli::undo::undo(args)),
         Command::Daemon { config } => runtime().block_on(pgshepherd::daemon::run(&config)),
         Command::Submit { plan, client: args } => {
             runtime().block_on(client::submit::submit(&args.options(), &plan))

@@ -29,10 +29,17 @@ pub fn run_at(paths: &[PathBuf], json: bool, now: DateTime<Utc>) -> i32 {
     let mut all_valid = true;
     for path in paths {
         let result = plan::load(path);
-        if let Err(diagnostics) = &result {
-            all_valid = false;
-            for d in &diagnostics.0 {
-                eprintln!("{d}");
+        match &result {
+            Err(diagnostics) => {
+                all_valid = false;
+                for d in &diagnostics.0 {
+                    eprintln!("{d}");
+                }
+            }
+            Ok(plan) => {
+                for w in plan.migrations.undo_warnings() {
+                    eprintln!("{w}");
+                }
             }
         }
         if json {
@@ -72,6 +79,12 @@ pub fn report(path: &Path, result: &Result<Plan, Diagnostics>, now: DateTime<Utc
                 "duration": plan::duration::format(w.duration),
             })),
             "next_windows": next_windows(plan, now, NEXT_WINDOWS),
+            "warnings": plan.migrations.undo_warnings().iter().map(|d| json!({
+                "file": d.file.display().to_string(),
+                "line": d.line,
+                "column": d.column,
+                "message": d.message,
+            })).collect::<Vec<_>>(),
         }),
     }
 }

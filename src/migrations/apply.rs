@@ -220,15 +220,19 @@ async fn run_transactional(
         attempt += 1;
         let result = async {
             // Two round trips: the script inside its transaction, then the
-            // history row together with the COMMIT.
+            // history row together with the COMMIT. Capture starts right
+            // before the script and stops right after it (see `undo::capture`).
+            let (start, stop) = capture_sql(script, &history);
             let begin = format!(
-                "BEGIN; {};\n{}",
+                "BEGIN; {};\n{start}\n{}",
                 set_timeouts("SET LOCAL", limits),
                 script.sql
             );
             client.batch_execute(&begin).await?;
             let finish = history_sql(&history, started);
-            client.batch_execute(&format!("{finish};\nCOMMIT")).await
+            client
+                .batch_execute(&format!("{stop}{finish};\nCOMMIT"))
+                .await
         }
         .await;
         match result {
@@ -300,6 +304,22 @@ async fn run_statements(
         .batch_execute("RESET lock_timeout; RESET statement_timeout")
         .await;
     result.map(|()| report(script, started, attempts, cleaned))
+}
+
+/// The SQL that starts and stops capturing the tables an up script names; empty
+/// for other scripts.
+fn capture_sql(script: &Script, history: &History<'_>) -> (String, String) {
+    match history {
+        History::Record {
+            set,
+            migration,
+            run_id,
+        } if !script.capture.is_empty() => (
+            crate::undo::capture::start_sql(&script.capture, run_id, set, migration.version),
+            format!("{};\n", crate::undo::capture::stop_sql(&script.capture)),
+        ),
+        _ => (String::new(), String::new()),
+    }
 }
 
 fn history_sql(history: &History<'_>, started: Instant) -> String {

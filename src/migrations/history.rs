@@ -219,7 +219,7 @@ pub(crate) fn remove_sql(set: &str, version: i64) -> String {
 }
 
 /// A standard SQL string literal (standard_conforming_strings is on since 9.1).
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

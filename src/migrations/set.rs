@@ -10,9 +10,10 @@
 //!   duplicate names both files; a `.down.sql`/`.verify.sql` needs its up file;
 //! - an up or verify script must contain a statement; a down script may be
 //!   comments only (an explicit no-op undo) but not empty;
-//! - the only directive is `-- pgshepherd:no-transaction` as the first line; any
-//!   other `-- pgshepherd:` line is refused, so a typo cannot silently run
-//!   `CREATE INDEX CONCURRENTLY` inside a transaction.
+//! - the directives are `-- pgshepherd:no-transaction` as the first line and
+//!   `-- pgshepherd:capture schema.table, ...` in an up script's header (see
+//!   `crate::undo`); any other `-- pgshepherd:` line is refused, so a typo cannot
+//!   silently run `CREATE INDEX CONCURRENTLY` inside a transaction.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,9 @@ use crate::plan::Diagnostic;
 
 /// The first line that makes a script run outside a transaction.
 pub const NO_TRANSACTION: &str = "-- pgshepherd:no-transaction";
+
+/// The header directive naming the tables whose changed rows are captured.
+pub const CAPTURE: &str = "-- pgshepherd:capture";
 
 /// Larger SQL files are refused rather than read into memory.
 pub const MAX_SCRIPT_BYTES: u64 = 16 * 1024 * 1024;
@@ -38,6 +42,10 @@ pub struct Script {
     pub checksum: String,
     /// `false` when the first line is `-- pgshepherd:no-transaction`.
     pub transactional: bool,
+    /// Tables whose row changes are captured while the script runs (header
+    /// directive `-- pgshepherd:capture schema.table, ...`), lowercase, as written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capture: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -300,6 +308,28 @@ impl MigrationSet {
     }
 
     /// Labels like `V1__create_table`, in order.
+    /// Warnings, not errors: migrations whose SQL changes rows but that nothing
+    /// could undo, with neither a down script nor a capture directive.
+    pub fn undo_warnings(&self) -> Vec<Diagnostic> {
+        self.migrations
+            .iter()
+            .filter(|m| m.down.is_none() && m.up.capture.is_empty())
+            .filter_map(|m| {
+                let (keyword, line) = first_data_change(&m.up.sql)?;
+                let path = match &self.dir {
+                    Some(dir) => dir.join(&m.up.file),
+                    None => PathBuf::from(&m.up.file),
+                };
+                Some(Diagnostic::new(path, line, 1, format!(
+                    "warning: {} changes rows ({keyword}) but has neither a down script nor `{CAPTURE}`: \
+                     no rollback or `pgshepherd undo` can give those rows back; name the tables it \
+                     changes in `{CAPTURE} schema.table, ...` or write a .down.sql",
+                    m.label()
+                )))
+            })
+            .collect()
+    }
+
     pub fn labels(&self) -> Vec<String> {
         self.migrations.iter().map(Migration::label).collect()
     }
@@ -425,10 +455,13 @@ fn parse_name(file: &str) -> Result<Named, NameError> {
     })
 }
 
-/// Checksum the file and read its directive.
+/// Checksum the file and read its directives.
 fn script(path: &Path, file: &str, sql: String, kind: Kind) -> Result<Script, Vec<Diagnostic>> {
     let mut diagnostics = Vec::new();
     let mut transactional = true;
+    let mut capture: Vec<String> = Vec::new();
+    // The header: the comment and blank lines before the first statement.
+    let mut in_header = true;
     for (i, line) in sql.lines().enumerate() {
         let line = if i == 0 {
             line.trim_start_matches('\u{feff}')
@@ -437,17 +470,35 @@ fn script(path: &Path, file: &str, sql: String, kind: Kind) -> Result<Script, Ve
         };
         let trimmed = line.trim();
         let Some(comment) = trimmed.strip_prefix("--") else {
+            in_header &= trimmed.is_empty();
             continue;
         };
         let directive = comment.trim_start();
         if !directive.to_ascii_lowercase().starts_with("pgshepherd") {
             continue;
         }
+        let column = line.chars().take_while(|c| c.is_whitespace()).count() as u32 + 1;
+        let at = |offset: usize, message: String| {
+            Diagnostic::new(path, i as u32 + 1, column + offset as u32, message)
+        };
         if i == 0 && trimmed == NO_TRANSACTION {
             transactional = false;
             continue;
         }
-        let column = line.chars().take_while(|c| c.is_whitespace()).count() as u32 + 1;
+        if let Some(list) = trimmed.strip_prefix(CAPTURE) {
+            let offset = CAPTURE.len();
+            if kind != Kind::Up {
+                diagnostics.push(at(0, format!("`{CAPTURE}` belongs in an up script (it says which rows the migration changes)")));
+            } else if !in_header {
+                diagnostics.push(at(
+                    0,
+                    format!("`{CAPTURE}` only counts in the header, before the first statement"),
+                ));
+            } else {
+                diagnostics.extend(capture_tables(list, &mut capture, |o, m| at(offset + o, m)));
+            }
+            continue;
+        }
         let message = if directive.to_ascii_lowercase().replace(' ', "")
             == "pgshepherd:no-transaction"
         {
@@ -458,10 +509,22 @@ fn script(path: &Path, file: &str, sql: String, kind: Kind) -> Result<Script, Ve
             }
         } else {
             format!(
-                "unknown directive `{trimmed}`; the only directive is `{NO_TRANSACTION}` on the first line"
+                "unknown directive `{trimmed}`; the directives are `{NO_TRANSACTION}` on the first line \
+                 and `{CAPTURE} schema.table, ...` in the header"
             )
         };
-        diagnostics.push(Diagnostic::new(path, i as u32 + 1, column, message));
+        diagnostics.push(at(0, message));
+    }
+    if !transactional && !capture.is_empty() {
+        diagnostics.push(Diagnostic::new(
+            path,
+            1,
+            1,
+            format!(
+                "a no-transaction migration cannot capture its changes (capture happens inside the \
+                 migration's transaction): remove `{NO_TRANSACTION}` or the capture directive"
+            ),
+        ));
     }
     let statements = crate::migrations::split::statements(&sql);
     match kind {
@@ -489,7 +552,89 @@ fn script(path: &Path, file: &str, sql: String, kind: Kind) -> Result<Script, Ve
         sql,
         checksum,
         transactional,
+        capture,
     })
+}
+
+/// The tables of a capture directive's `list` (after the directive itself),
+/// added to `tables`; `at(offset in list, message)` places a problem.
+fn capture_tables(
+    list: &str,
+    tables: &mut Vec<String>,
+    at: impl Fn(usize, String) -> Diagnostic,
+) -> Vec<Diagnostic> {
+    let mut problems = Vec::new();
+    if !list.starts_with(char::is_whitespace) || list.trim().is_empty() {
+        problems.push(at(
+            0,
+            format!(
+                "write `{CAPTURE} schema.table, schema.other`: at least one table, after a space"
+            ),
+        ));
+        return problems;
+    }
+    let mut offset = 0;
+    for item in list.split(',') {
+        let start = offset + (item.len() - item.trim_start().len());
+        offset += item.len() + 1;
+        let name = item.trim();
+        if !is_table_name(name) {
+            problems.push(at(start, format!(
+                "`{name}` is not a table name: write schema.table or table, letters, digits and _ (quoted names are not supported)"
+            )));
+        } else if tables.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+            problems.push(at(start, format!("table `{name}` is named twice")));
+        } else {
+            tables.push(name.to_ascii_lowercase());
+        }
+    }
+    problems
+}
+
+/// The first statement of `sql` that changes rows: its keyword (uppercase) and
+/// 1-based line. Statements that start with INSERT, UPDATE, DELETE, MERGE or
+/// TRUNCATE, and WITH / DO / COPY statements that contain one (or COPY ... FROM).
+fn first_data_change(sql: &str) -> Option<(&'static str, u32)> {
+    const CHANGES: [&str; 5] = ["insert", "update", "delete", "merge", "truncate"];
+    let mut searched = 0;
+    for statement in crate::migrations::split::statements(sql) {
+        let lower = statement.to_ascii_lowercase();
+        let words: Vec<&str> = lower
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        let found = match words.first().copied() {
+            Some(first) if CHANGES.contains(&first) => Some(first),
+            Some("with" | "do") => words.iter().copied().find(|w| CHANGES.contains(w)),
+            Some("copy") if words.contains(&"from") => Some("copy"),
+            _ => None,
+        };
+        let at = sql[searched..]
+            .find(statement.lines().next().unwrap_or_default())
+            .map_or(searched, |i| searched + i);
+        searched = at;
+        if let Some(word) = found {
+            let line = sql[..at].matches('\n').count() as u32 + 1;
+            let keyword = ["INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE", "COPY"]
+                .into_iter()
+                .find(|k| k.eq_ignore_ascii_case(word))?;
+            return Some((keyword, line));
+        }
+    }
+    None
+}
+
+/// `table` or `schema.table`, each part an unquoted identifier.
+fn is_table_name(name: &str) -> bool {
+    let ident = |p: &str| {
+        p.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    (1..=2).contains(&parts.len()) && parts.iter().all(|p| ident(p))
 }
 
 #[cfg(test)]
@@ -659,7 +804,7 @@ mod tests {
         assert_eq!(
             e,
             [
-                "set/V1__a.sql:1:1: unknown directive `-- pgshepherd:no-transactoin`; the only directive is `-- pgshepherd:no-transaction` on the first line",
+                "set/V1__a.sql:1:1: unknown directive `-- pgshepherd:no-transactoin`; the directives are `-- pgshepherd:no-transaction` on the first line and `-- pgshepherd:capture schema.table, ...` in the header",
                 "set/V2__b.sql:2:3: `-- pgshepherd:no-transaction` only counts on the first line of the file",
                 "set/V3__c.sql:1:1: write the directive exactly as `-- pgshepherd:no-transaction`",
             ]
@@ -672,6 +817,81 @@ mod tests {
         )
         .unwrap();
         assert!(!set.migrations[0].up.transactional);
+    }
+
+    #[test]
+    fn capture_names_the_tables_in_the_header() {
+        let set = MigrationSet::from_files(
+            "s",
+            None,
+            files(&[(
+                "V1__merge.sql",
+                "-- merge B into A\n-- pgshepherd:capture public.Companies, users\n\nUPDATE users SET c = 1;\n",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(set.migrations[0].up.capture, ["public.companies", "users"]);
+        assert!(set.migrations[0].up.transactional);
+    }
+
+    #[test]
+    fn data_changes_nothing_could_undo_are_warned_about() {
+        let set = MigrationSet::from_files(
+            "s",
+            None,
+            files(&[
+                ("V1__t.sql", "CREATE TABLE t (id int);\n"),
+                ("V2__fill.sql", "-- backfill\nALTER TABLE t ADD c int;\n\nWITH x AS (SELECT 1)\nUPDATE t SET c = 1;\n"),
+                ("V3__kept.sql", "-- pgshepherd:capture t\nDELETE FROM t;\n"),
+                ("V4__undone.sql", "INSERT INTO t VALUES (1);\n"),
+                ("V4__undone.down.sql", "DELETE FROM t WHERE id = 1;\n"),
+                ("V5__do.sql", "DO $$ BEGIN TRUNCATE t; END $$;\n"),
+            ]),
+        )
+        .unwrap();
+        let warnings: Vec<String> = set.undo_warnings().iter().map(|d| d.to_string()).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+        assert!(
+            warnings[0].starts_with("V2__fill.sql:4:1: warning: V2__fill changes rows (UPDATE)"),
+            "{}",
+            warnings[0]
+        );
+        assert!(
+            warnings[1].starts_with("V5__do.sql:1:1: warning: V5__do changes rows (TRUNCATE)"),
+            "{}",
+            warnings[1]
+        );
+    }
+
+    #[test]
+    fn capture_directives_are_checked() {
+        let e = errors(&[
+            (
+                "V1__a.sql",
+                "-- pgshepherd:no-transaction\n-- pgshepherd:capture public.t\nSELECT 1;",
+            ),
+            (
+                "V2__b.sql",
+                "-- pgshepherd:capture public.t, x.y.z, public.T\nSELECT 1;",
+            ),
+            ("V3__c.sql", "-- pgshepherd:capture\nSELECT 1;"),
+            ("V4__d.sql", "SELECT 1;\n-- pgshepherd:capture public.t\n"),
+            (
+                "V4__d.down.sql",
+                "-- pgshepherd:capture public.t\nSELECT 1;",
+            ),
+        ]);
+        assert_eq!(
+            e,
+            [
+                "set/V1__a.sql:1:1: a no-transaction migration cannot capture its changes (capture happens inside the migration's transaction): remove `-- pgshepherd:no-transaction` or the capture directive",
+                "set/V2__b.sql:1:33: `x.y.z` is not a table name: write schema.table or table, letters, digits and _ (quoted names are not supported)",
+                "set/V2__b.sql:1:40: table `public.T` is named twice",
+                "set/V3__c.sql:1:22: write `-- pgshepherd:capture schema.table, schema.other`: at least one table, after a space",
+                "set/V4__d.down.sql:1:1: `-- pgshepherd:capture` belongs in an up script (it says which rows the migration changes)",
+                "set/V4__d.sql:2:1: `-- pgshepherd:capture` only counts in the header, before the first statement",
+            ]
+        );
     }
 
     #[test]

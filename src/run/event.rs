@@ -25,6 +25,8 @@ pub enum Step {
     Confirm,
     /// The low-traffic gate before migrating.
     Gate,
+    /// `pgshepherd undo`.
+    Undo,
 }
 
 /// How a run ended; the process exit code follows from it.
@@ -317,6 +319,29 @@ pub enum EventKind {
     GateClosed {
         reason: String,
     },
+    /// `pgshepherd undo`: giving back the rows the run's migrations changed.
+    UndoStarted {
+        database: String,
+        /// As asked; empty for every captured version.
+        versions: Vec<i64>,
+        mode: crate::undo::revert::Mode,
+        predicate: Option<String>,
+        dry_run: bool,
+    },
+    UndoFinished {
+        /// `reverted` (all of it), `conflicts_left`, `refused` (nothing changed),
+        /// `failed` (nothing changed).
+        outcome: String,
+        exit_code: i32,
+        dry_run: bool,
+        mode: crate::undo::revert::Mode,
+        versions: Vec<i64>,
+        tables: std::collections::BTreeMap<String, crate::undo::revert::Counts>,
+        conflicts: u64,
+        conflicts_file: Option<String>,
+        undo_id: Option<i64>,
+        reason: Option<String>,
+    },
     RunFinished {
         outcome: Outcome,
         reason: Option<String>,
@@ -367,6 +392,8 @@ impl EventKind {
             EventKind::GateStarted { .. } => "gate_started",
             EventKind::GateOpen { .. } => "gate_open",
             EventKind::GateClosed { .. } => "gate_closed",
+            EventKind::UndoStarted { .. } => "undo_started",
+            EventKind::UndoFinished { .. } => "undo_finished",
             EventKind::RunFinished { .. } => "run_finished",
         }
     }
@@ -670,6 +697,35 @@ pub(crate) mod samples {
             },
             GateClosed {
                 reason: s("the window closed"),
+            },
+            UndoStarted {
+                database: s("postgres://app@db/jobs"),
+                versions: vec![2],
+                mode: crate::undo::revert::Mode::SkipConflicts,
+                predicate: Some(s("table_name = 'public.users'")),
+                dry_run: false,
+            },
+            UndoFinished {
+                outcome: s("conflicts_left"),
+                exit_code: 4,
+                dry_run: false,
+                mode: crate::undo::revert::Mode::SkipConflicts,
+                versions: vec![2],
+                tables: [(
+                    s("public.users"),
+                    crate::undo::revert::Counts {
+                        reverted: 40,
+                        conflicts: 2,
+                        already_gone: 1,
+                        filtered_out: 960,
+                        already_undone: 0,
+                    },
+                )]
+                .into(),
+                conflicts: 2,
+                conflicts_file: Some(s("pgshepherd-undo-r1-7.conflicts.jsonl")),
+                undo_id: Some(7),
+                reason: Some(s("2 rows changed by users since were left as they are")),
             },
             RunFinished {
                 outcome: Outcome::RolledBack,

@@ -267,6 +267,70 @@ pub fn text(event: &Event) -> String {
             format!("low-traffic gate open after {samples} samples ({waited_s:.1}s)")
         }
         GateClosed { reason } => format!("low-traffic gate never opened: {reason}"),
+        UndoStarted {
+            database,
+            versions,
+            mode,
+            predicate,
+            dry_run,
+        } => format!(
+            "undo{} of run {} on {database}: {}, mode {}{}",
+            if *dry_run { " (dry run)" } else { "" },
+            event.run_id,
+            if versions.is_empty() {
+                "every captured version".to_string()
+            } else {
+                versions
+                    .iter()
+                    .map(|v| format!("V{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            mode.as_str(),
+            predicate
+                .as_ref()
+                .map(|p| format!(", only changes where {p}"))
+                .unwrap_or_default()
+        ),
+        UndoFinished {
+            outcome,
+            exit_code,
+            dry_run,
+            tables,
+            conflicts_file,
+            reason,
+            ..
+        } => {
+            let per_table: Vec<String> = tables
+                .iter()
+                .map(|(t, c)| {
+                    format!(
+                        "{t}: {} reverted, {} conflict(s), {} already gone, {} left out by --where, {} undone before",
+                        c.reverted, c.conflicts, c.already_gone, c.filtered_out, c.already_undone
+                    )
+                })
+                .collect();
+            format!(
+                "undo {}{outcome} (exit {exit_code}){}{}{}",
+                if *dry_run {
+                    "(dry run, nothing changed): "
+                } else {
+                    ""
+                },
+                reason
+                    .as_ref()
+                    .map(|r| format!(" — {r}"))
+                    .unwrap_or_default(),
+                per_table
+                    .iter()
+                    .map(|l| format!("\n  {l}"))
+                    .collect::<String>(),
+                conflicts_file
+                    .as_ref()
+                    .map(|f| format!("\n  conflicts, row by row: {f}"))
+                    .unwrap_or_default()
+            )
+        }
         RunFinished {
             outcome,
             reason,

@@ -32,6 +32,7 @@ use crate::steps::StepContext;
 use crate::steps::backup::{self, Backup};
 use crate::steps::migrate::{self, MigrateEnd};
 use crate::steps::soak::{Monitor, SoakEnd, SoakProgress};
+use crate::undo::capture::{self, KeyProblem};
 
 /// Choices made on the command line rather than in the plan.
 #[derive(Debug, Clone)]
@@ -352,6 +353,20 @@ impl<'a> Runner<'a> {
             true => None,
             false => Some(SessionVisibility::read(&client).await),
         };
+        // A captured table without a key could not be undone row by row: refused
+        // now, before anything changes.
+        let keys = match &status {
+            Ok(s) => {
+                let captured: Vec<&Migration> = plan
+                    .migrations
+                    .migrations
+                    .iter()
+                    .filter(|m| s.pending.contains(&m.version) && !m.up.capture.is_empty())
+                    .collect();
+                capture::check_keys(&client, &captured).await
+            }
+            Err(_) => Ok(()),
+        };
         drop(client);
         let status = match status {
             Ok(s) => s,
@@ -387,6 +402,18 @@ impl<'a> Runner<'a> {
                 return Err(self.stop_on_environment(reason).await);
             }
         };
+        match keys {
+            Ok(()) => {}
+            Err(e @ KeyProblem::NoKey { .. }) => {
+                // Exit 2: the migration set asks for what the schema cannot give.
+                let input = Input::Stop {
+                    reason: e.to_string(),
+                    exit_code: 2,
+                };
+                return Err(self.end(input).await);
+            }
+            Err(e) => return Err(self.stop_on_environment(e.to_string()).await),
+        }
         let blind_refusal = match sessions {
             None => None,
             Some(Ok(v)) => visibility::refusal(&v, &blind),

@@ -1,0 +1,244 @@
+//! `pgshepherd undo RUN`: give back the rows a run's migrations changed, keeping
+//! what users wrote since (see [`crate::undo`]).
+//!
+//! It is a change to the target like a run: it takes the target's lock (waiting
+//! up to a minute for a run that holds it), works in one transaction, and says
+//! what it did in words (stderr) and, with `--json`, as `undo_started` /
+//! `undo_finished` events on stdout. Conflicts are written row by row to a JSON
+//! lines file (0600: they hold row data) in the current directory.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::pg::{Dsn, TargetLock};
+use crate::run::event::{EventKind, Step};
+use crate::run::journal::Emitter;
+use crate::undo::revert::{self, Mode, Report, Request};
+
+/// How long `undo` waits for the target's lock (a run may hold it).
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// `lock_timeout` for the undo's statements on users' tables.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Give back the rows a run's migrations changed (captured with
+/// `-- pgshepherd:capture`), keeping what users wrote since.
+///
+/// Exit codes: 0 everything reverted; 4 conflicts left (skip-conflicts, merge);
+/// 5 refused, nothing changed; 2 invalid input; 1 environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UndoArgs {
+    /// The run whose captured changes to undo.
+    #[arg(value_name = "RUN")]
+    pub run_id: String,
+    /// The target database.
+    #[arg(long, env = "PGSHEPHERD_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Config file whose `targets` define --target.
+    #[arg(long, requires = "target")]
+    pub config: Option<PathBuf>,
+    /// The target in --config.
+    #[arg(long, requires = "config")]
+    pub target: Option<String>,
+    /// Only these versions (repeat the flag); every captured one by default.
+    #[arg(long = "version", value_name = "V")]
+    pub versions: Vec<i64>,
+    /// What to do about rows users changed since the migration.
+    #[arg(long, value_enum, default_value = "refuse")]
+    pub mode: Mode,
+    /// Only the changes matching this SQL predicate over `table_name`, `op`,
+    /// `key`, `before`, `after` (jsonb) and `version`.
+    #[arg(long = "where", value_name = "PREDICATE")]
+    pub predicate: Option<String>,
+    /// Report what would be undone; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// JSON lines of events on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Undo and return the exit code: 0 everything reverted, 4 conflicts left
+/// (skip-conflicts, merge), 5 refused with nothing changed, 2 invalid input, 1
+/// environment.
+pub async fn undo(args: UndoArgs) -> i32 {
+    let events = Emitter::new(&args.run_id, None, args.json, true);
+    let dsn = match resolve(&args) {
+        Ok(d) => d,
+        Err(reason) => return finish(&events, &args, Finish::failed(2, reason)),
+    };
+    events.emit(
+        Some(Step::Undo),
+        EventKind::UndoStarted {
+            database: dsn.to_string(),
+            versions: args.versions.clone(),
+            mode: args.mode,
+            predicate: args.predicate.clone(),
+            dry_run: args.dry_run,
+        },
+    );
+    let lock = match TargetLock::acquire(&dsn, "pgshepherd undo", LOCK_WAIT, |holder| {
+        events.progress(&format!(
+            "  waiting for the target's lock, held by {holder}"
+        ))
+    })
+    .await
+    {
+        Ok(lock) => lock,
+        Err(e) => {
+            let reason = format!("could not take the target's lock; nothing changed: {e}");
+            return finish(&events, &args, Finish::failed(5, reason));
+        }
+    };
+    let request = Request {
+        run_id: args.run_id.clone(),
+        versions: args.versions.clone(),
+        mode: args.mode,
+        predicate: args.predicate.clone(),
+        dry_run: args.dry_run,
+        who: who(&dsn),
+        lock_timeout: LOCK_TIMEOUT,
+    };
+    let result = revert::undo(lock.client(), &request).await;
+    drop(lock);
+    match result {
+        Ok(report) => {
+            let file = match write_conflicts(&args.run_id, &report) {
+                Ok(file) => file,
+                Err(e) => {
+                    events.progress(&format!("  cannot write the conflicts file: {e}"));
+                    None
+                }
+            };
+            finish(&events, &args, Finish::from_report(&args, report, file))
+        }
+        Err(e) => finish(&events, &args, Finish::failed(e.exit_code(), e.to_string())),
+    }
+}
+
+fn resolve(args: &UndoArgs) -> Result<Dsn, String> {
+    if let Some(url) = &args.database_url {
+        return url.parse::<Dsn>().map_err(|e| format!("error: {e}"));
+    }
+    let (Some(path), Some(target)) = (&args.config, &args.target) else {
+        return Err("error: pass --database-url URL, or --config FILE and --target NAME".into());
+    };
+    let config = Config::load(path).map_err(|d| d.to_string())?;
+    config.targets.get(target).cloned().ok_or_else(|| {
+        let known: Vec<String> = config.targets.keys().cloned().collect();
+        format!(
+            "{}: target {target:?} is not defined (targets: {})",
+            path.display(),
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        )
+    })
+}
+
+/// Recorded with the undo: the database role and the operating-system user.
+fn who(dsn: &Dsn) -> String {
+    let os = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{} (os user {os})", dsn.user().unwrap_or("default role"))
+}
+
+/// The conflicts as JSON lines, when there are any.
+fn write_conflicts(run_id: &str, report: &Report) -> std::io::Result<Option<String>> {
+    if report.conflicts.is_empty() {
+        return Ok(None);
+    }
+    let tag = match report.undo_id {
+        Some(id) => id.to_string(),
+        None => format!("{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")),
+    };
+    let path = PathBuf::from(format!("pgshepherd-undo-{run_id}-{tag}.conflicts.jsonl"));
+    let mut text = String::new();
+    for c in &report.conflicts {
+        text.push_str(&serde_json::to_string(c).map_err(std::io::Error::other)?);
+        text.push('\n');
+    }
+    crate::private_fs::write(&path, text.as_bytes())?;
+    Ok(Some(path.display().to_string()))
+}
+
+/// What `undo_finished` says.
+struct Finish {
+    outcome: &'static str,
+    exit_code: i32,
+    report: Option<Report>,
+    conflicts_file: Option<String>,
+    reason: Option<String>,
+}
+
+impl Finish {
+    fn failed(exit_code: i32, reason: String) -> Finish {
+        Finish {
+            outcome: "failed",
+            exit_code,
+            report: None,
+            conflicts_file: None,
+            reason: Some(reason),
+        }
+    }
+
+    fn from_report(args: &UndoArgs, report: Report, conflicts_file: Option<String>) -> Finish {
+        let conflicts = report.conflicts.len();
+        let (outcome, exit_code, reason) = match (conflicts, args.mode) {
+            (0, _) => ("reverted", 0, None),
+            (n, Mode::Refuse) => (
+                "refused",
+                5,
+                Some(format!(
+                    "{n} row(s) changed by users since the migration; nothing was changed \
+                     (see the conflicts; --mode skip-conflicts or merge reverts the rest)"
+                )),
+            ),
+            (n, _) => (
+                "conflicts_left",
+                4,
+                Some(format!(
+                    "{n} row(s) changed by users since the migration were left as they are"
+                )),
+            ),
+        };
+        Finish {
+            outcome,
+            exit_code,
+            report: Some(report),
+            conflicts_file,
+            reason,
+        }
+    }
+}
+
+fn finish(events: &Emitter, args: &UndoArgs, f: Finish) -> i32 {
+    let (versions, tables, conflicts, undo_id) = match &f.report {
+        Some(r) => (
+            r.versions.clone(),
+            r.tables.clone(),
+            r.conflicts.len() as u64,
+            r.undo_id,
+        ),
+        None => (args.versions.clone(), Default::default(), 0, None),
+    };
+    events.emit(
+        Some(Step::Undo),
+        EventKind::UndoFinished {
+            outcome: f.outcome.to_string(),
+            exit_code: f.exit_code,
+            dry_run: args.dry_run,
+            mode: args.mode,
+            versions,
+            tables,
+            conflicts,
+            conflicts_file: f.conflicts_file,
+            undo_id,
+            reason: f.reason,
+        },
+    );
+    f.exit_code
+}
