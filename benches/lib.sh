@@ -38,15 +38,37 @@ free_port() {
 
 stop_cluster() {
     if [ -n "$BENCH_TMP" ] && [ -d "$BENCH_TMP" ]; then
-        if [ -f "$BENCH_TMP/data/postmaster.pid" ]; then
-            as_pg "$PGBIN/pg_ctl" -D "$BENCH_TMP/data" -m fast -w stop >/dev/null 2>&1 || true
-        fi
+        local d
+        # The main cluster and any started by start_extra_cluster.
+        for d in "$BENCH_TMP/data" "$BENCH_TMP"/*/data; do
+            if [ -f "$d/postmaster.pid" ]; then
+                as_pg "$PGBIN/pg_ctl" -D "$d" -m fast -w stop >/dev/null 2>&1 || true
+            fi
+        done
         if [ -z "${KEEP_BENCH_TMP:-}" ]; then
             rm -rf "$BENCH_TMP"
         else
             echo "kept $BENCH_TMP" >&2
         fi
     fi
+}
+
+# initdb + start a cluster in $1/data (socket in $1/sock) on a free port; sets
+# STARTED_PORT. Needs BENCH_TMP and PGOWNER set (start_cluster does that).
+init_and_start() {
+    local dir=$1 try
+    mkdir -p "$dir/data" "$dir/sock"
+    [ -n "$PGOWNER" ] && chown "$PGOWNER" "$dir/data" "$dir/sock"
+    as_pg "$PGBIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
+        >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+    for try in 1 2 3 4 5; do
+        STARTED_PORT=$(free_port)
+        if as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/data/server.log" -w -t 60 \
+            -o "-p $STARTED_PORT -c listen_addresses=127.0.0.1 -k $dir/sock" start >/dev/null; then
+            return 0
+        fi
+        [ "$try" = 5 ] && { cat "$dir/data/server.log" >&2; exit 1; }
+    done
 }
 
 start_cluster() {
@@ -58,21 +80,19 @@ start_cluster() {
     if [ "$(id -u)" = 0 ]; then
         PGOWNER=postgres
     fi
-    mkdir -p "$BENCH_TMP/data" "$BENCH_TMP/sock"
-    [ -n "$PGOWNER" ] && chown "$PGOWNER" "$BENCH_TMP/data" "$BENCH_TMP/sock"
-    as_pg "$PGBIN/initdb" -D "$BENCH_TMP/data" -U postgres --auth=trust -E UTF8 \
-        >"$BENCH_TMP/initdb.log" 2>&1 || { cat "$BENCH_TMP/initdb.log" >&2; exit 1; }
-    local try
-    for try in 1 2 3 4 5; do
-        PGPORT=$(free_port)
-        if as_pg "$PGBIN/pg_ctl" -D "$BENCH_TMP/data" -l "$BENCH_TMP/data/server.log" -w -t 60 \
-            -o "-p $PGPORT -c listen_addresses=127.0.0.1 -k $BENCH_TMP/sock" start >/dev/null; then
-            break
-        fi
-        [ "$try" = 5 ] && { cat "$BENCH_TMP/data/server.log" >&2; exit 1; }
-    done
+    init_and_start "$BENCH_TMP"
+    PGPORT=$STARTED_PORT
     export PGHOST=127.0.0.1 PGPORT PGUSER=postgres PGDATABASE=postgres
     unset PGPASSWORD PGSERVICE PGOPTIONS || true
+}
+
+# After start_cluster: a second throwaway cluster in $BENCH_TMP/$1 (data directory
+# $BENCH_TMP/$1/data), stopped and removed with the first; sets EXTRA_PORT. For
+# benchmarks that must keep two servers' CPU apart (e.g. the state database and
+# the targets). psql_q talks to the first cluster unless given -p "$EXTRA_PORT".
+start_extra_cluster() {
+    init_and_start "$BENCH_TMP/$1"
+    EXTRA_PORT=$STARTED_PORT
 }
 
 # URL of database $1 on the throwaway cluster.
@@ -125,7 +145,8 @@ create_bench_databases() {
 }
 
 # Write $W/daemon.yaml for N targets; sets TOKEN (a fresh bearer token with
-# submit and approve) and PORT.
+# submit and approve) and PORT. The state database is STATE_URL when set (e.g. on
+# a cluster of its own), else pgshepherd_state on the throwaway cluster.
 write_daemon_config() {
     TOKEN="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     local token_sha
@@ -133,7 +154,7 @@ write_daemon_config() {
     PORT=$(free_port)
     {
         echo "listen: 127.0.0.1:$PORT"
-        echo "state_database: \"$(db_url pgshepherd_state)\""
+        echo "state_database: \"${STATE_URL:-$(db_url pgshepherd_state)}\""
         echo "backup_dir: $W/backups"
         echo "targets:"
         for i in $(seq 1 "$1"); do
