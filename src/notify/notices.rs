@@ -37,6 +37,7 @@ pub fn is_notable(kind: &EventKind) -> bool {
             | SoakStarted { .. }
             | CheckVerdict { .. }
             | RollbackStarted { .. }
+            | BackupRestored { .. }
             | RollbackFailed { .. }
             | RunFinished { .. }
             | Acknowledged { .. }
@@ -214,6 +215,48 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
                     .unwrap_or_default()
             ),
         )),
+        BackupRestored {
+            path,
+            snapshot,
+            discarded_writes,
+            sequences_advanced,
+            stall_ms,
+            ..
+        } => {
+            let discarded = match discarded_writes {
+                Some(d) => crate::steps::backup::describe_discarded(d),
+                None => "rows written since the backup: not counted".to_string(),
+            };
+            let kept = match snapshot {
+                Some(s) => format!(" The database as it was just before the restore is kept in {}.", s.path),
+                None => String::new(),
+            };
+            let mut r = n(
+                NoticeKind::BackupRestored,
+                Severity::Warning,
+                format!("Backup restored on {target}"),
+                format!("Run {id} restored {target} from {}: {discarded}.{kept}", file_name(path)),
+            );
+            if let Some(s) = snapshot {
+                r.facts.push(Fact::new("snapshot", s.path.clone()));
+            }
+            if let Some(ms) = stall_ms {
+                r.facts.push(Fact::new("writers blocked", self::ms(*ms)));
+            }
+            if !sequences_advanced.is_empty() {
+                r.facts.push(Fact::new(
+                    "sequences moved forward",
+                    sequences_advanced.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                ));
+            }
+            if discarded_writes.as_ref().is_some_and(|d| !d.is_empty()) {
+                r.next_step = Some(format!(
+                    "The discarded rows are in the snapshot: restore it into a scratch database \
+                     (`pg_restore --dbname=SCRATCH FILE`) and re-apply what users wrote. See `pgshepherd logs {id}`."
+                ));
+            }
+            out.push(r);
+        }
         RollbackFailed { reason } => {
             let mut f = n(
                 NoticeKind::RollbackFailed,
