@@ -228,14 +228,20 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
                 None => "rows written since the backup: not counted".to_string(),
             };
             let kept = match snapshot {
-                Some(s) => format!(" The database as it was just before the restore is kept in {}.", s.path),
+                Some(s) => format!(
+                    " The database as it was just before the restore is kept in {}.",
+                    s.path
+                ),
                 None => String::new(),
             };
             let mut r = n(
                 NoticeKind::BackupRestored,
                 Severity::Warning,
                 format!("Backup restored on {target}"),
-                format!("Run {id} restored {target} from {}: {discarded}.{kept}", file_name(path)),
+                format!(
+                    "Run {id} restored {target} from {}: {discarded}.{kept}",
+                    file_name(path)
+                ),
             );
             if let Some(s) = snapshot {
                 r.facts.push(Fact::new("snapshot", s.path.clone()));
@@ -246,7 +252,11 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
             if !sequences_advanced.is_empty() {
                 r.facts.push(Fact::new(
                     "sequences moved forward",
-                    sequences_advanced.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    sequences_advanced
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 ));
             }
             if discarded_writes.as_ref().is_some_and(|d| !d.is_empty()) {
@@ -719,6 +729,43 @@ mod tests {
         assert_eq!(kinds, [NoticeKind::Submitted, NoticeKind::ApprovalNeeded]);
         // Check samples are never notable on their own.
         assert!(!is_notable(&EventKind::LockAcquired { waited_ms: 1 }));
+    }
+
+    #[test]
+    fn a_restore_says_what_it_discarded_and_where_the_snapshot_is() {
+        let e = crate::run::event::samples::events()
+            .into_iter()
+            .find(|e| e.kind.name() == "backup_restored")
+            .unwrap();
+        assert!(is_notable(&e.kind));
+        let n = from_event(&e, &run(), None);
+        assert_eq!(n.len(), 1);
+        let r = &n[0];
+        assert_eq!(
+            (r.kind, r.severity),
+            (NoticeKind::BackupRestored, Severity::Warning)
+        );
+        assert!(
+            r.summary.contains(
+                "70 row write(s) since the backup discarded (public.rental: 67 inserted, 3 updated"
+            ) && r
+                .summary
+                .contains("/backups/a.pre-restore-20260301T101112.000Z.dump"),
+            "{}",
+            r.summary
+        );
+        let fact = |l: &str| {
+            r.facts
+                .iter()
+                .find(|f| f.label == l)
+                .map(|f| f.value.clone())
+        };
+        assert_eq!(fact("writers blocked").as_deref(), Some("85 ms"));
+        assert_eq!(
+            fact("sequences moved forward").as_deref(),
+            Some("public.rental_rental_id_seq 16049 → 16116")
+        );
+        assert!(r.next_step.as_deref().unwrap().contains("pg_restore"));
     }
 
     #[test]

@@ -227,17 +227,26 @@ pub fn text(event: &Event) -> String {
                 None => line.push_str(&format!("{more}rows written since the backup: not counted (its manifest predates the count)")),
             }
             if let Some(s) = snapshot {
-                line.push_str(&format!("{more}the database as it was before the restore: {} (manifest {})", s.path, s.manifest));
+                line.push_str(&format!(
+                    "{more}the database as it was before the restore: {} (manifest {})",
+                    s.path, s.manifest
+                ));
             }
             if !sequences_advanced.is_empty() {
                 line.push_str(&format!(
                     "{more}sequences kept from going backwards: {}",
-                    sequences_advanced.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    sequences_advanced
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             line.push_str(&match analyze_ms {
                 Some(ms) => format!("{more}analyzed in {ms} ms"),
-                None => format!("{more}ANALYZE failed: the restored tables have no planner statistics yet"),
+                None => format!(
+                    "{more}ANALYZE failed: the restored tables have no planner statistics yet"
+                ),
             });
             line
         }

@@ -82,8 +82,8 @@ pub async fn roll_back(
                     source,
                 })?;
             // A manifest with tables but no counters predates them: the count is unknown.
-            let counted = !backup.manifest.write_counters.is_empty()
-                || backup.manifest.tables.is_empty();
+            let counted =
+                !backup.manifest.write_counters.is_empty() || backup.manifest.tables.is_empty();
             let discarded_writes = counted.then(|| {
                 backup::discarded(
                     &backup.manifest.write_counters,
@@ -165,9 +165,7 @@ async fn snapshot(
     )
     .await
     .map_err(failed)?;
-    backup::verify(bins, &snapshot, &[])
-        .await
-        .map_err(failed)?;
+    backup::verify(bins, &snapshot, &[]).await.map_err(failed)?;
     ctx.events.progress(&format!(
         "  snapshot written and verified: {}",
         snapshot.path.display()

@@ -18,8 +18,8 @@ use super::files::{
 };
 use super::manifest::{MANIFEST_SUFFIX, write_manifest};
 use super::retention::discard_partial;
-use super::writes::{self, TableWrites};
 use super::tool::{APPLICATION_NAME, read_text, spawn, tool};
+use super::writes::{self, TableWrites};
 use super::{ArchiveFormat, Backup, BackupError, DatabaseIdentity, FileDigest, Manifest};
 use crate::pg::Dsn;
 use crate::pg::cluster::PgBinaries;
@@ -309,9 +309,9 @@ async fn inventory(
         )
         .await
         .map_err(query_err("listing tables before the backup"))?;
-    let counters = writes::read(&client)
-        .await
-        .map_err(query_err("reading the tables' write counters before the backup"))?;
+    let counters = writes::read(&client).await.map_err(query_err(
+        "reading the tables' write counters before the backup",
+    ))?;
     Ok((
         version,
         rows.iter().map(|r| r.get(0)).collect(),

@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::BackupError;
-use super::writes::TableWrites;
 use super::error::io_err;
 use super::files::sync_dir;
+use super::writes::TableWrites;
 use crate::plan::BackupFormat;
 
 /// `<stem>.manifest.json` next to the archive `<stem>.dump` or `<stem>.dir`.

@@ -12,10 +12,10 @@ use tokio::process::{ChildStdin, ChildStdout, Command};
 
 use super::error::io_err;
 use super::files::CHUNK;
-use super::writes::{COUNTERS_SQL, TableWrites};
 use super::readiness::{ExtensionOwnerChange, owner_changes};
 use super::tool::{APPLICATION_NAME, read_text, spawn, tool};
 use super::verify::check_digest;
+use super::writes::{COUNTERS_SQL, TableWrites};
 use super::{Backup, BackupError};
 use crate::pg::Dsn;
 use crate::pg::cluster::PgBinaries;
@@ -476,7 +476,8 @@ fn parse_output(text: &str) -> Output {
         }
     }
     out.write_counters.sort_by(|a, b| a.table.cmp(&b.table));
-    out.sequences_advanced.sort_by(|a, b| a.sequence.cmp(&b.sequence));
+    out.sequences_advanced
+        .sort_by(|a, b| a.sequence.cmp(&b.sequence));
     out
 }
 
@@ -522,10 +523,23 @@ mod tests {
         assert_eq!(
             parse_output(text),
             Output {
-                write_counters: vec![TableWrites { table: "public.t".into(), inserted: 3, updated: 1, deleted: 0 }],
+                write_counters: vec![TableWrites {
+                    table: "public.t".into(),
+                    inserted: 3,
+                    updated: 1,
+                    deleted: 0
+                }],
                 sequences_advanced: vec![
-                    SequenceAdvance { sequence: "public.\"Odd\"".into(), restored: None, set_to: 7 },
-                    SequenceAdvance { sequence: "public.t_id_seq".into(), restored: Some(10), set_to: 13 },
+                    SequenceAdvance {
+                        sequence: "public.\"Odd\"".into(),
+                        restored: None,
+                        set_to: 7
+                    },
+                    SequenceAdvance {
+                        sequence: "public.t_id_seq".into(),
+                        restored: Some(10),
+                        set_to: 13
+                    },
                 ],
                 stall_ms: 85,
             }

@@ -212,7 +212,10 @@ mod tests {
     ) -> PathBuf {
         let backup_stem = |m: u32| format!("20260101T00{m:02}00.000Z-r{m}");
         let stem = match snapshot_of {
-            Some(of) => format!("{}.pre-restore-20260101T00{minute:02}00.000Z", backup_stem(of)),
+            Some(of) => format!(
+                "{}.pre-restore-20260101T00{minute:02}00.000Z",
+                backup_stem(of)
+            ),
             None => backup_stem(minute),
         };
         let archive = dir.join(format!("{stem}.dump"));

@@ -53,11 +53,15 @@ impl std::fmt::Display for DiscardedWrites {
     /// `public.rental: 67 inserted, 3 updated (2 after the snapshot)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let w = &self.writes;
-        let parts: Vec<String> = [(w.inserted, "inserted"), (w.updated, "updated"), (w.deleted, "deleted")]
-            .iter()
-            .filter(|(n, _)| *n > 0)
-            .map(|(n, what)| format!("{n} {what}"))
-            .collect();
+        let parts: Vec<String> = [
+            (w.inserted, "inserted"),
+            (w.updated, "updated"),
+            (w.deleted, "deleted"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
         write!(f, "{}: {}", w.table, parts.join(", "))?;
         if self.after_snapshot > 0 {
             write!(f, " ({} after the snapshot)", self.after_snapshot)?;
@@ -75,7 +79,11 @@ pub fn describe_discarded(discarded: &[DiscardedWrites]) -> String {
     let after: i64 = discarded.iter().map(|d| d.after_snapshot).sum();
     let mut text = format!(
         "{total} row write(s) since the backup discarded ({})",
-        discarded.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        discarded
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     if after > 0 {
         text.push_str(&format!(
@@ -177,8 +185,16 @@ mod tests {
 
     #[test]
     fn writes_since_a_reading_leave_out_untouched_tables_and_count_new_ones_whole() {
-        let before = [t("public.a", 10, 2, 0), t("public.b", 5, 0, 0), t("public.gone", 9, 9, 9)];
-        let now = [t("public.a", 13, 2, 1), t("public.b", 5, 0, 0), t("public.new", 4, 0, 0)];
+        let before = [
+            t("public.a", 10, 2, 0),
+            t("public.b", 5, 0, 0),
+            t("public.gone", 9, 9, 9),
+        ];
+        let now = [
+            t("public.a", 13, 2, 1),
+            t("public.b", 5, 0, 0),
+            t("public.new", 4, 0, 0),
+        ];
         assert_eq!(
             since(&before, &now),
             vec![t("public.a", 3, 0, 1), t("public.new", 4, 0, 0)]
@@ -187,7 +203,10 @@ mod tests {
 
     #[test]
     fn a_reset_of_the_statistics_never_gives_a_negative_count() {
-        assert_eq!(since(&[t("public.a", 10, 5, 5)], &[t("public.a", 2, 9, 0)]), vec![t("public.a", 0, 4, 0)]);
+        assert_eq!(
+            since(&[t("public.a", 10, 5, 5)], &[t("public.a", 2, 9, 0)]),
+            vec![t("public.a", 0, 4, 0)]
+        );
     }
 
     #[test]
@@ -199,11 +218,21 @@ mod tests {
         assert_eq!(
             d,
             vec![
-                DiscardedWrites { writes: t("public.a", 7, 1, 0), after_snapshot: 3 },
-                DiscardedWrites { writes: t("public.b", 1, 0, 0), after_snapshot: 0 },
+                DiscardedWrites {
+                    writes: t("public.a", 7, 1, 0),
+                    after_snapshot: 3
+                },
+                DiscardedWrites {
+                    writes: t("public.b", 1, 0, 0),
+                    after_snapshot: 0
+                },
             ]
         );
-        assert!(discarded(&backup, None, &now).iter().all(|d| d.after_snapshot == d.writes.total()));
+        assert!(
+            discarded(&backup, None, &now)
+                .iter()
+                .all(|d| d.after_snapshot == d.writes.total())
+        );
         assert_eq!(
             describe_discarded(&d),
             "9 row write(s) since the backup discarded (public.a: 7 inserted, 1 updated (3 after the snapshot); \
