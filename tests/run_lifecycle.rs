@@ -987,9 +987,12 @@ async fn a_restore_keeps_a_snapshot_counts_what_it_discards_and_never_reuses_ids
         &counters_reach("orders", 10, 0, 0),
     )
     .await;
+    // The migration writes rows too: the restore undoes those by design, so they
+    // are not among the users' writes it reports discarded.
     s.file(
         "V1__audit_log.sql",
-        "CREATE TABLE audit_log (id bigserial PRIMARY KEY, what text NOT NULL);\n",
+        "CREATE TABLE audit_log (id bigserial PRIMARY KEY, what text NOT NULL);\n\
+         UPDATE accounts SET email = upper(email) WHERE id > 490;\n",
     );
     let plan = s.plan(&format!(
         "{}rollback:\n  strategy: restore\n  allow_data_loss: true\n  confirm: 1s\n",
@@ -1041,7 +1044,7 @@ async fn a_restore_keeps_a_snapshot_counts_what_it_discards_and_never_reuses_ids
         common::wait_for_sql(
             &s.db.dsn,
             "the writer's statistics",
-            &counters_reach("accounts", 500, 4, 3),
+            &counters_reach("accounts", 500, 10 + 4, 3),
         )
         .await;
         s.db.execute("CREATE TABLE breach_now ()").await;
@@ -1058,6 +1061,11 @@ async fn a_restore_keeps_a_snapshot_counts_what_it_discards_and_never_reuses_ids
         ..output
     });
     assert_eq!(out.code, 3, "{}", out.stderr);
+    let applied = out.named("migration_applied");
+    assert_eq!(
+        applied[0]["writes"],
+        serde_json::json!([{"table": "public.accounts", "inserted": 0, "updated": 10, "deleted": 0}])
+    );
     let restored = out.named("backup_restored");
     assert_eq!(restored.len(), 1);
     let restored = restored[0];

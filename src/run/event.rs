@@ -492,6 +492,7 @@ pub(crate) mod samples {
             duration_ms: 120,
             attempts: 2,
             cleaned_invalid_indexes: vec!["idx_x".into()],
+            writes: Vec::new(),
         }
     }
 

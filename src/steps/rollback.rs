@@ -89,6 +89,7 @@ pub async fn roll_back(
                     &backup.manifest.write_counters,
                     Some(&snapshot.backup.manifest.write_counters),
                     &report.write_counters,
+                    &ctx.events.facts().migration_writes,
                 )
             });
             ctx.emit(

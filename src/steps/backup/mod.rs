@@ -54,4 +54,7 @@ pub use restore::{RestoreReport, SequenceAdvance, restore};
 pub use retention::{discard_partial, prune};
 pub use tool::APPLICATION_NAME;
 pub use verify::{Verified, verify};
-pub use writes::{DiscardedWrites, TableWrites, describe_discarded, discarded};
+pub use writes::{
+    DiscardedWrites, TableWrites, add as add_writes, describe_discarded, discarded,
+    read_own as read_own_writes,
+};

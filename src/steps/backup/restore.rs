@@ -15,7 +15,7 @@ use super::files::CHUNK;
 use super::readiness::{ExtensionOwnerChange, owner_changes};
 use super::tool::{APPLICATION_NAME, read_text, spawn, tool};
 use super::verify::check_digest;
-use super::writes::{COUNTERS_SQL, TableWrites};
+use super::writes::{TableWrites, counters_sql};
 use super::{Backup, BackupError};
 use crate::pg::Dsn;
 use crate::pg::cluster::PgBinaries;
@@ -70,6 +70,7 @@ pub struct SequenceAdvance {
 /// ([`RESET_SQL`]). Results are printed as lines starting with a `pgshepherd-`
 /// marker; the archive's own output (`set_config`, `setval`) never starts so.
 fn head_sql() -> String {
+    let counters = counters_sql("pg_stat_user_tables");
     format!(
         r"BEGIN;
 DO $pgshepherd$
@@ -90,7 +91,7 @@ $pgshepherd$;
 CREATE TEMPORARY TABLE pgshepherd_restore ON COMMIT DROP AS SELECT clock_timestamp() AS locked_at;
 CREATE TEMPORARY TABLE pgshepherd_sequences ON COMMIT DROP AS
   SELECT format('%I.%I', schemaname, sequencename) AS name, last_value FROM pg_catalog.pg_sequences;
-SELECT concat_ws(E'\t', '{WRITES}', table_name, n_tup_ins, n_tup_upd, n_tup_del) FROM ({COUNTERS_SQL}) AS c;
+SELECT concat_ws(E'\t', '{WRITES}', table_name, n_tup_ins, n_tup_upd, n_tup_del) FROM ({counters}) AS c;
 {RESET_SQL}"
     )
 }

@@ -93,15 +93,48 @@ pub fn describe_discarded(discarded: &[DiscardedWrites]) -> String {
     text
 }
 
-/// The query behind [`read`], also run by the restore inside its transaction.
-/// pgshepherd's own schema (the migration history) is the run's bookkeeping, not
-/// anyone's data: left out.
-pub(super) const COUNTERS_SQL: &str = "SELECT format('%I.%I', schemaname, relname) AS table_name, \
-     n_tup_ins, n_tup_upd, n_tup_del FROM pg_catalog.pg_stat_user_tables WHERE schemaname <> 'pgshepherd'";
+/// The query behind [`read`] (`view` `pg_stat_user_tables`), also run by the
+/// restore inside its transaction, and behind [`read_own`]
+/// (`pg_stat_xact_user_tables`). pgshepherd's own schema (the migration history)
+/// is the run's bookkeeping, not anyone's data: left out.
+pub(super) fn counters_sql(view: &str) -> String {
+    format!(
+        "SELECT format('%I.%I', schemaname, relname) AS table_name, n_tup_ins, n_tup_upd, n_tup_del \
+         FROM pg_catalog.{view} WHERE schemaname <> 'pgshepherd'"
+    )
+}
 
 /// The write counters of every user table now.
 pub async fn read(client: &Client) -> Result<Vec<TableWrites>, tokio_postgres::Error> {
-    let rows = client.query(COUNTERS_SQL, &[]).await?;
+    query(client, "pg_stat_user_tables").await
+}
+
+/// The rows the current transaction of `client` has written so far, per table
+/// with any: a migration's own writes, read just before its COMMIT, so that a
+/// restore can tell them from users' writes.
+pub async fn read_own(client: &Client) -> Result<Vec<TableWrites>, tokio_postgres::Error> {
+    let mut own = query(client, "pg_stat_xact_user_tables").await?;
+    own.retain(|t| t.total() > 0);
+    Ok(own)
+}
+
+/// Add `more` to `total`, table by table.
+pub fn add(total: &mut Vec<TableWrites>, more: &[TableWrites]) {
+    for m in more {
+        match total.iter_mut().find(|t| t.table == m.table) {
+            Some(t) => {
+                t.inserted += m.inserted;
+                t.updated += m.updated;
+                t.deleted += m.deleted;
+            }
+            None => total.push(m.clone()),
+        }
+    }
+    total.sort_by(|a, b| a.table.cmp(&b.table));
+}
+
+async fn query(client: &Client, view: &str) -> Result<Vec<TableWrites>, tokio_postgres::Error> {
+    let rows = client.query(&counters_sql(view), &[]).await?;
     let mut all: Vec<TableWrites> = rows
         .iter()
         .map(|r| TableWrites {
@@ -139,13 +172,16 @@ pub fn since(before: &[TableWrites], now: &[TableWrites]) -> Vec<TableWrites> {
     out
 }
 
-/// What a restore discarded: the writes since the backup, each table with how
+/// What a restore discarded: the writes since the backup, less `own` (the run's
+/// migrations' writes, which the restore is meant to undo), each table with how
 /// many of them came after the snapshot (`snapshot`: its counters; `None` means
-/// no snapshot, so all of them).
+/// no snapshot, so all of them). The migrations ran before the soak, so before
+/// the snapshot: `own` never reduces `after_snapshot`.
 pub fn discarded(
     backup: &[TableWrites],
     snapshot: Option<&[TableWrites]>,
     now: &[TableWrites],
+    own: &[TableWrites],
 ) -> Vec<DiscardedWrites> {
     let after_snapshot: BTreeMap<String, i64> = match snapshot {
         Some(s) => since(s, now)
@@ -156,6 +192,16 @@ pub fn discarded(
     };
     since(backup, now)
         .into_iter()
+        .map(|w| match own.iter().find(|o| o.table == w.table) {
+            Some(o) => TableWrites {
+                inserted: (w.inserted - o.inserted).max(0),
+                updated: (w.updated - o.updated).max(0),
+                deleted: (w.deleted - o.deleted).max(0),
+                table: w.table,
+            },
+            None => w,
+        })
+        .filter(|w| w.total() > 0)
         .map(|writes| {
             let total = writes.total();
             let after = match snapshot {
@@ -202,6 +248,27 @@ mod tests {
     }
 
     #[test]
+    fn the_migrations_own_writes_are_not_counted_as_discarded() {
+        let backup = [t("public.a", 0, 0, 0), t("public.b", 0, 0, 0)];
+        let snapshot = [t("public.a", 1000, 0, 0), t("public.b", 2, 0, 0)];
+        let now = [t("public.a", 1003, 0, 0), t("public.b", 2, 0, 0)];
+        let mut own = Vec::new();
+        add(&mut own, &[t("public.a", 600, 0, 0)]);
+        add(
+            &mut own,
+            &[t("public.a", 400, 0, 0), t("public.b", 2, 0, 0)],
+        );
+        assert_eq!(own, vec![t("public.a", 1000, 0, 0), t("public.b", 2, 0, 0)]);
+        assert_eq!(
+            discarded(&backup, Some(&snapshot), &now, &own),
+            vec![DiscardedWrites {
+                writes: t("public.a", 3, 0, 0),
+                after_snapshot: 3
+            }]
+        );
+    }
+
+    #[test]
     fn a_reset_of_the_statistics_never_gives_a_negative_count() {
         assert_eq!(
             since(&[t("public.a", 10, 5, 5)], &[t("public.a", 2, 9, 0)]),
@@ -214,7 +281,7 @@ mod tests {
         let backup = [t("public.a", 0, 0, 0), t("public.b", 0, 0, 0)];
         let snapshot = [t("public.a", 5, 0, 0), t("public.b", 1, 0, 0)];
         let now = [t("public.a", 7, 1, 0), t("public.b", 1, 0, 0)];
-        let d = discarded(&backup, Some(&snapshot), &now);
+        let d = discarded(&backup, Some(&snapshot), &now, &[]);
         assert_eq!(
             d,
             vec![
@@ -229,7 +296,7 @@ mod tests {
             ]
         );
         assert!(
-            discarded(&backup, None, &now)
+            discarded(&backup, None, &now, &[])
                 .iter()
                 .all(|d| d.after_snapshot == d.writes.total())
         );
