@@ -17,7 +17,7 @@ use super::files::{
     CHUNK, blocking, combined_sha256, dir_size, hash_dir_files, path_component, sync_dir,
 };
 use super::manifest::{MANIFEST_SUFFIX, write_manifest};
-use super::retention::discard_partial;
+use super::retention::{discard_partial, discard_partial_snapshots};
 use super::tool::{APPLICATION_NAME, read_text, spawn, tool};
 use super::writes::{self, TableWrites};
 use super::{ArchiveFormat, Backup, BackupError, DatabaseIdentity, FileDigest, Manifest};
@@ -108,6 +108,17 @@ pub async fn take_snapshot(
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf();
+    // A rollback resumed after a crash mid-snapshot starts a new one: the old
+    // one's unfinished archive would otherwise stay forever (retention goes by
+    // manifests).
+    let (scan, stem) = (dir.clone(), backup_stem.clone());
+    let removed = blocking(format!("cleaning up {}", dir.display()), move || {
+        Ok(discard_partial_snapshots(&scan, &stem))
+    })
+    .await?;
+    if !removed.is_empty() {
+        tracing::info!(removed = ?removed, "removed an unfinished pre-restore snapshot");
+    }
     let archive = Archive {
         dir,
         stem: Box::new(move |created_at| {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
+use super::dump::SNAPSHOT_INFIX;
 use super::error::io_err;
 use super::files::path_component;
 use super::manifest::MANIFEST_SUFFIX;
@@ -33,6 +34,39 @@ fn discard_in(dir: &Path, run_id: &str) -> Vec<PathBuf> {
         if !entry.file_name().to_string_lossy().contains(run_id) {
             continue;
         }
+        let gone = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        if gone.is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// Remove the pre-restore snapshots of the backup `backup_stem` in `dir` that an
+/// interrupted rollback left unfinished (an archive without its manifest), before
+/// a new one is taken. Complete snapshots stay. Blocking.
+pub(super) fn discard_partial_snapshots(dir: &Path, backup_stem: &str) -> Vec<PathBuf> {
+    let prefix = format!("{backup_stem}{SNAPSHOT_INFIX}");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name
+            .strip_suffix(".dump")
+            .or_else(|| name.strip_suffix(".dir"))
+        else {
+            continue;
+        };
+        if !stem.starts_with(&prefix) || dir.join(format!("{stem}{MANIFEST_SUFFIX}")).exists() {
+            continue;
+        }
+        let path = entry.path();
         let gone = if path.is_dir() {
             fs::remove_dir_all(&path)
         } else {
@@ -299,6 +333,23 @@ mod tests {
             assert!(kept.exists(), "{}", kept.display());
         }
         assert!(!b1.exists() && !s1.exists());
+    }
+
+    #[test]
+    fn an_unfinished_snapshot_is_discarded_and_finished_ones_stay() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let db = identity(Some("7"), None, "kx");
+        backup(dir, 1, Some(db.clone()));
+        let done = snapshot(dir, 1, 2, db);
+        let unfinished = dir.join("20260101T000100.000Z-r1.pre-restore-20260101T000300.000Z.dump");
+        fs::write(&unfinished, "x").unwrap();
+        assert_eq!(
+            discard_partial_snapshots(dir, "20260101T000100.000Z-r1"),
+            vec![unfinished]
+        );
+        assert!(done.exists());
+        assert!(dir.join("20260101T000100.000Z-r1.dump").exists());
     }
 
     #[test]
