@@ -947,3 +947,313 @@ async fn a_rollback_whose_confirmation_still_breaches_needs_a_human() {
     assert_eq!(verdicts.last().unwrap()["decision"], "rollback_unhealthy");
     assert_eq!(verdicts.last().unwrap()["step"], "confirm");
 }
+
+/// Breaches as soon as the table `breach_now` exists (a test creates it when it
+/// wants the rollback).
+const BREACH_NOW_ABSENT: &str = "    - name: breach_now_absent\n      sql: SELECT count(*) FROM pg_tables WHERE tablename = 'breach_now'\n      max: 0\n      consecutive: 2\n      min_samples: 1\n";
+
+/// Whether every write counter of `table` has reached what the test wrote: a
+/// backend publishes its statistics only when idle, at most once a second.
+fn counters_reach(table: &str, ins: i64, upd: i64, del: i64) -> String {
+    format!(
+        "SELECT coalesce((SELECT n_tup_ins >= {ins} AND n_tup_upd >= {upd} AND n_tup_del >= {del} \
+         FROM pg_stat_user_tables WHERE relid = '{table}'::regclass), false)"
+    )
+}
+
+/// Issue 11: a restore that loses nothing. Users write during the soak (rows with
+/// ids from a sequence, updates, deletes); a breach restores the backup. The run
+/// says exactly what the restore discarded, per table; the sequence does not hand
+/// out an acknowledged id a second time; the planner has statistics; and the
+/// snapshot the run kept gives back the database as it was before the rollback.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_keeps_a_snapshot_counts_what_it_discards_and_never_reuses_ids() {
+    let s = Scenario::new().await;
+    s.db.execute(
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, note text NOT NULL); \
+         INSERT INTO orders (note) SELECT 'before ' || g FROM generate_series(1, 10) g;",
+    )
+    .await;
+    // The setup's own writes must be in the counters before the backup reads them.
+    common::wait_for_sql(
+        &s.db.dsn,
+        "the setup's statistics",
+        &counters_reach("accounts", 500, 0, 0),
+    )
+    .await;
+    common::wait_for_sql(
+        &s.db.dsn,
+        "the setup's statistics",
+        &counters_reach("orders", 10, 0, 0),
+    )
+    .await;
+    // The migration writes rows too: the restore undoes those by design, so they
+    // are not among the users' writes it reports discarded.
+    s.file(
+        "V1__audit_log.sql",
+        "CREATE TABLE audit_log (id bigserial PRIMARY KEY, what text NOT NULL);\n\
+         UPDATE accounts SET email = upper(email) WHERE id > 490;\n",
+    );
+    let plan = s.plan(&format!(
+        "{}rollback:\n  strategy: restore\n  allow_data_loss: true\n  confirm: 1s\n",
+        soak(120, BREACH_NOW_ABSENT)
+    ));
+
+    let mut run = s.command(&plan, &[]).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut wrote = false;
+    let mut last_id = 0i64;
+    const INSERTED: i64 = 25;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let soaking = line.contains("\"event\":\"soak_started\"");
+        seen.push(line);
+        if !soaking {
+            continue;
+        }
+        // Users at work during the soak, each write committed and acknowledged.
+        let writer = s.db.client().await;
+        for i in 0..INSERTED {
+            let row = writer
+                .query_one(
+                    "INSERT INTO orders (note) VALUES ($1) RETURNING id",
+                    &[&format!("during {i}")],
+                )
+                .await
+                .unwrap();
+            last_id = last_id.max(row.get(0));
+        }
+        writer
+            .batch_execute(
+                "UPDATE accounts SET email = 'changed' || id WHERE id <= 4; \
+                 DELETE FROM accounts WHERE id > 497; \
+                 INSERT INTO audit_log (what) VALUES ('during');",
+            )
+            .await
+            .unwrap();
+        writer
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .await
+            .unwrap();
+        common::wait_for_sql(
+            &s.db.dsn,
+            "the writer's statistics",
+            &counters_reach("orders", 10 + INSERTED, 0, 0),
+        )
+        .await;
+        common::wait_for_sql(
+            &s.db.dsn,
+            "the writer's statistics",
+            &counters_reach("accounts", 500, 10 + 4, 3),
+        )
+        .await;
+        s.db.execute("CREATE TABLE breach_now ()").await;
+        wrote = true;
+        break;
+    }
+    assert!(wrote, "no soak_started event");
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line);
+    }
+    let output = run.wait_with_output().await.unwrap();
+    let out = parse(std::process::Output {
+        stdout: (seen.join("\n") + "\n").into_bytes(),
+        ..output
+    });
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let applied = out.named("migration_applied");
+    assert_eq!(
+        applied[0]["writes"],
+        serde_json::json!([{"table": "public.accounts", "inserted": 0, "updated": 10, "deleted": 0}])
+    );
+    let restored = out.named("backup_restored");
+    assert_eq!(restored.len(), 1);
+    let restored = restored[0];
+
+    // What the restore discarded, per table, is what was written.
+    let discarded = restored["discarded_writes"]
+        .as_array()
+        .expect("discarded_writes");
+    let of = |table: &str| {
+        discarded
+            .iter()
+            .find(|d| d["table"] == table)
+            .unwrap_or_else(|| panic!("{table} not in {restored}"))
+            .clone()
+    };
+    let orders = of("public.orders");
+    assert_eq!(
+        (
+            orders["inserted"].as_i64(),
+            orders["updated"].as_i64(),
+            orders["deleted"].as_i64()
+        ),
+        (Some(INSERTED), Some(0), Some(0)),
+        "{orders}"
+    );
+    let accounts = of("public.accounts");
+    assert_eq!(
+        (
+            accounts["inserted"].as_i64(),
+            accounts["updated"].as_i64(),
+            accounts["deleted"].as_i64()
+        ),
+        (Some(0), Some(4), Some(3)),
+        "{accounts}"
+    );
+    let audit = of("public.audit_log");
+    assert_eq!(audit["inserted"], 1, "{audit}");
+    assert_eq!(discarded.len(), 3, "nothing else was written: {restored}");
+    assert!(
+        discarded.iter().all(|d| d["after_snapshot"] == 0),
+        "{restored}"
+    );
+    assert!(
+        out.stderr
+            .contains("33 row write(s) since the backup discarded"),
+        "{}",
+        out.stderr
+    );
+
+    // The database is the backup again...
+    assert_eq!(s.db.row_count("orders").await, 10);
+    assert_eq!(s.db.row_count("accounts").await, 500);
+    assert!(!s.db.table_exists("audit_log").await);
+    // ...but its sequence never hands out an id a user was already given.
+    let advanced = restored["sequences_advanced"].as_array().unwrap();
+    assert!(
+        advanced
+            .iter()
+            .any(|a| a["sequence"] == "public.orders_id_seq"
+                && a["restored"] == 10
+                && a["set_to"] == last_id),
+        "{restored}"
+    );
+    let next = s.db.query_i64("SELECT nextval('orders_id_seq')").await;
+    assert!(
+        next > last_id,
+        "nextval {next} after the restore, {last_id} handed out before"
+    );
+
+    // The planner has statistics for the restored tables; writers were blocked a measured while.
+    assert!(restored["analyze_ms"].as_u64().is_some(), "{restored}");
+    assert!(restored["stall_ms"].as_u64().is_some(), "{restored}");
+    for table in ["accounts", "orders"] {
+        let stats = s
+            .db
+            .query_i64(&format!("SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND tablename = '{table}'"))
+            .await;
+        assert!(stats > 0, "no planner statistics for {table}");
+    }
+
+    // The snapshot is next to the backup, private, and holds the pre-rollback state.
+    let snapshot = &restored["snapshot"];
+    let path = PathBuf::from(snapshot["path"].as_str().expect("snapshot path"));
+    let backup = PathBuf::from(restored["path"].as_str().unwrap());
+    assert_eq!(path.parent(), backup.parent());
+    assert!(
+        path.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&backup.file_stem().unwrap().to_string_lossy().to_string())
+            && path.to_string_lossy().contains(".pre-restore-"),
+        "{}",
+        path.display()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        out.stderr.contains(&path.display().to_string()),
+        "{}",
+        out.stderr
+    );
+    let scratch = common::fresh_db().await;
+    let restore = common::output_within(
+        "pg_restore of the snapshot",
+        std::process::Command::new(&common::binaries().pg_restore)
+            .arg("--no-owner")
+            .arg(format!("--dbname={}", scratch.url))
+            .arg(&path),
+    );
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    assert_eq!(scratch.row_count("orders").await, 10 + INSERTED);
+    assert_eq!(
+        scratch.query_i64("SELECT max(id) FROM orders").await,
+        last_id
+    );
+    assert_eq!(scratch.row_count("accounts").await, 497);
+    assert_eq!(
+        scratch
+            .query_i64("SELECT count(*) FROM accounts WHERE email LIKE 'changed%'")
+            .await,
+        4
+    );
+    assert_eq!(scratch.row_count("audit_log").await, 1);
+    assert_eq!(
+        scratch
+            .query_i64("SELECT count(*) FROM pgshepherd.history")
+            .await,
+        1,
+        "the snapshot holds the migrated state"
+    );
+}
+
+/// Issue 11: without a snapshot, the restore would throw away the writes since
+/// the backup for good. When it cannot be taken (here the role may not read a
+/// table created during the soak), the backup is not restored: the rollback
+/// fails, the run needs a human, the target stays as the migration left it and
+/// no partial snapshot is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_that_cannot_be_taken_stops_the_restore_and_needs_a_human() {
+    let s = Scenario::new().await;
+    add_audit_log(&s);
+    let url = non_superuser_owner(&s.db).await;
+    let plan = s.plan(&format!(
+        "{}rollback:\n  strategy: restore\n  allow_data_loss: true\n  confirm: 1s\n",
+        soak(120, BREACH_NOW_ABSENT)
+    ));
+    let mut run = s.command_at(&url, &plan, &[]).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let soaking = line.contains("\"event\":\"soak_started\"");
+        seen.push(line);
+        if soaking {
+            // Owned by the superuser, unreadable to the run's role: pg_dump fails.
+            s.db.execute("CREATE TABLE secret (x int); CREATE TABLE breach_now ();")
+                .await;
+        }
+    }
+    let output = run.wait_with_output().await.unwrap();
+    let out = parse(std::process::Output {
+        stdout: (seen.join("\n") + "\n").into_bytes(),
+        ..output
+    });
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.outcome(), "needs_human");
+    assert!(out.named("backup_restored").is_empty());
+    let failed = &out.named("rollback_failed")[0];
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("snapshot") && reason.contains("not restored") && reason.contains("secret"),
+        "{reason}"
+    );
+    assert!(
+        s.db.table_exists("audit_log").await,
+        "the target is as the migration left it"
+    );
+    assert_eq!(history_versions(&s.db).await, vec![1, 2]);
+    let left: Vec<String> = std::fs::read_dir(s.dir.path().join("backups/testdb"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".pre-restore-"))
+        .collect();
+    assert!(left.is_empty(), "a partial snapshot was left: {left:?}");
+}

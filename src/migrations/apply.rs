@@ -53,6 +53,10 @@ pub struct ScriptReport {
     pub attempts: u32,
     /// INVALID indexes left by failed attempts and dropped.
     pub cleaned_invalid_indexes: Vec<String>,
+    /// Rows the script wrote, per table (transactional scripts only): a restore
+    /// rollback leaves these out of the users' writes it reports discarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<crate::steps::backup::TableWrites>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
@@ -229,14 +233,25 @@ async fn run_transactional(
                 script.sql
             );
             client.batch_execute(&begin).await?;
+            let writes = crate::steps::backup::read_own_writes(client).await?;
             let finish = history_sql(&history, started);
             client
                 .batch_execute(&format!("{stop}{finish};\nCOMMIT"))
-                .await
+                .await?;
+            Ok(writes)
         }
         .await;
         match result {
-            Ok(()) => return Ok(report(script, started, attempt, Vec::new())),
+            Ok(writes) => {
+                // Published now, not when this session next goes idle (up to 10 s
+                // later): a restore subtracts `writes` from counters that must
+                // already hold them.
+                publish_own(client).await;
+                return Ok(ScriptReport {
+                    writes,
+                    ..report(script, started, attempt, Vec::new())
+                });
+            }
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
                 publish_own(client).await;
@@ -346,6 +361,7 @@ fn report(script: &Script, started: Instant, attempts: u32, cleaned: Vec<String>
         duration_ms: started.elapsed().as_millis() as u64,
         attempts,
         cleaned_invalid_indexes: cleaned,
+        writes: Vec::new(),
     }
 }
 

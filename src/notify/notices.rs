@@ -37,6 +37,7 @@ pub fn is_notable(kind: &EventKind) -> bool {
             | SoakStarted { .. }
             | CheckVerdict { .. }
             | RollbackStarted { .. }
+            | BackupRestored { .. }
             | RollbackFailed { .. }
             | RunFinished { .. }
             | Acknowledged { .. }
@@ -214,6 +215,58 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
                     .unwrap_or_default()
             ),
         )),
+        BackupRestored {
+            path,
+            snapshot,
+            discarded_writes,
+            sequences_advanced,
+            stall_ms,
+            ..
+        } => {
+            let discarded = match discarded_writes {
+                Some(d) => crate::steps::backup::describe_discarded(d),
+                None => "rows written since the backup: not counted".to_string(),
+            };
+            let kept = match snapshot {
+                Some(s) => format!(
+                    " The database as it was just before the restore is kept in {}.",
+                    s.path
+                ),
+                None => String::new(),
+            };
+            let mut r = n(
+                NoticeKind::BackupRestored,
+                Severity::Warning,
+                format!("Backup restored on {target}"),
+                format!(
+                    "Run {id} restored {target} from {}: {discarded}.{kept}",
+                    file_name(path)
+                ),
+            );
+            if let Some(s) = snapshot {
+                r.facts.push(Fact::new("snapshot", s.path.clone()));
+            }
+            if let Some(ms) = stall_ms {
+                r.facts.push(Fact::new("writers blocked", self::ms(*ms)));
+            }
+            if !sequences_advanced.is_empty() {
+                r.facts.push(Fact::new(
+                    "sequences moved forward",
+                    sequences_advanced
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ));
+            }
+            if discarded_writes.as_ref().is_some_and(|d| !d.is_empty()) {
+                r.next_step = Some(format!(
+                    "The discarded rows are in the snapshot: restore it into a scratch database \
+                     (`pg_restore --dbname=SCRATCH FILE`) and re-apply what users wrote. See `pgshepherd logs {id}`."
+                ));
+            }
+            out.push(r);
+        }
         RollbackFailed { reason } => {
             let mut f = n(
                 NoticeKind::RollbackFailed,
@@ -676,6 +729,43 @@ mod tests {
         assert_eq!(kinds, [NoticeKind::Submitted, NoticeKind::ApprovalNeeded]);
         // Check samples are never notable on their own.
         assert!(!is_notable(&EventKind::LockAcquired { waited_ms: 1 }));
+    }
+
+    #[test]
+    fn a_restore_says_what_it_discarded_and_where_the_snapshot_is() {
+        let e = crate::run::event::samples::events()
+            .into_iter()
+            .find(|e| e.kind.name() == "backup_restored")
+            .unwrap();
+        assert!(is_notable(&e.kind));
+        let n = from_event(&e, &run(), None);
+        assert_eq!(n.len(), 1);
+        let r = &n[0];
+        assert_eq!(
+            (r.kind, r.severity),
+            (NoticeKind::BackupRestored, Severity::Warning)
+        );
+        assert!(
+            r.summary.contains(
+                "70 row write(s) since the backup discarded (public.rental: 67 inserted, 3 updated"
+            ) && r
+                .summary
+                .contains("/backups/a.pre-restore-20260301T101112.000Z.dump"),
+            "{}",
+            r.summary
+        );
+        let fact = |l: &str| {
+            r.facts
+                .iter()
+                .find(|f| f.label == l)
+                .map(|f| f.value.clone())
+        };
+        assert_eq!(fact("writers blocked").as_deref(), Some("85 ms"));
+        assert_eq!(
+            fact("sequences moved forward").as_deref(),
+            Some("public.rental_rental_id_seq 16049 → 16116")
+        );
+        assert!(r.next_step.as_deref().unwrap().contains("pg_restore"));
     }
 
     #[test]

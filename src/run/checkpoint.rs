@@ -24,6 +24,10 @@ pub struct RunFacts {
     /// backup is ever recorded here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_manifest: Option<PathBuf>,
+    /// Rows this run's migrations wrote, per table, summed: what a restore
+    /// rollback does not count as users' writes it discarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migration_writes: Vec<crate::steps::backup::TableWrites>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

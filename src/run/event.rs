@@ -126,6 +126,17 @@ impl Decision {
     }
 }
 
+/// The snapshot a restore took of the database before replacing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSnapshot {
+    pub path: String,
+    pub manifest: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    /// Dump and read-back verification.
+    pub duration_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
@@ -269,6 +280,25 @@ pub enum EventKind {
         /// Extensions the restore created again, now owned by the target's role.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         extension_owner_changes: Vec<crate::steps::backup::ExtensionOwnerChange>,
+        /// The verified snapshot of the database taken just before the restore,
+        /// kept next to the backup: the rows the restore discarded are in it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot: Option<RestoreSnapshot>,
+        /// Rows written since the backup that the restore discarded, per table
+        /// (tables with none left out); `None` when the backup's manifest has no
+        /// write counters (written by an older pgshepherd). Precision: docs/runs.md.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        discarded_writes: Option<Vec<crate::steps::backup::DiscardedWrites>>,
+        /// Sequences set forward again so that no id handed out before the
+        /// restore is handed out twice.
+        #[serde(default)]
+        sequences_advanced: Vec<crate::steps::backup::SequenceAdvance>,
+        /// How long writers were blocked by the restore (its exclusive locks).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stall_ms: Option<u64>,
+        /// ANALYZE after the restore; `None` when it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        analyze_ms: Option<u64>,
     },
     RollbackFinished {
         strategy: RollbackStrategy,
@@ -489,6 +519,7 @@ pub(crate) mod samples {
             duration_ms: 120,
             attempts: 2,
             cleaned_invalid_indexes: vec!["idx_x".into()],
+            writes: Vec::new(),
         }
     }
 
@@ -652,6 +683,29 @@ pub(crate) mod samples {
                 sha256: s("0123456789abcdef"),
                 duration_ms: 2000,
                 extension_owner_changes: Vec::new(),
+                snapshot: Some(RestoreSnapshot {
+                    path: s("/backups/a.pre-restore-20260301T101112.000Z.dump"),
+                    manifest: s("/backups/a.pre-restore-20260301T101112.000Z.manifest.json"),
+                    sha256: s("fedcba9876543210"),
+                    size_bytes: 1_300_000,
+                    duration_ms: 1800,
+                }),
+                discarded_writes: Some(vec![crate::steps::backup::DiscardedWrites {
+                    writes: crate::steps::backup::TableWrites {
+                        table: s("public.rental"),
+                        inserted: 67,
+                        updated: 3,
+                        deleted: 0,
+                    },
+                    after_snapshot: 2,
+                }]),
+                sequences_advanced: vec![crate::steps::backup::SequenceAdvance {
+                    sequence: s("public.rental_rental_id_seq"),
+                    restored: Some(16049),
+                    set_to: 16116,
+                }],
+                stall_ms: Some(85),
+                analyze_ms: Some(40),
             },
             RollbackFinished {
                 strategy: RollbackStrategy::Down,

@@ -206,12 +206,48 @@ pub fn text(event: &Event) -> String {
             path,
             duration_ms,
             extension_owner_changes,
+            snapshot,
+            discarded_writes,
+            sequences_advanced,
+            stall_ms,
+            analyze_ms,
             ..
         } => {
-            let mut line = format!("restored {path} ({duration_ms} ms)");
+            let mut line = format!("restored {path} ({duration_ms} ms");
+            if let Some(stall) = stall_ms {
+                line.push_str(&format!("; writers blocked {stall} ms"));
+            }
+            line.push(')');
             for change in extension_owner_changes {
                 line.push_str(&format!("; {change}"));
             }
+            let more = "\n         ";
+            match discarded_writes {
+                Some(d) => line.push_str(&format!("{more}{}", crate::steps::backup::describe_discarded(d))),
+                None => line.push_str(&format!("{more}rows written since the backup: not counted (its manifest predates the count)")),
+            }
+            if let Some(s) = snapshot {
+                line.push_str(&format!(
+                    "{more}the database as it was before the restore: {} (manifest {})",
+                    s.path, s.manifest
+                ));
+            }
+            if !sequences_advanced.is_empty() {
+                line.push_str(&format!(
+                    "{more}sequences kept from going backwards: {}",
+                    sequences_advanced
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            line.push_str(&match analyze_ms {
+                Some(ms) => format!("{more}analyzed in {ms} ms"),
+                None => format!(
+                    "{more}ANALYZE failed: the restored tables have no planner statistics yet"
+                ),
+            });
             line
         }
         RollbackFinished {

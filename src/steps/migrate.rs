@@ -73,6 +73,10 @@ pub async fn migrate(
         };
         match apply::apply_up(lock, set, m, ctx.run_id, &limits, &mut on_retry).await {
             Ok(report) => {
+                // Recorded before the checkpoint below persists the facts.
+                ctx.events.set_fact(|f| {
+                    crate::steps::backup::add_writes(&mut f.migration_writes, &report.writes)
+                });
                 ctx.emit(
                     Step::Migrate,
                     EventKind::MigrationApplied {

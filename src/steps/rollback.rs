@@ -8,7 +8,7 @@ use crate::migrations::history;
 use crate::pg::TargetLock;
 use crate::plan::RollbackStrategy;
 use crate::run::driver::{Finished, Lifecycle, Permit};
-use crate::run::event::{EventKind, Step};
+use crate::run::event::{EventKind, RestoreSnapshot, Step};
 use crate::run::lifecycle::Input;
 use crate::steps::backup::{self, Backup, BackupError};
 use crate::steps::context::StepContext;
@@ -23,6 +23,15 @@ pub enum RollbackError {
     NoTools,
     #[error("restoring {path} failed: {source}")]
     Restore { path: String, source: BackupError },
+    /// Without a snapshot, the writes since the backup would be gone for good:
+    /// the restore is not attempted and the target stays as the migrations left it.
+    #[error(
+        "the snapshot of the database before restoring {path} could not be taken, so the backup was not \
+         restored and the target is as the migrations left it: {source}"
+    )]
+    Snapshot { path: String, source: BackupError },
+    #[error("reading the applied versions before the snapshot: {0}")]
+    History(#[from] HistoryReadError),
     #[error("the plan's rollback strategy is hold")]
     Hold,
     #[error("V{version} is not in the migration set")]
@@ -64,6 +73,7 @@ pub async fn roll_back(
         RollbackStrategy::Restore => {
             let backup = backup.ok_or(RollbackError::NoBackup)?;
             let bins = ctx.bins.ok_or(RollbackError::NoTools)?;
+            let snapshot = snapshot(ctx, lock, bins, backup).await?;
             let started = Instant::now();
             let report = backup::restore(bins, ctx.dsn, backup, ctx.plan.lock.lock_timeout)
                 .await
@@ -71,6 +81,17 @@ pub async fn roll_back(
                     path: backup.path.display().to_string(),
                     source,
                 })?;
+            // A manifest with tables but no counters predates them: the count is unknown.
+            let counted =
+                !backup.manifest.write_counters.is_empty() || backup.manifest.tables.is_empty();
+            let discarded_writes = counted.then(|| {
+                backup::discarded(
+                    &backup.manifest.write_counters,
+                    Some(&snapshot.backup.manifest.write_counters),
+                    &report.write_counters,
+                    &ctx.events.facts().migration_writes,
+                )
+            });
             ctx.emit(
                 Step::Rollback,
                 EventKind::BackupRestored {
@@ -78,6 +99,17 @@ pub async fn roll_back(
                     sha256: backup.manifest.sha256.clone(),
                     duration_ms: started.elapsed().as_millis() as u64,
                     extension_owner_changes: report.extension_owner_changes,
+                    snapshot: Some(RestoreSnapshot {
+                        path: snapshot.backup.path.display().to_string(),
+                        manifest: snapshot.backup.manifest_path.display().to_string(),
+                        sha256: snapshot.backup.manifest.sha256.clone(),
+                        size_bytes: snapshot.backup.manifest.size_bytes,
+                        duration_ms: snapshot.duration_ms,
+                    }),
+                    discarded_writes,
+                    sequences_advanced: report.sequences_advanced,
+                    stall_ms: Some(report.stall_ms),
+                    analyze_ms: report.analyze_ms,
                 },
             );
             life.apply(Input::Restored)
@@ -87,6 +119,62 @@ pub async fn roll_back(
         }
         RollbackStrategy::Hold => Err(RollbackError::Hold),
     }
+}
+
+struct Snapshot {
+    backup: Backup,
+    duration_ms: u64,
+}
+
+/// Dump and verify the database as it is now, next to `backup`, before the restore
+/// replaces it: the writes made since the backup survive in it. Writers are not
+/// blocked meanwhile (pg_dump takes ACCESS SHARE locks), so rows committed after
+/// pg_dump took its snapshot are in neither; the restore's report counts them.
+async fn snapshot(
+    ctx: &StepContext<'_>,
+    lock: &TargetLock,
+    bins: &crate::pg::cluster::PgBinaries,
+    backup: &Backup,
+) -> Result<Snapshot, RollbackError> {
+    let started = Instant::now();
+    let applied = applied_now(ctx, lock).await?;
+    let failed = |source| RollbackError::Snapshot {
+        path: backup.path.display().to_string(),
+        source,
+    };
+    ctx.events.progress(&format!(
+        "  taking a snapshot of the database before restoring {}",
+        backup.path.display()
+    ));
+    let last = std::sync::Mutex::new(Instant::now());
+    let progress = |bytes: u64| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed().as_secs_f64() >= 1.0 {
+            *last = Instant::now();
+            ctx.events
+                .progress(&format!("  snapshot {:.1} MB written", bytes as f64 / 1e6));
+        }
+    };
+    let snapshot = backup::take_snapshot(
+        bins,
+        ctx.dsn,
+        &ctx.plan.backup,
+        backup,
+        ctx.run_id,
+        &applied,
+        &progress,
+    )
+    .await
+    .map_err(failed)?;
+    backup::verify(bins, &snapshot, &[]).await.map_err(failed)?;
+    ctx.events.progress(&format!(
+        "  snapshot written and verified: {}",
+        snapshot.path.display()
+    ));
+    Ok(Snapshot {
+        backup: snapshot,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
 }
 
 async fn down(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
@@ -17,8 +17,9 @@ use super::files::{
     CHUNK, blocking, combined_sha256, dir_size, hash_dir_files, path_component, sync_dir,
 };
 use super::manifest::{MANIFEST_SUFFIX, write_manifest};
-use super::retention::discard_partial;
+use super::retention::{discard_partial, discard_partial_snapshots};
 use super::tool::{APPLICATION_NAME, read_text, spawn, tool};
+use super::writes::{self, TableWrites};
 use super::{ArchiveFormat, Backup, BackupError, DatabaseIdentity, FileDigest, Manifest};
 use crate::pg::Dsn;
 use crate::pg::cluster::PgBinaries;
@@ -55,7 +56,6 @@ pub async fn take(
     applied_versions: &[i64],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Backup, BackupError> {
-    let started = Instant::now();
     let dir = backup_dir.join(path_component(target));
     let create = dir.clone();
     blocking(
@@ -68,15 +68,106 @@ pub async fn take(
         fs::canonicalize(resolve)
     })
     .await?;
+    let archive = Archive {
+        dir,
+        stem: Box::new(move |created_at| {
+            format!("{}-{}", created_at.format(STAMP), path_component(run_id))
+        }),
+        target,
+        run_id,
+        snapshot_of: None,
+    };
+    write(bins, dsn, settings, archive, applied_versions, progress).await
+}
 
-    let (server_version, tables, database) = inventory(dsn).await?;
+/// Take the pre-restore snapshot of `dsn`: a backup like any other (same format,
+/// checks and file modes), written next to `backup` (the one about to be restored)
+/// as `<backup's stem>.pre-restore-<UTC timestamp>`, its manifest naming `backup`
+/// in `snapshot_of` so that retention keeps it as long as `backup`.
+#[tracing::instrument(skip_all, fields(run_id = run_id, backup = %backup.path.display()))]
+pub async fn take_snapshot(
+    bins: &PgBinaries,
+    dsn: &Dsn,
+    settings: &BackupSettings,
+    backup: &Backup,
+    run_id: &str,
+    applied_versions: &[i64],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Backup, BackupError> {
+    let manifest_name = backup
+        .manifest_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let backup_stem = manifest_name
+        .strip_suffix(MANIFEST_SUFFIX)
+        .unwrap_or(&manifest_name)
+        .to_string();
+    let dir = backup
+        .manifest_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    // A rollback resumed after a crash mid-snapshot starts a new one: the old
+    // one's unfinished archive would otherwise stay forever (retention goes by
+    // manifests).
+    let (scan, stem) = (dir.clone(), backup_stem.clone());
+    let removed = blocking(format!("cleaning up {}", dir.display()), move || {
+        Ok(discard_partial_snapshots(&scan, &stem))
+    })
+    .await?;
+    if !removed.is_empty() {
+        tracing::info!(removed = ?removed, "removed an unfinished pre-restore snapshot");
+    }
+    let archive = Archive {
+        dir,
+        stem: Box::new(move |created_at| {
+            format!("{backup_stem}{SNAPSHOT_INFIX}{}", created_at.format(STAMP))
+        }),
+        target: &backup.manifest.target,
+        run_id,
+        snapshot_of: Some(manifest_name),
+    };
+    write(bins, dsn, settings, archive, applied_versions, progress).await
+}
+
+/// The UTC timestamp in archive names.
+const STAMP: &str = "%Y%m%dT%H%M%S%.3fZ";
+
+/// Between a backup's stem and the timestamp of a pre-restore snapshot of it.
+pub(super) const SNAPSHOT_INFIX: &str = ".pre-restore-";
+
+/// Where an archive goes and what its manifest says it is.
+struct Archive<'a> {
+    /// An existing directory.
+    dir: PathBuf,
+    /// The file stem, from the creation time.
+    stem: Box<dyn FnOnce(DateTime<Utc>) -> String + Send + 'a>,
+    target: &'a str,
+    run_id: &'a str,
+    snapshot_of: Option<String>,
+}
+
+async fn write(
+    bins: &PgBinaries,
+    dsn: &Dsn,
+    settings: &BackupSettings,
+    archive: Archive<'_>,
+    applied_versions: &[i64],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Backup, BackupError> {
+    let started = Instant::now();
+    let Archive {
+        dir,
+        stem,
+        target,
+        run_id,
+        snapshot_of,
+    } = archive;
+    let (server_version, tables, database, write_counters) = inventory(dsn).await?;
 
     let created_at = Utc::now();
-    let stem = format!(
-        "{}-{}",
-        created_at.format("%Y%m%dT%H%M%S%.3fZ"),
-        path_component(run_id)
-    );
+    let stem = stem(created_at);
     let format = ArchiveFormat::from(settings.format);
     let path = dir.join(match format {
         ArchiveFormat::Custom => format!("{stem}.dump"),
@@ -130,6 +221,8 @@ pub async fn take(
         applied_versions: applied_versions.to_vec(),
         tables,
         database: Some(database),
+        write_counters,
+        snapshot_of,
     };
     let manifest = {
         let path = manifest_path.clone();
@@ -156,9 +249,11 @@ pub async fn take(
 }
 
 /// The server version, the ordinary tables whose data pg_dump will write
-/// (extension members are left out: pg_dump dumps only their definitions) and the
-/// database's identity.
-async fn inventory(dsn: &Dsn) -> Result<(String, Vec<String>, DatabaseIdentity), BackupError> {
+/// (extension members are left out: pg_dump dumps only their definitions), the
+/// database's identity and its tables' write counters.
+async fn inventory(
+    dsn: &Dsn,
+) -> Result<(String, Vec<String>, DatabaseIdentity, Vec<TableWrites>), BackupError> {
     let client = dsn
         .connect(APPLICATION_NAME, &[("statement_timeout", "60s")])
         .await
@@ -225,7 +320,15 @@ async fn inventory(dsn: &Dsn) -> Result<(String, Vec<String>, DatabaseIdentity),
         )
         .await
         .map_err(query_err("listing tables before the backup"))?;
-    Ok((version, rows.iter().map(|r| r.get(0)).collect(), database))
+    let counters = writes::read(&client).await.map_err(query_err(
+        "reading the tables' write counters before the backup",
+    ))?;
+    Ok((
+        version,
+        rows.iter().map(|r| r.get(0)).collect(),
+        database,
+        counters,
+    ))
 }
 
 /// Size and hash of an archive.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::BackupError;
 use super::error::io_err;
 use super::files::sync_dir;
+use super::writes::TableWrites;
 use crate::plan::BackupFormat;
 
 /// `<stem>.manifest.json` next to the archive `<stem>.dump` or `<stem>.dir`.
@@ -79,6 +80,16 @@ pub struct Manifest {
     /// recorded it; retention never deletes those (see [`prune`](super::prune)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseIdentity>,
+    /// Every user table's write counters read just before pg_dump started (see
+    /// [`writes`](super::writes)): what a restore compares with to say how many
+    /// rows it discards. Empty in manifests written before pgshepherd recorded it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_counters: Vec<TableWrites>,
+    /// Set on a pre-restore snapshot: the file name of the manifest of the backup
+    /// whose restore it precedes. Retention never counts a snapshot as a backup
+    /// and deletes it only together with that backup (see [`prune`](super::prune)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_of: Option<String>,
 }
 
 /// The identity of a database, as recorded in a manifest: its cluster and its name.

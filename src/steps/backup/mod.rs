@@ -10,7 +10,9 @@
 //!
 //! Layout: `BACKUP_DIR/<target>/<UTC timestamp>-<run_id>.dump` (or `.dir` for the
 //! directory format) next to `<same stem>.manifest.json`. The manifest is written
-//! last, atomically: an archive without a manifest is an unfinished backup.
+//! last, atomically: an archive without a manifest is an unfinished backup. A
+//! pre-restore snapshot ([`take_snapshot`]) sits next to the backup it precedes, as
+//! `<backup's stem>.pre-restore-<UTC timestamp>.dump`.
 //!
 //! Credentials reach pg_dump, pg_restore and psql through `PGPASSWORD` in their
 //! environment, never through argv (visible in `ps`), and no error message here
@@ -24,7 +26,8 @@
 //! Files: `dump` ([`take`], pg_dump streamed and hashed, and [`cancel`]),
 //! `manifest` ([`Manifest`], [`Backup`], [`DatabaseIdentity`], loading and the
 //! atomic write), `verify` ([`verify`]), `restore` ([`restore`], one transaction or
-//! nothing), `readiness` ([`check_restore`]: whether the target's role can restore,
+//! nothing; sequences never go backwards), `writes` (the rows written since a
+//! backup, from the statistics' write counters), `readiness` ([`check_restore`]: whether the target's role can restore,
 //! asked before anything changes), `retention` ([`prune`], per database identity,
 //! and [`discard_partial`]), `error` ([`BackupError`], [`VerifyProblem`]),
 //! and the helpers they share: `files` (hashing, paths, the blocking pool) and
@@ -41,12 +44,17 @@ mod restore;
 mod retention;
 mod tool;
 mod verify;
+mod writes;
 
-pub use dump::{cancel, dump_application_name, take};
+pub use dump::{cancel, dump_application_name, take, take_snapshot};
 pub use error::{BackupError, VerifyProblem};
 pub use manifest::{ArchiveFormat, Backup, DatabaseIdentity, FileDigest, Manifest};
 pub use readiness::{ExtensionOwnerChange, Readiness, RestoreProblem, check_restore};
-pub use restore::{RestoreReport, restore};
+pub use restore::{RestoreReport, SequenceAdvance, restore};
 pub use retention::{discard_partial, prune};
 pub use tool::APPLICATION_NAME;
 pub use verify::{Verified, verify};
+pub use writes::{
+    DiscardedWrites, TableWrites, add as add_writes, describe_discarded, discarded,
+    read_own as read_own_writes,
+};

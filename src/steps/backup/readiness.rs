@@ -86,6 +86,8 @@ impl fmt::Display for ExtensionOwnerChange {
 pub enum RestoreProblem {
     /// CREATE SCHEMA (and trusted extensions) need CREATE on the database.
     NoCreateOnDatabase { role: String, database: String },
+    /// The restore keeps the sequences' values in a temporary table.
+    NoTempOnDatabase { role: String, database: String },
     /// PostgreSQL 15+: `CREATE SCHEMA public AUTHORIZATION pg_database_owner`.
     NotDatabaseOwner { role: String, database: String },
     /// DROP SCHEMA needs its owner.
@@ -157,6 +159,11 @@ impl fmt::Display for RestoreProblem {
             NoCreateOnDatabase { role, database } => write!(
                 f,
                 "role {role} lacks CREATE on database {database} (the restore recreates its schemas)"
+            ),
+            NoTempOnDatabase { role, database } => write!(
+                f,
+                "role {role} lacks TEMPORARY on database {database} (the restore keeps the sequences' values \
+                 in a temporary table, so that none goes backwards)"
             ),
             NotDatabaseOwner { role, database } => write!(
                 f,
@@ -261,7 +268,8 @@ pub async fn check_restore(client: &Client, dsn: &Dsn) -> Result<Readiness, Back
                     has_database_privilege(current_database(), 'CREATE'), \
                     (SELECT pg_has_role(o.oid, 'MEMBER') FROM pg_catalog.pg_roles o \
                       WHERE o.rolname = 'pg_database_owner'), \
-                    current_setting('lo_compat_privileges')::bool \
+                    current_setting('lo_compat_privileges')::bool, \
+                    has_database_privilege(current_database(), 'TEMPORARY') \
                FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
             &[],
         )
@@ -274,6 +282,7 @@ pub async fn check_restore(client: &Client, dsn: &Dsn) -> Result<Readiness, Back
     // NULL before PostgreSQL 15, which had no pg_database_owner.
     let db_owner: Option<bool> = row.get(4);
     let lo_compat: bool = row.get(5);
+    let temp_on_db: bool = row.get(6);
     let mut r = Readiness {
         role: role.clone(),
         superuser,
@@ -370,6 +379,12 @@ pub async fn check_restore(client: &Client, dsn: &Dsn) -> Result<Readiness, Back
 
     if !create_on_db {
         r.problems.push(RestoreProblem::NoCreateOnDatabase {
+            role: role.clone(),
+            database: database.clone(),
+        });
+    }
+    if !temp_on_db {
+        r.problems.push(RestoreProblem::NoTempOnDatabase {
             role: role.clone(),
             database: database.clone(),
         });

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
+use super::dump::SNAPSHOT_INFIX;
 use super::error::io_err;
 use super::files::path_component;
 use super::manifest::MANIFEST_SUFFIX;
@@ -45,6 +46,39 @@ fn discard_in(dir: &Path, run_id: &str) -> Vec<PathBuf> {
     removed
 }
 
+/// Remove the pre-restore snapshots of the backup `backup_stem` in `dir` that an
+/// interrupted rollback left unfinished (an archive without its manifest), before
+/// a new one is taken. Complete snapshots stay. Blocking.
+pub(super) fn discard_partial_snapshots(dir: &Path, backup_stem: &str) -> Vec<PathBuf> {
+    let prefix = format!("{backup_stem}{SNAPSHOT_INFIX}");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name
+            .strip_suffix(".dump")
+            .or_else(|| name.strip_suffix(".dir"))
+        else {
+            continue;
+        };
+        if !stem.starts_with(&prefix) || dir.join(format!("{stem}{MANIFEST_SUFFIX}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let gone = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        if gone.is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// Keep the newest `keep` backups of the database `latest` (just taken and
 /// verified) was taken from, in `latest`'s target directory, and delete the older
 /// ones of that database (by the manifests' `created_at`), archive first and
@@ -59,6 +93,11 @@ fn discard_in(dir: &Path, run_id: &str) -> Vec<PathBuf> {
 /// which database they hold is unknown, and they may be its only backup; delete
 /// them by hand. `keep` is at least 1: `latest` is never pruned. Files that are
 /// not readable manifests are left alone.
+///
+/// Pre-restore snapshots (manifests with `snapshot_of`) are not backups: they
+/// never count towards `keep`, and each is deleted only right after the backup it
+/// belongs to. One whose backup is already gone (deleted by hand, or a prune
+/// interrupted between the two) is kept: delete it by hand.
 pub async fn prune(
     backup_dir: &Path,
     latest: &Backup,
@@ -90,6 +129,8 @@ fn prune_in(
         Err(e) => return Err(io_err(format!("listing {}", dir.display()))(e)),
     };
     let mut manifests: Vec<(DateTime<Utc>, String, PathBuf)> = Vec::new();
+    // Pre-restore snapshots by the manifest file name of the backup they belong to.
+    let mut snapshots: Vec<(String, String, PathBuf)> = Vec::new();
     let mut unidentified = 0usize;
     for entry in entries {
         let entry = entry.map_err(io_err(format!("listing {}", dir.display())))?;
@@ -101,6 +142,10 @@ fn prune_in(
             tracing::warn!(manifest = %entry.path().display(), "skipping unreadable manifest while pruning");
             continue;
         };
+        if let Some(of) = backup.manifest.snapshot_of {
+            snapshots.push((of, stem.to_string(), entry.path()));
+            continue;
+        }
         match &backup.manifest.database {
             Some(d) if d == database => {}
             Some(_) => continue,
@@ -121,30 +166,49 @@ fn prune_in(
     manifests.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
     let mut removed = Vec::new();
     for (_, stem, manifest_path) in manifests.into_iter().skip(keep.max(1) as usize) {
-        // Archives are found by stem inside this directory, never by the path written
-        // in the manifest: pruning must not delete anything outside the backup dir.
-        for archive in [
-            dir.join(format!("{stem}.dump")),
-            dir.join(format!("{stem}.dir")),
-        ] {
-            let result = match fs::symlink_metadata(&archive) {
-                Ok(m) if m.is_dir() => fs::remove_dir_all(&archive),
-                Ok(_) => fs::remove_file(&archive),
-                Err(_) => continue,
-            };
-            result.map_err(io_err(format!("deleting old backup {}", archive.display())))?;
-            removed.push(archive);
+        remove_archive(dir, &stem, &manifest_path, &mut removed)?;
+        // A backup's pre-restore snapshots go with it, and after it: they hold
+        // the writes its restore discarded, so they are never gone before it.
+        let backup_manifest = format!("{stem}{MANIFEST_SUFFIX}");
+        for (_, snapshot_stem, snapshot_manifest) in
+            snapshots.iter().filter(|(of, _, _)| *of == backup_manifest)
+        {
+            remove_archive(dir, snapshot_stem, snapshot_manifest, &mut removed)?;
         }
-        fs::remove_file(&manifest_path).map_err(io_err(format!(
-            "deleting old manifest {}",
-            manifest_path.display()
-        )))?;
-        removed.push(manifest_path);
     }
     if !removed.is_empty() {
         tracing::info!(database = %database, keep, removed = removed.len(), "pruned old backups");
     }
     Ok(removed)
+}
+
+/// Delete one archive (found by stem inside `dir`, never by the path written in
+/// the manifest: pruning must not delete anything outside the backup directory),
+/// then its manifest.
+fn remove_archive(
+    dir: &Path,
+    stem: &str,
+    manifest_path: &Path,
+    removed: &mut Vec<PathBuf>,
+) -> Result<(), BackupError> {
+    for archive in [
+        dir.join(format!("{stem}.dump")),
+        dir.join(format!("{stem}.dir")),
+    ] {
+        let result = match fs::symlink_metadata(&archive) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&archive),
+            Ok(_) => fs::remove_file(&archive),
+            Err(_) => continue,
+        };
+        result.map_err(io_err(format!("deleting old backup {}", archive.display())))?;
+        removed.push(archive);
+    }
+    fs::remove_file(manifest_path).map_err(io_err(format!(
+        "deleting old manifest {}",
+        manifest_path.display()
+    )))?;
+    removed.push(manifest_path.to_path_buf());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -166,7 +230,28 @@ mod tests {
 
     /// A manifest and an archive in `dir`, taken `minute` minutes past midnight.
     fn backup(dir: &Path, minute: u32, database: Option<DatabaseIdentity>) -> PathBuf {
-        let stem = format!("20260101T00{minute:02}00.000Z-r{minute}");
+        archive(dir, minute, database, None)
+    }
+
+    /// The pre-restore snapshot, taken at `minute`, of the backup taken at `of`.
+    fn snapshot(dir: &Path, of: u32, minute: u32, database: DatabaseIdentity) -> PathBuf {
+        archive(dir, minute, Some(database), Some(of))
+    }
+
+    fn archive(
+        dir: &Path,
+        minute: u32,
+        database: Option<DatabaseIdentity>,
+        snapshot_of: Option<u32>,
+    ) -> PathBuf {
+        let backup_stem = |m: u32| format!("20260101T00{m:02}00.000Z-r{m}");
+        let stem = match snapshot_of {
+            Some(of) => format!(
+                "{}.pre-restore-20260101T00{minute:02}00.000Z",
+                backup_stem(of)
+            ),
+            None => backup_stem(minute),
+        };
         let archive = dir.join(format!("{stem}.dump"));
         fs::write(&archive, "x").unwrap();
         let manifest = Manifest {
@@ -184,6 +269,8 @@ mod tests {
             applied_versions: Vec::new(),
             tables: Vec::new(),
             database,
+            write_counters: Vec::new(),
+            snapshot_of: snapshot_of.map(|of| format!("{}{MANIFEST_SUFFIX}", backup_stem(of))),
         };
         let path = dir.join(format!("{stem}{MANIFEST_SUFFIX}"));
         fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
@@ -216,6 +303,53 @@ mod tests {
         }
         assert!(prune_in(dir, &kx, 1).unwrap().is_empty());
         assert!(legacy.exists());
+    }
+
+    #[test]
+    fn a_snapshot_never_counts_as_a_backup_and_goes_only_after_its_own() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let db = identity(Some("7"), None, "kx");
+        let b1 = backup(dir, 1, Some(db.clone()));
+        let s1 = snapshot(dir, 1, 2, db.clone());
+        let b3 = backup(dir, 3, Some(db.clone()));
+        let s3 = snapshot(dir, 3, 4, db.clone());
+        let b5 = backup(dir, 5, Some(db.clone()));
+        // Its backup deleted by hand: kept.
+        let orphan = snapshot(dir, 0, 6, db.clone());
+
+        // keep 2: the two newest backups (5 and 3) stay whatever the snapshots' ages.
+        let removed = prune_in(dir, &db, 2).unwrap();
+        assert_eq!(
+            removed,
+            vec![
+                dir.join("20260101T000100.000Z-r1.dump"),
+                b1.clone(),
+                dir.join("20260101T000100.000Z-r1.pre-restore-20260101T000200.000Z.dump"),
+                s1.clone(),
+            ]
+        );
+        for kept in [&b3, &s3, &b5, &orphan] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        assert!(!b1.exists() && !s1.exists());
+    }
+
+    #[test]
+    fn an_unfinished_snapshot_is_discarded_and_finished_ones_stay() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let db = identity(Some("7"), None, "kx");
+        backup(dir, 1, Some(db.clone()));
+        let done = snapshot(dir, 1, 2, db);
+        let unfinished = dir.join("20260101T000100.000Z-r1.pre-restore-20260101T000300.000Z.dump");
+        fs::write(&unfinished, "x").unwrap();
+        assert_eq!(
+            discard_partial_snapshots(dir, "20260101T000100.000Z-r1"),
+            vec![unfinished]
+        );
+        assert!(done.exists());
+        assert!(dir.join("20260101T000100.000Z-r1.dump").exists());
     }
 
     #[test]
