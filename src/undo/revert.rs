@@ -226,17 +226,22 @@ async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, U
     };
 
     let mut tables: BTreeMap<String, Counts> = BTreeMap::new();
+    // Changes not undone yet, per table: what the predicate leaves out is the
+    // difference with what it selects.
+    let mut open: HashMap<String, u64> = HashMap::new();
     for row in client
         .query(
-            "SELECT table_name, count(*) FILTER (WHERE undone_by IS NOT NULL) \
+            "SELECT table_name, count(*) FILTER (WHERE undone_by IS NOT NULL), \
+                    count(*) FILTER (WHERE undone_by IS NULL) \
              FROM pgshepherd.captured_changes \
              WHERE run_id = $1 AND migration_set = $2 AND version = ANY($3) GROUP BY 1",
             &[&req.run_id, &set, &versions],
         )
         .await?
     {
-        let undone: i64 = row.get(1);
-        tables.entry(row.get(0)).or_default().already_undone = undone as u64;
+        let table: String = row.get(0);
+        open.insert(table.clone(), row.get::<_, i64>(2) as u64);
+        tables.entry(table).or_default().already_undone = row.get::<_, i64>(1) as u64;
     }
     // The changes to undo, under the names the predicate may use.
     let predicate = req.predicate.as_deref().unwrap_or("true");
@@ -254,8 +259,13 @@ async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, U
         .execute(&work, &[&req.run_id, &set, &versions])
         .await
         .map_err(UndoError::Predicate)?;
+    // A temporary table has no statistics until it is analysed: without them
+    // the planner joins a million changes with nested loops.
     client
-        .batch_execute("CREATE INDEX ON pgshepherd_undo (statement, op)")
+        .batch_execute(
+            "CREATE UNIQUE INDEX ON pgshepherd_undo (id); \
+             CREATE INDEX ON pgshepherd_undo (statement, op); ANALYZE pgshepherd_undo",
+        )
         .await?;
 
     let statements = client
@@ -315,17 +325,13 @@ async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, U
             _ => counts.already_gone += n,
         }
     }
-    for row in client
-        .query(
-            "SELECT c.table_name, count(*) FROM pgshepherd.captured_changes c \
-             WHERE c.run_id = $1 AND c.migration_set = $2 AND c.version = ANY($3) \
-               AND c.undone_by IS NULL AND NOT EXISTS (SELECT FROM pgshepherd_undo w WHERE w.id = c.id) \
-             GROUP BY 1",
-            &[&req.run_id, &set, &versions],
-        )
-        .await?
-    {
-        tables.entry(row.get(0)).or_default().filtered_out = row.get::<_, i64>(1) as u64;
+    for (table, counts) in tables.iter_mut() {
+        let decided = counts.reverted + counts.conflicts + counts.already_gone;
+        counts.filtered_out = open
+            .get(table)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(decided);
     }
     let conflicts = client
         .query(
