@@ -304,7 +304,7 @@ fn broken_fixtures() -> Vec<Expectation> {
                 plan("down-missing.yaml"),
                 11,
                 13,
-                "rollback strategy `down` needs a down script for every migration, but V2__index_a has no V2__index_a.down.sql",
+                "rollback strategy `down` needs a down script (or `-- pgshepherd:capture`) for every migration, but V2__index_a has no V2__index_a.down.sql",
             )],
         ),
         (

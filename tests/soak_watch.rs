@@ -9,65 +9,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// A `pgshepherd run --json` child and the events it printed so far.
-struct Run {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    events: Vec<Value>,
-}
-
-impl Run {
-    fn start(plan: &Path, url: &str, backups: &Path) -> Run {
-        let mut child = tokio::process::Command::new(common::pgshepherd_bin())
-            .arg("run")
-            .arg(plan)
-            .args(["--database-url", url, "--json", "--now", "--backup-dir"])
-            .arg(backups)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Run {
-            child,
-            lines,
-            events: Vec::new(),
-        }
-    }
-
-    /// Reads events until one named `event` (and returns it).
-    async fn wait_for(&mut self, event: &str) -> Value {
-        while let Some(line) = self.lines.next_line().await.unwrap() {
-            let v: Value = serde_json::from_str(&line).unwrap();
-            self.events.push(v.clone());
-            if v["event"] == event {
-                return v;
-            }
-        }
-        panic!("the run ended without {event}: {:#?}", self.events);
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = self.child.id().unwrap() as i32;
-        // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-
-    /// Reads to the end; the exit code and every event.
-    async fn finish(mut self) -> (i32, Vec<Value>) {
-        self.wait_for("run_finished").await;
-        let status = self.child.wait().await.unwrap();
-        (status.code().unwrap_or(-1), self.events)
-    }
-}
+use common::live_run::LiveRun as Run;
 
 fn ts(event: &Value) -> DateTime<Utc> {
     event["ts"].as_str().unwrap().parse().unwrap()

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::TestDb;
+use common::live_run::LiveRun;
 use serde_json::Value;
 
 const SCHEMA: &str = "
@@ -439,5 +440,83 @@ async fn undo_of_an_unknown_run_is_invalid_input() {
             .contains("no captured changes"),
         "{}",
         out.finished()
+    );
+}
+
+/// A soak breach rolls back a captured migration that has no down script by
+/// giving its rows back: the rows users inserted during the soak survive, and
+/// with `data_conflicts: merge` so does their change to another column of a
+/// migrated row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_breach_gives_a_captured_migrations_rows_back_and_keeps_the_writers_rows() {
+    let db = common::fresh_db().await;
+    db.execute(
+        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text);
+         INSERT INTO items SELECT g, g, 'n' || g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let dir = common::scratch_dir();
+    let set = dir.path().join("migrations");
+    std::fs::create_dir_all(&set).unwrap();
+    std::fs::write(
+        set.join("V1__tenfold.sql"),
+        "-- pgshepherd:capture public.items\nUPDATE items SET qty = qty * 10;\n",
+    )
+    .unwrap();
+    let plan = dir.path().join("plan.yaml");
+    // Breaches only once the writer's rows are there, so they are written
+    // during the soak, before the rollback.
+    std::fs::write(
+        &plan,
+        "name: tenfold\ntarget: app\nmigrations: migrations\nbackup:\n  enabled: false\n\
+         rollback:\n  data_conflicts: merge\n  confirm: 0s\nsoak:\n  duration: 60s\n  interval: 300ms\n  baseline_samples: 1\n  \
+         checks:\n    - name: qty\n      sql: SELECT CASE WHEN EXISTS (SELECT FROM items WHERE id > 1000) THEN max(qty) ELSE 0 END FROM items\n      \
+         max: 100\n      consecutive: 1\n      min_samples: 1\n",
+    )
+    .unwrap();
+    let mut run = LiveRun::start(&plan, &db.url, &dir.path().join("backups"));
+    run.wait_for("soak_started").await;
+    assert_eq!(
+        db.query_i64("SELECT qty::bigint FROM items WHERE id = 7")
+            .await,
+        70
+    );
+    db.execute(
+        "UPDATE items SET note = 'edited' WHERE id = 7;
+         INSERT INTO items SELECT g, 1, 'writer' FROM generate_series(1001, 1010) g;",
+    )
+    .await;
+    let (code, events) = run.finish().await;
+    assert_eq!(code, 3, "{events:#?}");
+    let given_back = events
+        .iter()
+        .find(|e| e["event"] == "undo_finished")
+        .expect("the rollback gave the rows back");
+    assert_eq!(given_back["step"], "rollback");
+    assert_eq!(
+        given_back["tables"]["public.items"]["reverted"], 50,
+        "{given_back}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT sum(qty)::bigint FROM items WHERE id <= 50")
+            .await,
+        1275
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM items WHERE id > 1000")
+            .await,
+        10
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM items WHERE id = 7 AND qty = 7 AND note = 'edited'")
+            .await,
+        1,
+        "merge: the migration's column back, the writer's column kept"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pgshepherd.history")
+            .await,
+        0,
+        "V1 is no longer applied"
     );
 }

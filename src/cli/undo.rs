@@ -98,6 +98,7 @@ pub async fn undo(args: UndoArgs) -> i32 {
         dry_run: args.dry_run,
         who: who(&dsn),
         lock_timeout: LOCK_TIMEOUT,
+        forget: false,
     };
     let result = revert::undo(lock.client(), &request).await;
     drop(lock);
@@ -146,23 +147,20 @@ fn who(dsn: &Dsn) -> String {
     format!("{} (os user {os})", dsn.user().unwrap_or("default role"))
 }
 
-/// The conflicts as JSON lines, when there are any.
+/// The conflicts as JSON lines in the current directory, when there are any.
 fn write_conflicts(run_id: &str, report: &Report) -> std::io::Result<Option<String>> {
-    if report.conflicts.is_empty() {
-        return Ok(None);
-    }
     let tag = match report.undo_id {
         Some(id) => id.to_string(),
         None => format!("{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")),
     };
-    let path = PathBuf::from(format!("pgshepherd-undo-{run_id}-{tag}.conflicts.jsonl"));
-    let mut text = String::new();
-    for c in &report.conflicts {
-        text.push_str(&serde_json::to_string(c).map_err(std::io::Error::other)?);
-        text.push('\n');
-    }
-    crate::private_fs::write(&path, text.as_bytes())?;
-    Ok(Some(path.display().to_string()))
+    let name = format!("pgshepherd-undo-{run_id}-{tag}");
+    let path = report.write_conflicts(std::path::Path::new("."), &name)?;
+    Ok(path.map(|p| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    }))
 }
 
 /// What `undo_finished` says.

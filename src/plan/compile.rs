@@ -77,7 +77,7 @@ pub const CHECK_KEYS: &[&str] = &[
     "timeout",
 ];
 pub const HTTP_KEYS: &[&str] = &["url", "expect_status", "json_pointer"];
-pub const ROLLBACK_KEYS: &[&str] = &["strategy", "allow_data_loss", "confirm"];
+pub const ROLLBACK_KEYS: &[&str] = &["strategy", "allow_data_loss", "confirm", "data_conflicts"];
 pub const NOTIFY_KEYS: &[&str] = &["channels", "escalation"];
 pub const APPROVAL_KEYS: &[&str] = &["required"];
 pub const GATE_KEYS: &[&str] = &["check", "consecutive", "interval", "timeout"];
@@ -206,12 +206,17 @@ fn compile_plan(
         } else {
             " (the default)"
         };
-        for m in set.migrations.iter().filter(|m| m.down.is_none()) {
+        // A captured migration is undone by giving its rows back.
+        for m in set
+            .migrations
+            .iter()
+            .filter(|m| m.down.is_none() && m.up.capture.is_empty())
+        {
             sink.error(
                 pos,
                 format!(
-                    "rollback strategy `down`{how} needs a down script for every migration, but {} has no \
-                     {}.down.sql; add it, or choose strategy `restore` or `hold`",
+                    "rollback strategy `down`{how} needs a down script (or `-- pgshepherd:capture`) for every \
+                     migration, but {} has no {}.down.sql; add it, or choose strategy `restore` or `hold`",
                     m.label(),
                     m.label()
                 ),
@@ -1279,6 +1284,7 @@ fn compile_rollback(
                 strategy: RollbackStrategy::Down,
                 allow_data_loss: false,
                 confirm: defaults::CONFIRM,
+                data_conflicts: crate::undo::revert::Mode::Refuse,
             },
             None,
         ));
@@ -1288,6 +1294,11 @@ fn compile_rollback(
     let strategy = s.choice(sink, "strategy", &["down", "restore", "hold"]);
     let allow_data_loss = s.bool(sink, "allow_data_loss");
     let confirm = s.duration(sink, "confirm", false);
+    let data_conflicts = s.choice(
+        sink,
+        "data_conflicts",
+        &["refuse", "skip-conflicts", "merge"],
+    );
     let strategy_v = match strategy.as_ref().map(|s| s.value) {
         Some("restore") => RollbackStrategy::Restore,
         Some("hold") => RollbackStrategy::Hold,
@@ -1333,6 +1344,11 @@ fn compile_rollback(
             strategy: strategy_v,
             allow_data_loss: allow_data_loss.is_some_and(|a| a.value),
             confirm: confirm.map_or(defaults::CONFIRM, |c| c.value),
+            data_conflicts: match data_conflicts.as_ref().map(|d| d.value) {
+                Some("skip-conflicts") => crate::undo::revert::Mode::SkipConflicts,
+                Some("merge") => crate::undo::revert::Mode::Merge,
+                _ => crate::undo::revert::Mode::Refuse,
+            },
         },
         strategy_pos,
     ))

@@ -381,8 +381,8 @@ mod tests {
         assert_eq!(e.0.len(), 1, "{e}");
         assert_eq!(
             e.0[0].to_string(),
-            "plan.yaml:3:13: rollback strategy `down` (the default) needs a down script for every migration, but \
-             V2__index has no V2__index.down.sql; add it, or choose strategy `restore` or `hold`"
+            "plan.yaml:3:13: rollback strategy `down` (the default) needs a down script (or `-- pgshepherd:capture`) \
+             for every migration, but V2__index has no V2__index.down.sql; add it, or choose strategy `restore` or `hold`"
         );
         let explicit = format!("{plan}rollback:\n  strategy: down\n");
         let e = load_str(

@@ -277,6 +277,9 @@ pub struct RollbackSettings {
     /// How long the soak checks re-run after a rollback to confirm it is healthy.
     #[serde(with = "crate::plan::duration::serde_secs")]
     pub confirm: Duration,
+    /// For `down`: how a captured migration's rows are given back when users
+    /// changed some since (`refuse`: nothing is reverted, the run needs a human).
+    pub data_conflicts: crate::undo::revert::Mode,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -48,7 +48,7 @@ pub async fn report(
         .collect();
     let missing_down: Vec<String> = pending
         .iter()
-        .filter(|m| m.down.is_none())
+        .filter(|m| m.down.is_none() && m.up.capture.is_empty())
         .map(|m| m.label())
         .collect();
     let mut monitor = Monitor::new(&plan.soak.checks, ctx.dsn);

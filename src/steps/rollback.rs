@@ -13,6 +13,7 @@ use crate::run::lifecycle::Input;
 use crate::steps::backup::{self, Backup, BackupError};
 use crate::steps::context::StepContext;
 use crate::steps::migrate::limits;
+use crate::undo::revert::{self, Mode, Request, UndoError};
 
 /// Why a rollback could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,19 @@ pub enum RollbackError {
     NotInSet { version: i64 },
     #[error("{label} has no down script; undo it by hand")]
     NoDownScript { label: String },
+    #[error("giving back the rows {label} changed failed: {source}")]
+    GiveBack { label: String, source: UndoError },
+    #[error(
+        "{conflicts} row(s) that {label} changed were changed again by users since, so nothing of it was \
+         given back (rollback.data_conflicts: refuse){}; decide with `pgshepherd undo RUN --mode merge` \
+         or skip-conflicts",
+        .file.as_ref().map(|f| format!(", see {f}")).unwrap_or_default()
+    )]
+    DataConflicts {
+        label: String,
+        conflicts: usize,
+        file: Option<String>,
+    },
     #[error("down script of {label} failed: {source}")]
     Down { label: String, source: ScriptError },
     #[error("internal error: undoing V{version} was not allowed by the run's persisted state")]
@@ -193,8 +207,17 @@ async fn down(
             .iter()
             .find(|m| m.version == *version)
             .ok_or(RollbackError::NotInSet { version: *version })?;
+        if !m.up.capture.is_empty() {
+            give_back(ctx, lock, m).await?;
+        }
         let Some(down) = &m.down else {
-            return Err(RollbackError::NoDownScript { label: m.label() });
+            if m.up.capture.is_empty() {
+                return Err(RollbackError::NoDownScript { label: m.label() });
+            }
+            life.apply(Input::UndoStepDone { version: *version })
+                .await
+                .map_err(RollbackError::RunEnded)?;
+            continue;
         };
         let mut on_retry = |r: &apply::Retry| {
             ctx.emit(
@@ -221,6 +244,87 @@ async fn down(
         life.apply(Input::UndoStepDone { version: *version })
             .await
             .map_err(RollbackError::RunEnded)?;
+    }
+    Ok(())
+}
+
+/// Give back the rows migration `m` of this run changed (captured), in the
+/// plan's `data_conflicts` mode; without a down script its history row goes too,
+/// in the same transaction. Conflicts left by `refuse` stop the rollback.
+async fn give_back(
+    ctx: &StepContext<'_>,
+    lock: &TargetLock,
+    m: &crate::migrations::Migration,
+) -> Result<(), RollbackError> {
+    let mode = ctx.plan.rollback.data_conflicts;
+    let request = Request {
+        run_id: ctx.run_id.to_string(),
+        versions: vec![m.version],
+        mode,
+        predicate: None,
+        dry_run: false,
+        who: "pgshepherd rollback".into(),
+        lock_timeout: ctx.plan.lock.lock_timeout,
+        forget: m.down.is_none(),
+    };
+    let report = match revert::undo(lock.client(), &request).await {
+        Ok(report) => report,
+        // The migration changed no captured row: nothing to give back.
+        Err(UndoError::NothingCaptured { .. } | UndoError::NoSuchVersion { .. }) => {
+            if m.down.is_none() {
+                history::remove(lock.client(), &ctx.plan.migrations.name, m.version)
+                    .await
+                    .map_err(|e| RollbackError::GiveBack {
+                        label: m.label(),
+                        source: UndoError::Query(e),
+                    })?;
+            }
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(RollbackError::GiveBack {
+                label: m.label(),
+                source,
+            });
+        }
+    };
+    let conflicts = report.conflicts.len();
+    let file = report
+        .write_conflicts(
+            &ctx.backup_dir.join("journal"),
+            &format!("{}-V{}", ctx.run_id, m.version),
+        )
+        .ok()
+        .flatten()
+        .map(|p| p.display().to_string());
+    let refused = conflicts > 0 && mode == Mode::Refuse;
+    let (outcome, exit_code) = match (conflicts, refused) {
+        (0, _) => ("reverted", 0),
+        (_, true) => ("refused", 5),
+        _ => ("conflicts_left", 4),
+    };
+    ctx.emit(
+        Step::Rollback,
+        EventKind::UndoFinished {
+            outcome: outcome.into(),
+            exit_code,
+            dry_run: false,
+            mode,
+            versions: report.versions.clone(),
+            tables: report.tables.clone(),
+            conflicts: conflicts as u64,
+            conflicts_file: file.clone(),
+            undo_id: report.undo_id,
+            reason: (conflicts > 0)
+                .then(|| format!("{conflicts} row(s) changed by users since the migration")),
+        },
+    );
+    if refused {
+        return Err(RollbackError::DataConflicts {
+            label: m.label(),
+            conflicts,
+            file,
+        });
     }
     Ok(())
 }

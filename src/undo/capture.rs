@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS pgshepherd.undos (
 ALTER TABLE pgshepherd.history ADD COLUMN IF NOT EXISTS last_undo bigint;
 
 CREATE OR REPLACE FUNCTION pgshepherd.capture_rows() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET work_mem = '64MB' AS $fn$
 DECLARE
     keys  text[] := TG_ARGV[0]::text[];
     tbl   text   := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
@@ -100,15 +100,18 @@ BEGIN
         -- Old and new rows paired by key; a row whose key changed appears
         -- unpaired on both sides: the DELETE of its old key, the INSERT of its
         -- new one. Rows the statement left as they were are not recorded.
-        EXECUTE format($q$INSERT INTO pgshepherd.captured_changes
+        -- Each image is built once (the materialized CTE keeps the planner
+        -- from copying the expressions into the comparison).
+        EXECUTE format($q$WITH pair AS MATERIALIZED (
+                SELECT CASE WHEN o.%1$I IS NULL THEN 'INSERT' WHEN n.%1$I IS NULL THEN 'DELETE' ELSE 'UPDATE' END AS op,
+                       CASE WHEN n.%1$I IS NULL THEN jsonb_build_object(%2$s) ELSE jsonb_build_object(%3$s) END AS key,
+                       CASE WHEN o.%1$I IS NULL THEN NULL ELSE to_jsonb(o) END AS before,
+                       CASE WHEN n.%1$I IS NULL THEN NULL ELSE to_jsonb(n) END AS after
+                  FROM pgshepherd_old o FULL JOIN pgshepherd_new n ON %4$s)
+            INSERT INTO pgshepherd.captured_changes
             (run_id, migration_set, version, statement, table_name, op, key, before, after)
-            SELECT $1, $2, $3, $4, $5,
-                   CASE WHEN o.%1$I IS NULL THEN 'INSERT' WHEN n.%1$I IS NULL THEN 'DELETE' ELSE 'UPDATE' END,
-                   CASE WHEN n.%1$I IS NULL THEN jsonb_build_object(%2$s) ELSE jsonb_build_object(%3$s) END,
-                   CASE WHEN o.%1$I IS NULL THEN NULL ELSE to_jsonb(o) END,
-                   CASE WHEN n.%1$I IS NULL THEN NULL ELSE to_jsonb(n) END
-              FROM pgshepherd_old o FULL JOIN pgshepherd_new n ON %4$s
-             WHERE o.%1$I IS NULL OR n.%1$I IS NULL OR to_jsonb(o) IS DISTINCT FROM to_jsonb(n)$q$,
+            SELECT $1, $2, $3, $4, $5, op, key, before, after FROM pair
+             WHERE before IS DISTINCT FROM after$q$,
             keys[1], key_o, key_n, same)
         USING TG_ARGV[1], TG_ARGV[2], TG_ARGV[3]::bigint, stmt, tbl;
     END IF;

@@ -59,6 +59,10 @@ pub struct Request {
     pub who: String,
     /// `lock_timeout` for the undo's statements.
     pub lock_timeout: std::time::Duration,
+    /// Also remove the versions' history rows when the undo commits: a
+    /// rollback's undo of a migration that has no down script, after which the
+    /// version is no longer applied.
+    pub forget: bool,
 }
 
 /// Per table, what became of its captured changes.
@@ -398,9 +402,41 @@ async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, U
             ],
         )
         .await?;
+    if req.forget {
+        client
+            .execute(
+                "DELETE FROM pgshepherd.history \
+                  WHERE migration_set = $1 AND version = ANY($2) AND run_id = $3",
+                &[&report.migration_set, &report.versions, &req.run_id],
+            )
+            .await?;
+    }
     report.committed = true;
     report.undo_id = Some(undo_id);
     Ok(report)
+}
+
+impl Report {
+    /// Write the conflicts, one JSON object per line, to `dir/NAME.conflicts.jsonl`
+    /// (0600: they hold row data); `None` when there are none.
+    pub fn write_conflicts(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> std::io::Result<Option<std::path::PathBuf>> {
+        if self.conflicts.is_empty() {
+            return Ok(None);
+        }
+        let mut text = String::new();
+        for c in &self.conflicts {
+            text.push_str(&serde_json::to_string(c).map_err(std::io::Error::other)?);
+            text.push('\n');
+        }
+        crate::private_fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{name}.conflicts.jsonl"));
+        crate::private_fs::write(&path, text.as_bytes())?;
+        Ok(Some(path))
+    }
 }
 
 /// Mark the changes of `statement` not yet decided as `outcome`.

@@ -29,6 +29,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod live_run;
 pub mod pgbouncer;
 pub mod proxy;
 pub mod receiver;
