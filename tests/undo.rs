@@ -443,12 +443,14 @@ async fn undo_of_an_unknown_run_is_invalid_input() {
     );
 }
 
-/// A soak breach rolls back a captured migration that has no down script by
-/// giving its rows back: the rows users inserted during the soak survive, and
-/// with `data_conflicts: merge` so does their change to another column of a
-/// migrated row.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_breach_gives_a_captured_migrations_rows_back_and_keeps_the_writers_rows() {
+/// A plan whose V1 (captured, no down script) multiplies every `qty` by ten and
+/// whose check breaches once rows with id > 1000 exist; `users` runs during the
+/// soak (it must insert such rows). Returns the exit code, the events and the
+/// database.
+async fn tenfold_breach(
+    data_conflicts: &str,
+    users: &str,
+) -> (i32, Vec<Value>, TestDb, tempfile::TempDir) {
     let db = common::fresh_db().await;
     db.execute(
         "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text);
@@ -468,10 +470,12 @@ async fn a_breach_gives_a_captured_migrations_rows_back_and_keeps_the_writers_ro
     // during the soak, before the rollback.
     std::fs::write(
         &plan,
-        "name: tenfold\ntarget: app\nmigrations: migrations\nbackup:\n  enabled: false\n\
-         rollback:\n  data_conflicts: merge\n  confirm: 0s\nsoak:\n  duration: 60s\n  interval: 300ms\n  baseline_samples: 1\n  \
-         checks:\n    - name: qty\n      sql: SELECT CASE WHEN EXISTS (SELECT FROM items WHERE id > 1000) THEN max(qty) ELSE 0 END FROM items\n      \
-         max: 100\n      consecutive: 1\n      min_samples: 1\n",
+        format!(
+            "name: tenfold\ntarget: app\nmigrations: migrations\nbackup:\n  enabled: false\n\
+             rollback:\n  data_conflicts: {data_conflicts}\n  confirm: 0s\nsoak:\n  duration: 60s\n  interval: 300ms\n  \
+             baseline_samples: 1\n  checks:\n    - name: qty\n      sql: SELECT CASE WHEN EXISTS (SELECT FROM items WHERE id > 1000) \
+             THEN max(qty) ELSE 0 END FROM items\n      max: 100\n      consecutive: 1\n      min_samples: 1\n"
+        ),
     )
     .unwrap();
     let mut run = LiveRun::start(&plan, &db.url, &dir.path().join("backups"));
@@ -481,12 +485,23 @@ async fn a_breach_gives_a_captured_migrations_rows_back_and_keeps_the_writers_ro
             .await,
         70
     );
-    db.execute(
+    db.execute(users).await;
+    let (code, events) = run.finish().await;
+    (code, events, db, dir)
+}
+
+/// A soak breach rolls back a captured migration that has no down script by
+/// giving its rows back: the rows users inserted during the soak survive, and
+/// with `data_conflicts: merge` so does their change to another column of a
+/// migrated row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_breach_gives_a_captured_migrations_rows_back_and_keeps_the_writers_rows() {
+    let (code, events, db, _dir) = tenfold_breach(
+        "merge",
         "UPDATE items SET note = 'edited' WHERE id = 7;
          INSERT INTO items SELECT g, 1, 'writer' FROM generate_series(1001, 1010) g;",
     )
     .await;
-    let (code, events) = run.finish().await;
     assert_eq!(code, 3, "{events:#?}");
     let given_back = events
         .iter()
@@ -518,5 +533,48 @@ async fn a_breach_gives_a_captured_migrations_rows_back_and_keeps_the_writers_ro
             .await,
         0,
         "V1 is no longer applied"
+    );
+}
+
+/// With the default `data_conflicts: refuse`, a row users changed during the
+/// soak stops the rollback: nothing of the migration is given back, the
+/// conflict is written down, and the run needs a human.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conflict_during_the_soak_stops_a_refusing_rollback_for_a_human() {
+    let (code, events, db, dir) = tenfold_breach(
+        "refuse",
+        "UPDATE items SET qty = 5 WHERE id = 7;
+         INSERT INTO items VALUES (1001, 1, 'writer');",
+    )
+    .await;
+    assert_eq!(code, 4, "{events:#?}");
+    let refused = events
+        .iter()
+        .find(|e| e["event"] == "undo_finished")
+        .expect("the rollback tried to give the rows back");
+    assert_eq!(refused["outcome"], "refused", "{refused}");
+    assert_eq!(refused["conflicts"], 1, "{refused}");
+    let file = refused["conflicts_file"].as_str().unwrap();
+    assert!(
+        file.starts_with(&dir.path().display().to_string()),
+        "{file}"
+    );
+    assert!(std::fs::read_to_string(file).unwrap().contains("\"id\":7"));
+    assert_eq!(
+        db.query_i64("SELECT qty::bigint FROM items WHERE id = 8")
+            .await,
+        80,
+        "nothing given back"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pgshepherd.history")
+            .await,
+        1
+    );
+    let fin = events.last().unwrap();
+    assert_eq!(fin["outcome"], "needs_human", "{fin}");
+    assert!(
+        fin["reason"].as_str().unwrap().contains("--mode merge"),
+        "{fin}"
     );
 }

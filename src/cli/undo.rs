@@ -65,7 +65,7 @@ pub async fn undo(args: UndoArgs) -> i32 {
     let events = Emitter::new(&args.run_id, None, args.json, true);
     let dsn = match resolve(&args) {
         Ok(d) => d,
-        Err(reason) => return finish(&events, &args, Finish::failed(2, reason)),
+        Err(e) => return finish(&events, &args, Finish::failed(2, e.to_string())),
     };
     events.emit(
         Some(Step::Undo),
@@ -117,26 +117,44 @@ pub async fn undo(args: UndoArgs) -> i32 {
     }
 }
 
-fn resolve(args: &UndoArgs) -> Result<Dsn, String> {
+/// Why `undo` has no database to work on.
+#[derive(Debug, thiserror::Error)]
+enum TargetError {
+    #[error("error: {0}")]
+    Url(#[from] crate::pg::dsn::DsnError),
+    #[error("error: pass --database-url URL, or --config FILE and --target NAME")]
+    NoDatabase,
+    #[error("{0}")]
+    Config(crate::plan::Diagnostics),
+    #[error(
+        "{}: target {target:?} is not defined (targets: {})",
+        .config.display(),
+        if .known.is_empty() { "none".to_string() } else { .known.join(", ") }
+    )]
+    NotDefined {
+        config: PathBuf,
+        target: String,
+        known: Vec<String>,
+    },
+}
+
+fn resolve(args: &UndoArgs) -> Result<Dsn, TargetError> {
     if let Some(url) = &args.database_url {
-        return url.parse::<Dsn>().map_err(|e| format!("error: {e}"));
+        return Ok(url.parse::<Dsn>()?);
     }
     let (Some(path), Some(target)) = (&args.config, &args.target) else {
-        return Err("error: pass --database-url URL, or --config FILE and --target NAME".into());
+        return Err(TargetError::NoDatabase);
     };
-    let config = Config::load(path).map_err(|d| d.to_string())?;
-    config.targets.get(target).cloned().ok_or_else(|| {
-        let known: Vec<String> = config.targets.keys().cloned().collect();
-        format!(
-            "{}: target {target:?} is not defined (targets: {})",
-            path.display(),
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            }
-        )
-    })
+    let config = Config::load(path).map_err(TargetError::Config)?;
+    config
+        .targets
+        .get(target)
+        .cloned()
+        .ok_or_else(|| TargetError::NotDefined {
+            config: path.clone(),
+            target: target.clone(),
+            known: config.targets.keys().cloned().collect(),
+        })
 }
 
 /// Recorded with the undo: the database role and the operating-system user.
