@@ -204,7 +204,33 @@ pub struct Config {
     pub notify: crate::notify::config::NotifyConfig,
 }
 
+/// A target name the config does not define.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}: target {target:?} is not defined (targets: {})",
+    .config.display(),
+    if .known.is_empty() { "none".to_string() } else { .known.join(", ") }
+)]
+pub struct UnknownTarget {
+    pub config: PathBuf,
+    pub target: String,
+    /// The targets the config does define.
+    pub known: Vec<String>,
+}
+
 impl Config {
+    /// The connection string of target `name`.
+    pub fn target(&self, name: &str) -> Result<Dsn, UnknownTarget> {
+        self.targets
+            .get(name)
+            .cloned()
+            .ok_or_else(|| UnknownTarget {
+                config: self.path.clone(),
+                target: name.to_string(),
+                known: self.targets.keys().cloned().collect(),
+            })
+    }
+
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
         let fail = |line: u32, col: u32, msg: String| {
             Diagnostics(vec![Diagnostic::new(path, line, col, msg)])

@@ -578,3 +578,42 @@ async fn a_conflict_during_the_soak_stops_a_refusing_rollback_for_a_human() {
         "{fin}"
     );
 }
+
+/// `--config FILE --target NAME` finds the database as `run --config` does; an
+/// unknown target is invalid input naming the known ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn undo_finds_the_target_in_the_config() {
+    let m = Merge::applied().await;
+    let config = m.dir.path().join("pgshepherd.yaml");
+    std::fs::write(
+        &config,
+        format!("targets:\n  app:\n    dsn: {}\n", m.db.url),
+    )
+    .unwrap();
+    let with = |target: &'static str| {
+        let config = config.clone();
+        let m = &m;
+        async move {
+            let out = tokio::process::Command::new(common::pgshepherd_bin())
+                .args(["undo", &m.run_id, "--json", "--target", target, "--config"])
+                .arg(&config)
+                .current_dir(m.dir.path())
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        }
+    };
+    let (code, stderr) = with("nope").await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("target \"nope\" is not defined (targets: app)"),
+        "{stderr}"
+    );
+    let (code, stderr) = with("app").await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(snapshot(&m.db).await, m.before);
+}

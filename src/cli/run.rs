@@ -66,17 +66,8 @@ pub enum TargetError {
         "no database for target {target:?}: pass --database-url URL, or --config FILE with targets.{target}.dsn"
     )]
     NoDatabase { target: String },
-    /// `known` lists the targets `config` does define.
-    #[error(
-        "{}: the plan's target {target:?} is not defined (targets: {})",
-        .config.display(),
-        if .known.is_empty() { "none".to_string() } else { .known.join(", ") }
-    )]
-    NotDefined {
-        config: PathBuf,
-        target: String,
-        known: Vec<String>,
-    },
+    #[error(transparent)]
+    NotDefined(#[from] crate::config::UnknownTarget),
 }
 
 /// Which database the plan runs against: `--database-url` (or the environment
@@ -94,15 +85,7 @@ pub fn resolve_target(
             target: plan.target.clone(),
         });
     };
-    config
-        .targets
-        .get(&plan.target)
-        .cloned()
-        .ok_or_else(|| TargetError::NotDefined {
-            config: config.path.clone(),
-            target: plan.target.clone(),
-            known: config.targets.keys().cloned().collect(),
-        })
+    Ok(config.target(&plan.target)?)
 }
 
 /// Execute a loaded plan with a fresh run id, a journal under the backup

@@ -126,16 +126,8 @@ enum TargetError {
     NoDatabase,
     #[error("{0}")]
     Config(crate::plan::Diagnostics),
-    #[error(
-        "{}: target {target:?} is not defined (targets: {})",
-        .config.display(),
-        if .known.is_empty() { "none".to_string() } else { .known.join(", ") }
-    )]
-    NotDefined {
-        config: PathBuf,
-        target: String,
-        known: Vec<String>,
-    },
+    #[error(transparent)]
+    NotDefined(#[from] crate::config::UnknownTarget),
 }
 
 fn resolve(args: &UndoArgs) -> Result<Dsn, TargetError> {
@@ -146,15 +138,7 @@ fn resolve(args: &UndoArgs) -> Result<Dsn, TargetError> {
         return Err(TargetError::NoDatabase);
     };
     let config = Config::load(path).map_err(TargetError::Config)?;
-    config
-        .targets
-        .get(target)
-        .cloned()
-        .ok_or_else(|| TargetError::NotDefined {
-            config: path.clone(),
-            target: target.clone(),
-            known: config.targets.keys().cloned().collect(),
-        })
+    Ok(config.target(target)?)
 }
 
 /// Recorded with the undo: the database role and the operating-system user.
