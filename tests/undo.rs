@@ -617,3 +617,81 @@ async fn undo_finds_the_target_in_the_config() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(snapshot(&m.db).await, m.before);
 }
+
+/// A `pgshepherd undo` killed with SIGKILL in the middle of its transaction
+/// leaves the target untouched (the server rolls the transaction back), and the
+/// undo can simply be run again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undo_killed_midway_leaves_the_target_untouched_and_runs_again() {
+    let db = common::fresh_db().await;
+    db.execute(
+        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL);
+         INSERT INTO items SELECT g, g % 100 FROM generate_series(1, 200000) g;",
+    )
+    .await;
+    let original = db.query_i64("SELECT sum(qty)::bigint FROM items").await;
+    let dir = common::scratch_dir();
+    let plan = write_plan(
+        dir.path(),
+        "-- pgshepherd:capture public.items\nUPDATE items SET qty = qty + 1;\n",
+    );
+    let out = pgshepherd(dir.path(), &["run"], Some(&plan), &db.url, &["--now"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run_id = out.events[0]["run_id"].as_str().unwrap().to_string();
+    let migrated = db.query_i64("SELECT sum(qty)::bigint FROM items").await;
+    assert_eq!(migrated, original + 200_000);
+
+    let mut undo = tokio::process::Command::new(common::pgshepherd_bin())
+        .args(["undo", &run_id, "--database-url", &db.url, "--json"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // In the middle: its session is working on the changes to give back.
+    common::wait_for_sql(
+        &db.dsn,
+        "the undo working inside its transaction",
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'pgshepherd undo' \
+           AND state = 'active' AND query LIKE '%pgshepherd_undo%')",
+    )
+    .await;
+    undo.start_kill().unwrap();
+    let status = undo.wait().await.unwrap();
+    assert!(!status.success());
+    // The server ends the orphaned session and rolls its transaction back.
+    common::wait_for_sql(
+        &db.dsn,
+        "the killed undo's session gone",
+        "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'pgshepherd undo')",
+    )
+    .await;
+    assert_eq!(
+        db.query_i64("SELECT sum(qty)::bigint FROM items").await,
+        migrated,
+        "untouched"
+    );
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM pgshepherd.captured_changes WHERE undone_by IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pgshepherd.undos").await,
+        0
+    );
+
+    let again = pgshepherd(dir.path(), &["undo", &run_id], None, &db.url, &[]).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        again.finished()["tables"]["public.items"]["reverted"],
+        200_000
+    );
+    assert_eq!(
+        db.query_i64("SELECT sum(qty)::bigint FROM items").await,
+        original
+    );
+}
