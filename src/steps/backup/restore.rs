@@ -312,7 +312,7 @@ pub async fn restore(
         return Err(BackupError::RestoreFailed {
             path: backup.path.clone(),
             dsn: dsn.to_string(),
-            stderr: problem,
+            stderr: problem.to_string(),
         });
     }
     let output = psql_out.map_err(io_err("reading psql's output"))?;
@@ -409,12 +409,17 @@ async fn feed(
     }
 }
 
+/// The archive's script had no COMMIT to put the tail before.
+#[derive(Debug, thiserror::Error)]
+#[error("the archive's script did not end with COMMIT; nothing was committed")]
+struct NoFinalCommit;
+
 /// Pass on the end of the archive's script with [`TAIL_SQL`] before its final
 /// COMMIT, then close psql's input. Without a COMMIT at the start of a line in
 /// it, nothing is committed.
-async fn finish(mut psql: ChildStdin, held: Vec<u8>) -> Result<(), String> {
+async fn finish(mut psql: ChildStdin, held: Vec<u8>) -> Result<(), NoFinalCommit> {
     let Some(at) = final_commit(&held) else {
-        return Err("the archive's script did not end with COMMIT; nothing was committed".into());
+        return Err(NoFinalCommit);
     };
     let write = async {
         psql.write_all(&held[..at]).await?;
