@@ -1,6 +1,7 @@
 //! Migration sets and how they are applied to and undone on a target.
 
 pub mod apply;
+pub mod directive;
 pub mod history;
 pub mod set;
 pub mod split;
