@@ -70,8 +70,8 @@ run_plan() { # dir db -> run id and migration ms on stdout
 
 read -r _ off_ms < <(run_plan "$W/off" cap_off)
 read -r run_on on_ms < <(run_plan "$W/on" cap_on)
-captured=$(psql_q -d cap_on -c "SELECT count(*) FROM pgshepherd.captured_changes")
-capture_size=$(psql_q -d cap_on -c "SELECT pg_size_pretty(pg_total_relation_size('pgshepherd.captured_changes'))")
+captured=$(psql_q -d cap_on -c "SELECT count(*) FROM pgshepherd.captured_rows")
+capture_size=$(psql_q -d cap_on -c "SELECT pg_size_pretty((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('pgshepherd.captured_rows')))")
 
 t0=$(now_s)
 (cd "$W" && "$PGSHEPHERD" undo "$run_on" --database-url "$(db_url cap_on)" --json >"$W/undo.events" 2>"$W/undo.stderr")

@@ -641,6 +641,13 @@ async fn an_undo_killed_midway_leaves_the_target_untouched_and_runs_again() {
     let migrated = db.query_i64("SELECT sum(qty)::bigint FROM items").await;
     assert_eq!(migrated, original + 200_000);
 
+    // A row lock the undo's UPDATE must wait for holds it in the middle of its
+    // transaction, after it changed the rows before that one.
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT * FROM items WHERE id = 150000 FOR UPDATE")
+        .await
+        .unwrap();
     let mut undo = tokio::process::Command::new(common::pgshepherd_bin())
         .args(["undo", &run_id, "--database-url", &db.url, "--json"])
         .current_dir(dir.path())
@@ -649,12 +656,12 @@ async fn an_undo_killed_midway_leaves_the_target_untouched_and_runs_again() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // In the middle: its session is working on the changes to give back.
+    // In the middle: its session waits for the row, inside the revert.
     common::wait_for_sql(
         &db.dsn,
-        "the undo working inside its transaction",
+        "the undo waiting for the held row inside its transaction",
         "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'pgshepherd undo' \
-           AND state = 'active' AND query LIKE '%pgshepherd_undo%')",
+           AND state = 'active' AND wait_event_type = 'Lock' AND query LIKE '%pgshepherd.captured_rows%')",
     )
     .await;
     undo.start_kill().unwrap();
@@ -667,6 +674,7 @@ async fn an_undo_killed_midway_leaves_the_target_untouched_and_runs_again() {
         "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'pgshepherd undo')",
     )
     .await;
+    holder.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(
         db.query_i64("SELECT sum(qty)::bigint FROM items").await,
         migrated,
@@ -693,5 +701,76 @@ async fn an_undo_killed_midway_leaves_the_target_untouched_and_runs_again() {
     assert_eq!(
         db.query_i64("SELECT sum(qty)::bigint FROM items").await,
         original
+    );
+}
+
+/// A capture past its `keep_until` is dropped, partition and all, when the
+/// next migration on that database captures; its run has nothing left to undo,
+/// while a capture kept `forever` stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_capture_is_dropped_when_the_next_migration_captures() {
+    let db = common::fresh_db().await;
+    db.execute(
+        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL);
+         INSERT INTO items SELECT g, 0 FROM generate_series(1, 10) g;",
+    )
+    .await;
+    let dir = common::scratch_dir();
+    let plan = write_plan(
+        dir.path(),
+        "-- pgshepherd:capture public.items\nUPDATE items SET qty = qty + 1;\n",
+    );
+    let first = pgshepherd(dir.path(), &["run"], Some(&plan), &db.url, &["--now"]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let first_run = first.events[0]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM pgshepherd.captures \
+              WHERE keep_until BETWEEN now() + interval '29 days' AND now() + interval '31 days'"
+        )
+        .await,
+        1,
+        "kept 30 days by default"
+    );
+    // The first capture expires; the second migration keeps its own forever.
+    db.execute("UPDATE pgshepherd.captures SET keep_until = now() - interval '1 second'")
+        .await;
+    std::fs::write(
+        dir.path().join("migrations/V2__again.sql"),
+        "-- pgshepherd:capture public.items\nUPDATE items SET qty = qty + 1;\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&plan).unwrap().replace(
+        "  strategy: hold\n",
+        "  strategy: hold\n  keep_captured_changes: forever\n",
+    );
+    std::fs::write(&plan, text).unwrap();
+    let second = pgshepherd(dir.path(), &["run"], Some(&plan), &db.url, &["--now"]).await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pgshepherd.captures WHERE keep_until IS NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pgshepherd.captures")
+            .await,
+        1,
+        "the expired capture is gone"
+    );
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'pgshepherd.captured_rows'::regclass"
+        )
+        .await,
+        1,
+        "and its partition with it"
+    );
+    let undo = pgshepherd(dir.path(), &["undo", &first_run], None, &db.url, &[]).await;
+    assert_eq!(undo.code, 2, "{}", undo.stderr);
+    assert!(
+        undo.stderr.contains("no captured changes"),
+        "{}",
+        undo.stderr
     );
 }

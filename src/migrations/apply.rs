@@ -117,6 +117,8 @@ enum History<'a> {
         set: &'a str,
         migration: &'a Migration,
         run_id: &'a str,
+        /// How long the migration's captured changes are kept (`None`: forever).
+        keep_captures: Option<Duration>,
     },
     Remove {
         set: &'a str,
@@ -130,6 +132,7 @@ pub async fn apply_up(
     set: &str,
     m: &Migration,
     run_id: &str,
+    keep_captures: Option<Duration>,
     limits: &Limits,
     on_retry: &mut (dyn FnMut(&Retry) + Send),
 ) -> Result<ScriptReport, ScriptError> {
@@ -138,6 +141,7 @@ pub async fn apply_up(
         set,
         migration: m,
         run_id,
+        keep_captures,
     };
     if m.up.transactional {
         run_transactional(client, &m.up, limits, history, on_retry).await
@@ -329,8 +333,15 @@ fn capture_sql(script: &Script, history: &History<'_>) -> (String, String) {
             set,
             migration,
             run_id,
+            keep_captures,
         } if !script.capture.is_empty() => (
-            crate::undo::capture::start_sql(&script.capture, run_id, set, migration.version),
+            crate::undo::capture::start_sql(
+                &script.capture,
+                run_id,
+                set,
+                migration.version,
+                *keep_captures,
+            ),
             format!("{};\n", crate::undo::capture::stop_sql(&script.capture)),
         ),
         _ => (String::new(), String::new()),
@@ -343,6 +354,7 @@ fn history_sql(history: &History<'_>, started: Instant) -> String {
             set,
             migration,
             run_id,
+            ..
         } => history::record_applied_sql(
             set,
             migration,

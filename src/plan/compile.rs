@@ -77,7 +77,13 @@ pub const CHECK_KEYS: &[&str] = &[
     "timeout",
 ];
 pub const HTTP_KEYS: &[&str] = &["url", "expect_status", "json_pointer"];
-pub const ROLLBACK_KEYS: &[&str] = &["strategy", "allow_data_loss", "confirm", "data_conflicts"];
+pub const ROLLBACK_KEYS: &[&str] = &[
+    "strategy",
+    "allow_data_loss",
+    "confirm",
+    "data_conflicts",
+    "keep_captured_changes",
+];
 pub const NOTIFY_KEYS: &[&str] = &["channels", "escalation"];
 pub const APPROVAL_KEYS: &[&str] = &["required"];
 pub const GATE_KEYS: &[&str] = &["check", "consecutive", "interval", "timeout"];
@@ -1285,6 +1291,7 @@ fn compile_rollback(
                 allow_data_loss: false,
                 confirm: defaults::CONFIRM,
                 data_conflicts: crate::undo::revert::Mode::Refuse,
+                keep_captured_changes: Some(crate::undo::capture::DEFAULT_KEEP),
             },
             None,
         ));
@@ -1299,6 +1306,7 @@ fn compile_rollback(
         "data_conflicts",
         &["refuse", "skip-conflicts", "merge"],
     );
+    let keep_captured_changes = keep_captured_changes(sink, &s);
     let strategy_v = match strategy.as_ref().map(|s| s.value) {
         Some("restore") => RollbackStrategy::Restore,
         Some("hold") => RollbackStrategy::Hold,
@@ -1349,9 +1357,38 @@ fn compile_rollback(
                 Some("merge") => crate::undo::revert::Mode::Merge,
                 _ => crate::undo::revert::Mode::Refuse,
             },
+            keep_captured_changes: keep_captured_changes
+                .unwrap_or(Some(crate::undo::capture::DEFAULT_KEEP)),
         },
         strategy_pos,
     ))
+}
+
+/// `rollback.keep_captured_changes`: a duration of at least a day, or `forever`
+/// (`Some(None)`); `None` when absent or wrong (reported).
+fn keep_captured_changes(sink: &mut Sink, s: &Section) -> Option<Option<Duration>> {
+    const KEY: &str = "keep_captured_changes";
+    if !s.has(KEY) {
+        return None;
+    }
+    if let Some(node) = s.get(sink, KEY)
+        && matches!(&node.value, Value::Str(v) if v == "forever")
+    {
+        return Some(None);
+    }
+    let d = s.duration(sink, KEY, true)?;
+    if d.value < Duration::from_secs(86_400) {
+        sink.error(
+            d.pos,
+            format!(
+                "`rollback.{KEY}` {} is shorter than a day: an undo is often needed days after the run; \
+                 use at least 1d, or `forever`",
+                duration::format(d.value)
+            ),
+        );
+        return None;
+    }
+    Some(Some(d.value))
 }
 
 fn compile_notify(sink: &mut Sink, top: &Section) -> Option<NotifySettings> {
@@ -1441,6 +1478,29 @@ mod tests {
         let all = errors(extra);
         assert_eq!(all.len(), 1, "{all:#?}");
         assert_error(extra, line, col, needle);
+    }
+
+    #[test]
+    fn captured_changes_are_kept_thirty_days_unless_the_plan_says() {
+        let keep = |extra: &str| compile(extra).unwrap().rollback.keep_captured_changes;
+        assert_eq!(keep(""), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(
+            keep("rollback:\n  keep_captured_changes: 90d\n"),
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert_eq!(keep("rollback:\n  keep_captured_changes: forever\n"), None);
+        assert_only_error(
+            "rollback:\n  keep_captured_changes: 2h\n",
+            11,
+            26,
+            "shorter than a day",
+        );
+        assert_only_error(
+            "rollback:\n  keep_captured_changes: always\n",
+            11,
+            26,
+            "keep_captured_changes",
+        );
     }
 
     #[test]

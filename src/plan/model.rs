@@ -280,6 +280,11 @@ pub struct RollbackSettings {
     /// For `down`: how a captured migration's rows are given back when users
     /// changed some since (`refuse`: nothing is reverted, the run needs a human).
     pub data_conflicts: crate::undo::revert::Mode,
+    /// How long a captured migration's changes are kept on the target (`None`:
+    /// until deleted by hand); expired ones are dropped when pgshepherd next
+    /// captures on that database.
+    #[serde(with = "crate::plan::duration::serde_secs_opt")]
+    pub keep_captured_changes: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

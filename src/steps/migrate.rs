@@ -71,7 +71,17 @@ pub async fn migrate(
                 },
             )
         };
-        match apply::apply_up(lock, set, m, ctx.run_id, &limits, &mut on_retry).await {
+        match apply::apply_up(
+            lock,
+            set,
+            m,
+            ctx.run_id,
+            ctx.plan.rollback.keep_captured_changes,
+            &limits,
+            &mut on_retry,
+        )
+        .await
+        {
             Ok(report) => {
                 // Recorded before the checkpoint below persists the facts.
                 ctx.events.set_fact(|f| {

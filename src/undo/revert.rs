@@ -2,7 +2,7 @@
 //!
 //! Everything happens in one transaction on the target's lock session, statement
 //! by statement in reverse capture order (so foreign keys hold as they did), each
-//! statement's rows set-based:
+//! statement's rows set-based, in one pass over them per operation:
 //! - a row the migration **updated** gets its before image back if it is still as
 //!   the migration left it (`merge`: if users did not change since any column the
 //!   migration changed; only those columns are set back);
@@ -10,18 +10,24 @@
 //! - a row it **deleted** is inserted again if its key (and every other unique
 //!   key) is free.
 //!
-//! Anything else is a conflict (users changed it) or already gone (users deleted
-//! a row the migration updated or inserted). `refuse` rolls everything back when
-//! there is any conflict; a dry run always rolls back, so its report is exactly
-//! what the real undo would do at that moment. A committed undo is recorded in
-//! `pgshepherd.undos`, marks the captured rows it reverted (a second undo skips
-//! them) and the history rows of its versions (`last_undo`).
+//! Each reverting statement notes which captured rows it reverted (a temporary
+//! table of their row ids); only when some were not is a second pass needed, to
+//! sort the rest into conflicts (users changed the row) and already gone (users
+//! deleted a row the migration updated or inserted). `refuse` rolls everything
+//! back when there is any conflict; a dry run always rolls back, so its report is
+//! exactly what the real undo would do at that moment. A committed undo is
+//! recorded in `pgshepherd.undos`, marks what it reverted (a whole statement at
+//! once, or row by row in `pgshepherd.undone_rows` when it reverted only part of
+//! one; a second undo skips them) and the history rows of its versions
+//! (`last_undo`).
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::Client;
+
+use super::capture;
 
 /// What to do about rows users changed after the migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -161,9 +167,12 @@ fn list(versions: &[i64]) -> String {
 
 /// Undo on `client` (which holds the target's lock), in one transaction.
 pub async fn undo(client: &Client, req: &Request) -> Result<Report, UndoError> {
+    // The joins of a large undo want memory rather than disk; JIT only adds its
+    // compile time to statements planned from rough estimates.
     client
         .batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0",
+            "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = 0; \
+             SET LOCAL work_mem = '256MB'; SET LOCAL jit = off",
             req.lock_timeout.as_millis().max(1)
         ))
         .await?;
@@ -179,10 +188,32 @@ pub async fn undo(client: &Client, req: &Request) -> Result<Report, UndoError> {
     Ok(report)
 }
 
+/// One capturing statement, as the undo walks them (newest first).
+struct Statement {
+    statement: i64,
+    capture: i64,
+    run_id: String,
+    migration_set: String,
+    version: i64,
+    captured_at: String,
+    table_name: String,
+    /// `schema.table` as PostgreSQL prints it now; `None` when the table is gone.
+    rel: Option<String>,
+    trigger_op: String,
+    key_columns: Vec<String>,
+    rows: i64,
+    fully_undone: bool,
+    partly_undone: bool,
+    /// Rows of it an earlier partial undo reverted.
+    undone_rows: i64,
+    /// Rows this undo reverted.
+    reverted: i64,
+}
+
 async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, UndoError> {
     let exists: bool = client
         .query_one(
-            "SELECT to_regclass('pgshepherd.captured_changes') IS NOT NULL",
+            "SELECT to_regclass('pgshepherd.capture_statements') IS NOT NULL",
             &[],
         )
         .await?
@@ -192,14 +223,16 @@ async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, U
             run_id: req.run_id.clone(),
         });
     }
-    // Versions this run captured and that are still applied by it (a version
-    // its own rollback undid has nothing left to give back).
+    // Versions this run captured changes in and that are still applied by it
+    // (a version its own rollback undid has nothing left to give back).
     let rows = client
         .query(
-            "SELECT DISTINCT c.migration_set, c.version FROM pgshepherd.captured_changes c \
+            "SELECT DISTINCT c.migration_set, c.version FROM pgshepherd.captures c \
              JOIN pgshepherd.history h ON h.migration_set = c.migration_set \
               AND h.version = c.version AND h.run_id = c.run_id AND h.state = 'applied' \
-             WHERE c.run_id = $1 ORDER BY c.version",
+             WHERE c.run_id = $1 \
+               AND EXISTS (SELECT FROM pgshepherd.capture_statements s WHERE s.capture = c.id) \
+             ORDER BY c.version",
             &[&req.run_id],
         )
         .await?;
@@ -228,92 +261,151 @@ async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, U
         }
         req.versions.clone()
     };
+    let predicate = req.predicate.as_deref().unwrap_or("true");
+    // A predicate that does not parse or names what the changes do not have
+    // fails here, before anything changed.
+    client
+        .execute(
+            &format!("SELECT FROM pgshepherd.captured_changes WHERE ({predicate}) LIMIT 0"),
+            &[],
+        )
+        .await
+        .map_err(UndoError::Predicate)?;
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE pgshepherd_reverted (statement bigint, row_id tid) ON COMMIT DROP; \
+             CREATE TEMP TABLE pgshepherd_undecided (id bigserial, statement bigint, table_name text, \
+                 version bigint, op text, key jsonb, before jsonb, after jsonb, current jsonb, \
+                 outcome text) ON COMMIT DROP",
+        )
+        .await?;
 
-    let mut tables: BTreeMap<String, Counts> = BTreeMap::new();
-    // Changes not undone yet, per table: what the predicate leaves out is the
-    // difference with what it selects.
-    let mut open: HashMap<String, u64> = HashMap::new();
-    for row in client
+    let mut statements: Vec<Statement> = client
         .query(
-            "SELECT table_name, count(*) FILTER (WHERE undone_by IS NOT NULL), \
-                    count(*) FILTER (WHERE undone_by IS NULL) \
-             FROM pgshepherd.captured_changes \
-             WHERE run_id = $1 AND migration_set = $2 AND version = ANY($3) GROUP BY 1",
+            "SELECT s.statement, s.capture, s.table_name, to_regclass(s.table_name)::text, \
+                    s.trigger_op, s.key_columns, s.rows, s.undone_by IS NOT NULL, s.partly_undone, \
+                    (SELECT count(*) FROM pgshepherd.undone_rows u WHERE u.statement = s.statement), \
+                    c.version, c.captured_at::text \
+               FROM pgshepherd.capture_statements s JOIN pgshepherd.captures c ON c.id = s.capture \
+              WHERE c.run_id = $1 AND c.migration_set = $2 AND c.version = ANY($3) \
+              ORDER BY s.statement DESC",
             &[&req.run_id, &set, &versions],
         )
         .await?
-    {
-        let table: String = row.get(0);
-        open.insert(table.clone(), row.get::<_, i64>(2) as u64);
-        tables.entry(table).or_default().already_undone = row.get::<_, i64>(1) as u64;
-    }
-    // The changes to undo, under the names the predicate may use.
-    let predicate = req.predicate.as_deref().unwrap_or("true");
-    let work = format!(
-        "CREATE TEMP TABLE pgshepherd_undo ON COMMIT DROP AS \
-         SELECT id, statement, table_name, op, key, before, after, version, \
-                NULL::text AS outcome, NULL::jsonb AS current \
-           FROM (SELECT id, statement, table_name, op, key, before, after, version \
-                   FROM pgshepherd.captured_changes \
-                  WHERE run_id = $1 AND migration_set = $2 AND version = ANY($3) \
-                    AND undone_by IS NULL) AS change \
-          WHERE ({predicate})"
-    );
-    client
-        .execute(&work, &[&req.run_id, &set, &versions])
-        .await
-        .map_err(UndoError::Predicate)?;
-    // A temporary table has no statistics until it is analysed: without them
-    // the planner joins a million changes with nested loops.
-    client
-        .batch_execute(
-            "CREATE UNIQUE INDEX ON pgshepherd_undo (id); \
-             CREATE INDEX ON pgshepherd_undo (statement, op); ANALYZE pgshepherd_undo",
-        )
-        .await?;
+        .iter()
+        .map(|r| Statement {
+            statement: r.get(0),
+            capture: r.get(1),
+            table_name: r.get(2),
+            rel: r.get(3),
+            trigger_op: r.get(4),
+            key_columns: r.get(5),
+            rows: r.get(6),
+            fully_undone: r.get(7),
+            partly_undone: r.get(8),
+            undone_rows: r.get(9),
+            run_id: req.run_id.clone(),
+            migration_set: set.clone(),
+            version: r.get(10),
+            captured_at: r.get(11),
+            reverted: 0,
+        })
+        .collect();
 
-    let statements = client
-        .query(
-            "SELECT statement, table_name, to_regclass(table_name)::text, \
-                    array_agg(DISTINCT op), (array_agg(key))[1] \
-               FROM pgshepherd_undo GROUP BY statement, table_name ORDER BY statement DESC",
-            &[],
-        )
-        .await?;
+    let mut tables: BTreeMap<String, Counts> = BTreeMap::new();
+    // Changes not undone yet, per table: what the predicate leaves out is the
+    // difference with what this undo decided.
+    let mut open: HashMap<String, u64> = HashMap::new();
     let mut shapes: HashMap<String, Shape> = HashMap::new();
-    for row in &statements {
-        let statement: i64 = row.get(0);
-        let table_name: String = row.get(1);
-        let Some(rel) = row.get::<_, Option<String>>(2) else {
+    for st in statements.iter_mut() {
+        let counts = tables.entry(st.table_name.clone()).or_default();
+        let undone = if st.fully_undone {
+            st.rows
+        } else {
+            st.undone_rows
+        };
+        counts.already_undone += undone as u64;
+        *open.entry(st.table_name.clone()).or_default() += (st.rows - undone) as u64;
+        if st.fully_undone {
+            continue;
+        }
+        let Some(rel) = st.rel.clone() else {
             // The table is gone: so is every row of it.
-            mark_rest(client, statement, "gone").await?;
+            let gone: i64 = client
+                .query_one(
+                    &format!("SELECT count(*) FROM {} w", base(st, None, predicate)),
+                    &[&st.capture, &st.statement],
+                )
+                .await?
+                .get(0);
+            counts.already_gone += gone as u64;
             continue;
         };
-        let ops: Vec<String> = row.get(3);
-        let key: Value = row.get(4);
-        if !shapes.contains_key(&table_name) {
-            let shape = Shape::read(client, &rel, &key).await?;
-            shapes.insert(table_name.clone(), shape);
+        if !shapes.contains_key(&rel) {
+            shapes.insert(
+                rel.clone(),
+                Shape::read(client, &rel, &st.key_columns).await?,
+            );
         }
-        let shape = &shapes[&table_name];
+        let shape = &shapes[&rel];
         // Deletes first, re-inserts last: an UPDATE that moved a row to a new
         // key is undone by freeing the new key before taking the old one again.
-        for op in ["INSERT", "UPDATE", "DELETE"] {
-            if ops.iter().any(|o| o == op) {
-                client
-                    .execute(&shape.revert_sql(op, req.mode), &[&statement])
+        let ops: Vec<&str> = match st.trigger_op.as_str() {
+            "INSERT" => vec!["INSERT"],
+            "DELETE" => vec!["DELETE"],
+            _ => {
+                let has = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT FROM pgshepherd.captured_rows \
+                                         WHERE capture = $1 AND statement = $2 AND op = 'I'), \
+                                EXISTS (SELECT FROM pgshepherd.captured_rows \
+                                         WHERE capture = $1 AND statement = $2 AND op = 'D')",
+                        &[&st.capture, &st.statement],
+                    )
                     .await?;
-                client
-                    .execute(&shape.classify_sql(op), &[&statement])
-                    .await?;
+                let mut ops = Vec::new();
+                if has.get::<_, bool>(0) {
+                    ops.push("INSERT");
+                }
+                ops.push("UPDATE");
+                if has.get::<_, bool>(1) {
+                    ops.push("DELETE");
+                }
+                ops
             }
+        };
+        for op in &ops {
+            st.reverted += client
+                .execute(
+                    &shape.revert_sql(&base(st, Some(op), predicate), op, req.mode),
+                    &[&st.capture, &st.statement],
+                )
+                .await? as i64;
         }
+        // Without a predicate and an earlier partial undo, a statement whose
+        // rows were all reverted leaves nothing to decide.
+        let everything = req.predicate.is_none() && !st.partly_undone && ops.len() == 1;
+        if everything && st.reverted == st.rows {
+            continue;
+        }
+        client.batch_execute("ANALYZE pgshepherd_reverted").await?;
+        for op in &ops {
+            client
+                .execute(
+                    &shape.classify_sql(&base(st, Some(op), predicate), op),
+                    &[&st.capture, &st.statement],
+                )
+                .await?;
+        }
+    }
+    for st in &statements {
+        tables.entry(st.table_name.clone()).or_default().reverted += st.reverted as u64;
     }
 
     let mut total_conflicts = 0;
     for row in client
         .query(
-            "SELECT table_name, outcome, count(*) FROM pgshepherd_undo GROUP BY 1, 2",
+            "SELECT table_name, outcome, count(*) FROM pgshepherd_undecided GROUP BY 1, 2",
             &[],
         )
         .await?
@@ -321,7 +413,6 @@ async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, U
         let counts = tables.entry(row.get(0)).or_default();
         let n = row.get::<_, i64>(2) as u64;
         match row.get::<_, Option<String>>(1).as_deref() {
-            Some("reverted") => counts.reverted += n,
             Some("conflict") => {
                 counts.conflicts += n;
                 total_conflicts += n;
@@ -340,7 +431,7 @@ async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, U
     let conflicts = client
         .query(
             "SELECT table_name, version, op, key, before, after, current \
-               FROM pgshepherd_undo WHERE outcome = 'conflict' ORDER BY id",
+               FROM pgshepherd_undecided WHERE outcome = 'conflict' ORDER BY statement, id",
             &[],
         )
         .await?
@@ -383,13 +474,9 @@ async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, U
         )
         .await?
         .get(0);
-    client
-        .execute(
-            "UPDATE pgshepherd.captured_changes c SET undone_by = $1 \
-               FROM pgshepherd_undo w WHERE w.id = c.id AND w.outcome = 'reverted'",
-            &[&undo_id],
-        )
-        .await?;
+    for st in statements.iter().filter(|s| s.reverted > 0) {
+        mark_undone(client, st, undo_id).await?;
+    }
     client
         .execute(
             "UPDATE pgshepherd.history SET last_undo = $1 \
@@ -416,6 +503,74 @@ async fn undo_in_transaction(client: &Client, req: &Request) -> Result<Report, U
     Ok(report)
 }
 
+/// Record that undo `undo_id` reverted `st`'s rows it reverted: the whole
+/// statement at once when that is all of it, else row by row (a later undo
+/// skips those).
+async fn mark_undone(client: &Client, st: &Statement, undo_id: i64) -> Result<(), UndoError> {
+    if !st.partly_undone && st.reverted == st.rows {
+        client
+            .execute(
+                "UPDATE pgshepherd.capture_statements SET undone_by = $1 WHERE statement = $2",
+                &[&undo_id, &st.statement],
+            )
+            .await?;
+        return Ok(());
+    }
+    client
+        .execute(
+            &format!(
+                "INSERT INTO pgshepherd.undone_rows (statement, key, undo) \
+                 SELECT w.statement, w.key, $3 FROM pgshepherd_reverted rv \
+                   JOIN {} w ON w.row_id = rv.row_id WHERE rv.statement = $2",
+                base(st, None, "true")
+            ),
+            &[&st.capture, &st.statement, &undo_id],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE pgshepherd.capture_statements s SET partly_undone = true, \
+                    undone_by = CASE WHEN (SELECT count(*) FROM pgshepherd.undone_rows u \
+                                            WHERE u.statement = s.statement) = s.rows \
+                                     THEN $1::bigint END \
+              WHERE s.statement = $2",
+            &[&undo_id, &st.statement],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The changes of statement `$2` of capture `$1` (which is `st`) not undone
+/// yet that the predicate selects (of `op`, when given), as a subquery to name
+/// `w`: the predicate sees the change's columns and nothing else. The
+/// statement's context is written in as literals, so that the planner sees one
+/// scan of its rows.
+fn base(st: &Statement, op: Option<&str>, predicate: &str) -> String {
+    let op = op
+        .map(|o| format!(" AND r.op = '{}'", &o[..1]))
+        .unwrap_or_default();
+    let key = capture::key_of_row(Some(&st.key_columns));
+    let undone_by = if st.partly_undone {
+        capture::undone_row(&key)
+    } else {
+        "NULL::bigint".to_string()
+    };
+    let columns = capture::change_columns(&capture::Origin {
+        run_id: &format!("{}::text", literal(&st.run_id)),
+        migration_set: &format!("{}::text", literal(&st.migration_set)),
+        version: &format!("{}::bigint", st.version),
+        table_name: &format!("{}::text", literal(&st.table_name)),
+        captured_at: &format!("{}::timestamptz", literal(&st.captured_at)),
+        key: &key,
+        undone_by: &undone_by,
+    });
+    format!(
+        "(SELECT * FROM (SELECT {columns} FROM pgshepherd.captured_rows r \
+                          WHERE r.capture = $1 AND r.statement = $2{op}) change \
+           WHERE undone_by IS NULL AND ({predicate}))"
+    )
+}
+
 impl Report {
     /// Write the conflicts, one JSON object per line, to `dir/NAME.conflicts.jsonl`
     /// (0600: they hold row data); `None` when there are none.
@@ -439,76 +594,87 @@ impl Report {
     }
 }
 
-/// Mark the changes of `statement` not yet decided as `outcome`.
-async fn mark_rest(client: &Client, statement: i64, outcome: &str) -> Result<(), UndoError> {
-    client
-        .execute(
-            "UPDATE pgshepherd_undo SET outcome = $2 WHERE statement = $1 AND outcome IS NULL",
-            &[&statement, &outcome],
-        )
-        .await?;
-    Ok(())
-}
-
 /// What the undo statements need to know of a table now.
 struct Shape {
     /// `schema.table`, quoted as PostgreSQL prints a regclass.
     rel: String,
-    /// The key columns, as the captured key names them.
+    /// The key columns, as the capture names them.
     key: Vec<String>,
     /// Columns a re-insert writes (not generated).
     insertable: Vec<String>,
     /// Columns an update may set (not generated, not `GENERATED ALWAYS` identity).
     updatable: Vec<String>,
+    /// Per column, the type a value read from an image as text is cast to;
+    /// absent for types whose jsonb form is not their text form (arrays,
+    /// composites, domains), which go through `jsonb_populate_record`.
+    cast: HashMap<String, String>,
 }
 
 impl Shape {
-    async fn read(client: &Client, rel: &str, key: &Value) -> Result<Shape, UndoError> {
+    async fn read(client: &Client, rel: &str, key: &[String]) -> Result<Shape, UndoError> {
         let rows = client
             .query(
-                "SELECT attname::text, attgenerated = '', attgenerated = '' AND attidentity <> 'a' \
-                   FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 \
-                    AND NOT attisdropped ORDER BY attnum",
+                "SELECT a.attname::text, a.attgenerated = '', \
+                        a.attgenerated = '' AND a.attidentity <> 'a', \
+                        CASE WHEN t.typcategory <> 'A' AND t.typtype NOT IN ('c', 'd') \
+                             THEN a.atttypid::regtype::text END \
+                   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 \
+                    AND NOT a.attisdropped ORDER BY a.attnum",
                 &[&rel],
             )
             .await?;
         let mut insertable = Vec::new();
         let mut updatable = Vec::new();
+        let mut cast = HashMap::new();
         for r in &rows {
             let name: String = r.get(0);
             if r.get::<_, bool>(1) {
                 insertable.push(name.clone());
             }
             if r.get::<_, bool>(2) {
-                updatable.push(name);
+                updatable.push(name.clone());
+            }
+            if let Some(ty) = r.get::<_, Option<String>>(3) {
+                cast.insert(name, ty);
             }
         }
-        let key = key
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
         Ok(Shape {
             rel: rel.to_string(),
-            key,
+            key: key.to_vec(),
             insertable,
             updatable,
+            cast,
         })
     }
 
-    /// `t` is the table's row, `k` the change's key as a row of the table.
-    fn key_match(&self, row: &str, key: &str) -> String {
+    /// Column `col`'s value in the jsonb image `image`, typed. A cast from the
+    /// text form costs a fraction of `jsonb_populate_record`, which a million
+    /// rows feel.
+    fn value(&self, image: &str, col: &str) -> String {
+        match self.cast.get(col) {
+            Some(ty) => format!("({image} ->> {})::{ty}", literal(col)),
+            None => format!(
+                "(jsonb_populate_record(NULL::{}, {image})).{}",
+                self.rel,
+                ident(col)
+            ),
+        }
+    }
+
+    /// The table's row `row` has the key in the jsonb image `image`.
+    fn key_match(&self, row: &str, image: &str) -> String {
         self.key
             .iter()
-            .map(|c| format!("{row}.{c} = {key}.{c}", c = ident(c)))
+            .map(|c| format!("{row}.{} = {}", ident(c), self.value(image, c)))
             .collect::<Vec<_>>()
             .join(" AND ")
     }
 
-    /// The statement that reverts the undecided `op` changes of statement `$1`
-    /// and marks them `reverted`.
-    fn revert_sql(&self, op: &str, mode: Mode) -> String {
+    /// The statement that reverts what it can of the `op` changes that
+    /// [`base`] selects, and notes each reverted change in `pgshepherd_reverted`.
+    fn revert_sql(&self, changes: &str, op: &str, mode: Mode) -> String {
         let rel = &self.rel;
-        let undecided = format!("w.statement = $1 AND w.op = '{op}' AND w.outcome IS NULL");
         let done = match op {
             "UPDATE" => {
                 let sets: Vec<String> = self
@@ -516,34 +682,35 @@ impl Shape {
                     .iter()
                     .map(|c| {
                         format!(
-                            "{c} = CASE WHEN w.after -> {l} IS DISTINCT FROM w.before -> {l} \
-                             THEN b.{c} ELSE t.{c} END",
+                            "{c} = CASE WHEN w.changed ? {l} THEN {v} ELSE t.{c} END",
                             c = ident(c),
-                            l = literal(c)
+                            l = literal(c),
+                            v = self.value("w.before", c)
                         )
                     })
                     .collect();
                 let unchanged = match mode {
-                    Mode::Merge => "NOT EXISTS (SELECT FROM jsonb_each(w.after) a \
-                         WHERE a.value IS DISTINCT FROM w.before -> a.key \
-                           AND to_jsonb(t) -> a.key IS DISTINCT FROM a.value)"
+                    Mode::Merge => "NOT EXISTS (SELECT FROM jsonb_each(w.changed) a \
+                         WHERE to_jsonb(t) -> a.key IS DISTINCT FROM a.value)"
                         .to_string(),
-                    _ => "to_jsonb(t) = w.after".to_string(),
+                    // IS TRUE keeps the image out of the hash join's key: the
+                    // planner would otherwise build one for every row of the
+                    // table, not only for the rows the key matches.
+                    _ => "(to_jsonb(t) = w.after) IS TRUE".to_string(),
                 };
                 format!(
                     "UPDATE {rel} AS t SET {} \
-                       FROM pgshepherd_undo w, jsonb_populate_record(NULL::{rel}, w.key) k, \
-                            jsonb_populate_record(NULL::{rel}, w.before) b \
-                      WHERE {undecided} AND {} AND {unchanged} RETURNING w.id",
+                       FROM {changes} w \
+                      WHERE {} AND {unchanged} RETURNING w.row_id",
                     sets.join(", "),
-                    self.key_match("t", "k"),
+                    self.key_match("t", "w.before"),
                 )
             }
             "INSERT" => format!(
                 "DELETE FROM {rel} AS t \
-                  USING pgshepherd_undo w, jsonb_populate_record(NULL::{rel}, w.key) k \
-                  WHERE {undecided} AND {} AND to_jsonb(t) = w.after RETURNING w.id",
-                self.key_match("t", "k"),
+                  USING {changes} w \
+                  WHERE {} AND (to_jsonb(t) = w.after) IS TRUE RETURNING w.row_id",
+                self.key_match("t", "w.after"),
             ),
             _ => {
                 let cols: Vec<String> = self.insertable.iter().map(|c| ident(c)).collect();
@@ -551,49 +718,48 @@ impl Shape {
                 let key_json: Vec<String> = self
                     .key
                     .iter()
-                    .map(|c| format!("{}, {}", literal(c), ident(c)))
+                    .map(|c| format!("{}, t.{}", literal(c), ident(c)))
                     .collect();
                 // Any unique key taken (the primary key or another) leaves the
                 // row out, and so a conflict.
                 let inserted = format!(
                     "INSERT INTO {rel} AS t ({}) OVERRIDING SYSTEM VALUE \
-                     SELECT {} FROM pgshepherd_undo w, jsonb_populate_record(NULL::{rel}, w.before) b \
-                      WHERE {undecided} \
+                     SELECT {} FROM {changes} w, jsonb_populate_record(NULL::{rel}, w.before) b \
                      ON CONFLICT DO NOTHING RETURNING jsonb_build_object({}) AS key",
                     cols.join(", "),
                     values.join(", "),
                     key_json.join(", "),
                 );
                 return format!(
-                    "WITH done AS ({inserted}) UPDATE pgshepherd_undo w SET outcome = 'reverted' \
-                       FROM done WHERE {undecided} AND w.key = done.key"
+                    "WITH done AS ({inserted}) INSERT INTO pgshepherd_reverted \
+                     SELECT $2, w.row_id FROM done JOIN {changes} w ON w.key = done.key"
                 );
             }
         };
-        format!(
-            "WITH done AS ({done}) UPDATE pgshepherd_undo SET outcome = 'reverted' \
-              WHERE id IN (SELECT id FROM done)"
-        )
+        format!("WITH done AS ({done}) INSERT INTO pgshepherd_reverted SELECT $2, row_id FROM done")
     }
 
-    /// The statement that decides the `op` changes of statement `$1` still
-    /// undecided: a row that is still there (changed since) or whose key is
+    /// The statement that decides the `op` changes [`base`] selects that were
+    /// not reverted: a row that is still there (changed since) or whose key is
     /// taken is a conflict, with the row as it is now; a row that is not there
     /// any more is gone (a re-insert that found no row in the way conflicts
     /// with another unique key).
-    fn classify_sql(&self, op: &str) -> String {
+    fn classify_sql(&self, changes: &str, op: &str) -> String {
         let rel = &self.rel;
         let missing = if op == "DELETE" { "conflict" } else { "gone" };
         format!(
-            "UPDATE pgshepherd_undo w \
-                SET current = now.row, \
-                    outcome = CASE WHEN now.row IS NULL THEN '{missing}' ELSE 'conflict' END \
-               FROM (SELECT w2.id, (SELECT to_jsonb(t) FROM {rel} t \
-                                     WHERE {}) AS row \
-                       FROM pgshepherd_undo w2, jsonb_populate_record(NULL::{rel}, w2.key) k \
-                      WHERE w2.statement = $1 AND w2.op = '{op}' AND w2.outcome IS NULL) now \
-              WHERE w.id = now.id",
-            self.key_match("t", "k"),
+            "INSERT INTO pgshepherd_undecided \
+                 (statement, table_name, version, op, key, before, after, current, outcome) \
+             SELECT statement, table_name, version, op, key, before, after, now, \
+                    CASE WHEN now IS NULL THEN '{missing}' ELSE 'conflict' END \
+               FROM (SELECT w.statement, w.table_name, w.version, w.op, w.key, w.before, w.after, \
+                            (SELECT to_jsonb(t) FROM {rel} t WHERE {}) AS now \
+                       FROM {} w \
+                      WHERE NOT EXISTS (SELECT FROM pgshepherd_reverted r \
+                                                WHERE r.statement = w.statement AND r.row_id = w.row_id) \
+                     OFFSET 0) x",
+            self.key_match("t", "w.key"),
+            changes,
         )
     }
 }
