@@ -8,7 +8,8 @@
 //!   scans its locations), a file named by its path within the set
 //!   (`sql/V20__x.sql`). Any other `.sql` file is an error, Flyway's own kinds
 //!   (`R__`, callbacks, ...) each by name (see `flyway`); files that do not end in
-//!   `.sql` (README.md, ...) and hidden files and directories are ignored;
+//!   `.sql` (README.md, ...) and hidden directories are ignored, hidden `.sql`
+//!   files are left out with a warning;
 //! - versions start at 1 and are consecutive: a gap names the missing versions, a
 //!   duplicate names both files; a `.down.sql`/`.verify.sql` needs its up file;
 //! - an up or verify script must contain a statement; a down script may be
@@ -73,6 +74,10 @@ pub struct MigrationSet {
     /// Where the files were read from, when they came from disk.
     pub dir: Option<PathBuf>,
     pub migrations: Vec<Migration>,
+    /// Hidden `.sql` files found in the directory tree (`.V9__wip.sql`): not part
+    /// of the set, and said so by `check` (never skipped without a word).
+    #[serde(skip)]
+    pub hidden: Vec<String>,
 }
 
 /// Which of a migration's scripts a file is.
@@ -104,13 +109,21 @@ impl MigrationSet {
     pub fn load_dir(dir: &Path) -> Loaded {
         let set_name = dir_name(dir);
         let mut found = Vec::new();
+        let mut hidden = Vec::new();
         let mut diagnostics = Vec::new();
-        if let Err(message) = walk(dir, "", &mut found, &mut diagnostics, &mut Vec::new()) {
+        let mut walked = Walk {
+            found: &mut found,
+            hidden: &mut hidden,
+            diagnostics: &mut diagnostics,
+            ancestors: Vec::new(),
+        };
+        if let Err(message) = walked.walk(dir, "") {
             return Loaded {
                 set: MigrationSet {
                     name: set_name,
                     dir: Some(dir.to_path_buf()),
                     migrations: Vec::new(),
+                    hidden: Vec::new(),
                 },
                 problems: vec![Diagnostic::new(dir, 0, 0, message)],
             };
@@ -125,6 +138,8 @@ impl MigrationSet {
             }
         }
         let mut loaded = MigrationSet::load_files(set_name, Some(dir.to_path_buf()), files);
+        hidden.sort();
+        loaded.set.hidden = hidden;
         if !diagnostics.is_empty() {
             diagnostics.append(&mut loaded.problems);
             sort(&mut diagnostics);
@@ -302,12 +317,38 @@ impl MigrationSet {
                 name,
                 dir,
                 migrations: migrations.into_values().collect(),
+                hidden: Vec::new(),
             },
             problems: diagnostics,
         }
     }
 
-    /// Labels like `V1__create_table`, in order.
+    /// Everything `check` warns about: hidden `.sql` files left out of the set,
+    /// then [`MigrationSet::undo_warnings`].
+    pub fn warnings(&self) -> Vec<Diagnostic> {
+        let at = |file: &str| match &self.dir {
+            Some(dir) => dir.join(file),
+            None => PathBuf::from(file),
+        };
+        let mut warnings: Vec<Diagnostic> = self
+            .hidden
+            .iter()
+            .map(|file| {
+                Diagnostic::new(
+                    at(file),
+                    1,
+                    1,
+                    format!(
+                        "warning: {file} is hidden, so it is not part of the migration set; \
+                         rename it without the leading `.` if it is a migration"
+                    ),
+                )
+            })
+            .collect();
+        warnings.extend(self.undo_warnings());
+        warnings
+    }
+
     /// Warnings, not errors: migrations whose SQL changes rows but that nothing
     /// could undo, with neither a down script nor a capture directive.
     pub fn undo_warnings(&self) -> Vec<Diagnostic> {
@@ -330,6 +371,7 @@ impl MigrationSet {
             .collect()
     }
 
+    /// Labels like `V1__create_table`, in order.
     pub fn labels(&self) -> Vec<String> {
         self.migrations.iter().map(Migration::label).collect()
     }
@@ -353,91 +395,110 @@ impl Loaded {
     }
 }
 
-/// Collect into `found` every `.sql` file (and Flyway `.sql.conf` file, refused
-/// by name later) under `dir`, as `/`-separated paths relative to the set's
-/// directory (`rel` is `dir`'s). Hidden files and directories are skipped (editor
-/// swap files, `.git`). `ancestors` are the directories being walked, to refuse a
-/// symbolic link loop. `Err` only when the set's own directory cannot be read.
-fn walk(
-    dir: &Path,
-    rel: &str,
-    found: &mut Vec<String>,
-    diagnostics: &mut Vec<Diagnostic>,
-    ancestors: &mut Vec<PathBuf>,
-) -> Result<(), String> {
-    let top = rel.is_empty();
-    let cannot = |e: std::io::Error| {
-        if top && e.kind() == std::io::ErrorKind::NotFound {
-            format!("migration directory {} does not exist", dir.display())
-        } else {
-            format!("cannot read migration directory {}: {e}", dir.display())
-        }
-    };
-    let fail = |message: String, diagnostics: &mut Vec<Diagnostic>| {
-        if top {
-            Err(message)
-        } else {
-            diagnostics.push(Diagnostic::new(dir, 0, 0, message));
-            Ok(())
-        }
-    };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => return fail(cannot(e), diagnostics),
-    };
-    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    if ancestors.contains(&canonical) {
-        return fail(
-            format!(
+/// A walk of a set's directory tree: every `.sql` file (and Flyway `.sql.conf`
+/// file, refused by name later) as a `/`-separated path relative to the set's
+/// directory. Hidden files and directories are not walked (editor swap files,
+/// `.git`); a hidden `.sql` file is noted in `hidden` for `check` to mention.
+/// `ancestors` are the directories being walked, to refuse a symbolic link loop.
+struct Walk<'a> {
+    found: &'a mut Vec<String>,
+    hidden: &'a mut Vec<String>,
+    diagnostics: &'a mut Vec<Diagnostic>,
+    ancestors: Vec<PathBuf>,
+}
+
+impl Walk<'_> {
+    /// Walk `dir`, whose path in the set is `rel` (empty for the set's own
+    /// directory). `Err` only when the set's own directory cannot be read.
+    fn walk(&mut self, dir: &Path, rel: &str) -> Result<(), String> {
+        let top = rel.is_empty();
+        let cannot = |e: std::io::Error| {
+            if top && e.kind() == std::io::ErrorKind::NotFound {
+                format!("migration directory {} does not exist", dir.display())
+            } else {
+                format!("cannot read migration directory {}: {e}", dir.display())
+            }
+        };
+        let fail = |message: String, diagnostics: &mut Vec<Diagnostic>| {
+            if top {
+                Err(message)
+            } else {
+                diagnostics.push(Diagnostic::new(dir, 0, 0, message));
+                Ok(())
+            }
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => return fail(cannot(e), self.diagnostics),
+        };
+        let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        if self.ancestors.contains(&canonical) {
+            let message = format!(
                 "{} leads back to a directory above it (a symbolic link loop); its files would be read twice",
                 dir.display()
-            ),
-            diagnostics,
-        );
-    }
-    ancestors.push(canonical);
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                let message = cannot(e);
-                ancestors.pop();
-                return fail(message, diagnostics);
-            }
-        };
-        let path = entry.path();
-        let Ok(name) = entry.file_name().into_string() else {
-            // A non-UTF-8 name cannot be a `V{n}__{name}.sql` file nor name one.
-            let lossy = entry.file_name().to_string_lossy().into_owned();
-            if path.is_dir() {
-                diagnostics.push(Diagnostic::new(&path, 0, 0, format!(
-                    "directory {} has a name that is not valid UTF-8: its migration files could not be named; rename it",
-                    path.display()
-                )));
-            } else if lossy.to_ascii_lowercase().ends_with(".sql") {
-                diagnostics.push(Diagnostic::new(&path, 1, 1, "file name is not valid UTF-8"));
-            }
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
+            );
+            return fail(message, self.diagnostics);
         }
-        let rel_name = if top {
-            name.clone()
-        } else {
-            format!("{rel}/{name}")
-        };
-        if path.is_dir() {
-            walk(&path, &rel_name, found, diagnostics, ancestors)?;
-            continue;
-        }
-        let lower = name.to_ascii_lowercase();
-        if lower.ends_with(".sql") || lower.ends_with(".sql.conf") {
-            found.push(rel_name);
+        self.ancestors.push(canonical);
+        let result = self.entries(entries, rel, top);
+        self.ancestors.pop();
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => fail(cannot(e), self.diagnostics),
         }
     }
-    ancestors.pop();
-    Ok(())
+
+    fn entries(
+        &mut self,
+        entries: std::fs::ReadDir,
+        rel: &str,
+        top: bool,
+    ) -> Result<(), std::io::Error> {
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            let Ok(name) = entry.file_name().into_string() else {
+                // A non-UTF-8 name cannot be a `V{n}__{name}.sql` file nor name one.
+                let lossy = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    self.diagnostics.push(Diagnostic::new(&path, 0, 0, format!(
+                        "directory {} has a name that is not valid UTF-8: its migration files could not be named; rename it",
+                        path.display()
+                    )));
+                } else if lossy.to_ascii_lowercase().ends_with(".sql") {
+                    self.diagnostics.push(Diagnostic::new(
+                        &path,
+                        1,
+                        1,
+                        "file name is not valid UTF-8",
+                    ));
+                }
+                continue;
+            };
+            let rel_name = if top {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let is_dir = path.is_dir();
+            let lower = name.to_ascii_lowercase();
+            if name.starts_with('.') {
+                if !is_dir && lower.ends_with(".sql") {
+                    self.hidden.push(rel_name);
+                }
+                continue;
+            }
+            if is_dir {
+                // A subdirectory's own problems are reported at it; the walk goes on.
+                self.walk(&path, &rel_name).map_err(std::io::Error::other)?;
+                continue;
+            }
+            if lower.ends_with(".sql") || lower.ends_with(".sql.conf") {
+                self.found.push(rel_name);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn sort(d: &mut [Diagnostic]) {
@@ -923,6 +984,17 @@ mod tests {
         assert_eq!(set.name, "job_summaries");
         assert_eq!(set.dir.as_deref(), Some(set_dir.as_path()));
         assert_eq!(set.labels(), ["V1__create"]);
+        // The hidden file is not part of the set, and `check` says so.
+        assert_eq!(set.hidden, [".V9__swap.sql"]);
+        let warnings: Vec<String> = set.warnings().iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            warnings,
+            [format!(
+                "{}:1:1: warning: .V9__swap.sql is hidden, so it is not part of the migration set; \
+                 rename it without the leading `.` if it is a migration",
+                set_dir.join(".V9__swap.sql").display()
+            )]
+        );
 
         // Subdirectories are read (as Flyway scans its locations); a file is named
         // by its path in the set; hidden directories are not.
