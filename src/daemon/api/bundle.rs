@@ -401,6 +401,45 @@ mod tests {
     }
 
     #[test]
+    fn a_flyway_folder_compiles_as_check_compiles_it() {
+        // A file in a subdirectory is part of the set.
+        let files = [
+            ("V1__t.sql", "CREATE TABLE t (c int);"),
+            ("V1__t.down.sql", "DROP TABLE t;"),
+            ("sql/V2__u.sql", "CREATE TABLE u (c int);"),
+            ("sql/V2__u.down.sql", "DROP TABLE u;"),
+        ];
+        let plan = bundle(PLAN, &files).normalise().unwrap().compile().unwrap();
+        assert_eq!(plan.migrations.labels(), ["V1__t", "V2__u"]);
+        assert_eq!(plan.migrations.migrations[1].up.file, "sql/V2__u.sql");
+        // A repeatable is refused by name, and the missing down script is
+        // reported in the same answer.
+        let files = [
+            ("V1__t.sql", "CREATE TABLE t (c int);"),
+            ("R__views.sql", "CREATE VIEW v AS SELECT 1;"),
+        ];
+        let d = bundle(PLAN, &files)
+            .normalise()
+            .unwrap()
+            .compile()
+            .unwrap_err()
+            .0;
+        let shown: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert!(
+            shown.iter().any(|s| s.starts_with(
+                "plans/../sets/jobs/R__views.sql:1:1: R__views.sql is a Flyway repeatable migration"
+            )),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("but V1__t has no V1__t.down.sql")),
+            "{shown:#?}"
+        );
+    }
+
+    #[test]
     fn an_empty_set_points_at_the_migrations_line() {
         let d = bundle(PLAN, &[]).compile().unwrap_err().0;
         assert_eq!((d[0].line, d[0].column), (3, 13), "{d:?}");
