@@ -99,7 +99,7 @@ pub enum Refused {
     Undo { file: String, version: String },
     #[error(
         "{file} is a Flyway baseline migration (B{version}), which pgshepherd does not support: \
-         migrate from V1, or take the target's schema as it is and start the set after it; {SEE}"
+         keep the versioned migrations it stands for and migrate new targets from V1; {SEE}"
     )]
     Baseline { file: String, version: String },
     #[error(
