@@ -597,6 +597,27 @@ mod tests {
                 .iter()
                 .all(|t| t.weekday() == Weekday::Mon)
         );
+        // ... and a step written from `*` still restricts: Mondays on odd days.
+        let w = window("0 2 */2 * MON", "UTC", "1h");
+        let openings = w.next_openings(utc("2026-12-01T00:00:00Z"), 5);
+        assert!(
+            openings
+                .iter()
+                .all(|t| t.weekday() == Weekday::Mon && t.day() % 2 == 1),
+            "{openings:?}"
+        );
+    }
+
+    #[test]
+    fn a_rare_window_lists_fewer_openings_than_asked() {
+        // February 29 on a Sunday, up to the year 2100 (docs/plan-reference.md).
+        let w = window("0 2 29 2 */7", "UTC", "1h");
+        let years: Vec<i32> = w
+            .next_openings(utc("2026-12-01T00:00:00Z"), 5)
+            .iter()
+            .map(|t| t.year())
+            .collect();
+        assert_eq!(years, [2032, 2060, 2088]);
     }
 
     #[test]

@@ -51,6 +51,8 @@ async fn demo_adds_the_index_the_dashboard_uses_and_exits_0() {
     );
     assert_eq!(d.named("backup_verified").len(), 1);
     assert!(d.stderr.contains("no row lost"), "{}", d.stderr);
+    // Without --breach the new release writes what the old one did.
+    assert!(!d.stderr.contains("new release"), "{}", d.stderr);
     // The dashboard query's plan uses the new index.
     assert!(
         d.stderr
@@ -92,6 +94,13 @@ async fn demo_breach_rolls_back_for_real_and_exits_3() {
         d.stderr
     );
     assert!(d.stderr.contains("no row lost"), "{}", d.stderr);
+    // The demo says when the new release starts writing, before the breach.
+    let released = d
+        .stderr
+        .find("[demo] the job runner's new release starts writing now")
+        .unwrap_or_else(|| panic!("{}", d.stderr));
+    let breached = d.stderr.find("VERDICT (roll_back)").unwrap_or(0);
+    assert!(released < breached, "{}", d.stderr);
     // The failed inserts were the real cause: the btree entry limit.
     assert!(d.stderr.contains("index row"), "{}", d.stderr);
 }

@@ -37,7 +37,7 @@ pub fn run_at(paths: &[PathBuf], json: bool, now: DateTime<Utc>) -> i32 {
                 }
             }
             Ok(plan) => {
-                for w in plan.migrations.undo_warnings() {
+                for w in plan.migrations.warnings() {
                     eprintln!("{w}");
                 }
             }
@@ -79,7 +79,7 @@ pub fn report(path: &Path, result: &Result<Plan, Diagnostics>, now: DateTime<Utc
                 "duration": plan::duration::format(w.duration),
             })),
             "next_windows": next_windows(plan, now, NEXT_WINDOWS),
-            "warnings": plan.migrations.undo_warnings().iter().map(|d| json!({
+            "warnings": plan.migrations.warnings().iter().map(|d| json!({
                 "file": d.file.display().to_string(),
                 "line": d.line,
                 "column": d.column,

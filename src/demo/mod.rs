@@ -141,8 +141,14 @@ async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, DemoError> {
     let on_event = {
         let writer = Arc::clone(&writer);
         Box::new(move |event: &crate::run::Event| {
-            if let EventKind::SoakStarted { .. } = event.kind {
-                writer.release_new_version();
+            // Said at the moment it happens, so that the breach that follows is
+            // not unexplained.
+            if let EventKind::SoakStarted { .. } = event.kind
+                && writer.release_new_version()
+            {
+                crate::output::note(
+                    "[demo] the job runner's new release starts writing now: its cancel reasons are whole stack traces (about 4 kB)",
+                );
             }
         })
     };

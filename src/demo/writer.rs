@@ -46,8 +46,10 @@ impl JobRunner {
         runner
     }
 
-    pub fn release_new_version(&self) {
-        self.new_version.store(true, Ordering::SeqCst);
+    /// The new release starts writing; `true` the first time, when (with
+    /// `--breach`) its inserts start to differ, so the demo can say so.
+    pub fn release_new_version(&self) -> bool {
+        !self.new_version.swap(true, Ordering::SeqCst) && self.breach
     }
 
     pub async fn stop(&self) -> Stats {

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod directive;
+pub mod flyway;
 pub mod history;
 pub mod set;
 pub mod split;

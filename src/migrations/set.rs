@@ -4,8 +4,12 @@
 //! Loading reports every problem at once, each at the file it concerns:
 //! - names: `V{version}__{name}.sql` (up), `.down.sql` (undo), `.verify.sql` (must
 //!   succeed after the up script); version a positive integer, name letters,
-//!   digits and `_`. Any other `.sql` file is an error; files that do not end in
-//!   `.sql` (README.md, ...), hidden files and subdirectories are ignored;
+//!   digits and `_`. The directory is read with its subdirectories (as Flyway
+//!   scans its locations), a file named by its path within the set
+//!   (`sql/V20__x.sql`). Any other `.sql` file is an error, Flyway's own kinds
+//!   (`R__`, callbacks, ...) each by name (see `flyway`); files that do not end in
+//!   `.sql` (README.md, ...) and hidden directories are ignored, hidden `.sql`
+//!   files are left out with a warning;
 //! - versions start at 1 and are consecutive: a gap names the missing versions, a
 //!   duplicate names both files; a `.down.sql`/`.verify.sql` needs its up file;
 //! - an up or verify script must contain a statement; a down script may be
@@ -25,6 +29,7 @@ use crate::plan::Diagnostic;
 
 use super::directive::{self, first_data_change};
 pub use super::directive::{CAPTURE, NO_TRANSACTION};
+use super::flyway;
 
 /// Larger SQL files are refused rather than read into memory.
 pub const MAX_SCRIPT_BYTES: u64 = 16 * 1024 * 1024;
@@ -69,6 +74,10 @@ pub struct MigrationSet {
     /// Where the files were read from, when they came from disk.
     pub dir: Option<PathBuf>,
     pub migrations: Vec<Migration>,
+    /// Hidden `.sql` files found in the directory tree (`.V9__wip.sql`): not part
+    /// of the set, and said so by `check` (never skipped without a word).
+    #[serde(skip)]
+    pub hidden: Vec<String>,
 }
 
 /// Which of a migration's scripts a file is.
@@ -88,82 +97,74 @@ struct Named {
 }
 
 impl MigrationSet {
-    /// Read every `.sql` file of `dir`; the set is named after the directory.
+    /// Read every `.sql` file of `dir` and its subdirectories; the set is named
+    /// after the directory.
     pub fn from_dir(dir: &Path) -> Result<MigrationSet, Vec<Diagnostic>> {
-        let whole = |message: String| vec![Diagnostic::new(dir, 0, 0, message)];
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(whole(format!(
-                    "migration directory {} does not exist",
-                    dir.display()
-                )));
-            }
-            Err(e) => {
-                return Err(whole(format!(
-                    "cannot read migration directory {}: {e}",
-                    dir.display()
-                )));
-            }
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| {
-                whole(format!(
-                    "cannot read migration directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-            let Ok(name) = entry.file_name().into_string() else {
-                // A non-UTF-8 name cannot be a `V{n}__{name}.sql` file; report it if it claims to be one.
-                let lossy = entry.file_name().to_string_lossy().into_owned();
-                if lossy.to_ascii_lowercase().ends_with(".sql") {
-                    names.push((lossy, true));
-                }
-                continue;
-            };
-            if name.starts_with('.') || !name.to_ascii_lowercase().ends_with(".sql") {
-                continue;
-            }
-            if entry.path().is_dir() {
-                continue;
-            }
-            names.push((name, false));
-        }
-        names.sort();
+        MigrationSet::load_dir(dir).into_result()
+    }
 
+    /// [`MigrationSet::from_dir`], keeping what loaded next to the problems, so
+    /// that the rules about the set as a whole (a rollback strategy's needs) can
+    /// be checked in the same run as the files (`check` reports everything at once).
+    pub fn load_dir(dir: &Path) -> Loaded {
+        let set_name = dir_name(dir);
+        let mut found = Vec::new();
+        let mut hidden = Vec::new();
         let mut diagnostics = Vec::new();
+        let mut walked = Walk {
+            found: &mut found,
+            hidden: &mut hidden,
+            diagnostics: &mut diagnostics,
+            ancestors: Vec::new(),
+        };
+        if let Err(message) = walked.walk(dir, "") {
+            return Loaded {
+                set: MigrationSet {
+                    name: set_name,
+                    dir: Some(dir.to_path_buf()),
+                    migrations: Vec::new(),
+                    hidden: Vec::new(),
+                },
+                problems: vec![Diagnostic::new(dir, 0, 0, message)],
+            };
+        }
+        found.sort();
         let mut files = Vec::new();
-        for (name, bad_name) in names {
+        for name in found {
             let path = dir.join(&name);
-            if bad_name {
-                diagnostics.push(Diagnostic::new(&path, 1, 1, "file name is not valid UTF-8"));
-                continue;
-            }
             match read_script(&path) {
                 Ok(text) => files.push((name, text)),
                 Err(e) => diagnostics.push(Diagnostic::new(&path, 1, 1, e.to_string())),
             }
         }
-        let set_name = dir_name(dir);
-        match MigrationSet::from_files(set_name, Some(dir.to_path_buf()), files) {
-            Ok(set) if diagnostics.is_empty() => Ok(set),
-            Ok(_) => Err(diagnostics),
-            Err(mut more) => {
-                diagnostics.append(&mut more);
-                sort(&mut diagnostics);
-                Err(diagnostics)
-            }
+        let mut loaded = MigrationSet::load_files(set_name, Some(dir.to_path_buf()), files);
+        hidden.sort();
+        loaded.set.hidden = hidden;
+        if !diagnostics.is_empty() {
+            diagnostics.append(&mut loaded.problems);
+            sort(&mut diagnostics);
+            loaded.problems = diagnostics;
         }
+        loaded
     }
 
     /// Build a set from file names and contents (a directory's files, or files
-    /// submitted with a plan). Diagnostics name `dir/file`, or `name/file` without `dir`.
+    /// submitted with a plan); a name is the file's `/`-separated path within the
+    /// set. Diagnostics name `dir/file`, or `name/file` without `dir`.
     pub fn from_files(
         name: impl Into<String>,
         dir: Option<PathBuf>,
         files: Vec<(String, String)>,
     ) -> Result<MigrationSet, Vec<Diagnostic>> {
+        MigrationSet::load_files(name, dir, files).into_result()
+    }
+
+    /// [`MigrationSet::from_files`], keeping what loaded next to the problems.
+    pub fn load_files(
+        name: impl Into<String>,
+        dir: Option<PathBuf>,
+        files: Vec<(String, String)>,
+    ) -> Loaded {
         let name = name.into();
         let base = dir.clone().unwrap_or_else(|| PathBuf::from(&name));
         let at = |file: &str| base.join(file);
@@ -171,7 +172,12 @@ impl MigrationSet {
 
         let mut ups: BTreeMap<i64, Vec<(String, Named, String)>> = BTreeMap::new();
         let mut extras: Vec<(String, Named, String)> = Vec::new();
+        let mut flyway_files = Vec::new();
         for (file, text) in files {
+            if let Some(refused) = flyway::refused(&file) {
+                flyway_files.push((file, refused));
+                continue;
+            }
             match parse_name(&file) {
                 Ok(named) if named.kind == Kind::Up => ups
                     .entry(named.version)
@@ -180,6 +186,18 @@ impl MigrationSet {
                 Ok(named) => extras.push((file, named, text)),
                 Err(e) => diagnostics.push(Diagnostic::new(at(&file), 1, 1, e.to_string())),
             }
+        }
+
+        // Flyway's own kinds, refused by name; a repeatable is told which version
+        // it would be as a versioned migration.
+        flyway_files.sort_by(|a, b| a.0.rsplit('/').next().cmp(&b.0.rsplit('/').next()));
+        let mut next = ups.keys().next_back().map_or(1, |v| v + 1);
+        for (file, mut refused) in flyway_files {
+            if matches!(refused, flyway::Refused::Repeatable { .. }) {
+                refused.suggest(next);
+                next += 1;
+            }
+            diagnostics.push(Diagnostic::new(at(&file), 1, 1, refused.to_string()));
         }
 
         // Duplicates: every file of a shared version learns about the others.
@@ -293,18 +311,44 @@ impl MigrationSet {
                 format!("migration set {name} has no migrations: expected files named like V1__create_table.sql"),
             ));
         }
-        if !diagnostics.is_empty() {
-            sort(&mut diagnostics);
-            return Err(diagnostics);
+        sort(&mut diagnostics);
+        Loaded {
+            set: MigrationSet {
+                name,
+                dir,
+                migrations: migrations.into_values().collect(),
+                hidden: Vec::new(),
+            },
+            problems: diagnostics,
         }
-        Ok(MigrationSet {
-            name,
-            dir,
-            migrations: migrations.into_values().collect(),
-        })
     }
 
-    /// Labels like `V1__create_table`, in order.
+    /// Everything `check` warns about: hidden `.sql` files left out of the set,
+    /// then [`MigrationSet::undo_warnings`].
+    pub fn warnings(&self) -> Vec<Diagnostic> {
+        let at = |file: &str| match &self.dir {
+            Some(dir) => dir.join(file),
+            None => PathBuf::from(file),
+        };
+        let mut warnings: Vec<Diagnostic> = self
+            .hidden
+            .iter()
+            .map(|file| {
+                Diagnostic::new(
+                    at(file),
+                    1,
+                    1,
+                    format!(
+                        "warning: {file} is hidden, so it is not part of the migration set; \
+                         rename it without the leading `.` if it is a migration"
+                    ),
+                )
+            })
+            .collect();
+        warnings.extend(self.undo_warnings());
+        warnings
+    }
+
     /// Warnings, not errors: migrations whose SQL changes rows but that nothing
     /// could undo, with neither a down script nor a capture directive.
     pub fn undo_warnings(&self) -> Vec<Diagnostic> {
@@ -327,8 +371,133 @@ impl MigrationSet {
             .collect()
     }
 
+    /// Labels like `V1__create_table`, in order.
     pub fn labels(&self) -> Vec<String> {
         self.migrations.iter().map(Migration::label).collect()
+    }
+}
+
+/// A migration set as far as it loaded, and every problem found. `set` holds the
+/// migrations whose files are fine; it is the set only when `problems` is empty.
+#[derive(Debug)]
+pub struct Loaded {
+    pub set: MigrationSet,
+    pub problems: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    pub fn into_result(self) -> Result<MigrationSet, Vec<Diagnostic>> {
+        if self.problems.is_empty() {
+            Ok(self.set)
+        } else {
+            Err(self.problems)
+        }
+    }
+}
+
+/// A walk of a set's directory tree: every `.sql` file (and Flyway `.sql.conf`
+/// file, refused by name later) as a `/`-separated path relative to the set's
+/// directory. Hidden files and directories are not walked (editor swap files,
+/// `.git`); a hidden `.sql` file is noted in `hidden` for `check` to mention.
+/// `ancestors` are the directories being walked, to refuse a symbolic link loop.
+struct Walk<'a> {
+    found: &'a mut Vec<String>,
+    hidden: &'a mut Vec<String>,
+    diagnostics: &'a mut Vec<Diagnostic>,
+    ancestors: Vec<PathBuf>,
+}
+
+impl Walk<'_> {
+    /// Walk `dir`, whose path in the set is `rel` (empty for the set's own
+    /// directory). `Err` only when the set's own directory cannot be read.
+    fn walk(&mut self, dir: &Path, rel: &str) -> Result<(), String> {
+        let top = rel.is_empty();
+        let cannot = |e: std::io::Error| {
+            if top && e.kind() == std::io::ErrorKind::NotFound {
+                format!("migration directory {} does not exist", dir.display())
+            } else {
+                format!("cannot read migration directory {}: {e}", dir.display())
+            }
+        };
+        let fail = |message: String, diagnostics: &mut Vec<Diagnostic>| {
+            if top {
+                Err(message)
+            } else {
+                diagnostics.push(Diagnostic::new(dir, 0, 0, message));
+                Ok(())
+            }
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => return fail(cannot(e), self.diagnostics),
+        };
+        let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        if self.ancestors.contains(&canonical) {
+            let message = format!(
+                "{} leads back to a directory above it (a symbolic link loop); its files would be read twice",
+                dir.display()
+            );
+            return fail(message, self.diagnostics);
+        }
+        self.ancestors.push(canonical);
+        let result = self.entries(entries, rel, top);
+        self.ancestors.pop();
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => fail(cannot(e), self.diagnostics),
+        }
+    }
+
+    fn entries(
+        &mut self,
+        entries: std::fs::ReadDir,
+        rel: &str,
+        top: bool,
+    ) -> Result<(), std::io::Error> {
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            let Ok(name) = entry.file_name().into_string() else {
+                // A non-UTF-8 name cannot be a `V{n}__{name}.sql` file nor name one.
+                let lossy = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    self.diagnostics.push(Diagnostic::new(&path, 0, 0, format!(
+                        "directory {} has a name that is not valid UTF-8: its migration files could not be named; rename it",
+                        path.display()
+                    )));
+                } else if lossy.to_ascii_lowercase().ends_with(".sql") {
+                    self.diagnostics.push(Diagnostic::new(
+                        &path,
+                        1,
+                        1,
+                        "file name is not valid UTF-8",
+                    ));
+                }
+                continue;
+            };
+            let rel_name = if top {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let is_dir = path.is_dir();
+            let lower = name.to_ascii_lowercase();
+            if name.starts_with('.') {
+                if !is_dir && lower.ends_with(".sql") {
+                    self.hidden.push(rel_name);
+                }
+                continue;
+            }
+            if is_dir {
+                // A subdirectory's own problems are reported at it; the walk goes on.
+                self.walk(&path, &rel_name).map_err(std::io::Error::other)?;
+                continue;
+            }
+            if lower.ends_with(".sql") || lower.ends_with(".sql.conf") {
+                self.found.push(rel_name);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -375,8 +544,6 @@ enum NameError {
     Extension { file: String },
     #[error("{file}: migration files start with an uppercase V ({})", SHAPE)]
     LowercaseV { file: String },
-    #[error("{file}: unversioned (U) migrations are not supported ({})", SHAPE)]
-    Unversioned { file: String },
     #[error("{file} is not a migration file name: {}", SHAPE)]
     NotAMigration { file: String },
     #[error("{file}: missing `__` between the version and the name ({})", SHAPE)]
@@ -399,17 +566,19 @@ enum NameError {
     BadName { file: String, name: String },
 }
 
-/// Check a file name against `V{version}__{name}{.sql|.down.sql|.verify.sql}`.
+/// Check a file name against `V{version}__{name}{.sql|.down.sql|.verify.sql}`;
+/// `file` is a path within the set, its last component the name.
 fn parse_name(file: &str) -> Result<Named, NameError> {
     let file_name = || file.to_string();
-    if file.contains(['/', '\\']) || file.is_empty() {
+    if !is_relative_path(file) {
         return Err(NameError::Invalid { file: file_name() });
     }
-    let (stem, kind) = if let Some(stem) = file.strip_suffix(".down.sql") {
+    let base = file.rsplit('/').next().unwrap_or(file);
+    let (stem, kind) = if let Some(stem) = base.strip_suffix(".down.sql") {
         (stem, Kind::Down)
-    } else if let Some(stem) = file.strip_suffix(".verify.sql") {
+    } else if let Some(stem) = base.strip_suffix(".verify.sql") {
         (stem, Kind::Verify)
-    } else if let Some(stem) = file.strip_suffix(".sql") {
+    } else if let Some(stem) = base.strip_suffix(".sql") {
         (stem, Kind::Up)
     } else {
         return Err(NameError::Extension { file: file_name() });
@@ -417,7 +586,6 @@ fn parse_name(file: &str) -> Result<Named, NameError> {
     let rest = match stem.as_bytes().first() {
         Some(b'V') => &stem[1..],
         Some(b'v') => return Err(NameError::LowercaseV { file: file_name() }),
-        Some(b'U') => return Err(NameError::Unversioned { file: file_name() }),
         _ => return Err(NameError::NotAMigration { file: file_name() }),
     };
     let Some((version, name)) = rest.split_once("__") else {
@@ -452,9 +620,22 @@ fn parse_name(file: &str) -> Result<Named, NameError> {
     })
 }
 
+/// `a/b.sql`: one or more plain names joined by `/`; no `.`, `..`, empty or
+/// hidden component, no `\\`, not absolute. What a set's file may be called.
+pub fn is_relative_path(file: &str) -> bool {
+    !file.is_empty()
+        && !file.contains('\\')
+        && file
+            .split('/')
+            .all(|part| !part.is_empty() && !part.starts_with('.'))
+}
+
 /// Checksum the file and read its directives.
 fn script(path: &Path, file: &str, sql: String, kind: Kind) -> Result<Script, Vec<Diagnostic>> {
     let (directives, mut diagnostics) = directive::read(path, &sql, kind == Kind::Up);
+    for (line, column, message) in flyway::placeholders(&sql) {
+        diagnostics.push(Diagnostic::new(path, line, column, message));
+    }
     let statements = crate::migrations::split::statements(&sql);
     match kind {
         Kind::Up | Kind::Verify if statements.is_empty() => {
@@ -803,17 +984,77 @@ mod tests {
         assert_eq!(set.name, "job_summaries");
         assert_eq!(set.dir.as_deref(), Some(set_dir.as_path()));
         assert_eq!(set.labels(), ["V1__create"]);
+        // The hidden file is not part of the set, and `check` says so.
+        assert_eq!(set.hidden, [".V9__swap.sql"]);
+        let warnings: Vec<String> = set.warnings().iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            warnings,
+            [format!(
+                "{}:1:1: warning: .V9__swap.sql is hidden, so it is not part of the migration set; \
+                 rename it without the leading `.` if it is a migration",
+                set_dir.join(".V9__swap.sql").display()
+            )]
+        );
+
+        // Subdirectories are read (as Flyway scans its locations); a file is named
+        // by its path in the set; hidden directories are not.
+        std::fs::create_dir_all(set_dir.join("archive/2024")).unwrap();
+        std::fs::write(
+            set_dir.join("archive/2024/V2__add.sql"),
+            "ALTER TABLE t ADD d int;\n",
+        )
+        .unwrap();
+        std::fs::write(set_dir.join("V2__add.down.sql"), "ALTER TABLE t DROP d;\n").unwrap();
+        std::fs::create_dir(set_dir.join(".git")).unwrap();
+        std::fs::write(set_dir.join(".git/V9__x.sql"), "junk").unwrap();
+        let set = MigrationSet::from_dir(&set_dir).unwrap();
+        assert_eq!(set.labels(), ["V1__create", "V2__add"]);
+        assert_eq!(set.migrations[1].up.file, "archive/2024/V2__add.sql");
+        assert_eq!(
+            set.migrations[1].down.as_ref().unwrap().file,
+            "V2__add.down.sql"
+        );
+        // A Flyway file in a subdirectory is refused by name, never skipped.
+        std::fs::write(
+            set_dir.join("archive/V3__idx.sql.conf"),
+            "executeInTransaction=false\n",
+        )
+        .unwrap();
+        let e = MigrationSet::from_dir(&set_dir).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].to_string().starts_with(&format!(
+                "{}:1:1: archive/V3__idx.sql.conf is a Flyway script configuration file",
+                set_dir.join("archive/V3__idx.sql.conf").display()
+            )),
+            "{}",
+            e[0]
+        );
+        std::fs::remove_file(set_dir.join("archive/V3__idx.sql.conf")).unwrap();
+        // What loaded is kept next to the problems.
+        std::fs::write(set_dir.join("R__views.sql"), "CREATE VIEW v AS SELECT 1;\n").unwrap();
+        let loaded = MigrationSet::load_dir(&set_dir);
+        assert_eq!(loaded.set.labels(), ["V1__create", "V2__add"]);
+        assert_eq!(loaded.problems.len(), 1);
+        assert!(
+            loaded.problems[0]
+                .message
+                .contains("V3__views.sql with a .down.sql"),
+            "{}",
+            loaded.problems[0]
+        );
+        std::fs::remove_file(set_dir.join("R__views.sql")).unwrap();
 
         let missing = MigrationSet::from_dir(&dir.path().join("nope")).unwrap_err();
         assert!(missing[0].message.contains("does not exist"));
 
-        std::fs::write(set_dir.join("V2__bin.sql"), [0xff, 0xfe, 0x00]).unwrap();
+        std::fs::write(set_dir.join("V3__bin.sql"), [0xff, 0xfe, 0x00]).unwrap();
         let e = MigrationSet::from_dir(&set_dir).unwrap_err();
         assert_eq!(
             e[0].to_string(),
             format!(
                 "{}:1:1: file is not valid UTF-8",
-                set_dir.join("V2__bin.sql").display()
+                set_dir.join("V3__bin.sql").display()
             )
         );
     }

@@ -142,6 +142,8 @@ fn is_http_url(s: &str) -> bool {
 }
 
 /// Queries and URLs read best as code, where markup inside them is not markup.
+/// A check's SQL (`sql: SELECT ...`, as the soak and breach notices give it) is
+/// code whatever the check is called.
 fn looks_like_code(f: &Fact) -> bool {
     const SQL: &[&str] = &[
         "SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "EXPLAIN", "SHOW",
@@ -154,6 +156,7 @@ fn looks_like_code(f: &Fact) -> bool {
         .unwrap_or("")
         .to_ascii_uppercase();
     ["query", "sql", "url"].iter().any(|w| label.contains(w))
+        || f.value.starts_with(crate::plan::CheckSource::SQL_PREFIX)
         || is_http_url(&f.value)
         || SQL.contains(&first.as_str())
 }
@@ -562,6 +565,34 @@ mod tests {
         let query = "*query*\n`SELECT count(*) FROM pg_stat_activity WHERE state &lt;&gt; 'idle' \
                      AND x &lt; 5 &amp; y &gt; 2`";
         assert_eq!(fields[4]["text"], query);
+        // A check's SQL is code whatever the check is called.
+        let mut started = breach();
+        started.facts = vec![Fact::new(
+            "cancellations",
+            "sql: SELECT count(*) FROM jobs WHERE status = 'cancelled' AND a < b",
+        )];
+        let v = render(ChannelKind::Slack, &started);
+        let fields = v["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|b| b["fields"].as_array())
+            .unwrap();
+        assert_eq!(
+            fields[0]["text"],
+            "*cancellations*\n`sql: SELECT count(*) FROM jobs WHERE status = 'cancelled' AND a &lt; b`"
+        );
+        let v = render(ChannelKind::Discord, &started);
+        let field = v["embeds"][0]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "cancellations")
+            .unwrap();
+        assert_eq!(
+            field["value"],
+            "`sql: SELECT count(*) FROM jobs WHERE status = 'cancelled' AND a < b`"
+        );
         assert!(
             all.contains("<https://runbooks.example.com/pgshepherd?x=1&amp;y=2#breach|Runbook>")
         );

@@ -198,10 +198,12 @@ fn compile_plan(
     let rollback = compile_rollback(sink, &top, backup.as_ref(), interval);
     let notify = compile_notify(sink, &top);
 
-    let migrations = migrations_at
+    // The rollback rules are checked against the migrations that loaded even
+    // when other files of the set have problems: `check` reports both at once.
+    let loaded = migrations_at
         .as_ref()
         .and_then(|at| load_migrations(sink, file, at, source));
-    if let (Some(set), Some((rollback, strategy_pos))) = (&migrations, &rollback)
+    if let (Some((set, _)), Some((rollback, strategy_pos))) = (&loaded, &rollback)
         && rollback.strategy == RollbackStrategy::Down
     {
         let pos = strategy_pos
@@ -230,6 +232,7 @@ fn compile_plan(
         }
     }
 
+    let migrations = loaded.and_then(|(set, complete)| complete.then_some(set));
     Some(Plan {
         path: file.to_path_buf(),
         name: name?,
@@ -274,14 +277,16 @@ fn checked_name(sink: &mut Sink, what: &str, name: At<String>) -> Option<String>
     Some(name.value)
 }
 
+/// The set as far as it loaded, and whether it loaded without a problem (every
+/// problem is in `sink`).
 fn load_migrations(
     sink: &mut Sink,
     file: &Path,
     at: &At<String>,
     source: MigrationSource,
-) -> Option<MigrationSet> {
-    let result = match source {
-        MigrationSource::Given(set) => return Some(set),
+) -> Option<(MigrationSet, bool)> {
+    let loaded = match source {
+        MigrationSource::Given(set) => return Some((set, true)),
         MigrationSource::Directory => {
             let base = file.parent().unwrap_or(Path::new(""));
             let dir = base.join(&at.value);
@@ -307,23 +312,19 @@ fn load_migrations(
                 );
                 return None;
             }
-            MigrationSet::from_dir(&dir)
+            MigrationSet::load_dir(&dir)
         }
     };
-    match result {
-        Ok(set) => Some(set),
-        Err(diagnostics) => {
-            for d in diagnostics {
-                if d.line == 0 {
-                    // About the set as a whole: point at where the plan names it.
-                    sink.error(at.pos, format!("`migrations`: {}", d.message));
-                } else {
-                    sink.diagnostics.push(d);
-                }
-            }
-            None
+    let complete = loaded.problems.is_empty();
+    for d in loaded.problems {
+        if d.line == 0 {
+            // About the set as a whole: point at where the plan names it.
+            sink.error(at.pos, format!("`migrations`: {}", d.message));
+        } else {
+            sink.diagnostics.push(d);
         }
     }
+    Some((loaded.set, complete))
 }
 
 fn compile_lock(

@@ -154,10 +154,14 @@ pub enum CheckSource {
 }
 
 impl CheckSource {
+    /// How [`CheckSource::describe`] starts a query's description: messages show
+    /// such a value as code whatever the check is called.
+    pub const SQL_PREFIX: &'static str = "sql: ";
+
     /// What measured the value, for verdicts and messages ("the query or URL").
     pub fn describe(&self) -> String {
         match self {
-            CheckSource::Sql { query } => format!("sql: {}", query.trim()),
+            CheckSource::Sql { query } => format!("{}{}", Self::SQL_PREFIX, query.trim()),
             // Shown in events, the API and notifications: never a password.
             CheckSource::Http(p) => format!("http: {}", crate::pg::dsn::redact_text(&p.url)),
             CheckSource::Builtin(b) => format!("builtin: {}", b.as_str()),

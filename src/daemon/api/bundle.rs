@@ -67,7 +67,8 @@ pub struct MigrationFiles {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleFile {
-    /// A bare file name, e.g. `V2__add_index.down.sql`.
+    /// The file's path within the set, e.g. `V2__add_index.down.sql` or
+    /// `sql/V20__add_fk.sql` (names joined by `/`).
     pub name: String,
     pub content: String,
     /// Lowercase hex sha256 of `content`: optional when submitting (checked when
@@ -90,7 +91,7 @@ pub enum BundleError {
     )]
     BadSetName(String),
     #[error(
-        "migration file name {0:?} must be a bare file name (no directories, not hidden, no control characters)"
+        "migration file name {0:?} must be a path within the set: names joined by `/` (no `..`, not absolute, not hidden, no `\\`, no control characters)"
     )]
     BadFileName(String),
     #[error("migration file {0} is in the bundle twice")]
@@ -164,7 +165,9 @@ impl Bundle {
         }
         let mut seen = BTreeSet::new();
         for f in &mut self.migrations.files {
-            if !plain(&f.name) || f.name.contains(['/', '\\']) || f.name.starts_with('.') {
+            // `sql/V20__x.sql`: a set's files may sit in subdirectories (as
+            // Flyway's do); never `..`, absolute or hidden.
+            if !plain(&f.name) || !crate::migrations::set::is_relative_path(&f.name) {
                 return Err(BundleError::BadFileName(f.name.clone()));
             }
             if !seen.insert(f.name.clone()) {
@@ -233,10 +236,13 @@ impl Bundle {
             .iter()
             .map(|f| (f.name.clone(), f.content.clone()))
             .collect();
-        let set = match MigrationSet::from_files(self.migrations.name.clone(), dir.clone(), files) {
-            Ok(set) => set,
-            Err(diagnostics) => {
-                for d in diagnostics {
+        // What loaded still goes to the plan's rules (a rollback strategy's needs),
+        // so that a submission reports every problem at once, as `check` does.
+        let loaded = MigrationSet::load_files(self.migrations.name.clone(), dir, files);
+        let set = match loaded.problems.is_empty() {
+            true => loaded.set,
+            false => {
+                for d in loaded.problems {
                     if d.line == 0 {
                         // About the set as a whole: point at where the plan names it,
                         // as `check` does.
@@ -250,12 +256,7 @@ impl Bundle {
                         problems.push(d);
                     }
                 }
-                // An empty set lets the plan itself still be checked in full.
-                MigrationSet {
-                    name: self.migrations.name.clone(),
-                    dir,
-                    migrations: Vec::new(),
-                }
+                loaded.set
             }
         };
         match plan::load_str(path, text, MigrationSource::Given(set)) {
@@ -400,6 +401,45 @@ mod tests {
     }
 
     #[test]
+    fn a_flyway_folder_compiles_as_check_compiles_it() {
+        // A file in a subdirectory is part of the set.
+        let files = [
+            ("V1__t.sql", "CREATE TABLE t (c int);"),
+            ("V1__t.down.sql", "DROP TABLE t;"),
+            ("sql/V2__u.sql", "CREATE TABLE u (c int);"),
+            ("sql/V2__u.down.sql", "DROP TABLE u;"),
+        ];
+        let plan = bundle(PLAN, &files).normalise().unwrap().compile().unwrap();
+        assert_eq!(plan.migrations.labels(), ["V1__t", "V2__u"]);
+        assert_eq!(plan.migrations.migrations[1].up.file, "sql/V2__u.sql");
+        // A repeatable is refused by name, and the missing down script is
+        // reported in the same answer.
+        let files = [
+            ("V1__t.sql", "CREATE TABLE t (c int);"),
+            ("R__views.sql", "CREATE VIEW v AS SELECT 1;"),
+        ];
+        let d = bundle(PLAN, &files)
+            .normalise()
+            .unwrap()
+            .compile()
+            .unwrap_err()
+            .0;
+        let shown: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert!(
+            shown.iter().any(|s| s.starts_with(
+                "plans/../sets/jobs/R__views.sql:1:1: R__views.sql is a Flyway repeatable migration"
+            )),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("but V1__t has no V1__t.down.sql")),
+            "{shown:#?}"
+        );
+    }
+
+    #[test]
     fn an_empty_set_points_at_the_migrations_line() {
         let d = bundle(PLAN, &[]).compile().unwrap_err().0;
         assert_eq!((d[0].line, d[0].column), (3, 13), "{d:?}");
@@ -419,11 +459,23 @@ mod tests {
 
     #[test]
     fn shape_errors_are_refused_before_compiling() {
-        let files = [("../V1__t.sql", "x")];
-        assert!(matches!(
-            bundle(PLAN, &files).normalise(),
-            Err(BundleError::BadFileName(_))
-        ));
+        for name in [
+            "../V1__t.sql",
+            "/V1__t.sql",
+            "a//V1__t.sql",
+            ".x/V1__t.sql",
+            "a\\V1__t.sql",
+        ] {
+            assert!(
+                matches!(
+                    bundle(PLAN, &[(name, "x")]).normalise(),
+                    Err(BundleError::BadFileName(_))
+                ),
+                "{name}"
+            );
+        }
+        // A set's files may sit in subdirectories, as Flyway's do.
+        assert!(bundle(PLAN, &[("sql/V1__t.sql", "x")]).normalise().is_ok());
         let files = [("V1__t.sql", "x"), ("V1__t.sql", "y")];
         assert!(matches!(
             bundle(PLAN, &files).normalise(),
