@@ -160,7 +160,7 @@ async fn the_index_the_dashboard_uses_passes_and_the_events_carry_both_plans_and
     assert!(position("migration_applied") < position("explain_checked"));
     assert!(position("explain_checked") < position("soak_started"));
     assert!(
-        r.stderr.contains("EXPLAIN gate: cancellations_dashboard passed (cost"),
+        r.stderr.contains("EXPLAIN gate: cancellations_dashboard passed: cost"),
         "{}",
         r.stderr
     );

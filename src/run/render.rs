@@ -321,7 +321,7 @@ pub fn text(event: &Event) -> String {
         ),
         ExplainChecked { result, decision } => match decision {
             None if result.passed => format!(
-                "EXPLAIN gate: {name} passed ({})",
+                "EXPLAIN gate: {name} passed: {}",
                 result.figures(),
                 name = result.name
             ),
