@@ -84,7 +84,9 @@ fn run(db: &TestDb, plan: &Path, backups: &Path) -> Run {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{stderr}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{stderr}"))
+        })
         .collect();
     let run = Run {
         code: out.status.code().unwrap_or(-1),
@@ -130,7 +132,10 @@ async fn the_index_the_dashboard_uses_passes_and_the_events_carry_both_plans_and
     assert_eq!(phases, ["before", "after"], "{measured:#?}");
     assert!(measured.iter().all(|e| e["step"] == "explain"));
     // Before the change: a sequential scan, executed (analyze) with a time.
-    assert!(node_types(measured[0]).contains(&"Seq Scan"), "{measured:#?}");
+    assert!(
+        node_types(measured[0]).contains(&"Seq Scan"),
+        "{measured:#?}"
+    );
     assert!(measured[0]["plan"]["execution_ms"].as_f64().is_some());
 
     let checked = r.one("explain_checked");
@@ -160,11 +165,64 @@ async fn the_index_the_dashboard_uses_passes_and_the_events_carry_both_plans_and
     assert!(position("migration_applied") < position("explain_checked"));
     assert!(position("explain_checked") < position("soak_started"));
     assert!(
-        r.stderr.contains("EXPLAIN gate: cancellations_dashboard passed: cost"),
+        r.stderr
+            .contains("EXPLAIN gate: cancellations_dashboard passed: cost"),
         "{}",
         r.stderr
     );
     assert!(db.index_exists("idx_job_summaries_cancel_reason").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_says_what_the_gate_would_check_and_how_the_query_plans_now() {
+    let db = common::fresh_db().await;
+    db.execute(SEED).await;
+    let dir = common::scratch_dir();
+    let plan = plan(
+        dir.path(),
+        GOOD_INDEX,
+        &format!(
+            "  - name: cancellations_dashboard\n    sql: {DASHBOARD}\n    expect_index: idx_job_summaries_cancel_reason\n    \
+             analyze: true\n"
+        ),
+    );
+    let out = common::output_within(
+        "pgshepherd run --dry-run",
+        Command::new(common::pgshepherd_bin())
+            .arg("run")
+            .arg(&plan)
+            .args([
+                "--database-url",
+                &db.url,
+                "--now",
+                "--json",
+                "--dry-run",
+                "--backup-dir",
+            ])
+            .arg(dir.path().join("backups")),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["event"] == "dry_run")
+        .expect("a dry_run event")["report"]["explain"][0]
+        .clone();
+    assert_eq!(report["name"], "cancellations_dashboard");
+    assert_eq!(report["index_used_now"], false, "{report:#}");
+    // Planned only: a dry run never executes the query.
+    assert!(
+        report["now"]["plan"]["execution_ms"].is_null(),
+        "{report:#}"
+    );
+    assert!(
+        stderr.contains("would explain cancellations_dashboard")
+            && stderr
+                .contains("the plan must use index idx_job_summaries_cancel_reason (not used now)"),
+        "{stderr}"
+    );
+    assert!(!db.index_exists("idx_job_summaries_cancel_reason").await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -181,7 +239,9 @@ async fn an_index_the_query_does_not_use_rolls_the_change_back_and_names_the_pla
     let plan = plan(
         dir.path(),
         gin,
-        &format!("  - name: cancellations_dashboard\n    sql: {DASHBOARD}\n    expect_index: gin_cancel\n"),
+        &format!(
+            "  - name: cancellations_dashboard\n    sql: {DASHBOARD}\n    expect_index: gin_cancel\n"
+        ),
     );
     let r = run(&db, &plan, &dir.path().join("backups"));
     assert_eq!(r.code, 3, "{}", r.stderr);
@@ -198,13 +258,24 @@ async fn an_index_the_query_does_not_use_rolls_the_change_back_and_names_the_pla
     assert!(node_types(&checked["before"]).contains(&"Seq Scan"));
     assert!(node_types(&checked["after"]).contains(&"Seq Scan"));
     // Both plans in short form, in the rollback's cause and the run's reason.
-    let cause = r.one("rollback_started")["cause"].as_str().unwrap().to_string();
-    assert!(cause.starts_with("EXPLAIN gate: explain `cancellations_dashboard`: index `gin_cancel` is not used"), "{cause}");
+    let cause = r.one("rollback_started")["cause"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cause.starts_with(
+            "EXPLAIN gate: explain `cancellations_dashboard`: index `gin_cancel` is not used"
+        ),
+        "{cause}"
+    );
     assert!(
         cause.contains("before: Aggregate (cost") && cause.contains("after: Aggregate (cost"),
         "{cause}"
     );
-    assert!(cause.contains("Seq Scan on job_execution_summaries"), "{cause}");
+    assert!(
+        cause.contains("Seq Scan on job_execution_summaries"),
+        "{cause}"
+    );
     let reason = r.last()["reason"].as_str().unwrap();
     assert!(reason.starts_with(&cause), "{reason}");
     // Rolled back before the soak: the index is gone, the soak never started.
@@ -279,10 +350,9 @@ async fn a_query_on_what_the_change_creates_is_judged_on_its_index_alone() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert_eq!(r.last()["outcome"], "stopped");
     assert!(
-        r.last()["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("explain `one_row` compares with the plan from before the change (`max_cost_ratio`)"),
+        r.last()["reason"].as_str().unwrap().starts_with(
+            "explain `one_row` compares with the plan from before the change (`max_cost_ratio`)"
+        ),
         "{:#}",
         r.last()
     );
@@ -302,7 +372,9 @@ fn check_refuses_what_the_gate_must_not_run_at_file_line_column() {
     );
     let out = common::output_within(
         "pgshepherd check",
-        Command::new(common::pgshepherd_bin()).arg("check").arg(&plan),
+        Command::new(common::pgshepherd_bin())
+            .arg("check")
+            .arg(&plan),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -318,11 +390,7 @@ fn check_refuses_what_the_gate_must_not_run_at_file_line_column() {
             10,
             "`explain[1].sql` must be exactly one SELECT statement, found 2 statements",
         ),
-        (
-            25,
-            21,
-            "`explain[2].max_cost_ratio` must be greater than 0",
-        ),
+        (25, 21, "`explain[2].max_cost_ratio` must be greater than 0"),
         (28, 5, "`explain[3].max_time_ratio` needs `analyze: true`"),
     ];
     let lines: Vec<&str> = stderr.lines().collect();

@@ -467,7 +467,10 @@ mod tests {
             (r.index_used_before, r.index_used_after),
             (Some(false), Some(true))
         );
-        assert_eq!((r.cost_before, r.cost_after, r.cost_ratio), (Some(550.26), Some(274.5), Some(0.499)));
+        assert_eq!(
+            (r.cost_before, r.cost_after, r.cost_ratio),
+            (Some(550.26), Some(274.5), Some(0.499))
+        );
         assert!(
             r.message().starts_with(
                 "explain `dashboard` passed: cost 550.26 -> 274.50 (x0.499), uses idx_cancel; before: Aggregate"
@@ -517,7 +520,10 @@ mod tests {
         let r = judge(&query(), shape(seq_scan()), failed.clone());
         assert!(!r.passed);
         assert!(r.failures[0].starts_with("EXPLAIN failed after the change: statement_timeout"));
-        assert!(r.message().ends_with("after: no plan (statement_timeout 30000ms reached)"));
+        assert!(
+            r.message()
+                .ends_with("after: no plan (statement_timeout 30000ms reached)")
+        );
         // No plan before, but a ratio to judge: refused, not passed.
         let q = ExplainQuery {
             expect_index: None,
@@ -556,8 +562,15 @@ mod tests {
         slow[0]["Execution Time"] = json!(12.0);
         let r = judge(&q, shape(slow.clone()), shape(index_scan()));
         assert!(r.passed);
-        assert_eq!((r.time_before_ms, r.time_after_ms, r.time_ratio), (Some(12.0), Some(0.41), Some(0.034)));
-        assert!(r.figures().contains("time 12 ms -> 0.41 ms (x0.034)"), "{}", r.figures());
+        assert_eq!(
+            (r.time_before_ms, r.time_after_ms, r.time_ratio),
+            (Some(12.0), Some(0.41), Some(0.034))
+        );
+        assert!(
+            r.figures().contains("time 12 ms -> 0.41 ms (x0.034)"),
+            "{}",
+            r.figures()
+        );
         let r = judge(&q, shape(index_scan()), shape(slow));
         assert_eq!(
             r.failures,

@@ -219,7 +219,10 @@ SELECT $$;$$ -- trailing; comment
             super::words(sql),
             ["SELECT", "FROM", "T", "WHERE", "X", "AND", "Y", "AND", "Z"]
         );
-        assert_eq!(super::words("select e'it\\'s' for update"), ["SELECT", "FOR", "UPDATE"]);
+        assert_eq!(
+            super::words("select e'it\\'s' for update"),
+            ["SELECT", "FOR", "UPDATE"]
+        );
     }
 
     #[test]

@@ -740,18 +740,34 @@ mod tests {
         let n = from_event(&event(Some(Step::Explain), kind.clone()), &run(), None);
         assert_eq!(n.len(), 1);
         let b = &n[0];
-        assert_eq!((b.kind, b.severity), (NoticeKind::Breach, Severity::Critical));
+        assert_eq!(
+            (b.kind, b.severity),
+            (NoticeKind::Breach, Severity::Critical)
+        );
         assert!(b.title.ends_with("explain dashboard"), "{}", b.title);
         assert!(
-            b.summary.contains("index `idx_jobs_reason` is not used after the change")
+            b.summary
+                .contains("index `idx_jobs_reason` is not used after the change")
                 && b.summary.contains("rollback strategy"),
             "{}",
             b.summary
         );
-        let fact = |l: &str| b.facts.iter().find(|f| f.label == l).map(|f| f.value.as_str());
+        let fact = |l: &str| {
+            b.facts
+                .iter()
+                .find(|f| f.label == l)
+                .map(|f| f.value.as_str())
+        };
         assert!(fact("plan before").unwrap().contains("Seq Scan on jobs"));
-        assert!(fact("plan after").unwrap().starts_with("Aggregate (cost 560.00)"));
-        assert_eq!(fact("threshold"), Some("uses index idx_jobs_reason, max_cost_ratio 1.5"));
+        assert!(
+            fact("plan after")
+                .unwrap()
+                .starts_with("Aggregate (cost 560.00)")
+        );
+        assert_eq!(
+            fact("threshold"),
+            Some("uses index idx_jobs_reason, max_cost_ratio 1.5")
+        );
         // A query that passed is no news.
         let EventKind::ExplainChecked { mut result, .. } = kind else {
             unreachable!()

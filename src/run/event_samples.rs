@@ -114,9 +114,13 @@ fn retry() -> Retry {
 
 fn plan_shape(index: Option<&str>, cost: f64) -> crate::checks::explain::PlanShape {
     let scan = match index {
-        Some(i) => serde_json::json!({"Node Type": "Bitmap Heap Scan", "Relation Name": "jobs", "Total Cost": cost - 1.0,
-            "Plans": [{"Node Type": "Bitmap Index Scan", "Index Name": i, "Total Cost": 4.3}]}),
-        None => serde_json::json!({"Node Type": "Seq Scan", "Relation Name": "jobs", "Total Cost": cost - 1.0}),
+        Some(i) => {
+            serde_json::json!({"Node Type": "Bitmap Heap Scan", "Relation Name": "jobs", "Total Cost": cost - 1.0,
+            "Plans": [{"Node Type": "Bitmap Index Scan", "Index Name": i, "Total Cost": 4.3}]})
+        }
+        None => {
+            serde_json::json!({"Node Type": "Seq Scan", "Relation Name": "jobs", "Total Cost": cost - 1.0})
+        }
     };
     let doc = serde_json::json!([{"Plan": {"Node Type": "Aggregate", "Total Cost": cost, "Plans": [scan]},
         "Execution Time": cost / 100.0}]);

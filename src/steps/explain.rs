@@ -79,13 +79,18 @@ enum Failure {
     Timeout(String),
     /// The server refused the query; `missing`: it names something that does
     /// not exist (yet).
-    Refused { missing: bool, message: String },
+    Refused {
+        missing: bool,
+        message: String,
+    },
 }
 
 impl Failure {
     fn message(&self) -> &str {
         match self {
-            Failure::Unreachable(m) | Failure::Timeout(m) | Failure::Refused { message: m, .. } => m,
+            Failure::Unreachable(m) | Failure::Timeout(m) | Failure::Refused { message: m, .. } => {
+                m
+            }
         }
     }
 }
@@ -245,7 +250,11 @@ async fn explain(dsn: &Dsn, q: &ExplainQuery) -> (Result<PlanShape, Failure>, Du
     let sql = format!("EXPLAIN ({options}) {}", q.sql);
     let mut session = ReadOnlySession::new(dsn, q.timeout);
     let result = match session.read(&sql, None).await {
-        Ok(read) => match read.rows.first().map(|r| r.try_get::<_, serde_json::Value>(0)) {
+        Ok(read) => match read
+            .rows
+            .first()
+            .map(|r| r.try_get::<_, serde_json::Value>(0))
+        {
             Some(Ok(doc)) => PlanShape::from_explain(&doc).map_err(|e| Failure::Refused {
                 missing: false,
                 message: e.to_string(),
