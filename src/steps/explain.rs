@@ -101,10 +101,8 @@ pub async fn before(ctx: &StepContext<'_>) -> Result<Vec<Measurement>, BeforeErr
     let mut out = Vec::new();
     for q in &ctx.plan.explain {
         let (result, took) = explain(ctx.dsn, q).await;
-        let failure = result.as_ref().err();
         emit(ctx, q, ExplainPhase::Before, &result, took);
         let name = q.name.clone();
-        let message = failure.map(|f| f.message().to_string());
         match result {
             Ok(plan) => out.push(Measurement {
                 name,
@@ -133,8 +131,7 @@ pub async fn before(ctx: &StepContext<'_>) -> Result<Vec<Measurement>, BeforeErr
                     error: Some(message),
                 });
             }
-            Err(Failure::Refused { .. }) => {
-                let message = message.unwrap_or_default();
+            Err(Failure::Refused { message, .. }) => {
                 return Err(BeforeError::Invalid { name, message });
             }
             Err(Failure::Timeout(message)) => {
