@@ -249,7 +249,7 @@ impl ExplainResult {
             parts.push(format!(
                 "cost {b:.2} -> {a:.2}{}",
                 self.cost_ratio
-                    .map(|r| format!(" (x{})", ratio_text(r)))
+                    .map(|r| format!(" (x{r})"))
                     .unwrap_or_default()
             ));
         } else if let Some(a) = self.cost_after {
@@ -261,7 +261,7 @@ impl ExplainResult {
                 ms3(b),
                 ms3(a),
                 self.time_ratio
-                    .map(|r| format!(" (x{})", ratio_text(r)))
+                    .map(|r| format!(" (x{r})"))
                     .unwrap_or_default()
             ));
         }
@@ -306,7 +306,7 @@ pub fn judge(q: &ExplainQuery, before: Measurement, after: Measurement) -> Expla
                 "total cost grew from {:.2} to {:.2} (x{}, max_cost_ratio {})",
                 b.map_or(0.0, |p| p.total_cost),
                 a.map_or(0.0, |p| p.total_cost),
-                ratio_text(r),
+                r,
                 max
             )),
             Some(_) => {}
@@ -324,7 +324,7 @@ pub fn judge(q: &ExplainQuery, before: Measurement, after: Measurement) -> Expla
                 "execution time grew from {} ms to {} ms (x{}, max_time_ratio {})",
                 ms3(time(b).unwrap_or(0.0)),
                 ms3(time(a).unwrap_or(0.0)),
-                ratio_text(r),
+                r,
                 max
             )),
             Some(_) => {}
@@ -370,10 +370,6 @@ const FLOOR: f64 = 0.001;
 fn ratio(before: Option<f64>, after: Option<f64>) -> Option<f64> {
     let (b, a) = (before?, after?);
     Some(((a.max(0.0) / b.max(FLOOR)) * 1000.0).round() / 1000.0)
-}
-
-fn ratio_text(r: f64) -> String {
-    format!("{r}")
 }
 
 fn ms3(ms: f64) -> String {
