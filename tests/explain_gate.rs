@@ -403,3 +403,96 @@ fn check_refuses_what_the_gate_must_not_run_at_file_line_column() {
         );
     }
 }
+
+/// A daemon killed between two migrations: the next one carries on and judges
+/// the plans after the change against the plans taken before it (kept in the
+/// run's facts: measured again now, they would already show the new index), and
+/// the verdict is in the run view and in `pgshepherd status`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_run_judges_against_the_plans_from_before_and_shows_the_verdict() {
+    use common::daemon::{Api, Env, READER, SUBMITTER, plan_dir, soak_yaml};
+
+    let env = Env::new(
+        &["main"],
+        "lease_timeout: 3s\npoll_interval: 300ms\nshutdown_timeout: 10s",
+    )
+    .await;
+    let db = env.target("main");
+    db.execute(SEED).await;
+    db.prepare_release().await;
+    let work = common::scratch_dir();
+    let tail = format!(
+        "backup:\n  enabled: false\n{}explain:\n  - name: cancellations_dashboard\n    sql: {DASHBOARD}\n    \
+         expect_index: idx_job_summaries_cancel_reason\n    max_cost_ratio: 1.0\n",
+        soak_yaml("1s", "500ms", "SELECT 1", 1)
+    );
+    let slow = format!(
+        "{};\nCREATE TABLE marker (id int);\n",
+        common::held_until_released("v2")
+    );
+    let (plan, set) = plan_dir(
+        work.path(),
+        "main",
+        &[
+            ("V1__index.sql", GOOD_INDEX.0),
+            ("V1__index.down.sql", GOOD_INDEX.1),
+            ("V2__slow.sql", &slow),
+            ("V2__slow.down.sql", "DROP TABLE marker;\n"),
+        ],
+        &tail,
+    );
+    let mut daemon = env.start("d1").await;
+    let run = Api::new(&daemon).submit(SUBMITTER, &plan, &set).await;
+    db.wait_held("v2").await;
+    daemon.kill9();
+    let row = env.run_row(&run).await;
+    assert_eq!(row["state_name"], "migrating", "{row}");
+    assert_eq!(
+        row["checkpoint"]["state"]["applied"],
+        serde_json::json!([1])
+    );
+    let before = row["checkpoint"]["facts"]["explain_before"][0].clone();
+    assert!(before["plan"]["total_cost"].is_f64(), "{row}");
+    // V2's transaction dies with the dead daemon's session; the next daemon
+    // applies it, then runs the gate.
+    db.release("v2").await;
+
+    let daemon = env.start("d2").await;
+    let row = env.wait_finished(&run, common::PATIENCE).await;
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    let verdict = &row["checkpoint"]["facts"]["explain"][0];
+    assert_eq!(verdict["passed"], true, "{verdict:#}");
+    assert_eq!(verdict["before"], before);
+    assert_eq!(verdict["index_used_before"], false, "{verdict:#}");
+    let phases: Vec<String> = env
+        .events(&run)
+        .await
+        .iter()
+        .filter(|e| e["event"] == "explain_measured")
+        .map(|e| e["phase"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(phases, ["before", "after"]);
+
+    let (code, view) = Api::new(&daemon)
+        .get(READER, &format!("/v1/runs/{run}"))
+        .await;
+    assert_eq!(code, 200, "{view}");
+    assert_eq!(view["facts"]["explain"][0]["index_used_after"], true);
+    let out = common::output_within(
+        "pgshepherd status",
+        Command::new(common::pgshepherd_bin()).args([
+            "status",
+            &run,
+            "--server",
+            &daemon.url,
+            "--token",
+            READER,
+        ]),
+    );
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("explain    cancellations_dashboard passed: cost"),
+        "{status}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -162,7 +162,7 @@ pub fn run_status(v: &Value) -> String {
             line(
                 "explain",
                 if r.passed {
-                    format!("{} passed ({})", r.name, r.figures())
+                    format!("{} passed: {}", r.name, r.figures())
                 } else {
                     format!("{} FAILED: {}", r.name, r.failures.join("; "))
                 },
