@@ -60,6 +60,15 @@ async fn demo_adds_the_index_the_dashboard_uses_and_exits_0() {
         "{}",
         d.stderr
     );
+    // The plan's EXPLAIN gate saw the dashboard query use the index, cheaper
+    // and (analyze) with its execution times before and after.
+    let gate = d.named("explain_checked");
+    assert_eq!(gate.len(), 1, "{}", d.stderr);
+    assert_eq!(gate[0]["name"], "cancellations_dashboard");
+    assert_eq!(gate[0]["passed"], true, "{}", gate[0]);
+    assert_eq!(gate[0]["index_used_after"], true);
+    assert!(gate[0]["cost_after"].as_f64().unwrap() < gate[0]["cost_before"].as_f64().unwrap());
+    assert!(gate[0]["time_before_ms"].is_f64() && gate[0]["time_after_ms"].is_f64());
     // The NULL-safe share counts the cancelled jobs without a reason: about a fifth.
     let share: Vec<f64> = d
         .named("check_sample")
@@ -87,6 +96,8 @@ async fn demo_breach_rolls_back_for_real_and_exits_3() {
             > verdict["verdict"]["limit"].as_f64().unwrap()
     );
     assert_eq!(d.named("rollback_finished")[0]["at_starting_version"], true);
+    // The index is used: the gate passes, and it is the soak that breaches.
+    assert_eq!(d.named("explain_checked")[0]["passed"], true);
     assert!(
         d.stderr
             .contains("idx_job_summaries_cancel_reason does not exist"),

@@ -7,8 +7,11 @@
 //!   that count other sessions need the role to see them.
 //! - [`verdict`]: [`CheckState`] turns observations into [`Assessment`]s and
 //!   [`Verdict`]s.
+//! - [`explain`]: the EXPLAIN gate's rules: plans in short form and the verdict
+//!   on a query's plans before and after the change.
 
 pub mod builtin;
+pub mod explain;
 pub mod http;
 pub mod sampler;
 pub mod session;

@@ -155,6 +155,20 @@ pub fn run_status(v: &Value) -> String {
             ),
         );
     }
+    // The EXPLAIN gate's verdicts, read back into the run's own type so that
+    // the figures read as `pgshepherd run` prints them.
+    for r in v["facts"]["explain"].as_array().into_iter().flatten() {
+        if let Ok(r) = crate::checks::explain::ExplainResult::deserialize(r) {
+            line(
+                "explain",
+                if r.passed {
+                    format!("{} passed: {}", r.name, r.figures())
+                } else {
+                    format!("{} FAILED: {}", r.name, r.failures.join("; "))
+                },
+            );
+        }
+    }
     if let Some(outcome) = v["outcome"].as_str() {
         line(
             "outcome",
@@ -308,6 +322,25 @@ mod tests {
         assert_eq!(
             event_line(&unknown).unwrap(),
             "[--:--:--] something_new (soak)"
+        );
+    }
+
+    #[test]
+    fn status_shows_the_explain_gates_verdicts() {
+        let result = crate::run::event::samples::kinds()
+            .into_iter()
+            .find_map(|k| match k {
+                crate::run::EventKind::ExplainChecked { result, .. } => Some(result),
+                _ => None,
+            })
+            .unwrap();
+        let v = json!({"id": "0123456789ab", "facts": {"explain": [result]}});
+        let status = run_status(&v);
+        assert!(
+            status.contains(
+                "explain    dashboard FAILED: index `idx_jobs_reason` is not used after the change"
+            ),
+            "{status}"
         );
     }
 

@@ -1,8 +1,10 @@
 //! `pgshepherd demo`: the example plan end to end on a throwaway cluster.
 //!
 //! The scenario: a job runner writes `job_execution_summaries`; the cancellations
-//! dashboard needs an index on `results->>'cancel_reason'`. While the plan soaks,
-//! a simulated job runner keeps inserting cancelled jobs.
+//! dashboard needs an index on `results->>'cancel_reason'`. Right after the
+//! migration the plan's EXPLAIN gate checks that the dashboard query really uses
+//! it (and records how much faster the query became). While the plan soaks, a
+//! simulated job runner keeps inserting cancelled jobs.
 //!
 //! With `--breach` the job runner's new release starts storing whole stack traces
 //! as cancel reasons once the soak begins. Without the index that is harmless; with
@@ -42,8 +44,6 @@ const MIGRATIONS: [(&str, &str); 3] = [
     ),
 ];
 const INDEX: &str = "idx_job_summaries_cancel_reason";
-const DASHBOARD_QUERY: &str =
-    "SELECT count(*) FROM job_execution_summaries WHERE results ->> 'cancel_reason' = 'timeout'";
 
 /// Why the demo could not run or did not end well; printed after `demo: `.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +136,12 @@ async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, DemoError> {
     let plan_path = write_example(work.path()).map_err(DemoError::WriteExample)?;
     let mut plan = crate::plan::load(&plan_path)?;
     shorten_for_demo(&mut plan);
+    // The dashboard query is the one the plan's EXPLAIN gate judges.
+    let dashboard_query = plan
+        .explain
+        .first()
+        .map(|q| q.sql.clone())
+        .unwrap_or_default();
 
     let writer = writer::JobRunner::start(dsn.clone(), args.breach);
     let on_event = {
@@ -197,7 +203,7 @@ async fn demo(args: DemoArgs, started: &mut bool) -> Result<i32, DemoError> {
         crate::output::note(format_args!(
             "[demo] {INDEX} exists; the dashboard query's plan:"
         ));
-        for line in explain(&client).await? {
+        for line in explain(&client, &dashboard_query).await? {
             crate::output::note(format_args!("         {line}"));
         }
     } else {
@@ -244,9 +250,10 @@ async fn count(client: &tokio_postgres::Client) -> Result<i64, tokio_postgres::E
         .map(|r| r.get(0))
 }
 
-async fn explain(client: &tokio_postgres::Client) -> Result<Vec<String>, tokio_postgres::Error> {
-    let rows = client
-        .query(&format!("EXPLAIN {DASHBOARD_QUERY}"), &[])
-        .await?;
+async fn explain(
+    client: &tokio_postgres::Client,
+    query: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client.query(&format!("EXPLAIN {query}"), &[]).await?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }

@@ -71,6 +71,58 @@ pub fn statements(sql: &str) -> Vec<String> {
     out
 }
 
+/// The bare words of `sql` (keywords and unquoted identifiers), upper-cased, in
+/// order: what is outside quotes, quoted identifiers, dollar-quoted bodies and
+/// comments, by the same quoting rules as [`statements`]. For rules that look
+/// for keywords (`UPDATE`, `INTO`) without mistaking a string for code.
+pub fn words(sql: &str) -> Vec<String> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
+            b'\'' => {
+                let escapes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_ident(b[i - 2]));
+                i = skip_quoted(b, i, b'\'', escapes);
+            }
+            b'"' => i = skip_quoted(b, i, b'"', false),
+            b'$' => match dollar_tag_end(b, i) {
+                Some(end) => {
+                    let tag = &sql[i..end];
+                    i = sql[end..]
+                        .find(tag)
+                        .map_or(b.len(), |n| end + n + tag.len());
+                }
+                // `$1`: a parameter, not a word.
+                None => {
+                    i += 1;
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                }
+            },
+            c if is_ident(c) => {
+                let start = i;
+                while i < b.len() && (is_ident(b[i]) || b[i] == b'$') {
+                    i += 1;
+                }
+                // Numbers (`10`, `1e5`) are not words, nor the prefix of a
+                // string constant (`E'...'`, `B'0101'`, `X'1F'`).
+                if !c.is_ascii_digit() && b.get(i) != Some(&b'\'') {
+                    out.push(sql[start..i].to_ascii_uppercase());
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
 fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
 }
@@ -158,6 +210,19 @@ SELECT $$;$$ -- trailing; comment
     fn comment_only_and_empty_statements_are_dropped() {
         assert!(statements("-- nothing\n;;  /* still nothing */ ;").is_empty());
         assert_eq!(statements("SELECT 1"), vec!["SELECT 1"]);
+    }
+
+    #[test]
+    fn words_skip_strings_quoted_identifiers_comments_and_dollar_bodies() {
+        let sql = "SELECT \"update\", 'delete' -- insert\n FROM t /* merge */ WHERE x = $$into$$ AND y = $1 AND z > 10";
+        assert_eq!(
+            super::words(sql),
+            ["SELECT", "FROM", "T", "WHERE", "X", "AND", "Y", "AND", "Z"]
+        );
+        assert_eq!(
+            super::words("select e'it\\'s' for update"),
+            ["SELECT", "FOR", "UPDATE"]
+        );
     }
 
     #[test]

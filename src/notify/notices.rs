@@ -36,6 +36,7 @@ pub fn is_notable(kind: &EventKind) -> bool {
             | MigrationApplied { .. }
             | SoakStarted { .. }
             | CheckVerdict { .. }
+            | ExplainChecked { .. }
             | RollbackStarted { .. }
             | BackupRestored { .. }
             | RollbackFailed { .. }
@@ -198,6 +199,25 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
             );
             b.facts = verdict_facts(verdict);
             b.facts.push(Fact::new("measured by", source.clone()));
+            b.runbook = runbook_link(runbook, "breach");
+            out.push(b);
+        }
+        // A query that fails the EXPLAIN gate is a breach like any check's.
+        ExplainChecked {
+            result,
+            decision: Some(decision),
+        } => {
+            let mut b = n(
+                NoticeKind::Breach,
+                Severity::Critical,
+                format!("Breach on {target}: explain {}", result.name),
+                format!(
+                    "The EXPLAIN gate failed after the migrations: {}. Run {id} {}.",
+                    result.failures.join("; "),
+                    consequence(*decision)
+                ),
+            );
+            b.facts = explain_facts(result);
             b.runbook = runbook_link(runbook, "breach");
             out.push(b);
         }
@@ -438,6 +458,31 @@ fn verdict_facts(verdict: &Verdict) -> Vec<Fact> {
             ));
         }
     }
+    facts
+}
+
+fn explain_facts(r: &crate::checks::explain::ExplainResult) -> Vec<Fact> {
+    let mut facts = Vec::new();
+    let figures = r.figures();
+    if !figures.is_empty() {
+        facts.push(Fact::new("measured", figures));
+    }
+    let mut limits = Vec::new();
+    if let Some(i) = &r.expect_index {
+        limits.push(format!("uses index {i}"));
+    }
+    if let Some(m) = r.max_cost_ratio {
+        limits.push(format!("max_cost_ratio {m}"));
+    }
+    if let Some(m) = r.max_time_ratio {
+        limits.push(format!("max_time_ratio {m}"));
+    }
+    if !limits.is_empty() {
+        facts.push(Fact::new("threshold", limits.join(", ")));
+    }
+    facts.push(Fact::new("plan before", r.before.short()));
+    facts.push(Fact::new("plan after", r.after.short()));
+    facts.push(Fact::new("query", r.sql.clone()));
     facts
 }
 
@@ -684,6 +729,55 @@ mod tests {
             Some("sql: SELECT p99 FROM latency")
         );
         assert_eq!(b.runbook.as_deref(), Some("https://wiki/runbook#breach"));
+    }
+
+    #[test]
+    fn a_failed_explain_gate_pages_as_a_breach_with_both_plans() {
+        let kind = crate::run::event::samples::kinds()
+            .into_iter()
+            .find(|k| k.name() == "explain_checked")
+            .unwrap();
+        let n = from_event(&event(Some(Step::Explain), kind.clone()), &run(), None);
+        assert_eq!(n.len(), 1);
+        let b = &n[0];
+        assert_eq!(
+            (b.kind, b.severity),
+            (NoticeKind::Breach, Severity::Critical)
+        );
+        assert!(b.title.ends_with("explain dashboard"), "{}", b.title);
+        assert!(
+            b.summary
+                .contains("index `idx_jobs_reason` is not used after the change")
+                && b.summary.contains("rollback strategy"),
+            "{}",
+            b.summary
+        );
+        let fact = |l: &str| {
+            b.facts
+                .iter()
+                .find(|f| f.label == l)
+                .map(|f| f.value.as_str())
+        };
+        assert!(fact("plan before").unwrap().contains("Seq Scan on jobs"));
+        assert!(
+            fact("plan after")
+                .unwrap()
+                .starts_with("Aggregate (cost 560.00)")
+        );
+        assert_eq!(
+            fact("threshold"),
+            Some("uses index idx_jobs_reason, max_cost_ratio 1.5")
+        );
+        // A query that passed is no news.
+        let EventKind::ExplainChecked { mut result, .. } = kind else {
+            unreachable!()
+        };
+        result.passed = true;
+        let passed = EventKind::ExplainChecked {
+            result,
+            decision: None,
+        };
+        assert!(from_event(&event(Some(Step::Explain), passed), &run(), None).is_empty());
     }
 
     #[test]

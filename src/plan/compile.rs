@@ -43,6 +43,7 @@ pub const TOP_KEYS: &[&str] = &[
     "notify",
     "approval",
     "gate",
+    "explain",
 ];
 pub const LOCK_KEYS: &[&str] = &[
     "acquire_timeout",
@@ -111,6 +112,8 @@ pub mod defaults {
     /// Healthy gate samples in a row before the gate opens.
     pub const GATE_CONSECUTIVE: u32 = 3;
     pub const GATE_INTERVAL: Duration = Duration::from_secs(10);
+    /// `statement_timeout` of each EXPLAIN of the EXPLAIN gate.
+    pub const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 /// Longest plan and check names, so that they fit in events, metrics and chat messages.
@@ -197,6 +200,7 @@ fn compile_plan(
     let interval = timing.map(|t| t.interval);
     let rollback = compile_rollback(sink, &top, backup.as_ref(), interval);
     let notify = compile_notify(sink, &top);
+    let explain = super::explain::compile(sink, &top);
 
     // The rollback rules are checked against the migrations that loaded even
     // when other files of the set have problems: `check` reports both at once.
@@ -248,11 +252,12 @@ fn compile_plan(
         notify: notify?,
         approval: approval?,
         gate: gate?,
+        explain: explain?,
     })
 }
 
 /// Plan and check names: letters, digits, `-` and `_`.
-fn checked_name(sink: &mut Sink, what: &str, name: At<String>) -> Option<String> {
+pub(super) fn checked_name(sink: &mut Sink, what: &str, name: At<String>) -> Option<String> {
     let ok = name
         .value
         .chars()

@@ -34,6 +34,30 @@ pub struct Plan {
     pub deadline: Option<chrono::DateTime<chrono::Utc>>,
     /// A low-traffic condition the target must meet before migrating.
     pub gate: Option<Gate>,
+    /// The queries the change is for, whose plans are compared before and after
+    /// it (the EXPLAIN gate); empty when the plan has no `explain` section.
+    pub explain: Vec<ExplainQuery>,
+}
+
+/// One entry of the EXPLAIN gate: a read-only query whose plan is taken with
+/// the baselines and again right after the migrations, before the soak.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExplainQuery {
+    pub name: String,
+    /// Exactly one SELECT (or WITH ... SELECT), without a trailing `;`.
+    pub sql: String,
+    /// An index the plan after the change must use (unqualified, as EXPLAIN names it).
+    pub expect_index: Option<String>,
+    /// Largest allowed total cost after / before.
+    pub max_cost_ratio: Option<f64>,
+    /// Run `EXPLAIN (ANALYZE)`: the query is executed (read-only, time-boxed)
+    /// and its execution times recorded.
+    pub analyze: bool,
+    /// Largest allowed execution time after / before; only with `analyze`.
+    pub max_time_ratio: Option<f64>,
+    /// `statement_timeout` of each EXPLAIN.
+    #[serde(with = "crate::plan::duration::serde_secs")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

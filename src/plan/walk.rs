@@ -452,6 +452,7 @@ const HOMES: &[(&str, &[&str])] = &[
     ("gate", super::compile::GATE_KEYS),
     ("gate.check", super::compile::CHECK_KEYS),
     ("gate.check.http", super::compile::HTTP_KEYS),
+    ("explain[]", super::explain::EXPLAIN_KEYS),
 ];
 
 fn unknown_key(path: &str, key: &str, known: &[&str]) -> String {

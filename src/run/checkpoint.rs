@@ -1,6 +1,6 @@
 //! What a run persists so that another process can continue it: the state plus
 //! the facts established on the way (the versions it started from, the check
-//! baselines, the verified backup).
+//! baselines, the verified backup, the EXPLAIN gate's plans).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -28,6 +28,14 @@ pub struct RunFacts {
     /// rollback does not count as users' writes it discarded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub migration_writes: Vec<crate::steps::backup::TableWrites>,
+    /// The EXPLAIN gate's plans from before the change (one per query, taken
+    /// with the baselines): what the plans after the change are judged against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub explain_before: Vec<crate::checks::explain::Measurement>,
+    /// The EXPLAIN gate's verdicts, once the migrations are in: both plans,
+    /// costs, times and ratios per query (how much faster the query became).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub explain: Vec<crate::checks::explain::ExplainResult>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,8 +20,9 @@ pub struct Readiness<'a> {
 /// The pending migrations with their SQL and directives, the rollback strategy and
 /// whether it can work (every down script exists; for `restore`, what the
 /// target's role would lack to restore a backup), the checks with their
-/// thresholds, whether the role can see what they count, and the baseline each
-/// check measures right now.
+/// thresholds, whether the role can see what they count, the baseline each
+/// check measures right now, and the EXPLAIN gate's rules with each query's
+/// plan right now.
 pub async fn report(
     ctx: &StepContext<'_>,
     pending: &[&Migration],
@@ -124,6 +125,7 @@ pub async fn report(
                 .unwrap_or_else(|| "not measurable".into()),
         ));
     }
+    let explain = explain_report(ctx).await;
     json!({
         "applied": applied,
         "pending": migrations,
@@ -138,6 +140,7 @@ pub async fn report(
         "backup": plan.backup,
         "lock": plan.lock,
         "statement_timeout_s": plan.statement_timeout.as_secs_f64(),
+        "explain": explain,
         "soak": {
             "duration_s": plan.soak.duration.as_secs_f64(),
             "interval_s": plan.soak.interval.as_secs_f64(),
@@ -146,6 +149,57 @@ pub async fn report(
             "sessions_hidden": ready.sessions,
         },
     })
+}
+
+/// What the EXPLAIN gate would do, with each query's plan right now (planned
+/// only: a dry run never executes the query, even for `analyze`).
+async fn explain_report(ctx: &StepContext<'_>) -> Vec<Value> {
+    let plan = ctx.plan;
+    let now = crate::steps::explain::preview(ctx).await;
+    let mut out = Vec::new();
+    for (q, m) in plan.explain.iter().zip(now) {
+        let mut rules = Vec::new();
+        if let Some(i) = &q.expect_index {
+            let now = match &m.plan {
+                Some(p) if p.uses_index(i) => "used now",
+                Some(_) => "not used now",
+                None => "no plan now",
+            };
+            rules.push(format!("the plan must use index {i} ({now})"));
+        }
+        if let Some(r) = q.max_cost_ratio {
+            rules.push(format!("total cost at most x{r} of the cost before"));
+        }
+        if let Some(r) = q.max_time_ratio {
+            rules.push(format!("execution time at most x{r} of the time before"));
+        }
+        if q.analyze {
+            rules.push("execution times recorded (EXPLAIN ANALYZE, read-only)".into());
+        }
+        if rules.is_empty() {
+            rules.push("the query must still plan".into());
+        }
+        ctx.events.progress(&format!(
+            "  would explain {} with the baselines and after the migrations, before the soak \
+             (timeout {}); a failure rolls back: {}\n      now: {}",
+            q.name,
+            crate::plan::duration::format(q.timeout),
+            rules.join("; "),
+            m.short()
+        ));
+        out.push(json!({
+            "name": q.name,
+            "sql": q.sql,
+            "expect_index": q.expect_index,
+            "max_cost_ratio": q.max_cost_ratio,
+            "analyze": q.analyze,
+            "max_time_ratio": q.max_time_ratio,
+            "timeout_s": q.timeout.as_secs_f64(),
+            "index_used_now": q.expect_index.as_deref().and_then(|i| m.plan.as_ref().map(|p| p.uses_index(i))),
+            "now": m,
+        }));
+    }
+    out
 }
 
 fn indent(sql: &str) -> String {

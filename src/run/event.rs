@@ -27,6 +27,8 @@ pub enum Step {
     Gate,
     /// `pgshepherd undo`.
     Undo,
+    /// The EXPLAIN gate: the plan's queries explained before and after the change.
+    Explain,
 }
 
 /// How a run ended; the process exit code follows from it.
@@ -122,6 +124,25 @@ impl Decision {
             Decision::RollBack => "roll_back",
             Decision::HoldForHuman => "hold_for_human",
             Decision::RollbackUnhealthy => "rollback_unhealthy",
+        }
+    }
+}
+
+/// When the EXPLAIN gate explained a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExplainPhase {
+    /// With the baselines, before the backup and the change.
+    Before,
+    /// Right after the last migration, before the soak.
+    After,
+}
+
+impl ExplainPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExplainPhase::Before => "before",
+            ExplainPhase::After => "after",
         }
     }
 }
@@ -349,6 +370,24 @@ pub enum EventKind {
     GateClosed {
         reason: String,
     },
+    /// One query of the EXPLAIN gate explained: its plan in short form, or why
+    /// there is none.
+    ExplainMeasured {
+        name: String,
+        phase: ExplainPhase,
+        analyze: bool,
+        plan: Option<crate::checks::explain::PlanShape>,
+        error: Option<String>,
+        duration_ms: u64,
+    },
+    /// The EXPLAIN gate's verdict on one query: both plans, the measured costs
+    /// (and times), the limits, and every rule that failed. `decision` is set
+    /// when the query failed the gate.
+    ExplainChecked {
+        #[serde(flatten)]
+        result: crate::checks::explain::ExplainResult,
+        decision: Option<Decision>,
+    },
     /// `pgshepherd undo`: giving back the rows the run's migrations changed.
     UndoStarted {
         database: String,
@@ -422,6 +461,8 @@ impl EventKind {
             EventKind::GateStarted { .. } => "gate_started",
             EventKind::GateOpen { .. } => "gate_open",
             EventKind::GateClosed { .. } => "gate_closed",
+            EventKind::ExplainMeasured { .. } => "explain_measured",
+            EventKind::ExplainChecked { .. } => "explain_checked",
             EventKind::UndoStarted { .. } => "undo_started",
             EventKind::UndoFinished { .. } => "undo_finished",
             EventKind::RunFinished { .. } => "run_finished",

@@ -112,6 +112,41 @@ fn retry() -> Retry {
     }
 }
 
+fn plan_shape(index: Option<&str>, cost: f64) -> crate::checks::explain::PlanShape {
+    let scan = match index {
+        Some(i) => {
+            serde_json::json!({"Node Type": "Bitmap Heap Scan", "Relation Name": "jobs", "Total Cost": cost - 1.0,
+            "Plans": [{"Node Type": "Bitmap Index Scan", "Index Name": i, "Total Cost": 4.3}]})
+        }
+        None => {
+            serde_json::json!({"Node Type": "Seq Scan", "Relation Name": "jobs", "Total Cost": cost - 1.0})
+        }
+    };
+    let doc = serde_json::json!([{"Plan": {"Node Type": "Aggregate", "Total Cost": cost, "Plans": [scan]},
+        "Execution Time": cost / 100.0}]);
+    crate::checks::explain::PlanShape::from_explain(&doc).expect("a sample plan")
+}
+
+/// A failed EXPLAIN gate: the expected index is not used after the change.
+fn explain_result() -> crate::checks::explain::ExplainResult {
+    use crate::checks::explain::{Measurement, judge};
+    let query = crate::plan::ExplainQuery {
+        name: "dashboard".into(),
+        sql: "SELECT count(*) FROM jobs WHERE reason = 'timeout'".into(),
+        expect_index: Some("idx_jobs_reason".into()),
+        max_cost_ratio: Some(1.5),
+        analyze: true,
+        max_time_ratio: None,
+        timeout: std::time::Duration::from_secs(30),
+    };
+    let m = |cost| Measurement {
+        name: "dashboard".into(),
+        plan: Some(plan_shape(None, cost)),
+        error: None,
+    };
+    judge(&query, m(550.0), m(560.0))
+}
+
 pub fn kinds() -> Vec<EventKind> {
     use EventKind::*;
     let s = |x: &str| x.to_string();
@@ -319,6 +354,18 @@ pub fn kinds() -> Vec<EventKind> {
         },
         GateClosed {
             reason: s("the window closed"),
+        },
+        ExplainMeasured {
+            name: s("dashboard"),
+            phase: ExplainPhase::Before,
+            analyze: true,
+            plan: Some(plan_shape(Some("idx_jobs_reason"), 12.5)),
+            error: None,
+            duration_ms: 3,
+        },
+        ExplainChecked {
+            result: explain_result(),
+            decision: Some(Decision::RollBack),
         },
         UndoStarted {
             database: s("postgres://app@db/jobs"),

@@ -65,7 +65,8 @@ pub enum Input {
         progress: Box<SoakProgress>,
     },
     SoakPassed,
-    /// A check's verdict says the change hurts: undo it per the plan.
+    /// A check's verdict says the change hurts: undo it per the plan. From the
+    /// soak, or from the EXPLAIN gate after the last migration (`migrating`).
     Breach {
         cause: String,
     },
@@ -419,7 +420,11 @@ fn decide(state: &RunState, input: Input, rules: Rules) -> Option<Transition> {
                 },
             ],
         }),
-        (S::Soaking { applied, .. }, I::Breach { cause }) => undo(applied.clone(), cause),
+        // A soak check's verdict, or a query failing the EXPLAIN gate right
+        // after the last migration (the run is still `migrating` then).
+        (S::Migrating { applied } | S::Soaking { applied, .. }, I::Breach { cause }) => {
+            undo(applied.clone(), cause)
+        }
         (S::Soaking { .. }, I::Hold { reason }) => Some(finish_with(Outcome::NeedsHuman, reason)),
 
         // After a restart, the target's history decides.
@@ -714,6 +719,7 @@ mod tests {
                 "migration_applied",
                 "migration_failed",
                 "migrations_done",
+                "breach",
                 "undo",
                 "abort",
                 "restarted",
@@ -899,6 +905,47 @@ mod tests {
                 Outcome::RolledBack,
                 Some("p99 breached; rolled back and confirmed healthy")
             ))
+        );
+    }
+
+    #[test]
+    fn a_failed_explain_gate_after_the_migrations_undoes_them_like_a_soak_breach() {
+        let migrated = RunState::Migrating {
+            applied: vec![1, 2],
+        };
+        let cause = "EXPLAIN gate: explain `dashboard`: index `idx` is not used after the change";
+        let t = transition(
+            &migrated,
+            Input::Breach {
+                cause: cause.into(),
+            },
+            DOWN,
+        )
+        .unwrap();
+        assert_eq!(
+            t.next,
+            RunState::RollingBack {
+                applied: vec![1, 2],
+                cause: cause.into()
+            }
+        );
+        assert_eq!(
+            t.effects,
+            vec![Effect::Undo {
+                versions: vec![1, 2],
+                strategy: RollbackStrategy::Down
+            }]
+        );
+        // Before the change there is nothing to judge, and nothing to undo.
+        assert!(
+            transition(
+                &RunState::MeasuringBaseline,
+                Input::Breach {
+                    cause: cause.into()
+                },
+                DOWN
+            )
+            .is_err()
         );
     }
 

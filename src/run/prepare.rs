@@ -1,5 +1,5 @@
 //! Everything before the change: the window, the low-traffic gate, the lock, the
-//! baselines and the verified backup. Each wait honours the operator's stop, and
+//! baselines (and the EXPLAIN gate's plans) and the verified backup. Each wait honours the operator's stop, and
 //! nothing here touches the target's schema or data.
 
 use std::time::Instant;
@@ -132,6 +132,21 @@ impl Runner<'_> {
         }
         let baselines = monitor.baseline_values();
         self.ctx.events.set_fact(|f| f.baselines = Some(baselines));
+
+        // The EXPLAIN gate's plans from before the change, with the baselines
+        // (before the backup's load disturbs the execution times).
+        if !plan.explain.is_empty() {
+            match crate::steps::explain::before(&self.ctx).await {
+                Ok(measured) => self.ctx.events.set_fact(|f| f.explain_before = measured),
+                Err(e) => {
+                    let input = Input::Stop {
+                        exit_code: e.exit_code(),
+                        reason: e.to_string(),
+                    };
+                    return Err(self.end(input).await);
+                }
+            }
+        }
 
         // Backup: only a verified one lets the migration start.
         if plan.backup.enabled {

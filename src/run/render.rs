@@ -303,6 +303,34 @@ pub fn text(event: &Event) -> String {
             format!("low-traffic gate open after {samples} samples ({waited_s:.1}s)")
         }
         GateClosed { reason } => format!("low-traffic gate never opened: {reason}"),
+        ExplainMeasured {
+            name,
+            phase,
+            analyze,
+            plan,
+            error,
+            duration_ms,
+        } => format!(
+            "explain{} {name} {} the change: {} ({duration_ms} ms)",
+            if *analyze { " analyze" } else { "" },
+            phase.as_str(),
+            match (plan, error) {
+                (Some(p), _) => p.short(),
+                (None, e) => format!("no plan ({})", e.as_deref().unwrap_or("unknown")),
+            }
+        ),
+        ExplainChecked { result, decision } => match decision {
+            None if result.passed => format!(
+                "EXPLAIN gate: {name} passed: {}",
+                result.figures(),
+                name = result.name
+            ),
+            _ => format!(
+                "EXPLAIN GATE FAILED ({}): {}",
+                decision.map_or("failed", |d| d.as_str()),
+                result.message()
+            ),
+        },
         UndoStarted {
             database,
             versions,

@@ -1,5 +1,5 @@
 //! Runs one plan's whole lifecycle against one target:
-//! preflight → window → lock → baseline → backup → migrate → soak
+//! preflight → window → lock → baseline → backup → migrate → EXPLAIN gate → soak
 //! → succeeded | rollback → confirm → rolled back | needs a human.
 //!
 //! The runner performs effects; it never decides a transition. Each step feeds
@@ -30,6 +30,7 @@ use crate::run::lifecycle::{Effect, Input, Rules};
 use crate::run::state::RunState;
 use crate::steps::StepContext;
 use crate::steps::backup::{self, Backup};
+use crate::steps::explain;
 use crate::steps::migrate::{self, MigrateEnd};
 use crate::steps::soak::{Monitor, SoakEnd, SoakProgress};
 use crate::undo::capture::{self, KeyProblem};
@@ -480,6 +481,12 @@ impl<'a> Runner<'a> {
     ) -> Phase<Infallible> {
         let input = match end {
             MigrateEnd::Done => {
+                // The EXPLAIN gate, before the soak: a query that fails it is a
+                // breach, fed to the lifecycle like a soak check's.
+                if let Some(cause) = self.explain_after().await {
+                    let effects = self.life.apply(Input::Breach { cause }).await?;
+                    return self.undo(lock, monitor, effects).await;
+                }
                 self.life.apply(Input::MigrationsDone).await?;
                 return self.soak_then_finish(lock, monitor, None).await;
             }
@@ -498,6 +505,21 @@ impl<'a> Runner<'a> {
         };
         let effects = self.life.apply(input).await?;
         self.undo(lock, monitor, effects).await
+    }
+
+    /// The EXPLAIN gate after the change, judged against the plans taken
+    /// before it (the run's facts, so a resumed run judges against the same);
+    /// the breach cause when a query failed it.
+    async fn explain_after(&self) -> Option<String> {
+        if self.ctx.plan.explain.is_empty() {
+            return None;
+        }
+        let before = self.ctx.events.facts().explain_before;
+        let results = explain::after(&self.ctx, &before).await;
+        let cause = explain::breach_cause(&results);
+        // Persisted with the next state (soaking or rolling back).
+        self.ctx.events.set_fact(|f| f.explain = results);
+        cause
     }
 
     async fn soak_then_finish(
