@@ -281,6 +281,20 @@ async fn an_undo_through_the_daemon_is_approved_run_under_the_lock_and_announced
     let logs = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.contains(&format!("undo #{undo} reverted")), "{logs}");
 
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", daemon.url))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pgshepherd_undos_finished_total{target=\"main\",outcome=\"reverted\"} 1"),
+        "{metrics}"
+    );
+
     // Announced on the run's channel: needs approval, approved, started,
     // finished with the counts.
     let delivered = hooks

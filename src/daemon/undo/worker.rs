@@ -145,6 +145,7 @@ async fn drive(shared: SharedRef, undo: Claimed) {
     }
     shared.outbox.poke();
     if let EventKind::UndoFinished { outcome, .. } = &finished.kind {
+        shared.metrics.observe_undo(&undo.target, outcome);
         info!(outcome = outcome.as_str(), "undo finished");
     }
 }
