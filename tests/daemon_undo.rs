@@ -428,3 +428,78 @@ async fn killed_in_the_middle_of_an_undo_the_target_is_untouched_and_the_undo_ru
     assert_eq!(u["report"]["total"]["reverted"], 4, "{u}");
     assert!(u["owner"].is_null(), "{u}");
 }
+
+/// 3. An undo queues with the target's runs as a run would: asked for while
+/// another run is soaking on the target, it starts only once that run has
+/// finished; a run submitted after it starts only once the undo has finished.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undo_waits_for_the_active_run_and_the_next_run_waits_for_it() {
+    let env = Env::new(&["main"], SETTINGS).await;
+    let target = env.target("main").client().await;
+    target.batch_execute(SCHEMA).await.unwrap();
+    let before = snapshot(&target).await;
+    let work = common::scratch_dir();
+    let (plan, set) = merge_plan(work.path(), "main", false, false);
+    let daemon = env.start("d1").await;
+    let api = Api::new(&daemon);
+    let merge = api.submit(SUBMITTER, &plan, &set).await;
+    assert_eq!(
+        env.wait_finished(&merge, MINUTE).await["outcome"],
+        "succeeded"
+    );
+
+    // Another change soaks on the target for an hour.
+    let soaking_plan = common::one_table_plan(
+        &work.path().join("soaking"),
+        "main",
+        "1h",
+        "backup:\n  enabled: false\nrollback:\n  confirm: 0s\n",
+    );
+    let soaking_set = work.path().join("soaking/migrations");
+    let soaking = api.submit(SUBMITTER, &soaking_plan, &soaking_set).await;
+    env.wait_for_event(&soaking, "soak_started", MINUTE).await;
+
+    let (status, undo) = api
+        .post(SUBMITTER, &format!("/v1/runs/{merge}/undo"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{undo}");
+    assert_eq!(undo["phase"], "queued", "{undo}");
+    let id = undo["id"].as_i64().unwrap();
+    let next_plan = common::one_table_plan(
+        &work.path().join("next"),
+        "main",
+        "500ms",
+        "backup:\n  enabled: false\n",
+    );
+    let next = api
+        .submit(SUBMITTER, &next_plan, &work.path().join("next/migrations"))
+        .await;
+
+    // The soaking run ends (aborted: rolled back); then the undo, then the next run.
+    let (status, _) = api
+        .post(APPROVER, &format!("/v1/runs/{soaking}/abort"), json!({}))
+        .await;
+    assert_eq!(status, 202);
+    let next_row = env.wait_finished(&next, MINUTE).await;
+    assert_eq!(next_row["outcome"], "succeeded", "{next_row}");
+    let soaking_row = env.run_row(&soaking).await;
+    assert_eq!(soaking_row["outcome"], "rolled_back", "{soaking_row}");
+    let (_, view) = api.get(READER, &format!("/v1/runs/{merge}")).await;
+    let u = &view["undos"][0];
+    assert_eq!(u["id"], id);
+    assert_eq!(u["outcome"], "reverted", "{u}");
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("{v}"))).unwrap()
+    };
+    assert!(
+        at(&soaking_row["finished_at"]) <= at(&u["started_at"]),
+        "the undo started before the soaking run finished: {soaking_row} {u}"
+    );
+    assert!(
+        at(&u["finished_at"]) <= at(&next_row["started_at"]),
+        "the next run started before the undo finished: {u} {next_row}"
+    );
+    // The undo gave the merge back; the next run's table is there.
+    let now = snapshot(&target).await;
+    assert_eq!(now, before);
+}
