@@ -294,41 +294,6 @@ pub fn run_table(runs: &[Value]) -> String {
     out.join("\n")
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn events_read_like_run_prints_them() {
-        for event in crate::run::event::samples::events() {
-            let mut json = serde_json::to_value(&event).unwrap();
-            json["seq"] = 7.into();
-            assert_eq!(event_line(&json), render::human(&event));
-        }
-        let unknown = json!({"ts": "x", "event": "something_new", "step": "soak"});
-        assert_eq!(
-            event_line(&unknown).unwrap(),
-            "[--:--:--] something_new (soak)"
-        );
-    }
-
-    #[test]
-    fn the_table_aligns_columns() {
-        let runs = [
-            json!({"id": "0123456789ab", "phase": "queued", "state": "created", "target": "jobs",
-                           "plan": {"name": "p"}, "submitted_at": "2026-03-01T10:11:12Z", "submitted_by": "alice",
-                           "outcome": null}),
-        ];
-        let t = run_table(&runs);
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0].find("PHASE"), lines[1].find("queued"));
-        assert!(lines[1].ends_with('-'));
-    }
-}
-
 /// One undo of a run's view (`undos[]`) on a line.
 pub fn undo_status(u: &Value) -> String {
     let what = match u["outcome"].as_str() {
@@ -366,4 +331,39 @@ pub fn undo_status(u: &Value) -> String {
             .map(|r| format!(" — {r}"))
             .unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn events_read_like_run_prints_them() {
+        for event in crate::run::event::samples::events() {
+            let mut json = serde_json::to_value(&event).unwrap();
+            json["seq"] = 7.into();
+            assert_eq!(event_line(&json), render::human(&event));
+        }
+        let unknown = json!({"ts": "x", "event": "something_new", "step": "soak"});
+        assert_eq!(
+            event_line(&unknown).unwrap(),
+            "[--:--:--] something_new (soak)"
+        );
+    }
+
+    #[test]
+    fn the_table_aligns_columns() {
+        let runs = [
+            json!({"id": "0123456789ab", "phase": "queued", "state": "created", "target": "jobs",
+                           "plan": {"name": "p"}, "submitted_at": "2026-03-01T10:11:12Z", "submitted_by": "alice",
+                           "outcome": null}),
+        ];
+        let t = run_table(&runs);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].find("PHASE"), lines[1].find("queued"));
+        assert!(lines[1].ends_with('-'));
+    }
 }
