@@ -329,11 +329,14 @@ async fn an_undo_through_the_daemon_is_approved_run_under_the_lock_and_announced
 /// 2. Kill -9 of the daemon in the middle of an undo: the undo is inside its
 /// transaction (it re-inserted the merged company and waits on a user row a
 /// session of the test holds) when the daemon is killed. The target is
-/// untouched; after the restart the undo is claimed again (attempt 2), ends the
-/// dead daemon's target session, and runs to completion once the row is free.
+/// untouched; the daemon restarted under its name takes the undo back at once
+/// (attempt 2), ends the dead daemon's target session, and runs it to
+/// completion once the row is free.
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_in_the_middle_of_an_undo_the_target_is_untouched_and_the_undo_runs_again() {
-    let env = Env::new(&["main"], SETTINGS).await;
+    // A long lease: the restarted daemon must take the undo back at once, under
+    // its name's lock, not after the dead process's lease has run out.
+    let env = Env::new(&["main"], "lease_timeout: 60s\npoll_interval: 200ms").await;
     let target = env.target("main").client().await;
     target.batch_execute(SCHEMA).await.unwrap();
     let before = snapshot(&target).await;
@@ -375,6 +378,12 @@ async fn killed_in_the_middle_of_an_undo_the_target_is_untouched_and_the_undo_ru
         .unwrap()
         .get(0);
 
+    let state = env.state.client().await;
+    let lease_until: chrono::DateTime<chrono::Utc> = state
+        .query_one("SELECT lease_until FROM undos WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
     daemon.kill9();
 
     // Untouched: the half-done undo is invisible and never commits.
@@ -396,6 +405,15 @@ async fn killed_in_the_middle_of_an_undo_the_target_is_untouched_and_the_undo_ru
         })
         .await;
     assert!(undo_events(&events, id, "undo_finished").is_empty());
+    let again = undo_events(&events, id, "undo_started")
+        .into_iter()
+        .find(|e| e["attempt"] == 2)
+        .unwrap();
+    let again_at = chrono::DateTime::parse_from_rfc3339(again["ts"].as_str().unwrap()).unwrap();
+    assert!(
+        again_at < lease_until,
+        "taken back only after the dead process's lease ran out ({lease_until}): {again}"
+    );
     // The dead daemon's session was ended; the new one waits on the same row.
     common::wait_for_sql(
         dsn,

@@ -325,7 +325,7 @@ pub async fn claim(
         UndoPhase::Active.as_str(),
         UndoPhase::Finished.as_str(),
     );
-    let claimed = transition(UndoPhase::Queued, UndoInput::Claim)
+    let next = transition(UndoPhase::Queued, UndoInput::Claim)
         .map_err(|e| StoreError::Query(e.to_string()))?;
     let rows = client
         .query(
@@ -358,28 +358,74 @@ pub async fn claim(
                 &queued,
                 &active,
                 &finished,
-                &claimed.as_str(),
+                &next.as_str(),
             ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Claimed {
-            id: r.get(0),
-            run_id: r.get(1),
-            target: r.get(2),
-            owner: node.to_string(),
-            epoch: r.get(3),
-            versions: r.get(4),
-            mode: mode_of(r.get(5)),
-            predicate: r.get(6),
-            dry_run: r.get(7),
-            requested_by: r.get(8),
-            approved_by: r.get(9),
-            attempt: r.get(10),
-            bundle: r.get(11),
-        })
-        .collect())
+    Ok(rows.iter().map(|r| claimed(r, node)).collect())
+}
+
+/// Take back, under new epochs, the active undos leased to `node` that this
+/// process does not drive (`driving`): a previous process of this name died
+/// during them. Only for a process that has just taken the name's lock (see
+/// [`crate::daemon::name_lock`]); the new epoch fences the dead one all the same.
+pub async fn take_back(
+    pool: &Pool,
+    node: &str,
+    lease_timeout: Duration,
+    driving: &[i64],
+    limit: i64,
+) -> Result<Vec<Claimed>, StoreError> {
+    let next = transition(UndoPhase::Active, UndoInput::Claim)
+        .map_err(|e| StoreError::Query(e.to_string()))?;
+    let client = pool.get().await?;
+    let lease_ms = lease_timeout.as_millis() as f64;
+    let rows = client
+        .query(
+            "WITH mine AS (
+                 SELECT id FROM undos
+                  WHERE owner = $1 AND phase = $5 AND NOT (id = ANY($3))
+                  ORDER BY seq
+                  LIMIT $4
+                  FOR UPDATE SKIP LOCKED)
+             UPDATE undos u
+                SET epoch = u.epoch + 1, phase = $6,
+                    lease_until = now() + $2 * interval '1 millisecond',
+                    attempts = u.attempts + 1, updated_at = now()
+               FROM mine, runs r
+              WHERE u.id = mine.id AND r.id = u.run_id
+          RETURNING u.id, u.run_id, u.target, u.epoch, u.versions, u.mode, u.predicate,
+                    u.dry_run, u.requested_by, u.approved_by, u.attempts, r.bundle",
+            &[
+                &node,
+                &lease_ms,
+                &driving,
+                &limit,
+                &UndoPhase::Active.as_str(),
+                &next.as_str(),
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| claimed(r, node)).collect())
+}
+
+/// A claimed undo from the `RETURNING` row of [`claim`] or [`take_back`].
+fn claimed(r: &tokio_postgres::Row, node: &str) -> Claimed {
+    Claimed {
+        id: r.get(0),
+        run_id: r.get(1),
+        target: r.get(2),
+        owner: node.to_string(),
+        epoch: r.get(3),
+        versions: r.get(4),
+        mode: mode_of(r.get(5)),
+        predicate: r.get(6),
+        dry_run: r.get(7),
+        requested_by: r.get(8),
+        approved_by: r.get(9),
+        attempt: r.get(10),
+        bundle: r.get(11),
+    }
 }
 
 /// Extend the lease of a claimed undo; false when it is no longer ours.

@@ -5,13 +5,17 @@
 //!
 //! A daemon that dies during an undo leaves the target untouched: the undo is
 //! one transaction ([`crate::undo::revert`]), which the server rolls back when
-//! its session ends. Its lease runs out and the undo is claimed again (attempt
-//! 2), by another daemon or by this one restarted; that attempt first ends the
-//! dead one's target session (which may still hold the lock or wait on a row),
+//! its session ends. The undo is claimed again (attempt 2): at once by the
+//! daemon restarted under the same name (once it holds the name's lock, as for
+//! runs), or by any daemon when its lease has run out; that attempt first ends
+//! the dead one's target session (which may still hold the lock or wait on a row),
 //! then runs the whole undo again. A daemon that died after the target
 //! committed but before the outcome was recorded leaves an undo whose second
 //! attempt finds its rows `already_undone` and says so.
 
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -44,20 +48,65 @@ const WRITE_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::
 pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
     let settings = shared.config.daemon.clone();
+    // The undos this process drives, so that taking back the name's undos
+    // leaves them alone.
+    let driving: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    let mut name_taken = 0;
     loop {
-        let room = MAX_ACTIVE_UNDOS.saturating_sub(tasks.len()) as i64;
+        let mut room = MAX_ACTIVE_UNDOS.saturating_sub(tasks.len()) as i64;
+        let mut claimed = Vec::new();
+        let taken = shared.name_taken.load(Ordering::Acquire);
+        if taken != name_taken && room > 0 {
+            let mine: Vec<i64> = lock(&driving).iter().copied().collect();
+            let take_back = store::take_back(
+                &shared.pool,
+                &shared.node,
+                settings.lease_timeout,
+                &mine,
+                room,
+            );
+            match bounded(
+                &shared.pool,
+                shared.op_timeout,
+                "taking back undos",
+                take_back,
+            )
+            .await
+            {
+                Ok(undos) => {
+                    name_taken = taken;
+                    if !undos.is_empty() {
+                        info!(
+                            undos = undos.len(),
+                            "taking back the undos a previous process of this name left leased"
+                        );
+                    }
+                    room -= undos.len() as i64;
+                    claimed.extend(undos);
+                }
+                Err(e) => warn!(error = %e, "cannot take back this name's undos; retrying"),
+            }
+        }
         if room > 0 {
             let claim = store::claim(&shared.pool, &shared.node, settings.lease_timeout, room);
             match bounded(&shared.pool, shared.op_timeout, "claiming undos", claim).await {
-                Ok(claimed) => {
-                    for undo in claimed {
-                        let span = tracing::info_span!("undo", run_id = %undo.run_id,
-                            undo = undo.id, target = %undo.target);
-                        tasks.spawn(drive(shared.clone(), undo).instrument(span));
-                    }
-                }
+                Ok(more) => claimed.extend(more),
                 Err(e) => warn!(error = %e, "cannot claim undos"),
             }
+        }
+        for undo in claimed {
+            let span = tracing::info_span!("undo", run_id = %undo.run_id,
+                undo = undo.id, target = %undo.target);
+            lock(&driving).insert(undo.id);
+            let (shared, driving) = (shared.clone(), driving.clone());
+            tasks.spawn(
+                async move {
+                    let id = undo.id;
+                    drive(shared, undo).await;
+                    lock(&driving).remove(&id);
+                }
+                .instrument(span),
+            );
         }
         tokio::select! {
             _ = tokio::time::sleep(settings.poll_interval) => {}
@@ -74,6 +123,11 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
             "shutdown timeout: undos still running are cut off; they run again once their leases expire"
         );
     }
+}
+
+/// A poisoned lock only means a task panicked while updating the set.
+fn lock(driving: &Mutex<HashSet<i64>>) -> MutexGuard<'_, HashSet<i64>> {
+    driving.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Drive one claimed undo to its recorded end, renewing its lease meanwhile.
