@@ -1400,7 +1400,8 @@ async fn aborting_an_active_run_is_a_request_its_daemon_acts_on() {
 /// is not finished or has nothing to undo a 409, a read-only token a 403; an
 /// undo of a plan that requires approval waits for someone other than who asked
 /// (four eyes, through `approve`), and can be called off (`abort`) before it
-/// starts. Every answer as the document says.
+/// starts; a dry run needs no approval unless it carries a predicate. Every
+/// answer as the document says.
 #[tokio::test(flavor = "multi_thread")]
 async fn undo_requests_are_checked_approved_with_four_eyes_and_called_off() {
     let api = start().await;
@@ -1530,7 +1531,23 @@ async fn undo_requests_are_checked_approved_with_four_eyes_and_called_off() {
         (Some("finished"), Some("cancelled"))
     );
     assert_eq!(u["cancelled_by"], "carol");
-    // A dry run needs no approval.
+    // A dry run needs no approval, unless it carries a predicate (SQL run on
+    // the target).
+    let dry_where = api
+        .post(
+            "alice",
+            &undo(&id),
+            Some(&json!({"dry_run": true, "where": "true"})),
+        )
+        .await;
+    assert_eq!(dry_where.status, StatusCode::ACCEPTED);
+    assert_eq!(dry_where.body["phase"], "pending_approval");
+    assert_eq!(
+        api.post("alice", &format!("/v1/runs/{id}/abort"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
     let dry = api
         .post("alice", &undo(&id), Some(&json!({"dry_run": true})))
         .await;
@@ -1552,6 +1569,8 @@ async fn undo_requests_are_checked_approved_with_four_eyes_and_called_off() {
             "run_submitted",
             "undo_requested",
             "undo_approved",
+            "undo_finished",
+            "undo_requested",
             "undo_finished",
             "undo_requested"
         ]

@@ -355,15 +355,19 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
         UndoRequested {
             request,
             requested_by,
-            dry_run: false,
+            dry_run,
             requires_approval: true,
             mode,
+            predicate,
             ..
         } => {
             let mut a = n(
                 NoticeKind::ApprovalNeeded,
                 Severity::Warning,
-                format!("Approval needed: undo of {plan} on {target}"),
+                format!(
+                    "Approval needed: undo{} of {plan} on {target}",
+                    if *dry_run { " (dry run)" } else { "" }
+                ),
                 format!(
                     "{requested_by} asked to undo the data changes of run {id} on {target} \
                      (undo #{request}, mode {}). It waits for approval by someone with the \
@@ -371,6 +375,9 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
                     mode.as_str()
                 ),
             );
+            if let Some(p) = predicate {
+                a.facts.push(Fact::new("where", p.clone()));
+            }
             a.next_step = Some(format!(
                 "Review with `pgshepherd status {id}`, then `pgshepherd approve {id}` (or `pgshepherd abort {id}` to call it off)."
             ));

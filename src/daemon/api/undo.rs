@@ -46,7 +46,8 @@ pub struct UndoRequest {
     #[serde(default, rename = "where")]
     #[schema(max_length = 8192)]
     pub predicate: Option<String>,
-    /// Report what would be undone and change nothing (needs no approval).
+    /// Report what would be undone and change nothing (needs no approval,
+    /// unless it has a `where` predicate).
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -85,7 +86,8 @@ impl UndoRequest {
 /// A change to the target like a run: when the run's plan (or the daemon's
 /// config for its target) requires approval, the undo waits for someone with the
 /// approve role other than who asked (`POST /v1/runs/{id}/approve`); a dry run
-/// needs no approval. It then waits its turn behind the target's earlier runs and
+/// without a `where` predicate needs no approval (a predicate is SQL run on the
+/// target). It then waits its turn behind the target's earlier runs and
 /// undos, takes the target's lock with the plan's lock settings, runs in one
 /// transaction, and is announced on the run's channels. Its events
 /// (`undo_requested`, `undo_approved`, `undo_started`, `undo_finished`) are the

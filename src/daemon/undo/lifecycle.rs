@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Invariants (tested below):
-//! - only an approved undo (or one that needs no approval: a dry run, a plan
-//!   without approval) is ever claimed, so nothing changes the target unapproved;
+//! - only an approved undo (or one that needs no approval: a dry run without a
+//!   `where` predicate, a plan without approval) is ever claimed, so nothing
+//!   runs on the target unapproved;
 //! - an active undo cannot be cancelled: it is one transaction on the target that
 //!   either commits or changes nothing, and it is short;
 //! - `finished` is final.
@@ -66,9 +67,13 @@ impl UndoPhase {
         UndoPhase::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
-    /// The phase of a new undo. A dry run changes nothing and needs no approval.
-    pub fn initial(requires_approval: bool, dry_run: bool) -> UndoPhase {
-        if requires_approval && !dry_run {
+    /// The phase of a new undo. A dry run changes nothing and needs no
+    /// approval, unless it carries a `where` predicate: that is SQL, run with
+    /// the daemon's role on the target, and an expression can have effects a
+    /// rolled-back transaction does not undo (ending sessions, calling out), so
+    /// a second person looks at it first, as at a migration.
+    pub fn initial(requires_approval: bool, dry_run: bool, predicate: bool) -> UndoPhase {
+        if requires_approval && (!dry_run || predicate) {
             UndoPhase::PendingApproval
         } else {
             UndoPhase::Queued
@@ -128,10 +133,14 @@ mod tests {
     }
 
     #[test]
-    fn a_dry_run_or_a_plan_without_approval_is_queued_at_once() {
-        assert_eq!(UndoPhase::initial(true, false), UndoPhase::PendingApproval);
-        assert_eq!(UndoPhase::initial(true, true), UndoPhase::Queued);
-        assert_eq!(UndoPhase::initial(false, false), UndoPhase::Queued);
+    fn a_dry_run_without_a_predicate_or_a_plan_without_approval_is_queued_at_once() {
+        use UndoPhase::{PendingApproval, Queued};
+        assert_eq!(UndoPhase::initial(true, false, false), PendingApproval);
+        assert_eq!(UndoPhase::initial(true, true, false), Queued);
+        assert_eq!(UndoPhase::initial(false, false, false), Queued);
+        assert_eq!(UndoPhase::initial(false, false, true), Queued);
+        // A predicate is SQL run on the target: approved like the undo itself.
+        assert_eq!(UndoPhase::initial(true, true, true), PendingApproval);
     }
 
     /// Every path from a new undo to a claim passes an approval when one is

@@ -147,7 +147,7 @@ pub async fn request(
         &[&new.target],
     )
     .await?;
-    let phase = UndoPhase::initial(new.requires_approval, new.dry_run);
+    let phase = UndoPhase::initial(new.requires_approval, new.dry_run, new.predicate.is_some());
     let id: i64 = tx
         .query_one(
             "INSERT INTO undos (run_id, target, requested_by, versions, mode, predicate, dry_run,
