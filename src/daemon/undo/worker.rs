@@ -98,11 +98,11 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
             let span = tracing::info_span!("undo", run_id = %undo.run_id,
                 undo = undo.id, target = %undo.target);
             lock(&driving).insert(undo.id);
-            let (shared, driving) = (shared.clone(), driving.clone());
+            let (shared, driving, shutdown) = (shared.clone(), driving.clone(), shutdown.clone());
             tasks.spawn(
                 async move {
                     let id = undo.id;
-                    drive(shared, undo).await;
+                    drive(shared, undo, shutdown).await;
                     lock(&driving).remove(&id);
                 }
                 .instrument(span),
@@ -131,7 +131,7 @@ fn lock(driving: &Mutex<HashSet<i64>>) -> MutexGuard<'_, HashSet<i64>> {
 }
 
 /// Drive one claimed undo to its recorded end, renewing its lease meanwhile.
-async fn drive(shared: SharedRef, undo: Claimed) {
+async fn drive(shared: SharedRef, undo: Claimed, shutdown: CancellationToken) {
     info!(attempt = undo.attempt, "undo claimed");
     let lease_timeout = shared.config.daemon.lease_timeout;
     let (lost_tx, mut lost) = watch::channel(false);
@@ -165,15 +165,35 @@ async fn drive(shared: SharedRef, undo: Claimed) {
         })
     };
     let ended = tokio::select! {
-        ended = perform(&shared, &undo) => Some(ended),
+        ended = perform(&shared, &undo, &shutdown) => Some(ended),
         _ = lost.wait_for(|l| *l) => None,
     };
     heartbeat.abort();
-    let Some((finished, report)) = ended else {
-        warn!(
-            "lost the undo's lease; stopped (its target session is ended by whoever claims it next)"
-        );
-        return;
+    let (finished, report) = match ended {
+        Some(Performed::Ended(finished, report)) => (finished, report),
+        Some(Performed::Parked) => {
+            // Stopped before touching the target: whoever starts next (this
+            // daemon restarted, a replica) takes it at once.
+            let release = store::release(&shared.pool, &undo);
+            if let Err(e) = bounded(
+                &shared.pool,
+                shared.op_timeout,
+                "releasing an undo",
+                release,
+            )
+            .await
+            {
+                warn!(error = %e, "cannot release the undo's lease; it will expire");
+            }
+            info!("shutting down before the undo touched the target; released it");
+            return;
+        }
+        None => {
+            warn!(
+                "lost the undo's lease; stopped (its target session is ended by whoever claims it next)"
+            );
+            return;
+        }
     };
     let mut attempt = 0;
     loop {
@@ -204,9 +224,17 @@ async fn drive(shared: SharedRef, undo: Claimed) {
     }
 }
 
-/// The undo itself: its `undo_started` event, the lock, the transaction on the
-/// target. Returns its `undo_finished` event and the report to keep.
-async fn perform(shared: &SharedRef, undo: &Claimed) -> (Event, Option<serde_json::Value>) {
+/// How [`perform`] ended.
+enum Performed {
+    /// With its `undo_finished` event and the report to keep.
+    Ended(Event, Option<serde_json::Value>),
+    /// Shutting down while it waited for the target's lock: nothing was done.
+    Parked,
+}
+
+/// The undo itself: its `undo_started` event, the lock (given up at shutdown:
+/// waiting loses nothing), the transaction on the target (which runs to its end).
+async fn perform(shared: &SharedRef, undo: &Claimed, shutdown: &CancellationToken) -> Performed {
     let plan = serde_json::from_value::<Bundle>(undo.bundle.clone())
         .map_err(|e| e.to_string())
         .and_then(|b| b.compile().map_err(|d| d.to_string()));
@@ -269,7 +297,7 @@ async fn perform(shared: &SharedRef, undo: &Claimed) -> (Event, Option<serde_jso
         }
     }
     let started = Instant::now();
-    let lock = {
+    let acquire = {
         let shared = shared.clone();
         let undo = undo.clone();
         TargetLock::acquire(
@@ -283,7 +311,10 @@ async fn perform(shared: &SharedRef, undo: &Claimed) -> (Event, Option<serde_jso
                 });
             },
         )
-        .await
+    };
+    let lock = tokio::select! {
+        lock = acquire => lock,
+        _ = shutdown.cancelled() => return Performed::Parked,
     };
     let lock = match lock {
         Ok(lock) => lock,
@@ -380,7 +411,7 @@ fn finished(
     report: Option<Report>,
     conflicts_file: Option<String>,
     outcome: UndoOutcome,
-) -> (Event, Option<serde_json::Value>) {
+) -> Performed {
     let (versions, tables, conflicts, undo_id) = match &report {
         Some(r) => (
             r.versions.clone(),
@@ -421,7 +452,7 @@ fn finished(
             attempt: Some(undo.attempt.max(1) as u32),
         },
     };
-    (event, kept)
+    Performed::Ended(event, kept)
 }
 
 /// Write one event of the undo to its run (best effort: the outcome, written at
