@@ -57,10 +57,7 @@ async fn run(options: &ClientOptions, ask: &UndoAsk) -> Result<i32, Failure> {
     if options.json {
         output::line(&undo);
     } else {
-        eprintln!(
-            "undo #{request} of run {id}: {}",
-            render::undo_status(&undo)
-        );
+        eprintln!("undo of run {id}: {}", render::undo_status(&undo));
     }
     if undo["phase"] == "pending_approval" {
         eprintln!(
