@@ -54,7 +54,7 @@ const UNDO_BLOCKED: &str = "SELECT count(*) = 1 FROM pg_stat_activity \
 fn merge_plan(dir: &Path, target: &str, approval: bool, notify: bool) -> (PathBuf, PathBuf) {
     let mut tail = String::from(
         "backup:\n  enabled: false\nrollback:\n  strategy: hold\n\
-         statement_timeout: 30m\nlock:\n  lock_timeout: 10m\n\
+         statement_timeout: 30m\nlock:\n  acquire_timeout: 10m\n  lock_timeout: 10m\n\
          soak:\n  duration: 500ms\n  interval: 250ms\n  baseline_samples: 1\n  checks:\n    \
          - name: one\n      sql: SELECT 1\n      max: 1\n      min_samples: 1\n      consecutive: 1\n",
     );
@@ -520,4 +520,80 @@ async fn an_undo_waits_for_the_active_run_and_the_next_run_waits_for_it() {
     // The undo gave the merge back; the next run's table is there.
     let now = snapshot(&target).await;
     assert_eq!(now, before);
+}
+
+/// 4. SIGTERM while an undo waits for the target's lock (held by another
+/// session): the daemon exits at once, the undo gives its lease back untouched,
+/// and the next daemon runs it once the lock is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_an_undo_waits_for_the_lock_gives_it_back_for_the_next_daemon() {
+    let env = Env::new(&["main"], "lease_timeout: 60s\npoll_interval: 200ms").await;
+    let target = env.target("main").client().await;
+    target.batch_execute(SCHEMA).await.unwrap();
+    let before = snapshot(&target).await;
+    let work = common::scratch_dir();
+    let (plan, set) = merge_plan(work.path(), "main", false, false);
+    let mut daemon = env.start("d1").await;
+    let api = Api::new(&daemon);
+    let run = api.submit(SUBMITTER, &plan, &set).await;
+    assert_eq!(
+        env.wait_finished(&run, MINUTE).await["outcome"],
+        "succeeded"
+    );
+    let merged = snapshot(&target).await;
+
+    // Someone else holds pgshepherd's lock on the target.
+    let holder = env.target("main").client().await;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&pgshepherd::pg::lock::LOCK_KEY],
+        )
+        .await
+        .unwrap();
+    let (status, undo) = api
+        .post(SUBMITTER, &format!("/v1/runs/{run}/undo"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{undo}");
+    let id = undo["id"].as_i64().unwrap();
+    let busy = env.wait_for_event(&run, "lock_busy", MINUTE).await;
+    assert_eq!(busy["step"], "undo", "{busy}");
+
+    assert_eq!(daemon.sigterm(MINUTE), Some(0));
+    let state = env.state.client().await;
+    let row = state
+        .query_one(
+            "SELECT phase, owner, attempts FROM undos WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (phase, owner, attempts): (String, Option<String>, i32) =
+        (row.get(0), row.get(1), row.get(2));
+    assert_eq!((phase.as_str(), owner, attempts), ("active", None, 1));
+    assert_eq!(snapshot(&target).await, merged, "untouched");
+
+    let _daemon = env.start("d2").await;
+    let events = env
+        .wait_for_events(&run, "the undo started again", |events| {
+            undo_events(events, id, "undo_started").len() == 2
+        })
+        .await;
+    assert!(undo_events(&events, id, "undo_finished").is_empty());
+    holder
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&pgshepherd::pg::lock::LOCK_KEY],
+        )
+        .await
+        .unwrap();
+    let events = env
+        .wait_for_events(&run, "the undo's end", |events| {
+            !undo_events(events, id, "undo_finished").is_empty()
+        })
+        .await;
+    let finished = undo_events(&events, id, "undo_finished")[0];
+    assert_eq!(finished["outcome"], "reverted", "{finished}");
+    assert_eq!(finished["attempt"], 2, "{finished}");
+    assert_eq!(snapshot(&target).await, before);
 }
