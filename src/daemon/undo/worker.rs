@@ -170,7 +170,7 @@ async fn drive(shared: SharedRef, undo: Claimed, shutdown: CancellationToken) {
     };
     heartbeat.abort();
     let (finished, report) = match ended {
-        Some(Performed::Ended(finished, report)) => (finished, report),
+        Some(Performed::Ended(finished, report)) => (*finished, report),
         Some(Performed::Parked) => {
             // Stopped before touching the target: whoever starts next (this
             // daemon restarted, a replica) takes it at once.
@@ -227,7 +227,7 @@ async fn drive(shared: SharedRef, undo: Claimed, shutdown: CancellationToken) {
 /// How [`perform`] ended.
 enum Performed {
     /// With its `undo_finished` event and the report to keep.
-    Ended(Event, Option<serde_json::Value>),
+    Ended(Box<Event>, Option<serde_json::Value>),
     /// Shutting down while it waited for the target's lock: nothing was done.
     Parked,
 }
@@ -452,7 +452,7 @@ fn finished(
             attempt: Some(undo.attempt.max(1) as u32),
         },
     };
-    Performed::Ended(event, kept)
+    Performed::Ended(Box::new(event), kept)
 }
 
 /// Write one event of the undo to its run (best effort: the outcome, written at
