@@ -42,9 +42,11 @@ const MAX_ACTIVE_UNDOS: usize = 16;
 /// Writing the undo's state while the state database is away.
 const WRITE_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
-/// Until `shutdown`: claim ready undos and drive each in its own task. At
-/// shutdown, undos in flight get `shutdown_timeout` to end; one cut off there
-/// is claimed again once its lease runs out (it changed nothing).
+/// Until `shutdown`: take back this name's undos after a restart, claim ready
+/// undos, and drive each in its own task. At shutdown, an undo waiting for the
+/// target's lock lets it go and releases its lease; one in its transaction gets
+/// `shutdown_timeout` to end, and one cut off there (it changed nothing) is
+/// taken back by the restarted daemon or claimed once its lease runs out.
 pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
     let settings = shared.config.daemon.clone();
@@ -120,7 +122,7 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
         .is_err()
     {
         warn!(
-            "shutdown timeout: undos still running are cut off; they run again once their leases expire"
+            "shutdown timeout: undos still running are cut off (nothing changed); they run again when taken back or their leases expire"
         );
     }
 }
