@@ -68,6 +68,11 @@ enum Command {
     /// Give back the rows a run's migrations changed (captured with
     /// `-- pgshepherd:capture`), keeping what users wrote since.
     ///
+    /// With --database-url or --config/--target it works on that database;
+    /// without, it asks the daemon at --server, which runs it under the run's
+    /// plan (approval, the target's queue and lock, notifications) and follows
+    /// it to its end.
+    ///
     /// Exit codes: 0 everything reverted; 4 conflicts left (skip-conflicts,
     /// merge); 5 refused, nothing changed; 2 invalid input; 1 environment.
     Undo(cli::undo::UndoArgs),
@@ -127,7 +132,8 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Approve a run waiting for approval (approve role; not the submitter).
+    /// Approve a run waiting for approval, or its undo (approve role; not the
+    /// submitter, not who asked for the undo).
     Approve {
         /// The run id.
         run: String,
@@ -137,7 +143,8 @@ enum Command {
     /// Abort a run.
     ///
     /// A run that has not started stops at once; otherwise the daemon driving it
-    /// stops it (nothing changed yet) or rolls it back per the plan.
+    /// stops it (nothing changed yet) or rolls it back per the plan. Of a
+    /// finished run, calls off its undo that has not started.
     Abort {
         /// The run id.
         run: String,

@@ -206,6 +206,32 @@ impl Api {
         serde_json::to_value(Bundle::from_plan(plan, text, &loaded.migrations)).unwrap()
     }
 
+    /// A run of a plan whose V2 captures the rows it changes, submitted as
+    /// `who` and finished `succeeded` as if a daemon had driven it (no run
+    /// executes here). Returns its id.
+    async fn finished_capture_run(&self, who: &str, sub: &str, extra: &str) -> String {
+        let dir = self.dir.path().join(sub);
+        let plan = common::one_table_plan(&dir, "jobs", "1s", extra);
+        std::fs::write(
+            dir.join("migrations/V2__fix.sql"),
+            "-- pgshepherd:capture public.t
+UPDATE t SET id = id + 1;
+",
+        )
+        .unwrap();
+        let body = self.bundle(&plan);
+        let answer = self.post(who, "/v1/runs", Some(&body)).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+        let id = answer.body["id"].as_str().unwrap().to_string();
+        self.db
+            .execute(&format!(
+                "UPDATE runs SET phase = 'finished', outcome = 'succeeded', exit_code = 0, \
+                 state_name = 'finished', finished_at = now() WHERE id = '{id}'"
+            ))
+            .await;
+        id
+    }
+
     /// Write the one-table plan into a directory of its own and submit it as `who`.
     async fn submit(&self, who: &str, sub: &str, extra: &str) -> Answer {
         let dir = self.dir.path().join(sub);
@@ -431,6 +457,15 @@ async fn every_route_answers_as_the_served_document_says() {
             "run_finished"
         ]
     );
+    let captured = api.finished_capture_run("carol", "c", "").await;
+    let undo = api
+        .post(
+            "carol",
+            &format!("/v1/runs/{captured}/undo"),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(undo.status, StatusCode::ACCEPTED, "{:?}", undo.body);
     let other = api.get("reader", "/v1/runs/0123456789ab").await;
     assert_eq!(other.status, StatusCode::NOT_FOUND);
     let malformed = api.get("reader", "/v1/runs/XYZ/events").await;
@@ -1358,6 +1393,187 @@ async fn aborting_an_active_run_is_a_request_its_daemon_acts_on() {
             .await
             .status,
         StatusCode::OK
+    );
+}
+
+/// `POST /v1/runs/{id}/undo`: what no run could accept is a 400, a run that
+/// is not finished or has nothing to undo a 409, a read-only token a 403; an
+/// undo of a plan that requires approval waits for someone other than who asked
+/// (four eyes, through `approve`), and can be called off (`abort`) before it
+/// starts; a dry run needs no approval unless it carries a predicate. Every
+/// answer as the document says.
+#[tokio::test(flavor = "multi_thread")]
+async fn undo_requests_are_checked_approved_with_four_eyes_and_called_off() {
+    let api = start().await;
+    let undo = |id: &str| format!("/v1/runs/{id}/undo");
+    let id = api
+        .finished_capture_run("alice", "a", "approval:\n  required: true\n")
+        .await;
+
+    assert_eq!(
+        api.post("reader", &undo(&id), Some(&json!({})))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    for bad in [
+        json!({"mode": "all"}),
+        json!({"versions": [-1]}),
+        json!({"versions": [1]}),
+        json!({"where": ""}),
+        json!({"dry_run": "yes"}),
+        json!({"extra": 1}),
+        json!([1]),
+    ] {
+        let answer = api.post("alice", &undo(&id), Some(&bad)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {:?}",
+            answer.body
+        );
+    }
+    let not_json = api
+        .send(
+            api.http
+                .post(api.url(&undo(&id)))
+                .bearer_auth(secret("alice"))
+                .body("mode=merge"),
+        )
+        .await;
+    assert_eq!(not_json.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.post("alice", &undo("0123456789ab"), Some(&json!({})))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // Not finished yet; nothing captured.
+    let open = api.submit("alice", "open", "").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = api.post("alice", &undo(&open), Some(&json!({}))).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("only a finished run can be undone"),
+        "{:?}",
+        refused.body
+    );
+    api.db
+        .execute(&format!(
+            "UPDATE runs SET phase = 'finished', outcome = 'succeeded' WHERE id = '{open}'"
+        ))
+        .await;
+    let nothing = api.post("alice", &undo(&open), Some(&json!({}))).await;
+    assert_eq!(nothing.status, StatusCode::CONFLICT);
+    assert!(
+        nothing.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("captured no data changes"),
+        "{:?}",
+        nothing.body
+    );
+
+    // Carol (submit and approve) asks; she may not approve her own undo.
+    let asked = api
+        .post(
+            "carol",
+            &undo(&id),
+            Some(&json!({"versions": [2], "mode": "skip-conflicts", "where": "op = 'U'"})),
+        )
+        .await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{:?}", asked.body);
+    assert_eq!(asked.body["phase"], "pending_approval");
+    assert_eq!(asked.body["requested_by"], "carol");
+    assert_eq!(asked.body["where"], "op = 'U'");
+    assert_eq!(
+        api.post("carol", &undo(&id), Some(&json!({}))).await.status,
+        StatusCode::CONFLICT,
+        "one open undo per run"
+    );
+    let own = api
+        .post("carol", &format!("/v1/runs/{id}/approve"), None)
+        .await;
+    assert_eq!(own.status, StatusCode::FORBIDDEN);
+    assert!(own.body["error"].as_str().unwrap().contains("four eyes"));
+    // Alice submitted the run; the undo is carol's: alice may not call it off.
+    assert_eq!(
+        api.post("alice", &format!("/v1/runs/{id}/abort"), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let approved = api
+        .post("bob", &format!("/v1/runs/{id}/approve"), None)
+        .await;
+    assert_eq!(approved.status, StatusCode::OK, "{:?}", approved.body);
+    assert_eq!(approved.body["undos"][0]["phase"], "queued");
+    assert_eq!(approved.body["undos"][0]["approved_by"], "bob");
+    assert_eq!(
+        api.post("bob", &format!("/v1/runs/{id}/approve"), None)
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    // Called off by who asked, before any daemon took it.
+    let cancelled = api
+        .post("carol", &format!("/v1/runs/{id}/abort"), None)
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+    let u = &cancelled.body["undos"][0];
+    assert_eq!(
+        (u["phase"].as_str(), u["outcome"].as_str()),
+        (Some("finished"), Some("cancelled"))
+    );
+    assert_eq!(u["cancelled_by"], "carol");
+    // A dry run needs no approval, unless it carries a predicate (SQL run on
+    // the target).
+    let dry_where = api
+        .post(
+            "alice",
+            &undo(&id),
+            Some(&json!({"dry_run": true, "where": "true"})),
+        )
+        .await;
+    assert_eq!(dry_where.status, StatusCode::ACCEPTED);
+    assert_eq!(dry_where.body["phase"], "pending_approval");
+    assert_eq!(
+        api.post("alice", &format!("/v1/runs/{id}/abort"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let dry = api
+        .post("alice", &undo(&id), Some(&json!({"dry_run": true})))
+        .await;
+    assert_eq!(dry.status, StatusCode::ACCEPTED);
+    assert_eq!(dry.body["phase"], "queued");
+    assert_eq!(dry.body["requires_approval"], false);
+
+    let events = api.get("reader", &format!("/v1/runs/{id}/events")).await;
+    let names: Vec<&str> = events
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "run_submitted",
+            "undo_requested",
+            "undo_approved",
+            "undo_finished",
+            "undo_requested",
+            "undo_finished",
+            "undo_requested"
+        ]
     );
 }
 

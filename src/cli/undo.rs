@@ -1,11 +1,16 @@
 //! `pgshepherd undo RUN`: give back the rows a run's migrations changed, keeping
 //! what users wrote since (see [`crate::undo`]).
 //!
+//! With `--database-url` or `--config --target` it works on the database itself.
 //! It is a change to the target like a run: it takes the target's lock (waiting
 //! up to a minute for a run that holds it), works in one transaction, and says
 //! what it did in words (stderr) and, with `--json`, as `undo_started` /
 //! `undo_finished` events on stdout. Conflicts are written row by row to a JSON
 //! lines file (0600: they hold row data) in the current directory.
+//!
+//! Without them it asks the daemon at `--server` ([`crate::client::undo`]),
+//! which runs it under the run's plan: approval, the target's queue and lock,
+//! notifications.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +19,7 @@ use crate::config::Config;
 use crate::pg::{Dsn, TargetLock};
 use crate::run::event::{EventKind, Step};
 use crate::run::journal::Emitter;
+use crate::undo::outcome::UndoOutcome;
 use crate::undo::revert::{self, Mode, Report, Request};
 
 /// How long `undo` waits for the target's lock (a run may hold it).
@@ -56,12 +62,26 @@ pub struct UndoArgs {
     /// JSON lines of events on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Without --database-url or --config: the daemon's URL (the undo is asked
+    /// of the daemon, which runs it as a change to the target).
+    #[arg(long, env = "PGSHEPHERD_SERVER", default_value = crate::client::DEFAULT_SERVER)]
+    pub server: String,
+    /// Bearer token for the daemon (prefer the environment variable).
+    #[arg(long, env = "PGSHEPHERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Through the daemon: return once the undo is accepted instead of
+    /// following it to its end.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// Undo and return the exit code: 0 everything reverted, 4 conflicts left
 /// (skip-conflicts, merge), 5 refused with nothing changed, 2 invalid input, 1
 /// environment.
 pub async fn undo(args: UndoArgs) -> i32 {
+    if args.database_url.is_none() && args.config.is_none() {
+        return through_daemon(args).await;
+    }
     let events = Emitter::new(&args.run_id, None, args.json, true);
     let dsn = match resolve(&args) {
         Ok(d) => d,
@@ -75,6 +95,8 @@ pub async fn undo(args: UndoArgs) -> i32 {
             mode: args.mode,
             predicate: args.predicate.clone(),
             dry_run: args.dry_run,
+            request: None,
+            attempt: None,
         },
     );
     let lock = match TargetLock::acquire(&dsn, "pgshepherd undo", LOCK_WAIT, |holder| {
@@ -115,6 +137,25 @@ pub async fn undo(args: UndoArgs) -> i32 {
         }
         Err(e) => finish(&events, &args, Finish::failed(e.exit_code(), e.to_string())),
     }
+}
+
+/// No database given: ask the daemon, which runs the undo as a change to the
+/// target (approval, queue, lock, notifications; see [`crate::daemon::undo`]).
+async fn through_daemon(args: UndoArgs) -> i32 {
+    let options = crate::client::ClientOptions {
+        server: args.server,
+        token: args.token,
+        json: args.json,
+    };
+    let ask = crate::client::undo::UndoAsk {
+        run_id: args.run_id,
+        versions: args.versions,
+        mode: args.mode,
+        predicate: args.predicate,
+        dry_run: args.dry_run,
+        wait: !args.no_wait,
+    };
+    crate::client::undo::undo(&options, &ask).await
 }
 
 /// Why `undo` has no database to work on.
@@ -167,50 +208,25 @@ fn write_conflicts(run_id: &str, report: &Report) -> std::io::Result<Option<Stri
 
 /// What `undo_finished` says.
 struct Finish {
-    outcome: &'static str,
-    exit_code: i32,
+    outcome: UndoOutcome,
     report: Option<Report>,
     conflicts_file: Option<String>,
-    reason: Option<String>,
 }
 
 impl Finish {
     fn failed(exit_code: i32, reason: String) -> Finish {
         Finish {
-            outcome: "failed",
-            exit_code,
+            outcome: UndoOutcome::failed(exit_code, reason),
             report: None,
             conflicts_file: None,
-            reason: Some(reason),
         }
     }
 
     fn from_report(args: &UndoArgs, report: Report, conflicts_file: Option<String>) -> Finish {
-        let conflicts = report.conflicts.len();
-        let (outcome, exit_code, reason) = match (conflicts, args.mode) {
-            (0, _) => ("reverted", 0, None),
-            (n, Mode::Refuse) => (
-                "refused",
-                5,
-                Some(format!(
-                    "{n} row(s) changed by users since the migration; nothing was changed \
-                     (see the conflicts; --mode skip-conflicts or merge reverts the rest)"
-                )),
-            ),
-            (n, _) => (
-                "conflicts_left",
-                4,
-                Some(format!(
-                    "{n} row(s) changed by users since the migration were left as they are"
-                )),
-            ),
-        };
         Finish {
-            outcome,
-            exit_code,
+            outcome: UndoOutcome::of(report.conflicts.len(), args.mode),
             report: Some(report),
             conflicts_file,
-            reason,
         }
     }
 }
@@ -228,8 +244,8 @@ fn finish(events: &Emitter, args: &UndoArgs, f: Finish) -> i32 {
     events.emit(
         Some(Step::Undo),
         EventKind::UndoFinished {
-            outcome: f.outcome.to_string(),
-            exit_code: f.exit_code,
+            outcome: f.outcome.outcome.to_string(),
+            exit_code: f.outcome.exit_code,
             dry_run: args.dry_run,
             mode: args.mode,
             versions,
@@ -237,8 +253,10 @@ fn finish(events: &Emitter, args: &UndoArgs, f: Finish) -> i32 {
             conflicts,
             conflicts_file: f.conflicts_file,
             undo_id,
-            reason: f.reason,
+            reason: f.outcome.reason,
+            request: None,
+            attempt: None,
         },
     );
-    f.exit_code
+    f.outcome.exit_code
 }

@@ -1,11 +1,12 @@
 //! The CLI side of the daemon's HTTP API: `submit`, `status`, `list`, `logs`,
-//! `approve`, `abort` and `ack`.
+//! `approve`, `abort`, `ack` and `undo RUN` (without a database).
 //!
 //! - [`http`]: the connection to the daemon and how its answers become exit codes.
 //! - [`submit`]: check a plan locally, pack it with its migrations, submit it.
 //! - [`show`]: `status` and `list`.
 //! - [`logs`]: a run's events, once or followed (Server-Sent Events).
 //! - [`control`]: `approve`, `abort`, `ack`.
+//! - [`undo`]: `undo RUN` through the daemon, followed to its end.
 //! - [`render`]: human-readable lines from the API's JSON.
 //!
 //! Exit codes: 0 ok; 2 when the daemon refuses the request (400, 401, 403, 404,
@@ -19,6 +20,7 @@ pub mod logs;
 pub mod render;
 pub mod show;
 pub mod submit;
+pub mod undo;
 
 /// Where the client looks for the daemon without `--server` or
 /// `PGSHEPHERD_SERVER`: the daemon's default `listen` address.

@@ -131,6 +131,9 @@ pub fn run_status(v: &Value) -> String {
     if let Some(cause) = v["cause"].as_str() {
         line("cause", cause.to_string());
     }
+    for u in v["undos"].as_array().into_iter().flatten() {
+        line("undo", undo_status(u));
+    }
     for c in v["checks"].as_array().into_iter().flatten() {
         let counts = &c["counts"];
         let state = if c["valid"].as_bool() == Some(false) {
@@ -303,6 +306,45 @@ pub fn run_table(runs: &[Value]) -> String {
             .map(|r| fmt(r.iter().map(String::as_str).collect())),
     );
     out.join("\n")
+}
+
+/// One undo of a run's view (`undos[]`) on a line.
+pub fn undo_status(u: &Value) -> String {
+    let what = match u["outcome"].as_str() {
+        Some(outcome) => format!("{outcome} (exit {})", n(&u["exit_code"])),
+        None => s(&u["phase"]).to_string(),
+    };
+    let report = &u["report"]["total"];
+    let counts = if report.is_object() {
+        format!(
+            ", {} reverted, {} conflict(s), {} already gone",
+            n(&report["reverted"]),
+            n(&u["report"]["conflicts"]),
+            n(&report["already_gone"])
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "#{} {what}{}: mode {}, asked for by {} at {}{}{counts}{}",
+        n(&u["id"]),
+        if u["dry_run"].as_bool() == Some(true) {
+            " (dry run)"
+        } else {
+            ""
+        },
+        s(&u["mode"]),
+        s(&u["requested_by"]),
+        when(&u["requested_at"]),
+        u["approved_by"]
+            .as_str()
+            .map(|a| format!(", approved by {a}"))
+            .unwrap_or_default(),
+        u["reason"]
+            .as_str()
+            .map(|r| format!(" — {r}"))
+            .unwrap_or_default()
+    )
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //! | `breaches_total` | counter | target, check |
 //! | `rollbacks_total` | counter | target, strategy |
 //! | `runs_finished_total` | counter | target, outcome |
+//! | `undos_finished_total` | counter | target, outcome (undos through the API: reverted, conflicts_left, refused, failed) |
 //! | `api_requests_total` | counter | route, status |
 //! | `api_request_duration_seconds` | histogram | route |
 //! | `notifications_delivered_total`, `_failed_total`, `_retries_total`, `_dropped_total` | counter | channel |
@@ -110,6 +111,12 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UndoOutcomeLabels {
+    target: String,
+    outcome: String,
+}
+
 /// Route templates are `'static` (the route table's), so counting a request
 /// allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,6 +153,7 @@ pub struct Metrics {
     breaches: Family<CheckLabels, Counter>,
     rollbacks: Family<RollbackLabels, Counter>,
     finished: Family<OutcomeLabels, Counter>,
+    undos_finished: Family<UndoOutcomeLabels, Counter>,
     api_requests: Family<RouteStatusLabels, Counter>,
     api_durations: Histograms<RouteLabels>,
     /// Per run this daemon drives: its step and handles to its check series.
@@ -226,6 +234,12 @@ impl Metrics {
             "Runs finished by this daemon, by outcome",
             finished.clone(),
         );
+        let undos_finished = Family::default();
+        registry.register(
+            "pgshepherd_undos_finished",
+            "Undos through the API finished by this daemon, by outcome",
+            undos_finished.clone(),
+        );
         let api_requests = Family::default();
         registry.register(
             "pgshepherd_api_requests",
@@ -247,6 +261,7 @@ impl Metrics {
             breaches,
             rollbacks,
             finished,
+            undos_finished,
             api_requests,
             api_durations,
             runs: Mutex::new(HashMap::new()),
@@ -366,6 +381,16 @@ impl Metrics {
                 step: step_name(step),
             })
             .observe(d.as_secs_f64());
+    }
+
+    /// An undo through the API ended with `outcome` on `target`.
+    pub fn observe_undo(&self, target: &str, outcome: &str) {
+        self.undos_finished
+            .get_or_create(&UndoOutcomeLabels {
+                target: target.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// The run is no longer driven by this daemon: drop its per-run series.

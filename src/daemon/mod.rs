@@ -7,6 +7,7 @@
 //! - [`worker`]: drives one claimed run from its persisted checkpoint.
 //! - [`name_lock`]: which live process is daemon `name` (its runs are taken back
 //!   at once after a restart).
+//! - [`undo`]: undos of runs' captured data changes asked for through the API.
 //! - [`retention`]: prunes old events, samples, notifications and audit rows.
 //! - [`api`]: the HTTP API (axum), its auth and its audit trail.
 //! - [`metrics`]: Prometheus text for `GET /metrics`.
@@ -21,6 +22,7 @@ pub mod scheduler;
 pub mod shared;
 pub mod store;
 pub mod systemd;
+pub mod undo;
 pub mod worker;
 
 pub use shared::Shared;
@@ -103,6 +105,7 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
         shutdown.clone(),
     ));
     background.spawn(retention::run(shared.clone(), shutdown.clone()));
+    background.spawn(undo::worker::run(shared.clone(), shutdown.clone()));
     background.close();
     let router = api::router_until(shared.clone(), shutdown.clone());
     let server = tokio::spawn(

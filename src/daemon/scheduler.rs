@@ -253,6 +253,11 @@ async fn take_back_own(
         Ok(Held::Kept) => Vec::new(),
         Ok(Held::Taken) => {
             *warned_same_name = false;
+            // The undo worker takes back this name's undos on its next round.
+            shared
+                .name_taken
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+            shared.undo_wake.notify_one();
             let driving: Vec<String> = active.keys().cloned().collect();
             let lease_timeout = shared.config.daemon.lease_timeout;
             let take_back =

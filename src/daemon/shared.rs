@@ -20,6 +20,14 @@ pub struct Shared {
     /// Poked by the API after a submit, approve or abort so the scheduler looks
     /// at once instead of at its next poll.
     pub wake: Notify,
+    /// Poked by the API after an undo is asked for or approved, so the undo
+    /// worker looks at once (a `Notify` of its own: `notify_one` wakes one
+    /// waiter, and the scheduler waits on `wake`).
+    pub undo_wake: Notify,
+    /// How many times the scheduler has taken this daemon name's lock (see
+    /// [`crate::daemon::name_lock`]): each time, the work leased to the name
+    /// by a previous process is taken back at once, the undos too.
+    pub name_taken: AtomicU64,
     /// When the scheduler loop last went round (ms since the Unix epoch): the
     /// systemd watchdog is fed only while it keeps turning.
     pub scheduler_beat: AtomicU64,
@@ -63,6 +71,8 @@ impl Shared {
             node,
             metrics: Metrics::new(),
             wake: Notify::new(),
+            undo_wake: Notify::new(),
+            name_taken: AtomicU64::new(0),
             scheduler_beat: AtomicU64::new(now_ms()),
             unauthenticated: Default::default(),
             op_timeout,

@@ -191,7 +191,8 @@ pub struct Claimed {
 }
 
 /// Claim up to `limit` runs that are ready: the oldest open run of each target
-/// (one active run per target, in submission order), approved when approval is
+/// (one active run per target, in submission order, after the undos asked for
+/// before it: see [`crate::daemon::undo::store::claim`]), approved when approval is
 /// required, and either never claimed or with an expired lease. A target whose
 /// last run needs a human and is not acknowledged starts nothing new.
 pub async fn claim(
@@ -220,6 +221,14 @@ pub async fn claim(
                                      WHERE a.target = r.target
                                        AND a.phase = 'active'
                                        AND a.id <> r.id)
+                    -- An undo asked for before this run was submitted goes
+                    -- first (their places come from one sequence); a running
+                    -- undo holds the target.
+                    AND (r.phase = 'active'
+                         OR NOT EXISTS (SELECT 1 FROM undos u
+                                         WHERE u.target = r.target
+                                           AND u.phase <> 'finished'
+                                           AND (u.seq < r.seq OR u.phase = 'active')))
                     -- A run that ended needing a human may have left the
                     -- target changed: nothing new starts there until someone
                     -- has acknowledged it.

@@ -146,11 +146,7 @@ async fn drive_inner(
         "driving the run"
     );
 
-    let backup_dir = shared
-        .config
-        .backup_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("pgshepherd-backups"));
+    let backup_dir = backup_dir(&shared);
     let bins = PgBinaries::locate_client().ok();
     let opts = RunOptions {
         target: claimed.target.clone(),
@@ -192,6 +188,16 @@ async fn drive_inner(
         DriveEnd::Parked => info!("stopped at a checkpoint for shutdown"),
     }
     end
+}
+
+/// Where this daemon keeps backups, and under `journal/` the conflicts files of
+/// rollbacks' and undos' give-backs.
+pub fn backup_dir(shared: &SharedRef) -> PathBuf {
+    shared
+        .config
+        .backup_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("pgshepherd-backups"))
 }
 
 /// A run that cannot be driven (its bundle no longer compiles, its target is

@@ -25,7 +25,7 @@ use crate::plan::LockSettings;
 
 /// SQLSTATEs worth another attempt: lock_not_available, deadlock_detected,
 /// serialization_failure.
-const RETRYABLE: [&str; 3] = ["55P03", "40P01", "40001"];
+pub const RETRYABLE: [&str; 3] = ["55P03", "40P01", "40001"];
 
 /// Timeouts and retry rules for one script.
 #[derive(Debug, Clone)]

@@ -63,6 +63,10 @@ pub enum NoticeKind {
     /// A level of an escalation policy is paged.
     Escalation,
     Acknowledged,
+    /// An undo of a run's captured data changes started (through the daemon).
+    UndoStarted,
+    /// It ended: what was reverted, what conflicted.
+    UndoFinished,
 }
 
 impl NoticeKind {
@@ -86,6 +90,8 @@ impl NoticeKind {
         NoticeKind::NeedsHuman,
         NoticeKind::Escalation,
         NoticeKind::Acknowledged,
+        NoticeKind::UndoStarted,
+        NoticeKind::UndoFinished,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -109,6 +115,8 @@ impl NoticeKind {
             NoticeKind::NeedsHuman => "needs_human",
             NoticeKind::Escalation => "escalation",
             NoticeKind::Acknowledged => "acknowledged",
+            NoticeKind::UndoStarted => "undo_started",
+            NoticeKind::UndoFinished => "undo_finished",
         }
     }
 

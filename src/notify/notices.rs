@@ -42,6 +42,16 @@ pub fn is_notable(kind: &EventKind) -> bool {
             | RollbackFailed { .. }
             | RunFinished { .. }
             | Acknowledged { .. }
+            | UndoRequested { .. }
+            | UndoApproved { .. }
+            | UndoStarted {
+                request: Some(_),
+                ..
+            }
+            | UndoFinished {
+                request: Some(_),
+                ..
+            }
     )
 }
 
@@ -360,6 +370,139 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
             format!("Acknowledged: {plan} on {target}"),
             format!("{acked_by} acknowledged run {id}; escalation stops."),
         )),
+        // Undos through the daemon (`request` set); a rollback's own give-back
+        // is told by the rollback's notices.
+        UndoRequested {
+            request,
+            requested_by,
+            dry_run,
+            requires_approval: true,
+            mode,
+            predicate,
+            ..
+        } => {
+            let mut a = n(
+                NoticeKind::ApprovalNeeded,
+                Severity::Warning,
+                format!(
+                    "Approval needed: undo{} of {plan} on {target}",
+                    if *dry_run { " (dry run)" } else { "" }
+                ),
+                format!(
+                    "{requested_by} asked to undo the data changes of run {id} on {target} \
+                     (undo #{request}, mode {}). It waits for approval by someone with the \
+                     approve role other than {requested_by}.",
+                    mode.as_str()
+                ),
+            );
+            if let Some(p) = predicate {
+                a.facts.push(Fact::new("where", p.clone()));
+            }
+            a.next_step = Some(format!(
+                "Review with `pgshepherd status {id}`, then `pgshepherd approve {id}` (or `pgshepherd abort {id}` to call it off)."
+            ));
+            out.push(a);
+        }
+        UndoApproved {
+            request,
+            approved_by,
+        } => out.push(n(
+            NoticeKind::Approved,
+            Severity::Info,
+            format!("Approved: undo of {plan} on {target}"),
+            format!("{approved_by} approved undo #{request} of run {id}; it runs as soon as {target} is free."),
+        )),
+        UndoStarted {
+            request: Some(request),
+            mode,
+            dry_run,
+            attempt,
+            ..
+        } => {
+            let again = match attempt {
+                Some(n) if *n > 1 => format!(
+                    " This is attempt {n}: the daemon running the previous one stopped before it ended, and that attempt changed nothing."
+                ),
+                _ => String::new(),
+            };
+            out.push(n(
+                NoticeKind::UndoStarted,
+                Severity::Info,
+                format!(
+                    "Undo{} started: {plan} on {target}",
+                    if *dry_run { " (dry run)" } else { "" }
+                ),
+                format!(
+                    "Undo #{request} of run {id} is giving back the rows its migrations changed on {target}, \
+                     keeping what users wrote since (mode {}).{again}",
+                    mode.as_str()
+                ),
+            ));
+        }
+        UndoFinished {
+            request: Some(request),
+            outcome,
+            exit_code,
+            dry_run,
+            tables,
+            conflicts,
+            conflicts_file,
+            reason,
+            ..
+        } => {
+            let severity = if *exit_code == 0 {
+                Severity::Info
+            } else {
+                Severity::Warning
+            };
+            let dry = if *dry_run { " (dry run, nothing changed)" } else { "" };
+            let mut f = n(
+                NoticeKind::UndoFinished,
+                severity,
+                format!("Undo {outcome}{dry}: {plan} on {target}"),
+                format!(
+                    "Undo #{request} of run {id} on {target}: {outcome}{}.",
+                    reason.as_ref().map(|r| format!(" — {r}")).unwrap_or_default()
+                ),
+            );
+            let mut total = crate::undo::revert::Counts::default();
+            for c in tables.values() {
+                total.reverted += c.reverted;
+                total.already_gone += c.already_gone;
+                total.filtered_out += c.filtered_out;
+                total.already_undone += c.already_undone;
+            }
+            f.facts.push(Fact::new("reverted", total.reverted.to_string()));
+            f.facts.push(Fact::new("conflicts", conflicts.to_string()));
+            f.facts
+                .push(Fact::new("already gone", total.already_gone.to_string()));
+            if total.filtered_out > 0 {
+                f.facts
+                    .push(Fact::new("left out by where", total.filtered_out.to_string()));
+            }
+            if total.already_undone > 0 {
+                f.facts.push(Fact::new(
+                    "undone before",
+                    total.already_undone.to_string(),
+                ));
+            }
+            for (table, c) in tables {
+                f.facts.push(Fact::new(
+                    table,
+                    format!("{} reverted, {} conflict(s)", c.reverted, c.conflicts),
+                ));
+            }
+            if let Some(file) = conflicts_file {
+                f.facts.push(Fact::new("conflicts file", file_name(file)));
+            }
+            if *conflicts > 0 {
+                f.next_step = Some(format!(
+                    "The conflicting rows were left as users left them; see `pgshepherd status {id}` \
+                     and the conflicts file on the daemon's host."
+                ));
+            }
+            out.push(f);
+        }
         _ => {}
     }
     out

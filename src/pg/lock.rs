@@ -226,3 +226,28 @@ pub async fn holder(client: &Client) -> Result<Option<Holder>, tokio_postgres::E
         since: r.get(3),
     }))
 }
+
+/// Terminate the sessions on the target named `application_name` other than
+/// the caller's: what a process that lost a run or an undo (killed, lease
+/// expired) left behind, still holding the lock or running a statement. The
+/// new owner owns the work now, so those sessions are stale; ending one rolls
+/// back its open transaction. Best effort and bounded by [`ANSWER_TIMEOUT`] (a
+/// target that does not answer must not hold up the caller's retries): without
+/// the privilege, the lock wait still works once the server notices the old
+/// client is gone. Returns how many were ended.
+pub async fn end_stale_sessions(dsn: &Dsn, application_name: &str) -> usize {
+    let end = async {
+        let client = dsn.connect("pgshepherd takeover", &[]).await?;
+        client
+            .query(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&application_name],
+            )
+            .await
+    };
+    match tokio::time::timeout(ANSWER_TIMEOUT, end).await {
+        Ok(Ok(rows)) => rows.len(),
+        _ => 0,
+    }
+}

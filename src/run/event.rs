@@ -388,6 +388,23 @@ pub enum EventKind {
         result: crate::checks::explain::ExplainResult,
         decision: Option<Decision>,
     },
+    /// An undo was asked for through the daemon (`POST /v1/runs/{id}/undo`).
+    UndoRequested {
+        /// The undo's id in the run's view (`undos[].id`).
+        request: i64,
+        requested_by: String,
+        /// As asked; empty for every captured version.
+        versions: Vec<i64>,
+        mode: crate::undo::revert::Mode,
+        predicate: Option<String>,
+        dry_run: bool,
+        /// It waits for someone other than `requested_by` to approve it.
+        requires_approval: bool,
+    },
+    UndoApproved {
+        request: i64,
+        approved_by: String,
+    },
     /// `pgshepherd undo`: giving back the rows the run's migrations changed.
     UndoStarted {
         database: String,
@@ -396,10 +413,18 @@ pub enum EventKind {
         mode: crate::undo::revert::Mode,
         predicate: Option<String>,
         dry_run: bool,
+        /// Through the daemon: the undo's id in the run's view.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<i64>,
+        /// Through the daemon: 1, or more when a daemon died during an
+        /// earlier attempt (which changed nothing: the undo is one transaction).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
     },
     UndoFinished {
         /// `reverted` (all of it), `conflicts_left`, `refused` (nothing changed),
-        /// `failed` (nothing changed).
+        /// `failed` (nothing changed), `cancelled` (through the daemon, before
+        /// it started).
         outcome: String,
         exit_code: i32,
         dry_run: bool,
@@ -410,6 +435,10 @@ pub enum EventKind {
         conflicts_file: Option<String>,
         undo_id: Option<i64>,
         reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
     },
     RunFinished {
         outcome: Outcome,
@@ -463,6 +492,8 @@ impl EventKind {
             EventKind::GateClosed { .. } => "gate_closed",
             EventKind::ExplainMeasured { .. } => "explain_measured",
             EventKind::ExplainChecked { .. } => "explain_checked",
+            EventKind::UndoRequested { .. } => "undo_requested",
+            EventKind::UndoApproved { .. } => "undo_approved",
             EventKind::UndoStarted { .. } => "undo_started",
             EventKind::UndoFinished { .. } => "undo_finished",
             EventKind::RunFinished { .. } => "run_finished",

@@ -366,6 +366,18 @@ pub fn kinds() -> Vec<EventKind> {
         ExplainChecked {
             result: explain_result(),
             decision: Some(Decision::RollBack),
+        UndoRequested {
+            request: 3,
+            requested_by: s("alice"),
+            versions: vec![2],
+            mode: crate::undo::revert::Mode::SkipConflicts,
+            predicate: Some(s("table_name = 'public.users'")),
+            dry_run: false,
+            requires_approval: true,
+        },
+        UndoApproved {
+            request: 3,
+            approved_by: s("bob"),
         },
         UndoStarted {
             database: s("postgres://app@db/jobs"),
@@ -373,6 +385,8 @@ pub fn kinds() -> Vec<EventKind> {
             mode: crate::undo::revert::Mode::SkipConflicts,
             predicate: Some(s("table_name = 'public.users'")),
             dry_run: false,
+            request: Some(3),
+            attempt: Some(1),
         },
         UndoFinished {
             outcome: s("conflicts_left"),
@@ -395,6 +409,8 @@ pub fn kinds() -> Vec<EventKind> {
             conflicts_file: Some(s("pgshepherd-undo-r1-7.conflicts.jsonl")),
             undo_id: Some(7),
             reason: Some(s("2 rows changed by users since were left as they are")),
+            request: Some(3),
+            attempt: Some(1),
         },
         RunFinished {
             outcome: Outcome::RolledBack,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
 use crate::pg::TargetLock;
-use crate::pg::lock::{ANSWER_TIMEOUT, LockError};
+use crate::pg::lock::LockError;
 use crate::run::event::{EventKind, Step};
 use crate::run::lifecycle::Input;
 use crate::run::runner::{Phase, Runner};
@@ -93,28 +93,13 @@ impl Runner<'_> {
     }
 
     /// Terminate the target sessions named after this run (`pgshepherd run ID`)
-    /// that are not ours. Best effort, and bounded (a target that does not
-    /// answer must not hold up the retries below): without the privilege, the
-    /// lock wait below still works once the server notices the old client is
-    /// gone.
+    /// that are not ours (see [`crate::pg::lock::end_stale_sessions`]).
     async fn end_stale_sessions(&self) {
         let name = format!("pgshepherd run {}", self.ctx.run_id);
-        let end = async {
-            let client = self.ctx.dsn.connect("pgshepherd takeover", &[]).await?;
-            client
-                .query(
-                    "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
-                      WHERE application_name = $1 AND pid <> pg_backend_pid()",
-                    &[&name],
-                )
-                .await
-        };
-        if let Ok(Ok(rows)) = tokio::time::timeout(ANSWER_TIMEOUT, end).await
-            && !rows.is_empty()
-        {
+        let ended = crate::pg::lock::end_stale_sessions(self.ctx.dsn, &name).await;
+        if ended > 0 {
             self.ctx.events.progress(&format!(
-                "  ended {} stale session(s) of this run left by a previous owner",
-                rows.len()
+                "  ended {ended} stale session(s) of this run left by a previous owner"
             ));
         }
     }

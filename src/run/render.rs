@@ -331,30 +331,53 @@ pub fn text(event: &Event) -> String {
                 result.message()
             ),
         },
+        UndoRequested {
+            request,
+            requested_by,
+            versions,
+            mode,
+            predicate,
+            dry_run,
+            requires_approval,
+        } => format!(
+            "undo #{request}{} asked for by {requested_by}: {}, mode {}{}{}",
+            if *dry_run { " (dry run)" } else { "" },
+            undo_versions(versions),
+            mode.as_str(),
+            undo_predicate(predicate),
+            if *requires_approval {
+                "; waits for approval by someone else"
+            } else {
+                "; queued"
+            }
+        ),
+        UndoApproved {
+            request,
+            approved_by,
+        } => format!("undo #{request} approved by {approved_by}; queued"),
         UndoStarted {
             database,
             versions,
             mode,
             predicate,
             dry_run,
+            request,
+            attempt,
         } => format!(
-            "undo{} of run {} on {database}: {}, mode {}{}",
+            "undo{}{} of run {} on {database}: {}, mode {}{}{}",
+            request.map(|r| format!(" #{r}")).unwrap_or_default(),
             if *dry_run { " (dry run)" } else { "" },
             event.run_id,
-            if versions.is_empty() {
-                "every captured version".to_string()
-            } else {
-                versions
-                    .iter()
-                    .map(|v| format!("V{v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
+            undo_versions(versions),
             mode.as_str(),
-            predicate
-                .as_ref()
-                .map(|p| format!(", only changes where {p}"))
-                .unwrap_or_default()
+            undo_predicate(predicate),
+            match attempt {
+                Some(n) if *n > 1 => format!(
+                    " (attempt {n}: the daemon driving the last one stopped before it ended; \
+                     that attempt changed nothing)"
+                ),
+                _ => String::new(),
+            }
         ),
         UndoFinished {
             outcome,
@@ -363,6 +386,7 @@ pub fn text(event: &Event) -> String {
             tables,
             conflicts_file,
             reason,
+            request,
             ..
         } => {
             let per_table: Vec<String> = tables
@@ -375,7 +399,8 @@ pub fn text(event: &Event) -> String {
                 })
                 .collect();
             format!(
-                "undo {}{outcome} (exit {exit_code}){}{}{}",
+                "undo{} {}{outcome} (exit {exit_code}){}{}{}",
+                request.map(|r| format!(" #{r}")).unwrap_or_default(),
                 if *dry_run {
                     "(dry run, nothing changed): "
                 } else {
@@ -415,6 +440,26 @@ pub fn text(event: &Event) -> String {
                 .unwrap_or_default()
         ),
     }
+}
+
+/// The versions an undo covers, in words.
+fn undo_versions(versions: &[i64]) -> String {
+    if versions.is_empty() {
+        "every captured version".to_string()
+    } else {
+        versions
+            .iter()
+            .map(|v| format!("V{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn undo_predicate(predicate: &Option<String>) -> String {
+    predicate
+        .as_ref()
+        .map(|p| format!(", only changes where {p}"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::run::lifecycle::Input;
 use crate::steps::backup::{self, Backup, BackupError};
 use crate::steps::context::StepContext;
 use crate::steps::migrate::limits;
+use crate::undo::outcome::UndoOutcome;
 use crate::undo::revert::{self, Mode, Request, UndoError};
 
 /// Why a rollback could not finish.
@@ -298,16 +299,12 @@ async fn give_back(
         .flatten()
         .map(|p| p.display().to_string());
     let refused = conflicts > 0 && mode == Mode::Refuse;
-    let (outcome, exit_code) = match (conflicts, refused) {
-        (0, _) => ("reverted", 0),
-        (_, true) => ("refused", 5),
-        _ => ("conflicts_left", 4),
-    };
+    let outcome = UndoOutcome::of(conflicts, mode);
     ctx.emit(
         Step::Rollback,
         EventKind::UndoFinished {
-            outcome: outcome.into(),
-            exit_code,
+            outcome: outcome.outcome.into(),
+            exit_code: outcome.exit_code,
             dry_run: false,
             mode,
             versions: report.versions.clone(),
@@ -315,8 +312,9 @@ async fn give_back(
             conflicts: conflicts as u64,
             conflicts_file: file.clone(),
             undo_id: report.undo_id,
-            reason: (conflicts > 0)
-                .then(|| format!("{conflicts} row(s) changed by users since the migration")),
+            reason: outcome.reason,
+            request: None,
+            attempt: None,
         },
     );
     if refused {

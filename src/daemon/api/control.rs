@@ -1,6 +1,7 @@
 //! `POST /v1/runs/{id}/approve`, `/abort` and `/ack`. Each reads and changes the
 //! run under `SELECT ... FOR UPDATE` and appends its event in the same
-//! transaction, so two concurrent requests cannot both succeed.
+//! transaction, so two concurrent requests cannot both succeed. Of a finished
+//! run, approve and abort act on its open undo (see [`crate::daemon::undo`]).
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -17,6 +18,7 @@ use crate::daemon::api::runs::{RunPath, run_id};
 use crate::daemon::api::view::{self, RunView};
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store;
+use crate::daemon::undo::store as undos;
 use crate::notify::outbox::RunNotify;
 use crate::run::event::{Event, EventKind};
 
@@ -48,7 +50,9 @@ async fn answer(
 /// Approve a run pending approval (role: approve; never the submitter)
 ///
 /// Four eyes: the token that submitted a run can never approve it, whatever its
-/// roles. The approved run is queued.
+/// roles. The approved run is queued. Of a finished run, this approves its undo
+/// waiting for approval (`POST /v1/runs/{id}/undo`), which the token that asked
+/// for it can never approve.
 #[utoipa::path(
     post,
     path = APPROVE.path,
@@ -80,6 +84,41 @@ pub async fn approve(
         .ok_or_else(|| ApiError::no_such_run(&id))?;
     let (submitted_by, phase, approved_by): (String, String, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
+    if phase == "finished" {
+        // A finished run has nothing to approve but, maybe, an undo.
+        let Some((undo, undo_phase, requested_by)) = undos::open_for_update(&tx, &id).await? else {
+            return Err(ApiError::conflict(format!(
+                "run {id} is finished and no undo of it waits for approval; there is nothing to approve"
+            )));
+        };
+        if requested_by == caller.name {
+            return Err(ApiError::forbidden(format!(
+                "four eyes: {requested_by} asked for undo #{undo} of run {id} and cannot also \
+                 approve it; someone else with the approve role must"
+            )));
+        }
+        undos::approve(
+            &tx,
+            &id,
+            undo,
+            undo_phase,
+            &caller.name,
+            &shared.config.notify,
+        )
+        .await?
+        .map_err(|e| ApiError::conflict(format!("undo #{undo} of run {id}: {e}")))?;
+        tx.commit().await?;
+        drop(client);
+        shared.undo_wake.notify_one();
+        shared.outbox.poke();
+        return answer(
+            &shared,
+            &id,
+            StatusCode::OK,
+            format!("approved undo #{undo}; asked for by {requested_by}"),
+        )
+        .await;
+    }
     if submitted_by == caller.name {
         return Err(ApiError::forbidden(format!(
             "four eyes: {submitted_by} submitted run {id} and cannot also approve it; \
@@ -132,7 +171,8 @@ pub async fn approve(
 /// A run no daemon has started finishes at once (outcome `stopped`, 200). For an
 /// active run the request is recorded (202) and the owning daemon acts on it
 /// within a poll interval: before the change the run stops, during it the plan's
-/// rollback runs.
+/// rollback runs. Of a finished run, this calls off its undo that has not
+/// started (200; a running undo cannot be called off: 409).
 #[utoipa::path(
     post,
     path = ABORT.path,
@@ -162,8 +202,18 @@ pub async fn abort(
             )));
         }
         let client = shared.pool.get().await?;
+        // Of a finished run, what can be aborted is its open undo: its owner
+        // is who asked for it.
         let submitter: String = client
-            .query_opt("SELECT submitted_by FROM runs WHERE id = $1", &[&id])
+            .query_opt(
+                "SELECT CASE WHEN r.phase = 'finished'
+                             THEN coalesce((SELECT u.requested_by FROM undos u
+                                             WHERE u.run_id = r.id AND u.phase <> 'finished'
+                                             ORDER BY u.id LIMIT 1), r.submitted_by)
+                             ELSE r.submitted_by END
+                   FROM runs r WHERE r.id = $1",
+                &[&id],
+            )
             .await?
             .ok_or_else(|| ApiError::no_such_run(&id))?
             .get(0);
@@ -208,10 +258,34 @@ pub async fn abort(
     let (phase, outcome, requested_by): (String, Option<String>, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
     if phase == "finished" {
-        return Err(ApiError::conflict(format!(
-            "run {id} has already finished ({}); there is nothing to abort",
-            outcome.as_deref().unwrap_or("no outcome")
-        )));
+        let Some((undo, undo_phase, _)) = undos::open_for_update(&tx, &id).await? else {
+            return Err(ApiError::conflict(format!(
+                "run {id} has already finished ({}); there is nothing to abort",
+                outcome.as_deref().unwrap_or("no outcome")
+            )));
+        };
+        undos::cancel(
+            &tx,
+            &id,
+            undo,
+            undo_phase,
+            &caller.name,
+            &shared.config.notify,
+        )
+        .await?
+        .map_err(|e| ApiError::conflict(format!("undo #{undo} of run {id}: {e}")))?;
+        tx.commit().await?;
+        drop(client);
+        shared.wake.notify_one();
+        shared.undo_wake.notify_one();
+        shared.outbox.poke();
+        return answer(
+            &shared,
+            &id,
+            StatusCode::OK,
+            format!("undo #{undo} called off before it started"),
+        )
+        .await;
     }
     let detail = match requested_by {
         Some(by) => format!("abort already requested by {by}"),

@@ -9,7 +9,8 @@
 //!   and how it compiles back into a [`crate::plan::Plan`] (also used by workers).
 //! - [`submit`]: `POST /v1/runs`.
 //! - [`runs`]: `GET /v1/runs`, `GET /v1/runs/{id}`; [`view`] builds their JSON.
-//! - [`control`]: approve, abort, ack.
+//! - [`control`]: approve, abort, ack (of a run, or of its pending undo).
+//! - [`undo`]: `POST /v1/runs/{id}/undo`.
 //! - [`events`]: a run's events as JSON or Server-Sent Events.
 //! - [`health`]: `GET /healthz`, `GET /metrics`.
 //! - [`openapi`]: `GET /openapi.json`, derived from the handlers and their types;
@@ -31,6 +32,7 @@ pub mod routes;
 pub mod runs;
 pub mod schema;
 pub mod submit;
+pub mod undo;
 pub mod view;
 
 pub use error::ApiError;

@@ -24,10 +24,10 @@ use crate::daemon::api::error::{
     Unauthorized, Unavailable, ValidationError,
 };
 use crate::daemon::api::routes::OPENAPI;
-use crate::daemon::api::{control, events, health, runs, submit};
+use crate::daemon::api::{control, events, health, runs, submit, undo};
 
 const DESCRIPTION: &str = "Submit PostgreSQL deployment plans, approve, abort and \
-    acknowledge runs, and follow their events. Every route but /healthz and /openapi.json \
+    acknowledge runs, undo their captured data changes, and follow their events. Every route but /healthz and /openapi.json \
     needs `Authorization: Bearer <token>`; tokens are defined (as sha256 digests) in the \
     daemon config with roles read, submit, approve and admin. Every error is JSON \
     `{\"error\": \"...\"}`; a 422 adds `errors`, every problem located. See docs/api.md.";
@@ -46,6 +46,7 @@ const DESCRIPTION: &str = "Submit PostgreSQL deployment plans, approve, abort an
         control::approve,
         control::abort,
         control::ack,
+        undo::undo,
     ),
     components(
         // Named by the error responses, which refer to their schemas by name.

@@ -31,7 +31,7 @@ use tracing::Instrument;
 use crate::daemon::api::auth::ActorSlot;
 use crate::daemon::api::error::{ApiError, AuditDetail, AuditRun};
 use crate::daemon::api::events::StopSignal;
-use crate::daemon::api::{audit, control, events, health, openapi, runs, submit, view};
+use crate::daemon::api::{audit, control, events, health, openapi, runs, submit, undo, view};
 use crate::daemon::shared::SharedRef;
 
 /// Largest request body accepted (a submitted plan bundle with its migrations).
@@ -77,10 +77,11 @@ pub const EVENTS: RouteSpec = spec("GET", "/v1/runs/{id}/events", "events");
 pub const APPROVE: RouteSpec = spec("POST", "/v1/runs/{id}/approve", "approve");
 pub const ABORT: RouteSpec = spec("POST", "/v1/runs/{id}/abort", "abort");
 pub const ACK: RouteSpec = spec("POST", "/v1/runs/{id}/ack", "ack");
+pub const UNDO: RouteSpec = spec("POST", "/v1/runs/{id}/undo", "undo");
 
 /// Every route the API serves (the OpenAPI document must describe each).
 pub const ROUTES: &[RouteSpec] = &[
-    HEALTHZ, METRICS, OPENAPI, SUBMIT, LIST, SHOW, EVENTS, APPROVE, ABORT, ACK,
+    HEALTHZ, METRICS, OPENAPI, SUBMIT, LIST, SHOW, EVENTS, APPROVE, ABORT, ACK, UNDO,
 ];
 
 /// The whole API, ready for `axum::serve` (with
@@ -109,6 +110,7 @@ fn router_with(shared: SharedRef, stop: StopSignal) -> Router {
         .route(APPROVE.path, post(control::approve))
         .route(ABORT.path, post(control::abort))
         .route(ACK.path, post(control::ack))
+        .route(UNDO.path, post(undo::undo))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     // An event stream stays open until its run finishes or the daemon stops.
@@ -151,7 +153,7 @@ async fn timeout_as_json(timeout: Duration, response: Response) -> Response {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         format!(
-            "no answer within {}s (the state database may be slow or unavailable); a submit, approve, abort or ack may or may not have been applied: look at the run",
+            "no answer within {}s (the state database may be slow or unavailable); a submit, approve, abort, ack or undo may or may not have been applied: look at the run",
             timeout.as_secs_f64()
         ),
     )

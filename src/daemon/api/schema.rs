@@ -4,8 +4,8 @@
 //! - a run event, which the API serves as it was stored: its JSON is built by
 //!   `crate::run::event`, whose kinds each add their own fields, so the document
 //!   promises the fields every event has and allows the rest;
-//! - the values of the columns the state database keeps as text (a run's phase
-//!   and outcome, a notification's severity and status, an escalation's trigger
+//! - the values of the columns the state database keeps as text (a run's or an
+//!   undo's phase and outcome, an undo's mode, a notification's severity and status, an escalation's trigger
 //!   and status), for the fields that carry them.
 
 use std::borrow::Cow;
@@ -133,4 +133,27 @@ pub fn escalation_trigger() -> Object {
 /// `escalations.status`.
 pub fn escalation_status() -> Object {
     one_of(&["active", "acknowledged", "exhausted"], false)
+}
+
+/// An undo's `mode` (from [`crate::undo::revert::Mode`]).
+pub fn undo_mode() -> Object {
+    let modes: Vec<&str> = <crate::undo::revert::Mode as clap::ValueEnum>::value_variants()
+        .iter()
+        .map(|m| m.as_str())
+        .collect();
+    one_of(&modes, false)
+}
+
+/// `undos.outcome`: null until the undo finishes.
+pub fn undo_outcome() -> Object {
+    one_of(
+        &[
+            "reverted",
+            "conflicts_left",
+            "refused",
+            "failed",
+            "cancelled",
+        ],
+        true,
+    )
 }

@@ -23,10 +23,12 @@ use crate::plan::{Diagnostic, Diagnostics, Plan};
 use crate::run::checkpoint::Checkpoint;
 use crate::run::event::{Event, EventKind};
 
-/// A request body, as JSON of type `T`: 413 over the size limit, 400 when it is
-/// not JSON or not of that shape (with serde's message and position).
+/// A request body, as JSON of type `T` (`what`, for the message): 413 over the
+/// size limit, 400 when it is not JSON or not of that shape (with serde's
+/// message and position).
 pub fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
+    what: &str,
 ) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -41,9 +43,8 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
             ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("the request body is not a valid submission: {e}"))
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not a valid {what}: {e}")))
 }
 
 /// Submit a plan bundle (role: submit)
@@ -76,7 +77,7 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Submit)?;
-    let bundle: Bundle = json_body(body)?;
+    let bundle: Bundle = json_body(body, "submission")?;
     let plan_path = bundle.plan.path.clone();
     let bundle = bundle
         .normalise()

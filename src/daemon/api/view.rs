@@ -119,6 +119,9 @@ pub struct RunDetail {
     /// The run's escalation, once needs_human, rollback_failed (or a breach, with
     /// on_breach) triggered its plan's policy.
     pub escalation: Option<crate::notify::escalation::EscalationView>,
+    /// Undos of the run's captured data changes asked for through the API
+    /// (`POST /v1/runs/{id}/undo`), oldest first, with their outcome.
+    pub undos: Vec<crate::daemon::undo::store::UndoView>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -245,6 +248,7 @@ pub async fn load(client: &impl GenericClient, id: &str) -> Result<Option<RunVie
     let mut d = detail(files, &checkpoint, checks);
     d.notifications = crate::notify::outbox::for_run(client, id).await?;
     d.escalation = crate::notify::escalation::for_run(client, id).await?;
+    d.undos = crate::daemon::undo::store::for_run(client, id).await?;
     Ok(Some(RunView { summary, detail: d }))
 }
 
@@ -281,6 +285,7 @@ fn detail(files: Value, checkpoint: &Value, checks: Vec<Value>) -> RunDetail {
         checks,
         notifications: Vec::new(),
         escalation: None,
+        undos: Vec::new(),
     }
 }
 
