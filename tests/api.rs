@@ -498,7 +498,11 @@ async fn a_bundle_problem_is_a_422_with_located_errors() {
     let mut no_path = good.clone();
     no_path["plan"]["path"] = json!("");
     for (body, file, says) in [
-        (&outside, plan_path.as_str(), "must be a path within the set"),
+        (
+            &outside,
+            plan_path.as_str(),
+            "must be a path within the set",
+        ),
         (&mismatch, plan_path.as_str(), "does not match its content"),
         (&no_path, "", "`plan.path` must be"),
     ] {

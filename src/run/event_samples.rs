@@ -366,6 +366,7 @@ pub fn kinds() -> Vec<EventKind> {
         ExplainChecked {
             result: explain_result(),
             decision: Some(Decision::RollBack),
+        },
         UndoRequested {
             request: 3,
             requested_by: s("alice"),
