@@ -14,7 +14,8 @@
 //! The layout keeps the per-row record small, because its cost is what a
 //! captured migration pays (docs/performance.md "Capture and undo"):
 //! - `pgshepherd.captures`: one row per captured migration (run, set, version,
-//!   when, kept until when);
+//!   when, kept until when, and its transaction id: a row whose `xmin` is still
+//!   that id was not changed since, which spares the undo comparing images);
 //! - `pgshepherd.capture_statements`: one row per capturing statement (its
 //!   number, which is the undo order, the table, its key columns, the row count,
 //!   and whether an undo reverted all of it);
@@ -168,7 +169,8 @@ CREATE TABLE IF NOT EXISTS pgshepherd.captures (
     version       bigint      NOT NULL,
     tables        text[]      NOT NULL,
     captured_at   timestamptz NOT NULL DEFAULT now(),
-    keep_until    timestamptz
+    keep_until    timestamptz,
+    xid           xid8        NOT NULL
 );
 CREATE INDEX IF NOT EXISTS captures_run ON pgshepherd.captures (run_id, migration_set, version);
 CREATE TABLE IF NOT EXISTS pgshepherd.capture_statements (
@@ -211,9 +213,11 @@ ALTER TABLE pgshepherd.history ADD COLUMN IF NOT EXISTS last_undo bigint;
 {changes};
 
 -- Runs the capture query the trigger was created with (TG_ARGV[2]) for one
--- statement, then records the statement when it changed any row. The hash
--- join pairing old and new rows wants memory rather than disk; JIT only adds
--- its compile time to a query planned from estimates it cannot have.
+-- statement, then records the statement when it changed any row. The join
+-- pairing old and new rows wants memory rather than disk. JIT is off: the
+-- planner has no statistics for transition tables, overestimates the join
+-- quadratically, and would compile (a fifth of a second) for statements of a
+-- few thousand rows.
 CREATE OR REPLACE FUNCTION pgshepherd.capture_rows() RETURNS trigger
 LANGUAGE plpgsql SET work_mem = '256MB' SET jit = off AS $fn$
 DECLARE
@@ -271,8 +275,8 @@ DECLARE
     upd    text;
 BEGIN
     PERFORM pgshepherd.drop_expired_captures();
-    INSERT INTO pgshepherd.captures (run_id, migration_set, version, tables, keep_until)
-    VALUES (run, mset, ver, tables, now() + keep) RETURNING id INTO cap;
+    INSERT INTO pgshepherd.captures (run_id, migration_set, version, tables, keep_until, xid)
+    VALUES (run, mset, ver, tables, now() + keep, pg_current_xact_id()) RETURNING id INTO cap;
     PERFORM set_config('pgshepherd.capture', cap::text, true);
     part := format('pgshepherd.captured_rows_%s', cap);
     EXECUTE format('CREATE TABLE %s PARTITION OF pgshepherd.captured_rows FOR VALUES IN (%s)', part, cap);
@@ -322,21 +326,25 @@ BEGIN
 END
 $fn$;
 
--- Drops the triggers, then indexes the capture's rows by statement for the
--- undo (built once over all of them, cheaper than maintained per row).
+-- Drops the triggers. A capture of many statements gets its rows indexed by
+-- statement for the undo, which reads them a statement at a time (built once
+-- over all of them, cheaper than maintained per row); for a few statements a
+-- scan of the partition each is cheaper than building it.
 CREATE OR REPLACE FUNCTION pgshepherd.capture_stop(tables text[]) RETURNS void
 LANGUAGE plpgsql AS $fn$
 DECLARE
     t   text;
     trg text;
+    cap bigint := current_setting('pgshepherd.capture')::bigint;
 BEGIN
     FOREACH t IN ARRAY tables LOOP
         FOREACH trg IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
             EXECUTE format('DROP TRIGGER pgshepherd_capture_%s ON %s', trg, to_regclass(t));
         END LOOP;
     END LOOP;
-    EXECUTE format('CREATE INDEX ON pgshepherd.captured_rows_%s (statement, op)',
-                   current_setting('pgshepherd.capture')::bigint);
+    IF (SELECT count(*) FROM pgshepherd.capture_statements WHERE capture = cap) > 16 THEN
+        EXECUTE format('CREATE INDEX ON pgshepherd.captured_rows_%s (statement, op)', cap);
+    END IF;
 END
 $fn$;",
         history = history::CREATE,
