@@ -4,6 +4,7 @@ pub mod apply;
 pub mod directive;
 pub mod flyway;
 pub mod history;
+mod scan;
 pub mod set;
 pub mod split;
 

@@ -30,6 +30,7 @@ use crate::plan::Diagnostic;
 use super::directive::{self, first_data_change};
 pub use super::directive::{CAPTURE, NO_TRANSACTION};
 use super::flyway;
+use super::scan::Walk;
 
 /// Larger SQL files are refused rather than read into memory.
 pub const MAX_SCRIPT_BYTES: u64 = 16 * 1024 * 1024;
@@ -117,7 +118,7 @@ impl MigrationSet {
             diagnostics: &mut diagnostics,
             ancestors: Vec::new(),
         };
-        if let Err(message) = walked.walk(dir, "") {
+        if let Err(problem) = walked.walk(dir, "") {
             return Loaded {
                 set: MigrationSet {
                     name: set_name,
@@ -125,7 +126,7 @@ impl MigrationSet {
                     migrations: Vec::new(),
                     hidden: Vec::new(),
                 },
-                problems: vec![Diagnostic::new(dir, 0, 0, message)],
+                problems: vec![problem],
             };
         }
         found.sort();
@@ -394,113 +395,6 @@ impl Loaded {
         }
     }
 }
-
-/// A walk of a set's directory tree: every `.sql` file (and Flyway `.sql.conf`
-/// file, refused by name later) as a `/`-separated path relative to the set's
-/// directory. Hidden files and directories are not walked (editor swap files,
-/// `.git`); a hidden `.sql` file is noted in `hidden` for `check` to mention.
-/// `ancestors` are the directories being walked, to refuse a symbolic link loop.
-struct Walk<'a> {
-    found: &'a mut Vec<String>,
-    hidden: &'a mut Vec<String>,
-    diagnostics: &'a mut Vec<Diagnostic>,
-    ancestors: Vec<PathBuf>,
-}
-
-impl Walk<'_> {
-    /// Walk `dir`, whose path in the set is `rel` (empty for the set's own
-    /// directory). `Err` only when the set's own directory cannot be read.
-    fn walk(&mut self, dir: &Path, rel: &str) -> Result<(), String> {
-        let top = rel.is_empty();
-        let cannot = |e: std::io::Error| {
-            if top && e.kind() == std::io::ErrorKind::NotFound {
-                format!("migration directory {} does not exist", dir.display())
-            } else {
-                format!("cannot read migration directory {}: {e}", dir.display())
-            }
-        };
-        let fail = |message: String, diagnostics: &mut Vec<Diagnostic>| {
-            if top {
-                Err(message)
-            } else {
-                diagnostics.push(Diagnostic::new(dir, 0, 0, message));
-                Ok(())
-            }
-        };
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) => return fail(cannot(e), self.diagnostics),
-        };
-        let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        if self.ancestors.contains(&canonical) {
-            let message = format!(
-                "{} leads back to a directory above it (a symbolic link loop); its files would be read twice",
-                dir.display()
-            );
-            return fail(message, self.diagnostics);
-        }
-        self.ancestors.push(canonical);
-        let result = self.entries(entries, rel, top);
-        self.ancestors.pop();
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => fail(cannot(e), self.diagnostics),
-        }
-    }
-
-    fn entries(
-        &mut self,
-        entries: std::fs::ReadDir,
-        rel: &str,
-        top: bool,
-    ) -> Result<(), std::io::Error> {
-        for entry in entries {
-            let entry = entry?;
-            let path = entry.path();
-            let Ok(name) = entry.file_name().into_string() else {
-                // A non-UTF-8 name cannot be a `V{n}__{name}.sql` file nor name one.
-                let lossy = entry.file_name().to_string_lossy().into_owned();
-                if path.is_dir() {
-                    self.diagnostics.push(Diagnostic::new(&path, 0, 0, format!(
-                        "directory {} has a name that is not valid UTF-8: its migration files could not be named; rename it",
-                        path.display()
-                    )));
-                } else if lossy.to_ascii_lowercase().ends_with(".sql") {
-                    self.diagnostics.push(Diagnostic::new(
-                        &path,
-                        1,
-                        1,
-                        "file name is not valid UTF-8",
-                    ));
-                }
-                continue;
-            };
-            let rel_name = if top {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let is_dir = path.is_dir();
-            let lower = name.to_ascii_lowercase();
-            if name.starts_with('.') {
-                if !is_dir && lower.ends_with(".sql") {
-                    self.hidden.push(rel_name);
-                }
-                continue;
-            }
-            if is_dir {
-                // A subdirectory's own problems are reported at it; the walk goes on.
-                self.walk(&path, &rel_name).map_err(std::io::Error::other)?;
-                continue;
-            }
-            if lower.ends_with(".sql") || lower.ends_with(".sql.conf") {
-                self.found.push(rel_name);
-            }
-        }
-        Ok(())
-    }
-}
-
 fn sort(d: &mut [Diagnostic]) {
     d.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
 }
