@@ -446,9 +446,17 @@ fn down_steps(input: &Input<'_>, out: &mut Vec<Block>) {
                 });
             }
             None if !m.up.capture.is_empty() => {
-                out.push(Block::Para(vec![t(
-                    "It has no down script: giving back its rows is its whole undo, and removes its history row.",
-                )]));
+                // `pgshepherd undo` by hand records the undo on the history row
+                // (`last_undo`) but keeps the row; only a rollback removes it.
+                out.push(Block::Para(vec![
+                    t("It has no down script: giving back its rows is its whole undo. "),
+                    c("pgshepherd undo"),
+                    t(" keeps its history row (marked with the undo), so remove it once the undo reverted everything:"),
+                ]));
+                out.push(Block::Code {
+                    lang: "sql",
+                    text: history_delete(plan, m),
+                });
             }
             None => {
                 out.push(Block::Para(vec![
@@ -527,9 +535,11 @@ fn restore_steps(input: &Input<'_>, out: &mut Vec<Block>) {
             ),
         },
     });
-    out.push(Block::Para(vec![t(
-        "Restore it in one transaction (a failure leaves the database as it was), then set the sequences forward again:",
-    )]));
+    out.push(Block::Para(vec![
+        t("Restore it in one transaction (a failure leaves the database as it was), then set the sequences forward again. "),
+        c("--clean"),
+        t(" drops only what the archive holds: a table, function or type a migration created after the backup stays; drop it by hand (the down scripts show what each migration created)."),
+    ]));
     out.push(Block::Code {
         lang: "sh",
         text: format!(
