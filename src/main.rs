@@ -86,7 +86,7 @@ enum Command {
     /// Connection strings never appear: commands read $PGSHEPHERD_DATABASE_URL.
     ///
     /// Exit codes: 0 printed; 2 invalid plan, config or run id, or no journal
-    /// of the run; 1 the run's backup manifest cannot be read.
+    /// of the run; 1 the run's state cannot be read.
     Runbook(cli::runbook::RunbookArgs),
     /// The long-running service: the HTTP API and the runs submitted to it.
     ///

@@ -260,3 +260,26 @@ fn an_invalid_plan_is_refused_with_its_diagnostics() {
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("unknown-key.yaml:"), "{stderr}");
 }
+
+#[test]
+fn a_recorded_backup_whose_manifest_is_gone_is_said_not_hidden() {
+    let dir = common::scratch_dir();
+    let backup_dir = backup_dir_with_run(dir.path());
+    std::fs::remove_file(backup_dir.join("jobs-20261206T020000Z-0a1b2c3d4e5f.manifest.json"))
+        .unwrap();
+    let (doc, stderr, code) = runbook(&[
+        &plan("restore"),
+        "--run",
+        RUN_ID,
+        "--backup-dir",
+        backup_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: the run's backup manifest"),
+        "{stderr}"
+    );
+    assert!(doc.contains("**The backup cannot be shown**"), "{doc}");
+    assert!(doc.contains("sha256sum <ARCHIVE>"), "{doc}");
+    assert!(!doc.contains("recorded no verified backup"), "{doc}");
+}

@@ -1,7 +1,8 @@
 //! `pgshepherd runbook`: print a plan's rollback plan for the person on call.
 //!
-//! Exit codes: 0 printed; 2 invalid input (the plan, the config, or a run whose
-//! journal is not there); 1 the run's backup manifest cannot be read.
+//! Exit codes: 0 printed (a run's backup manifest that cannot be read is a
+//! warning, and said in the document); 2 invalid input (the plan, the config, or
+//! a run whose journal is not there); 1 the run's state cannot be read.
 
 use std::path::PathBuf;
 
@@ -57,11 +58,16 @@ pub fn runbook(args: &RunbookArgs) -> i32 {
                 .or_else(|| config.as_ref().and_then(|c| c.backup_dir.clone()))
                 .unwrap_or_else(|| PathBuf::from("pgshepherd-backups"));
             match RunRecord::from_journal(&backup_dir, run_id) {
-                Ok(r) => Some(r),
+                Ok(r) => {
+                    if let Some(why) = &r.backup_unreadable {
+                        crate::output::note(format_args!("warning: {why}"));
+                    }
+                    Some(r)
+                }
                 Err(e) => {
                     crate::output::note(format_args!("error: {e}"));
                     return match e {
-                        RecordError::Manifest { .. } | RecordError::State { .. } => 1,
+                        RecordError::State { .. } => 1,
                         RecordError::BadRunId { .. } | RecordError::NoJournal { .. } => 2,
                     };
                 }

@@ -26,8 +26,11 @@ pub const URL_VAR: &str = "PGSHEPHERD_DATABASE_URL";
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {
     pub run_id: String,
-    /// The verified backup the run took; `None` when it took none (yet).
+    /// The verified backup the run took; `None` when it took none (yet), or
+    /// when its manifest cannot be read here.
     pub backup: Option<BackupRecord>,
+    /// Why the run's recorded backup cannot be shown (its manifest unreadable).
+    pub backup_unreadable: Option<String>,
 }
 
 /// A verified backup, as its manifest records it.
@@ -482,6 +485,17 @@ fn restore_steps(input: &Input<'_>, out: &mut Vec<Block>) {
                 bk.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 bk.applied_versions
             ))],
+        ])),
+        (Some(r), None) if r.backup_unreadable.is_some() => out.push(Block::Para(vec![
+            b("The backup cannot be shown"),
+            t(format!(
+                ": {}. Read the archive, its sha256 and format from that manifest on the host that took the backup; ",
+                r.backup_unreadable.as_deref().unwrap_or_default()
+            )),
+            c(ARCHIVE_PLACEHOLDER),
+            t(" and "),
+            c(SHA_PLACEHOLDER),
+            t(" below stand for them."),
         ])),
         (Some(r), None) => out.push(Block::Para(vec![
             b("This run recorded no verified backup"),

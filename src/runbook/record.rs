@@ -22,13 +22,6 @@ pub enum RecordError {
         path: PathBuf,
         message: String,
     },
-    #[error("run {run_id} recorded the backup manifest {}, which cannot be read: {source}", .manifest.display())]
-    Manifest {
-        run_id: String,
-        manifest: PathBuf,
-        #[source]
-        source: Box<BackupError>,
-    },
 }
 
 impl RunRecord {
@@ -64,32 +57,41 @@ impl RunRecord {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        RunRecord::from_facts(run_id, &checkpoint.facts)
+        Ok(RunRecord::from_facts(run_id, &checkpoint.facts))
     }
 
-    /// The run with these facts; its backup's manifest is read from disk.
-    pub fn from_facts(run_id: &str, facts: &RunFacts) -> Result<RunRecord, RecordError> {
-        let backup = match &facts.backup_manifest {
-            None => None,
-            Some(manifest) => {
-                let b = Backup::load(manifest).map_err(|source| RecordError::Manifest {
-                    run_id: run_id.to_string(),
-                    manifest: manifest.clone(),
-                    source: Box::new(source),
-                })?;
-                Some(BackupRecord {
-                    archive: b.path,
-                    manifest: b.manifest_path,
-                    sha256: b.manifest.sha256,
-                    format: b.manifest.format,
-                    created_at: b.manifest.created_at,
-                    applied_versions: b.manifest.applied_versions,
-                })
-            }
-        };
-        Ok(RunRecord {
+    /// The run with these facts; its backup's manifest is read from disk. A
+    /// manifest that cannot be read here (a daemon replica without that backup
+    /// directory) is said in the document rather than failing it: everything
+    /// else in it still holds.
+    pub fn from_facts(run_id: &str, facts: &RunFacts) -> RunRecord {
+        let mut record = RunRecord {
             run_id: run_id.to_string(),
-            backup,
-        })
+            backup: None,
+            backup_unreadable: None,
+        };
+        if let Some(manifest) = &facts.backup_manifest {
+            match Backup::load(manifest) {
+                Ok(b) => {
+                    record.backup = Some(BackupRecord {
+                        archive: b.path,
+                        manifest: b.manifest_path,
+                        sha256: b.manifest.sha256,
+                        format: b.manifest.format,
+                        created_at: b.manifest.created_at,
+                        applied_versions: b.manifest.applied_versions,
+                    })
+                }
+                Err(e) => record.backup_unreadable = Some(unreadable(manifest, &e)),
+            }
+        }
+        record
     }
+}
+
+fn unreadable(manifest: &Path, e: &BackupError) -> String {
+    format!(
+        "the run's backup manifest {} cannot be read on this host: {e}",
+        manifest.display()
+    )
 }

@@ -79,7 +79,7 @@ pub async fn runbook(
     let facts = serde_json::from_value::<Checkpoint>(row.get(1))
         .map(|cp| cp.facts)
         .unwrap_or_default();
-    let run = RunRecord::from_facts(&id, &facts).map_err(|e| ApiError::internal(e.to_string()))?;
+    let run = RunRecord::from_facts(&id, &facts);
     let document = crate::runbook::compose(&Input {
         plan: &plan,
         run: Some(&run),
