@@ -17,6 +17,7 @@
 //! - [`backoff`]: the one retry schedule (exponential, jitter, cap, Retry-After).
 //! - [`output`]: what commands print, written so that a closed pipe is no panic.
 //! - [`private_fs`]: backups and journals are created 0600 in 0700 directories.
+//! - [`runbook`]: the on-call document of a plan and its run (`pgshepherd runbook`).
 //! - [`undo`]: capturing the rows a migration changes and giving them back.
 
 pub mod backoff;
@@ -34,6 +35,7 @@ pub mod pg;
 pub mod plan;
 pub mod private_fs;
 pub mod run;
+pub mod runbook;
 pub mod steps;
 pub mod tls;
 pub mod undo;

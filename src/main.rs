@@ -76,6 +76,18 @@ enum Command {
     /// Exit codes: 0 everything reverted; 4 conflicts left (skip-conflicts,
     /// merge); 5 refused, nothing changed; 2 invalid input; 1 environment.
     Undo(cli::undo::UndoArgs),
+    /// Print the plan's rollback plan for the person on call (Markdown or HTML):
+    /// what changes (each migration's SQL), how to tell it is unhealthy (each
+    /// check's threshold and query, the EXPLAIN gate), how to undo it by hand in
+    /// order, how to verify the undo, and who gets paged.
+    ///
+    /// With --run, the run's id and verified backup (archive, sha256) are filled
+    /// in from its journal; without, they are placeholders in angle brackets.
+    /// Connection strings never appear: commands read $PGSHEPHERD_DATABASE_URL.
+    ///
+    /// Exit codes: 0 printed; 2 invalid plan, config or run id, or no journal
+    /// of the run; 1 the run's state cannot be read.
+    Runbook(cli::runbook::RunbookArgs),
     /// The long-running service: the HTTP API and the runs submitted to it.
     ///
     /// State lives in PostgreSQL (`state_database`); several replicas may share one.
@@ -227,6 +239,7 @@ fn main() -> ExitCode {
             json,
         })),
         Command::Undo(args) => runtime().block_on(cli::undo::undo(args)),
+        Command::Runbook(args) => cli::runbook::runbook(&args),
         Command::Daemon { config } => runtime().block_on(pgshepherd::daemon::run(&config)),
         Command::Submit { plan, client: args } => {
             runtime().block_on(client::submit::submit(&args.options(), &plan))

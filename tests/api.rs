@@ -440,6 +440,27 @@ async fn every_route_answers_as_the_served_document_says() {
     );
     let events = api.get("reader", &run("/events")).await;
     assert_eq!(events.status, StatusCode::OK);
+    for format in ["", "?format=html"] {
+        let runbook = api.get("reader", &run(&format!("/runbook{format}"))).await;
+        assert_eq!(runbook.status, StatusCode::OK, "{format}");
+    }
+    assert_eq!(
+        api.get("reader", &run("/runbook?format=pdf")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // The run's own document: its id in the commands, no placeholder for it.
+    let text = api
+        .http
+        .get(api.url(&run("/runbook")))
+        .bearer_auth(secret("reader"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(&format!("pgshepherd ack {id}")), "{text}");
+    assert!(!text.contains("<RUN_ID>"), "{text}");
     let names: Vec<&str> = events
         .body
         .as_array()

@@ -53,6 +53,17 @@ const LOCK_WAITING_SQL: &str = "SELECT count(*) FILTER (WHERE backend_type = 'cl
      FROM pg_stat_activity \
      WHERE datname = current_database() AND pid <> pg_backend_pid()";
 
+/// How a person reads `signal` by hand (the runbook shows it): the query the
+/// sampler runs, and for a rate the counter whose change per second is the value.
+pub fn reading(signal: BuiltinSignal) -> (&'static str, Option<&'static str>) {
+    match signal {
+        BuiltinSignal::DeadlocksPerSecond => (COUNTERS_SQL, Some("pg_stat_database.deadlocks")),
+        BuiltinSignal::RollbacksPerSecond => (COUNTERS_SQL, Some("pg_stat_database.xact_rollback")),
+        BuiltinSignal::LongestTransactionSeconds => (LONGEST_TRANSACTION_SQL, None),
+        BuiltinSignal::LockWaitingSessions => (LOCK_WAITING_SQL, None),
+    }
+}
+
 /// Why a counter could not be read; worded as an inconclusive sample's reason.
 #[derive(Debug, thiserror::Error)]
 enum CounterError {
@@ -159,10 +170,9 @@ impl BuiltinSampler {
     }
 
     fn counter_name(&self) -> &'static str {
-        match self.signal {
-            BuiltinSignal::DeadlocksPerSecond => "pg_stat_database.deadlocks",
-            _ => "pg_stat_database.xact_rollback",
-        }
+        reading(self.signal)
+            .1
+            .unwrap_or("pg_stat_database.xact_rollback")
     }
 
     async fn read_counter(&mut self) -> Result<Reading, CounterError> {

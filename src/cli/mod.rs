@@ -2,4 +2,5 @@
 
 pub mod check;
 pub mod run;
+pub mod runbook;
 pub mod undo;

@@ -11,6 +11,7 @@
 //! - [`runs`]: `GET /v1/runs`, `GET /v1/runs/{id}`; [`view`] builds their JSON.
 //! - [`control`]: approve, abort, ack (of a run, or of its pending undo).
 //! - [`undo`]: `POST /v1/runs/{id}/undo`.
+//! - [`runbook`](mod@runbook): `GET /v1/runs/{id}/runbook`, the run's on-call document.
 //! - [`events`]: a run's events as JSON or Server-Sent Events.
 //! - [`health`]: `GET /healthz`, `GET /metrics`.
 //! - [`openapi`]: `GET /openapi.json`, derived from the handlers and their types;
@@ -29,6 +30,7 @@ pub mod events;
 pub mod health;
 pub mod openapi;
 pub mod routes;
+pub mod runbook;
 pub mod runs;
 pub mod schema;
 pub mod submit;

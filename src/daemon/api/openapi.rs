@@ -24,7 +24,7 @@ use crate::daemon::api::error::{
     Unauthorized, Unavailable, ValidationError,
 };
 use crate::daemon::api::routes::OPENAPI;
-use crate::daemon::api::{control, events, health, runs, submit, undo};
+use crate::daemon::api::{control, events, health, runbook, runs, submit, undo};
 
 const DESCRIPTION: &str = "Submit PostgreSQL deployment plans, approve, abort and \
     acknowledge runs, undo their captured data changes, and follow their events. Every route but /healthz and /openapi.json \
@@ -47,6 +47,7 @@ const DESCRIPTION: &str = "Submit PostgreSQL deployment plans, approve, abort an
         control::abort,
         control::ack,
         undo::undo,
+        runbook::runbook,
     ),
     components(
         // Named by the error responses, which refer to their schemas by name.

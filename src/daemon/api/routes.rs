@@ -31,7 +31,9 @@ use tracing::Instrument;
 use crate::daemon::api::auth::ActorSlot;
 use crate::daemon::api::error::{ApiError, AuditDetail, AuditRun};
 use crate::daemon::api::events::StopSignal;
-use crate::daemon::api::{audit, control, events, health, openapi, runs, submit, undo, view};
+use crate::daemon::api::{
+    audit, control, events, health, openapi, runbook, runs, submit, undo, view,
+};
 use crate::daemon::shared::SharedRef;
 
 /// Largest request body accepted (a submitted plan bundle with its migrations).
@@ -78,10 +80,11 @@ pub const APPROVE: RouteSpec = spec("POST", "/v1/runs/{id}/approve", "approve");
 pub const ABORT: RouteSpec = spec("POST", "/v1/runs/{id}/abort", "abort");
 pub const ACK: RouteSpec = spec("POST", "/v1/runs/{id}/ack", "ack");
 pub const UNDO: RouteSpec = spec("POST", "/v1/runs/{id}/undo", "undo");
+pub const RUNBOOK: RouteSpec = spec("GET", "/v1/runs/{id}/runbook", "runbook");
 
 /// Every route the API serves (the OpenAPI document must describe each).
 pub const ROUTES: &[RouteSpec] = &[
-    HEALTHZ, METRICS, OPENAPI, SUBMIT, LIST, SHOW, EVENTS, APPROVE, ABORT, ACK, UNDO,
+    HEALTHZ, METRICS, OPENAPI, SUBMIT, LIST, SHOW, EVENTS, APPROVE, ABORT, ACK, UNDO, RUNBOOK,
 ];
 
 /// The whole API, ready for `axum::serve` (with
@@ -111,6 +114,7 @@ fn router_with(shared: SharedRef, stop: StopSignal) -> Router {
         .route(ABORT.path, post(control::abort))
         .route(ACK.path, post(control::ack))
         .route(UNDO.path, post(undo::undo))
+        .route(RUNBOOK.path, get(runbook::runbook))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     // An event stream stays open until its run finishes or the daemon stops.
