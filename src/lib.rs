@@ -18,6 +18,8 @@
 //! - [`output`]: what commands print, written so that a closed pipe is no panic.
 //! - [`private_fs`]: backups and journals are created 0600 in 0700 directories.
 //! - [`undo`]: capturing the rows a migration changes and giving them back.
+//! - [`rehearse`]: catalog fingerprints and their differences, for proving a change's
+//!   down scripts on a copy.
 
 pub mod backoff;
 pub mod checks;
@@ -33,6 +35,7 @@ pub mod output;
 pub mod pg;
 pub mod plan;
 pub mod private_fs;
+pub mod rehearse;
 pub mod run;
 pub mod steps;
 pub mod tls;

@@ -1,0 +1,9 @@
+//! Rehearsal: prove on a copy that a change's down scripts give back what its
+//! up scripts took. [`fingerprint`] reads a database's catalog into one
+//! sorted structure; [`diff`] says, object by object, what differs between two.
+
+pub mod diff;
+pub mod fingerprint;
+
+pub use diff::{Change, Difference, diff};
+pub use fingerprint::{Fingerprint, FingerprintError, ObjectKind};
