@@ -268,3 +268,150 @@ async fn an_undo_that_drops_too_much_or_breaks_validity_is_named() {
         ]
     );
 }
+
+// The rehearsal itself, on a scratch database the test made: the migrations
+// go up, down newest first, and up again, through the scripts a run executes.
+
+mod through_the_migrations {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use pgshepherd::migrations::MigrationSet;
+    use pgshepherd::migrations::apply::Limits;
+    use pgshepherd::plan::LockSettings;
+    use pgshepherd::rehearse::{RehearsalError, rehearse};
+
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            lock: LockSettings {
+                acquire_timeout: Duration::from_secs(10),
+                lock_timeout: Duration::from_secs(5),
+                retries: 0,
+                backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+            },
+            statement_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// A migration folder: `(file name, SQL)` pairs.
+    fn set(dir: &Path, files: &[(&str, &str)]) -> MigrationSet {
+        let set = dir.join("migrations");
+        std::fs::create_dir_all(&set).unwrap();
+        for (name, sql) in files {
+            std::fs::write(set.join(name), sql).unwrap();
+        }
+        MigrationSet::from_dir(&set).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    async fn rehearsed(db: &TestDb, set: &MigrationSet) -> pgshepherd::rehearse::Rehearsal {
+        common::within(
+            "the rehearsal",
+            rehearse(&db.dsn, set, &limits(), Duration::from_secs(10)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("rehearsal: {e}"))
+    }
+
+    const SECOND_UP: &str =
+        "ALTER TABLE rental ADD COLUMN late_fee numeric(5,2) NOT NULL DEFAULT 0;";
+    const SECOND_DOWN: &str = "ALTER TABLE rental DROP COLUMN late_fee;";
+
+    #[tokio::test]
+    async fn a_good_down_script_passes_and_reapplies() {
+        let db = schema_db().await;
+        let dir = common::scratch_dir();
+        let set = set(
+            dir.path(),
+            &[
+                ("V1__tiers.sql", UP),
+                ("V1__tiers.down.sql", EXACT_DOWN),
+                ("V2__late_fee.sql", SECOND_UP),
+                ("V2__late_fee.down.sql", SECOND_DOWN),
+            ],
+        );
+        let r = rehearsed(&db, &set).await;
+        assert_eq!(r.versions, [1, 2]);
+        assert!(r.passed(), "{r:#?}");
+        // The copy is left with the migrations applied (again).
+        assert!(db.index_exists("idx_rental_return_date").await);
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM pgshepherd.history")
+                .await,
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forgetful_down_script_is_named_in_the_report() {
+        let db = schema_db().await;
+        let dir = common::scratch_dir();
+        let set = set(
+            dir.path(),
+            &[
+                ("V1__tiers.sql", UP),
+                ("V1__tiers.down.sql", FORGETFUL_DOWN),
+                ("V2__late_fee.sql", SECOND_UP),
+                ("V2__late_fee.down.sql", SECOND_DOWN),
+            ],
+        );
+        let r = rehearsed(&db, &set).await;
+        assert!(!r.passed());
+        let said: Vec<String> = r.differences.iter().map(|d| d.describe(PHASE)).collect();
+        assert_eq!(
+            said,
+            [
+                "column `customer.loyalty_tier` default changed from `'bronze'::text` to `'silver'::text` after the down scripts",
+                "constraint `rental.rental_return_after_rental` still exists after the down scripts",
+                "index `idx_rental_return_date` still exists after the down scripts",
+                "function `customer_rentals(p_customer integer)` still exists after the down scripts",
+            ]
+        );
+        // What was left behind makes the second apply fail, and that is said too.
+        let reapply = r.reapply_failed.expect("V1 cannot create its index twice");
+        assert!(reapply.contains("V1"), "{reapply}");
+    }
+
+    #[tokio::test]
+    async fn a_migration_that_does_not_reapply_is_caught() {
+        let db = schema_db().await;
+        let dir = common::scratch_dir();
+        // The catalog comes back identical, but the seed row the down script
+        // forgot makes the second apply break the unique constraint.
+        let set = set(
+            dir.path(),
+            &[
+                (
+                    "V1__seed.sql",
+                    "INSERT INTO customer (email) VALUES ('seed@example.com');",
+                ),
+                ("V1__seed.down.sql", "SELECT 1;"),
+            ],
+        );
+        let r = rehearsed(&db, &set).await;
+        assert_eq!(r.differences, []);
+        assert!(!r.passed());
+        let reapply = r.reapply_failed.expect("the seed row is there twice");
+        assert!(reapply.contains("customer_email_key"), "{reapply}");
+    }
+
+    #[tokio::test]
+    async fn a_migration_without_a_down_script_is_refused_before_anything_changes() {
+        let db = schema_db().await;
+        let dir = common::scratch_dir();
+        let set = set(dir.path(), &[("V1__tiers.sql", UP)]);
+        let before = fingerprint_of(&db).await;
+        let e = rehearse(&db.dsn, &set, &limits(), Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RehearsalError::NoDownScript { .. }), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("V1"), "{e}");
+        assert_eq!(
+            sentences(&before, &fingerprint_of(&db).await),
+            Vec::<String>::new()
+        );
+    }
+}

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rehearse::fingerprint::{Fingerprint, ObjectId, ObjectKind};
 
+/// When a rehearsal's second fingerprint is taken, as its report says it.
+pub const AFTER_DOWN: &str = "after the down scripts";
+
 /// Values longer than this (view definitions, function signatures with many
 /// arguments) are not quoted in the sentence; the JSON keeps them whole.
 const QUOTED_UP_TO: usize = 80;

@@ -413,6 +413,26 @@ pub fn kinds() -> Vec<EventKind> {
             request: Some(3),
             attempt: Some(1),
         },
+        RehearsalFinished {
+            passed: false,
+            differences: vec![
+                crate::rehearse::Difference {
+                    kind: crate::rehearse::ObjectKind::Index,
+                    object: s("idx_rental_return_date"),
+                    change: crate::rehearse::Change::Left,
+                },
+                crate::rehearse::Difference {
+                    kind: crate::rehearse::ObjectKind::Column,
+                    object: s("customer.loyalty_tier"),
+                    change: crate::rehearse::Change::Changed {
+                        attribute: s("default"),
+                        before: Some(s("'bronze'::text")),
+                        after: None,
+                    },
+                },
+            ],
+            reason: None,
+        },
         RunFinished {
             outcome: Outcome::RolledBack,
             reason: Some(s("p99 breached; rolled back and confirmed healthy")),
