@@ -76,6 +76,13 @@ enum Command {
     /// Exit codes: 0 everything reverted; 4 conflicts left (skip-conflicts,
     /// merge); 5 refused, nothing changed; 2 invalid input; 1 environment.
     Undo(cli::undo::UndoArgs),
+    /// Prove the plan's down scripts on a scratch copy of its target: run the
+    /// pending migrations up, down newest first, compare the catalog with the
+    /// original, and up again. The target itself is only read.
+    ///
+    /// Exit codes: 0 identical; 4 differences, a script that failed, or
+    /// migrations that do not re-apply; 2 invalid input; 1 environment.
+    Rehearse(cli::rehearse::RehearseArgs),
     /// The long-running service: the HTTP API and the runs submitted to it.
     ///
     /// State lives in PostgreSQL (`state_database`); several replicas may share one.
@@ -227,6 +234,7 @@ fn main() -> ExitCode {
             json,
         })),
         Command::Undo(args) => runtime().block_on(cli::undo::undo(args)),
+        Command::Rehearse(args) => runtime().block_on(cli::rehearse::rehearse_plan(args)),
         Command::Daemon { config } => runtime().block_on(pgshepherd::daemon::run(&config)),
         Command::Submit { plan, client: args } => {
             runtime().block_on(client::submit::submit(&args.options(), &plan))

@@ -415,3 +415,140 @@ mod through_the_migrations {
         );
     }
 }
+
+// `pgshepherd rehearse`, the binary: a scratch copy on the target's server,
+// the report, the exit code, and the target left as it was.
+
+mod the_command {
+    use std::path::{Path, PathBuf};
+
+    use serde_json::Value;
+
+    use super::*;
+
+    /// A plan whose migrations are `files`, targeting `db`.
+    fn plan(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+        let plan = common::one_table_plan(dir, "rehearsed", "1s", "");
+        let set = dir.join("migrations");
+        std::fs::remove_dir_all(&set).unwrap();
+        std::fs::create_dir_all(&set).unwrap();
+        for (name, sql) in files {
+            std::fs::write(set.join(name), sql).unwrap();
+        }
+        plan
+    }
+
+    /// Exit code and the JSON events of `pgshepherd rehearse PLAN --json`.
+    fn rehearse(db: &TestDb, plan: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
+        let out = common::output_within(
+            "pgshepherd rehearse",
+            std::process::Command::new(common::pgshepherd_bin())
+                .arg("rehearse")
+                .arg(plan)
+                .args(["--database-url", &db.url, "--json"])
+                .args(extra)
+                .env("PGSHEPHERD_PG_BINDIR", &common::binaries().bindir),
+        );
+        let events = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        (
+            out.status.code().unwrap_or(-1),
+            events,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Scratch copies of `db` on the server (their names start with its
+    /// name, cut to fit; the harness's `tN_` prefix keeps them apart).
+    async fn scratch_databases(db: &TestDb) -> i64 {
+        let prefix: String = db.name.chars().take(20).collect();
+        db.query_i64(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE '{prefix}%\\_rehearsal\\_%'"
+        ))
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_forgetful_down_script_exits_4_naming_each_difference_and_the_target_is_untouched() {
+        let db = schema_db().await;
+        let dir = common::scratch_dir();
+        let plan = plan(
+            dir.path(),
+            &[
+                ("V1__tiers.sql", UP),
+                ("V1__tiers.down.sql", FORGETFUL_DOWN),
+            ],
+        );
+        let before = fingerprint_of(&db).await;
+        let (code, events, stderr) = rehearse(&db, &plan, &[]);
+        assert_eq!(code, 4, "{stderr}");
+        let last = events.last().expect("events");
+        assert_eq!(last["event"], "rehearsal_finished", "{last}");
+        assert_eq!(last["passed"], false);
+        let objects: Vec<(&str, &str)> = last["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["kind"].as_str().unwrap(), d["object"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            objects,
+            [
+                ("column", "customer.loyalty_tier"),
+                ("constraint", "rental.rental_return_after_rental"),
+                ("index", "idx_rental_return_date"),
+                ("function", "customer_rentals(p_customer integer)"),
+            ]
+        );
+        assert!(
+            stderr.contains("index `idx_rental_return_date` still exists after the down scripts"),
+            "{stderr}"
+        );
+        // Never touched: no history, no change, and the scratch copy is gone.
+        assert_eq!(
+            sentences(&before, &fingerprint_of(&db).await),
+            Vec::<String>::new()
+        );
+        assert!(!db.table_exists("pgshepherd.history").await);
+        assert_eq!(scratch_databases(&db).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_good_down_script_exits_0_and_keep_leaves_the_copy() {
+        let db = schema_db().await;
+        let dir = common::scratch_dir();
+        let plan = plan(
+            dir.path(),
+            &[("V1__tiers.sql", UP), ("V1__tiers.down.sql", EXACT_DOWN)],
+        );
+        let (code, events, stderr) = rehearse(&db, &plan, &["--keep"]);
+        assert_eq!(code, 0, "{stderr}");
+        let last = events.last().expect("events");
+        assert_eq!(last["event"], "rehearsal_finished");
+        assert_eq!(last["passed"], true);
+        assert_eq!(last["differences"], serde_json::json!([]));
+        assert_eq!(scratch_databases(&db).await, 1, "{stderr}");
+        assert!(!db.index_exists("idx_rental_return_date").await);
+    }
+
+    #[tokio::test]
+    async fn a_missing_down_script_is_invalid_input() {
+        let db = schema_db().await;
+        let dir = common::scratch_dir();
+        let plan = plan(dir.path(), &[("V1__tiers.sql", UP)]);
+        let (code, events, stderr) = rehearse(&db, &plan, &[]);
+        assert_eq!(code, 2, "{stderr}");
+        let last = events.last().expect("events");
+        // The plan's own rules refuse it before any copy is made.
+        assert!(
+            last["reason"]
+                .as_str()
+                .unwrap()
+                .contains("needs a down script"),
+            "{last}"
+        );
+        assert_eq!(scratch_databases(&db).await, 0);
+    }
+}

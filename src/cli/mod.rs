@@ -1,5 +1,6 @@
 //! Command implementations behind the thin binary.
 
 pub mod check;
+pub mod rehearse;
 pub mod run;
 pub mod undo;
