@@ -354,19 +354,22 @@ mod through_the_migrations {
                 ("V1__tiers.sql", UP),
                 ("V1__tiers.down.sql", FORGETFUL_DOWN),
                 ("V2__late_fee.sql", SECOND_UP),
-                ("V2__late_fee.down.sql", SECOND_DOWN),
+                // Forgets its column too.
+                ("V2__late_fee.down.sql", "SELECT 1;"),
             ],
         );
         let r = rehearsed(&db, &set).await;
         assert!(!r.passed());
         let said: Vec<String> = r.differences.iter().map(|d| d.describe(PHASE)).collect();
+        // Each names the migration whose down script should have given it back.
         assert_eq!(
             said,
             [
-                "column `customer.loyalty_tier` default changed from `'bronze'::text` to `'silver'::text` after the down scripts",
-                "constraint `rental.rental_return_after_rental` still exists after the down scripts",
-                "index `idx_rental_return_date` still exists after the down scripts",
-                "function `customer_rentals(p_customer integer)` still exists after the down scripts",
+                "column `customer.loyalty_tier` default changed from `'bronze'::text` to `'silver'::text` after V1__tiers's down script",
+                "column `rental.late_fee` still exists after V2__late_fee's down script",
+                "constraint `rental.rental_return_after_rental` still exists after V1__tiers's down script",
+                "index `idx_rental_return_date` still exists after V1__tiers's down script",
+                "function `customer_rentals(p_customer integer)` still exists after V1__tiers's down script",
             ]
         );
         // What was left behind makes the second apply fail, and that is said too.
@@ -491,7 +494,10 @@ mod the_command {
             .as_array()
             .unwrap()
             .iter()
-            .map(|d| (d["kind"].as_str().unwrap(), d["object"].as_str().unwrap()))
+            .map(|d| {
+                assert_eq!(d["changed_by"], "V1__tiers", "{d}");
+                (d["kind"].as_str().unwrap(), d["object"].as_str().unwrap())
+            })
             .collect();
         assert_eq!(
             objects,
@@ -503,7 +509,9 @@ mod the_command {
             ]
         );
         assert!(
-            stderr.contains("index `idx_rental_return_date` still exists after the down scripts"),
+            stderr.contains(
+                "index `idx_rental_return_date` still exists after V1__tiers's down script"
+            ),
             "{stderr}"
         );
         // Never touched: no history, no change, and the scratch copy is gone.

@@ -51,17 +51,33 @@ pub struct Difference {
     pub object: String,
     #[serde(flatten)]
     pub change: Change,
+    /// The migration whose up script first changed this object, when the
+    /// comparison knows the steps in between ([`attribute`]); its down script
+    /// is the one to fix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
 }
 
 impl Difference {
     /// The sentence for a report; `phase` says when the second fingerprint
     /// was taken ("after the down scripts").
+    /// With [`Difference::changed_by`] known, the phase names that
+    /// migration's down script instead.
     pub fn describe(&self, phase: &str) -> String {
         let Difference {
             kind,
             object,
             change,
+            changed_by,
         } = self;
+        let by;
+        let phase = match changed_by {
+            Some(label) => {
+                by = format!("after {label}'s down script");
+                by.as_str()
+            }
+            None => phase,
+        };
         match change {
             Change::Missing => format!("{kind} `{object}` is missing {phase}"),
             Change::Left => format!("{kind} `{object}` still exists {phase}"),
@@ -162,6 +178,41 @@ fn difference(id: &ObjectId, change: Change) -> Difference {
         kind: id.kind,
         object: id.name.clone(),
         change,
+        changed_by: None,
+    }
+}
+
+/// Name, in each difference, the first of `steps` (a label and the
+/// fingerprint taken right after that migration's up script, in order) at
+/// which the object (for a changed attribute: that attribute) was no longer
+/// as in `before`. A difference no step explains (a down script that dropped
+/// something no up script touched) keeps `None`.
+pub fn attribute(
+    differences: &mut [Difference],
+    before: &Fingerprint,
+    steps: &[(String, Fingerprint)],
+) {
+    for d in differences {
+        let id = ObjectId {
+            kind: d.kind,
+            name: d.object.clone(),
+        };
+        let was = before.objects.get(&id);
+        d.changed_by = steps
+            .iter()
+            .find(|(_, f)| {
+                let now = f.objects.get(&id);
+                match &d.change {
+                    Change::Changed { attribute, .. } => {
+                        let value = |o: Option<&crate::rehearse::fingerprint::CatalogObject>| {
+                            o.and_then(|o| o.attributes.get(attribute).cloned().flatten())
+                        };
+                        now.is_none() || value(was) != value(now)
+                    }
+                    Change::Missing | Change::Left => was != now,
+                }
+            })
+            .map(|(label, _)| label.clone());
     }
 }
 
@@ -334,6 +385,48 @@ mod tests {
         assert_eq!(json["change"], "changed");
         assert_eq!(json["before"], long.as_str());
         assert_eq!(json["after"], "SELECT 1");
+    }
+
+    #[test]
+    fn each_difference_names_the_migration_that_first_changed_it() {
+        let f0 = with(&customer()[..2]);
+        // V1 changes the default, V2 adds the index; both down scripts forget.
+        let mut f1 = f0.clone();
+        f1.objects
+            .values_mut()
+            .find(|o| o.attributes.contains_key("default"))
+            .unwrap()
+            .attributes
+            .insert("default".into(), Some("'silver'::text".into()));
+        let mut f2 = f1.clone();
+        let index = customer()[2].clone();
+        f2.objects.insert(
+            ObjectId {
+                kind: index.0,
+                name: index.1.into(),
+            },
+            index.2,
+        );
+        let mut d = diff(&f0, &f2);
+        attribute(
+            &mut d,
+            &f0,
+            &[("V1__tiers".into(), f1), ("V2__index".into(), f2.clone())],
+        );
+        assert_eq!(
+            sentences(&d),
+            [
+                "column `customer.loyalty_tier` default changed from `'bronze'::text` to `'silver'::text` after V1__tiers's down script",
+                "index `customer_tier_idx` still exists after V2__index's down script",
+            ]
+        );
+        // What no up script touched is the down scripts' doing as a whole.
+        let mut d = diff(&f0, &Fingerprint::default());
+        attribute(&mut d, &f0, &[("V1__tiers".into(), f0.clone())]);
+        assert_eq!(
+            sentences(&d),
+            ["table `customer` is missing after the down scripts"]
+        );
     }
 
     #[test]

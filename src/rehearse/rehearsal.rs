@@ -1,6 +1,7 @@
 //! One rehearsal on a scratch database: fingerprint it, run the pending
-//! migrations up (with their verify scripts), down newest first, fingerprint
-//! again and compare, then up again to prove they re-apply.
+//! migrations up (with their verify scripts, fingerprinting after each so a
+//! difference can name the migration that made it), down newest first,
+//! fingerprint again and compare, then up again to prove they re-apply.
 //!
 //! The scratch database must be a copy the caller made for this purpose: this
 //! module changes it (under pgshepherd's advisory lock, through the same
@@ -19,8 +20,8 @@ use crate::migrations::history::{self, HistoryError, ReadError};
 use crate::migrations::{Migration, MigrationSet};
 use crate::pg::lock::LockError;
 use crate::pg::{Dsn, TargetLock};
-use crate::rehearse::diff::{Difference, diff};
-use crate::rehearse::fingerprint::{self, FingerprintError};
+use crate::rehearse::diff::{Difference, attribute, diff};
+use crate::rehearse::fingerprint::{self, Fingerprint, FingerprintError};
 
 /// `application_name` of the rehearsal's session on the scratch database.
 pub const APPLICATION_NAME: &str = "pgshepherd rehearse";
@@ -124,7 +125,8 @@ pub async fn rehearse(
     }
     let run_id = crate::cli::run::new_run_id();
     let before = fingerprint::read(lock.client()).await?;
-    up(&lock, set, &pending, &run_id, limits).await?;
+    let mut steps = Vec::new();
+    up(&lock, set, &pending, &run_id, limits, Some(&mut steps)).await?;
     for m in pending.iter().rev() {
         let down = m.down.as_ref().expect("checked above");
         apply::apply_down(&lock, &set.name, m, down, limits, &mut |_| {})
@@ -136,8 +138,9 @@ pub async fn rehearse(
             })?;
     }
     let after = fingerprint::read(lock.client()).await?;
-    let differences = diff(&before, &after);
-    let reapply_failed = up(&lock, set, &pending, &run_id, limits)
+    let mut differences = diff(&before, &after);
+    attribute(&mut differences, &before, &steps);
+    let reapply_failed = up(&lock, set, &pending, &run_id, limits, None)
         .await
         .err()
         .map(|e| format!("the migrations do not re-apply after their down scripts: {e}"));
@@ -150,13 +153,16 @@ pub async fn rehearse(
     })
 }
 
-/// Apply `pending` in order, each followed by its verify script.
+/// Apply `pending` in order, each followed by its verify script; with
+/// `steps`, fingerprint after each one, so that a difference can name the
+/// migration whose down script should give it back.
 async fn up(
     lock: &TargetLock,
     set: &MigrationSet,
     pending: &[&Migration],
     run_id: &str,
     limits: &Limits,
+    mut steps: Option<&mut Vec<(String, Fingerprint)>>,
 ) -> Result<(), RehearsalError> {
     for m in pending {
         let failed = |step| {
@@ -173,6 +179,9 @@ async fn up(
             apply::run_verify(lock, verify, limits)
                 .await
                 .map_err(failed("the verify script"))?;
+        }
+        if let Some(steps) = steps.as_deref_mut() {
+            steps.push((m.label(), fingerprint::read(lock.client()).await?));
         }
     }
     Ok(())

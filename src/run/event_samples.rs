@@ -420,6 +420,7 @@ pub fn kinds() -> Vec<EventKind> {
                     kind: crate::rehearse::ObjectKind::Index,
                     object: s("idx_rental_return_date"),
                     change: crate::rehearse::Change::Left,
+                    changed_by: Some(s("V2__return_date_index")),
                 },
                 crate::rehearse::Difference {
                     kind: crate::rehearse::ObjectKind::Column,
@@ -429,6 +430,7 @@ pub fn kinds() -> Vec<EventKind> {
                         before: Some(s("'bronze'::text")),
                         after: None,
                     },
+                    changed_by: None,
                 },
             ],
             reason: None,
