@@ -559,4 +559,54 @@ mod the_command {
         );
         assert_eq!(scratch_databases(&db).await, 0);
     }
+
+    #[tokio::test]
+    async fn a_scratch_url_naming_the_target_is_refused() {
+        let db = schema_db().await;
+        let dir = common::scratch_dir();
+        let plan = plan(
+            dir.path(),
+            &[("V1__tiers.sql", UP), ("V1__tiers.down.sql", EXACT_DOWN)],
+        );
+        let before = fingerprint_of(&db).await;
+        let (code, events, stderr) = rehearse(&db, &plan, &["--scratch-url", &db.url]);
+        assert_eq!(code, 2, "{stderr}");
+        let reason = events.last().unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(reason.contains("names the target itself"), "{reason}");
+        assert_eq!(
+            sentences(&before, &fingerprint_of(&db).await),
+            Vec::<String>::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_an_environment_error() {
+        let dir = common::scratch_dir();
+        let plan = plan(
+            dir.path(),
+            &[("V1__tiers.sql", UP), ("V1__tiers.down.sql", EXACT_DOWN)],
+        );
+        // Port 1 on the loopback: nothing listens there.
+        let out = common::output_within(
+            "pgshepherd rehearse",
+            std::process::Command::new(common::pgshepherd_bin())
+                .arg("rehearse")
+                .arg(&plan)
+                .args([
+                    "--database-url",
+                    "postgres://nobody@127.0.0.1:1/app",
+                    "--json",
+                ]),
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(last["event"], "rehearsal_finished");
+        assert_eq!(last["passed"], false);
+        let reason = last["reason"].as_str().unwrap();
+        assert!(reason.contains("cannot connect"), "{reason}");
+    }
 }
