@@ -23,7 +23,7 @@ pub struct RehearseArgs {
     pub config: Option<PathBuf>,
     /// Rehearse in this existing database instead of a new one on the target's
     /// server; everything in it is replaced by the copy, and it is not dropped.
-    #[arg(long, hide_env_values = true)]
+    #[arg(long)]
     pub scratch_url: Option<String>,
     /// Keep the scratch database afterwards (its name is printed).
     #[arg(long)]
