@@ -609,4 +609,69 @@ mod the_command {
         let reason = last["reason"].as_str().unwrap();
         assert!(reason.contains("cannot connect"), "{reason}");
     }
+
+    #[tokio::test]
+    async fn from_backup_rehearses_on_the_backup_not_on_the_target_now() {
+        use pgshepherd::plan::{BackupFormat, BackupSettings};
+
+        let db = schema_db().await;
+        let dir = common::scratch_dir();
+        let settings = BackupSettings {
+            enabled: true,
+            format: BackupFormat::Custom,
+            jobs: 1,
+            compression: 0,
+            keep: 1,
+            expect_tables: Vec::new(),
+        };
+        let backup = pgshepherd::steps::backup::take(
+            common::binaries(),
+            &db.dsn,
+            &settings,
+            &dir.path().join("backups"),
+            "rehearsed",
+            "r1",
+            &[],
+            &|_| {},
+        )
+        .await
+        .unwrap_or_else(|e| panic!("backup: {e}"));
+        // Made after the backup: a copy from the backup does not have it.
+        db.execute("CREATE TABLE made_after_the_backup (id int)")
+            .await;
+        let plan = plan(
+            dir.path(),
+            &[("V1__tiers.sql", UP), ("V1__tiers.down.sql", EXACT_DOWN)],
+        );
+        let manifest = backup.manifest_path.to_str().unwrap().to_string();
+        let (code, _, stderr) = rehearse(&db, &plan, &["--from-backup", &manifest, "--keep"]);
+        assert_eq!(code, 0, "{stderr}");
+        let kept = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("scratch database kept: "))
+            .unwrap_or_else(|| panic!("no kept copy named: {stderr}"))
+            .trim()
+            .to_string();
+        let copy = TestDb {
+            dsn: db.dsn.with_dbname(&kept),
+            url: String::new(),
+            name: kept,
+        };
+        assert!(copy.table_exists("customer").await);
+        assert!(!copy.table_exists("made_after_the_backup").await);
+    }
+
+    #[tokio::test]
+    async fn a_from_backup_that_is_not_a_manifest_is_invalid_input() {
+        let db = schema_db().await;
+        let dir = common::scratch_dir();
+        let plan = plan(
+            dir.path(),
+            &[("V1__tiers.sql", UP), ("V1__tiers.down.sql", EXACT_DOWN)],
+        );
+        let missing = dir.path().join("nope.manifest.json");
+        let (code, _, stderr) = rehearse(&db, &plan, &["--from-backup", missing.to_str().unwrap()]);
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(scratch_databases(&db).await, 0);
+    }
 }

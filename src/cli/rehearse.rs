@@ -10,6 +10,7 @@ use crate::pg::cluster::PgBinaries;
 use crate::rehearse::{rehearse, scratch};
 use crate::run::EventKind;
 use crate::run::journal::Emitter;
+use crate::steps::backup::Backup;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RehearseArgs {
@@ -25,6 +26,11 @@ pub struct RehearseArgs {
     /// server; everything in it is replaced by the copy, and it is not dropped.
     #[arg(long)]
     pub scratch_url: Option<String>,
+    /// Fill the scratch database from this backup (its manifest,
+    /// `<stem>.manifest.json`, as `backup_written` names it) instead of a
+    /// fresh pg_dump of the target.
+    #[arg(long)]
+    pub from_backup: Option<PathBuf>,
     /// Keep the scratch database afterwards (its name is printed).
     #[arg(long)]
     pub keep: bool,
@@ -74,6 +80,10 @@ pub async fn rehearse_plan(args: RehearseArgs) -> i32 {
         let reason = "--scratch-url names the target itself; a rehearsal replaces everything in its scratch database";
         return finish(2, false, Vec::new(), Some(reason.into()));
     }
+    let from_backup = match args.from_backup.as_deref().map(Backup::load).transpose() {
+        Ok(b) => b,
+        Err(e) => return finish(2, false, Vec::new(), Some(format!("--from-backup: {e}"))),
+    };
     let bins = match PgBinaries::locate_client() {
         Ok(b) => b,
         Err(e) => return finish(1, false, Vec::new(), Some(e.to_string())),
@@ -93,15 +103,20 @@ pub async fn rehearse_plan(args: RehearseArgs) -> i32 {
         lock: plan.lock.clone(),
         statement_timeout: plan.statement_timeout,
     };
-    let copied = scratch::copy(
-        &bins,
-        &target,
-        &scratch,
-        &plan.target,
-        &run_id,
-        plan.lock.lock_timeout,
-    )
-    .await;
+    let copied = match &from_backup {
+        Some(b) => scratch::restore(&bins, &scratch, b, plan.lock.lock_timeout).await,
+        None => {
+            scratch::copy(
+                &bins,
+                &target,
+                &scratch,
+                &plan.target,
+                &run_id,
+                plan.lock.lock_timeout,
+            )
+            .await
+        }
+    };
     let result = match copied {
         Ok(()) => Ok(rehearse(
             &scratch,

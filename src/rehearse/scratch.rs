@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::pg::Dsn;
 use crate::pg::cluster::PgBinaries;
 use crate::plan::{BackupFormat, BackupSettings};
-use crate::steps::backup::{self, BackupError};
+use crate::steps::backup::{self, Backup, BackupError};
 
 /// `application_name` of the session that creates and drops the scratch database.
 const APPLICATION_NAME: &str = "pgshepherd rehearse";
@@ -111,9 +111,21 @@ pub async fn copy(
         &|_| {},
     )
     .await?;
-    backup::restore(bins, scratch, &archive, lock_timeout).await?;
+    restore(bins, scratch, &archive, lock_timeout).await
     // `dir` goes out of scope here, success or not: the archive (the target's
     // data) is removed with it at once.
+}
+
+/// Fill `scratch` from an existing backup (`pgshepherd rehearse
+/// --from-backup`): the same one-transaction restore, which refuses an
+/// archive that no longer matches its manifest's sha256.
+pub async fn restore(
+    bins: &PgBinaries,
+    scratch: &Dsn,
+    archive: &Backup,
+    lock_timeout: Duration,
+) -> Result<(), ScratchError> {
+    backup::restore(bins, scratch, archive, lock_timeout).await?;
     Ok(())
 }
 
