@@ -19,6 +19,8 @@
 //! - [`private_fs`]: backups and journals are created 0600 in 0700 directories.
 //! - [`runbook`]: the on-call document of a plan and its run (`pgshepherd runbook`).
 //! - [`undo`]: capturing the rows a migration changes and giving them back.
+//! - [`rehearse`]: catalog fingerprints and their differences, for proving a change's
+//!   down scripts on a copy.
 
 pub mod backoff;
 pub mod checks;
@@ -34,6 +36,7 @@ pub mod output;
 pub mod pg;
 pub mod plan;
 pub mod private_fs;
+pub mod rehearse;
 pub mod run;
 pub mod runbook;
 pub mod steps;

@@ -88,6 +88,13 @@ enum Command {
     /// Exit codes: 0 printed; 2 invalid plan, config or run id, or no journal
     /// of the run; 1 the run's state cannot be read.
     Runbook(cli::runbook::RunbookArgs),
+    /// Prove the plan's down scripts on a scratch copy of its target: run the
+    /// pending migrations up, down newest first, compare the catalog with the
+    /// original, and up again. The target itself is only read.
+    ///
+    /// Exit codes: 0 identical; 4 differences, a script that failed, or
+    /// migrations that do not re-apply; 2 invalid input; 1 environment.
+    Rehearse(cli::rehearse::RehearseArgs),
     /// The long-running service: the HTTP API and the runs submitted to it.
     ///
     /// State lives in PostgreSQL (`state_database`); several replicas may share one.
@@ -240,6 +247,7 @@ fn main() -> ExitCode {
         })),
         Command::Undo(args) => runtime().block_on(cli::undo::undo(args)),
         Command::Runbook(args) => cli::runbook::runbook(&args),
+        Command::Rehearse(args) => runtime().block_on(cli::rehearse::rehearse_plan(args)),
         Command::Daemon { config } => runtime().block_on(pgshepherd::daemon::run(&config)),
         Command::Submit { plan, client: args } => {
             runtime().block_on(client::submit::submit(&args.options(), &plan))

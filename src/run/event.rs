@@ -440,6 +440,18 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         attempt: Option<u32>,
     },
+    /// `pgshepherd rehearse`: the plan's pending migrations were run up and
+    /// down on a scratch copy and its catalog compared with the original.
+    RehearsalFinished {
+        /// No difference, and every step (up, down, up again) succeeded.
+        passed: bool,
+        /// What the down scripts did not give back (see `rehearse::diff`).
+        differences: Vec<crate::rehearse::Difference>,
+        /// Why the rehearsal did not get to a comparison, or what failed after
+        /// it (a migration that does not re-apply).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     RunFinished {
         outcome: Outcome,
         reason: Option<String>,
@@ -496,6 +508,7 @@ impl EventKind {
             EventKind::UndoApproved { .. } => "undo_approved",
             EventKind::UndoStarted { .. } => "undo_started",
             EventKind::UndoFinished { .. } => "undo_finished",
+            EventKind::RehearsalFinished { .. } => "rehearsal_finished",
             EventKind::RunFinished { .. } => "run_finished",
         }
     }

@@ -413,6 +413,28 @@ pub fn kinds() -> Vec<EventKind> {
             request: Some(3),
             attempt: Some(1),
         },
+        RehearsalFinished {
+            passed: false,
+            differences: vec![
+                crate::rehearse::Difference {
+                    kind: crate::rehearse::ObjectKind::Index,
+                    object: s("idx_rental_return_date"),
+                    change: crate::rehearse::Change::Left,
+                    changed_by: Some(s("V2__return_date_index")),
+                },
+                crate::rehearse::Difference {
+                    kind: crate::rehearse::ObjectKind::Column,
+                    object: s("customer.loyalty_tier"),
+                    change: crate::rehearse::Change::Changed {
+                        attribute: s("default"),
+                        before: Some(s("'bronze'::text")),
+                        after: None,
+                    },
+                    changed_by: None,
+                },
+            ],
+            reason: None,
+        },
         RunFinished {
             outcome: Outcome::RolledBack,
             reason: Some(s("p99 breached; rolled back and confirmed healthy")),

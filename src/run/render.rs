@@ -420,6 +420,26 @@ pub fn text(event: &Event) -> String {
                     .unwrap_or_default()
             )
         }
+        RehearsalFinished {
+            passed,
+            differences,
+            reason,
+        } => format!(
+            "rehearsal {}{}{}",
+            match (passed, differences.len()) {
+                (true, _) => "passed: the down scripts gave back the catalog as it was".to_string(),
+                (false, 0) => "failed".to_string(),
+                (false, n) => format!("failed: {n} difference(s)"),
+            },
+            reason
+                .as_ref()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default(),
+            differences
+                .iter()
+                .map(|d| format!("\n  {}", d.describe(crate::rehearse::diff::AFTER_DOWN)))
+                .collect::<String>()
+        ),
         RunFinished {
             outcome,
             reason,
