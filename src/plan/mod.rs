@@ -7,6 +7,7 @@
 //! - [`explain`](mod@explain): the `explain` section (the EXPLAIN gate's queries);
 //! - [`load`](mod@load): files in, plan or diagnostics out; [`load()`] is the entry point.
 
+mod checks;
 pub mod compile;
 pub mod diagnostic;
 pub mod duration;
