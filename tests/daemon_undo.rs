@@ -371,7 +371,10 @@ async fn killed_in_the_middle_of_an_undo_the_target_is_untouched_and_the_undo_ru
     common::wait_for_sql(dsn, "the undo waiting on the user's row", UNDO_BLOCKED).await;
     let first_pid: i32 = target
         .query_one(
-            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgshepherd undo %'",
+            // The session found waiting above (another short-lived one of the
+            // daemon's may carry the same name for a moment).
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgshepherd undo %' \
+               AND wait_event_type = 'Lock'",
             &[],
         )
         .await
