@@ -48,22 +48,36 @@ async fn all_events(options: &ClientOptions, id: &str) -> Result<i32, Failure> {
     let api = Api::new(options)?;
     let mut after = 0i64;
     loop {
-        let (_, page) = api
-            .json(
-                Method::GET,
-                &format!("/v1/runs/{id}/events?after={after}&limit={PAGE}"),
-                None,
-            )
-            .await?;
-        let events = page.as_array().cloned().unwrap_or_default();
+        let (events, full) = events_page(&api, id, &mut after).await?;
         for e in &events {
             print(options, e);
-            after = e["seq"].as_i64().unwrap_or(after).max(after);
         }
-        if events.len() < PAGE {
+        if !full {
             return Ok(0);
         }
     }
+}
+
+/// One page of run `id`'s stored events after sequence number `after`, which
+/// moves past them, and whether the page was full (more may follow at once).
+pub(super) async fn events_page(
+    api: &Api,
+    id: &str,
+    after: &mut i64,
+) -> Result<(Vec<Value>, bool), Failure> {
+    let (_, page) = api
+        .json(
+            Method::GET,
+            &format!("/v1/runs/{id}/events?after={after}&limit={PAGE}"),
+            None,
+        )
+        .await?;
+    let events = page.as_array().cloned().unwrap_or_default();
+    for e in &events {
+        *after = e["seq"].as_i64().unwrap_or(*after).max(*after);
+    }
+    let full = events.len() >= PAGE;
+    Ok((events, full))
 }
 
 async fn follow_events(options: &ClientOptions, id: &str) -> Result<i32, Failure> {

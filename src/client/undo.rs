@@ -21,8 +21,6 @@ use crate::undo::revert::Mode;
 
 /// Between two looks at the run's events.
 const POLL: Duration = Duration::from_millis(500);
-/// Events read per request.
-const PAGE: usize = 1000;
 
 /// What to ask the daemon to undo.
 #[derive(Debug, Clone)]
@@ -80,16 +78,8 @@ async fn follow(
 ) -> Result<i32, Failure> {
     let mut after = 0i64;
     loop {
-        let (_, page) = api
-            .json(
-                Method::GET,
-                &format!("/v1/runs/{id}/events?after={after}&limit={PAGE}"),
-                None,
-            )
-            .await?;
-        let events = page.as_array().cloned().unwrap_or_default();
+        let (events, full) = crate::client::logs::events_page(api, id, &mut after).await?;
         for e in &events {
-            after = e["seq"].as_i64().unwrap_or(after).max(after);
             if e["request"].as_i64() != Some(request) {
                 continue;
             }
@@ -98,7 +88,7 @@ async fn follow(
                 return Ok(e["exit_code"].as_i64().map_or(1, |c| c as i32));
             }
         }
-        if events.len() < PAGE {
+        if !full {
             tokio::time::sleep(POLL).await;
         }
     }
