@@ -28,6 +28,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod daemon;
 pub mod live_run;
 pub mod pgbouncer;
