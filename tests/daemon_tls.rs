@@ -123,6 +123,12 @@ async fn serves_https_and_takes_a_new_certificate_on_sighup_while_a_run_goes_on(
         panic!("plain HTTP got an answer: {}", answer.status());
     }
     log_shows(&daemon, "TLS handshake failed").await;
+    // A client that connects and never starts its handshake delays nobody.
+    let silent = TcpStream::connect(&addr).await.unwrap();
+    let (status, body) = api.get(READER, "/v1/runs").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(presented_certificate(&addr, &ca).await, first);
+    drop(silent);
 
     // A run held in its migration for as long as the rotation takes.
     let (plan, set) = plan_dir(
@@ -213,7 +219,9 @@ async fn serves_https_and_takes_a_new_certificate_on_sighup_while_a_run_goes_on(
         String::from_utf8_lossy(&trusted.stderr)
     );
     let untrusted = status(&[]);
-    assert_eq!(untrusted.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(untrusted.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
 
     // A broken pair on SIGHUP (the key of another certificate): refused,
     // logged with the file and the problem, the second certificate served on.
@@ -244,6 +252,15 @@ async fn serves_https_and_takes_a_new_certificate_on_sighup_while_a_run_goes_on(
             .unwrap()
             .status()
             .is_success()
+    );
+
+    // Stopping is unchanged by TLS: SIGTERM ends the daemon cleanly.
+    let mut daemon = daemon;
+    assert_eq!(
+        daemon.sigterm(common::PATIENCE),
+        Some(0),
+        "{}",
+        daemon.log_text()
     );
 }
 
