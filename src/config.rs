@@ -623,6 +623,33 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_file_that_cannot_be_read_is_reported_at_its_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        let missing = dir.path().join("missing.pem");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:0\ntls:\n  cert: {m}\n  key: {m}\n",
+                m = missing.display()
+            ),
+        )
+        .unwrap();
+        let errors = super::Config::load(&path).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert_eq!((e.line, e.column), (3, 9), "{e}");
+        assert!(
+            e.message
+                .starts_with("tls.cert: cannot read the certificate file"),
+            "{e}"
+        );
+        let plain = dir.path().join("plain.yaml");
+        std::fs::write(&plain, "listen: 127.0.0.1:0\n").unwrap();
+        assert!(!super::Config::load(&plain).unwrap().serves_tls());
+    }
+
+    #[test]
     fn expands_set_variables_and_refuses_unset_ones() {
         // SAFETY: tests in this module are the only users of this variable name.
         unsafe { std::env::set_var("PGSHEPHERD_TEST_PW", "s3cret") };
