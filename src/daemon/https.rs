@@ -1,0 +1,223 @@
+//! HTTPS on the daemon's `listen` address (`tls: {cert, key}` in the config):
+//! the same router and the same `axum::serve` as plain HTTP, over a listener
+//! that hands axum connections whose TLS handshake has already completed.
+//!
+//! Invariants:
+//! - One client's handshake never delays another's: each runs in its own task,
+//!   bounded by [`HANDSHAKE_TIMEOUT`]; only finished handshakes reach axum. A
+//!   failed one is logged at debug (port scanners and plain-HTTP clients would
+//!   flood a higher level) with the peer address and rustls's reason, nothing
+//!   the client sent.
+//! - The certificate is looked up per handshake ([`CurrentCertificate`]), so a
+//!   reload (SIGHUP) changes what new connections see without touching open
+//!   ones, runs, or the listener. A pair that fails to load is never installed.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::TlsSettings;
+use crate::tls::ServerKeyError;
+
+/// How long a client has to complete its handshake before it is dropped (a
+/// connection that never speaks holds a task and a descriptor until then).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshaken connections waiting for axum to take them.
+const ACCEPTED_BACKLOG: usize = 64;
+
+/// The certificate and key new handshakes get, replaceable while serving.
+pub struct CurrentCertificate {
+    settings: TlsSettings,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for CurrentCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentCertificate")
+            .field("cert", &self.settings.cert)
+            .field("key", &self.settings.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CurrentCertificate {
+    /// Serving the pair loaded with the config.
+    pub fn new(settings: &TlsSettings) -> Arc<CurrentCertificate> {
+        Arc::new(CurrentCertificate {
+            current: RwLock::new(Arc::clone(&settings.loaded)),
+            settings: settings.clone(),
+        })
+    }
+
+    /// Read the certificate and key files again; on success new handshakes use
+    /// them, on failure the pair served so far stays. Returns the fingerprint
+    /// of the certificate now served.
+    pub fn reload(&self) -> Result<String, ServerKeyError> {
+        let loaded = crate::tls::load_server_key(&self.settings.cert, &self.settings.key)?;
+        let fingerprint = crate::tls::fingerprint(&loaded);
+        // The lock is held only to swap or clone an Arc, never across I/O; a
+        // panic while holding it cannot leave a half-written value.
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded;
+        Ok(fingerprint)
+    }
+
+    /// The fingerprint of the certificate now served.
+    pub fn fingerprint(&self) -> String {
+        crate::tls::fingerprint(&self.current())
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The certificate file's path (for messages).
+    pub fn cert_path(&self) -> &std::path::Path {
+        &self.settings.cert
+    }
+}
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The server side of rustls (ring provider, TLS 1.2 and 1.3) with the
+/// certificate of `certificate`, speaking HTTP/1.1 only (as the router is built).
+pub fn server_config(certificate: Arc<CurrentCertificate>) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the ring provider supports the default TLS versions")
+    .with_no_client_auth()
+    .with_cert_resolver(certificate);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// An [`axum::serve::Listener`] yielding TLS connections: a task accepts TCP
+/// connections and runs each handshake in a task of its own. It stops once the
+/// listener is dropped (axum drops it when a graceful shutdown begins).
+pub struct TlsListener {
+    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, accepted) = mpsc::channel(ACCEPTED_BACKLOG);
+        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx));
+        Ok(TlsListener { accepted, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(connection) => connection,
+            // The accept loop only ends once this receiver is gone: never here.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = tx.closed() => return,
+            accepted = tcp.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(connection) => connection,
+            Err(e) => {
+                accept_error(e).await;
+                continue;
+            }
+        };
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    // Err: the server is shutting down; the connection closes.
+                    let _ = tx.send((tls, peer)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake not completed in time"),
+            }
+        });
+    }
+}
+
+/// What axum's own TCP listener does on an accept error: a connection that
+/// died before being accepted is nothing; anything else (out of descriptors,
+/// usually) is logged and retried after a pause, not in a tight loop.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept a connection; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// SIGHUP: re-read the certificate and key (when serving HTTPS). Registered
+/// before the daemon reports itself ready, so that a reload sent from then on
+/// never meets the default action (which would end the process). Returns a
+/// task that handles signals until `shutdown`.
+pub fn reload_on_sighup(
+    certificate: Option<Arc<CurrentCertificate>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = hangup.recv() => if received.is_none() { return },
+            }
+            let Some(certificate) = &certificate else {
+                tracing::info!(
+                    "SIGHUP: nothing to reload (no `tls` in the config; other settings need a restart)"
+                );
+                continue;
+            };
+            match certificate.reload() {
+                Ok(fingerprint) => tracing::info!(
+                    cert = %certificate.cert_path().display(),
+                    sha256 = %fingerprint,
+                    "SIGHUP: TLS certificate reloaded; new connections use it"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    sha256 = %certificate.fingerprint(),
+                    "SIGHUP: TLS certificate not reloaded; still serving the previous one"
+                ),
+            }
+        }
+    }))
+}
