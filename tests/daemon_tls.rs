@@ -1,6 +1,6 @@
 //! The daemon serving HTTPS itself (`tls: {cert, key}`): the API over TLS to a
-//! client that trusts a private CA (the CLI with `--ca-cert` too), nothing for
-//! plain HTTP on that port, a new certificate taken on SIGHUP while a run and
+//! client that trusts a private CA (the CLI with `--ca-cert` too), a 400 saying
+//! "use https://" for plain HTTP on that port, a new certificate taken on SIGHUP while a run and
 //! an event stream go on, a broken pair on SIGHUP refused, and a pair that
 //! cannot serve refused when the config is loaded.
 
@@ -113,14 +113,27 @@ async fn serves_https_and_takes_a_new_certificate_on_sighup_while_a_run_goes_on(
     assert_eq!(presented_certificate(&addr, &ca).await, first);
     log_shows(&daemon, "serving HTTPS").await;
 
-    // Plain HTTP on the TLS port gets no API answer, only a failed handshake.
+    // Plain HTTP on the TLS port gets no API answer, only a 400 saying to use
+    // https; a client that speaks neither gets a failed handshake.
     let plain = reqwest::Client::new()
         .get(format!("http://{addr}/v1/runs"))
         .bearer_auth(READER)
         .send()
-        .await;
-    if let Ok(answer) = plain {
-        panic!("plain HTTP got an answer: {}", answer.status());
+        .await
+        .expect("an answer to plain HTTP");
+    assert_eq!(plain.status(), 400);
+    let text = plain.text().await.unwrap();
+    assert!(text.contains("use https://"), "{text}");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut garbage = TcpStream::connect(&addr).await.unwrap();
+        garbage
+            .write_all(b"\x00\x01not tls at all\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = garbage.read_to_end(&mut rest).await;
+        assert!(!String::from_utf8_lossy(&rest).contains("/v1/runs"));
     }
     log_shows(&daemon, "TLS handshake failed").await;
     // A client that connects and never starts its handshake delays nobody.

@@ -30,6 +30,10 @@ use crate::tls::ServerKeyError;
 /// connection that never speaks holds a task and a descriptor until then).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes in progress at once (each holds a task and a descriptor until
+/// it completes or [`HANDSHAKE_TIMEOUT`] passes).
+const MAX_HANDSHAKES: usize = 512;
+
 /// Handshaken connections waiting for axum to take them.
 const ACCEPTED_BACKLOG: usize = 64;
 
@@ -143,6 +147,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let accepted = tokio::select! {
             _ = tx.closed() => return,
@@ -155,17 +160,69 @@ async fn accept_loop(
                 continue;
             }
         };
+        // At most MAX_HANDSHAKES at once: past that, connections wait in the
+        // kernel's backlog instead of each holding a task and a descriptor.
+        let permit = tokio::select! {
+            _ = tx.closed() => return,
+            permit = Arc::clone(&handshakes).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
+            let handshake = async {
+                if speaks_plain_http(&stream).await {
+                    refuse_plain_http(stream, peer).await;
+                    return None;
+                }
+                Some(acceptor.accept(stream).await)
+            };
+            let handshaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
+            drop(permit);
+            match handshaken {
+                Ok(Some(Ok(tls))) => {
                     // Err: the server is shutting down; the connection closes.
                     let _ = tx.send((tls, peer)).await;
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Ok(Some(Err(e))) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Ok(None) => {}
                 Err(_) => tracing::debug!(%peer, "TLS handshake not completed in time"),
             }
         });
+    }
+}
+
+/// Whether the client's first byte is a letter (an HTTP method) rather than
+/// a TLS record (0x16): someone typed `http://` for an HTTPS daemon.
+async fn speaks_plain_http(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+/// Answer a plain-HTTP request on the TLS port with a 400 that says what to
+/// do, as a person at a browser or curl would need, then close. Nothing the
+/// client sent is echoed back.
+async fn refuse_plain_http(mut stream: TcpStream, peer: SocketAddr) {
+    use tokio::io::AsyncWriteExt;
+    tracing::debug!(%peer, "plain HTTP on the HTTPS port; answered 400");
+    let body = "This pgshepherd daemon serves HTTPS on this address: use https://, not http://.\n";
+    let reply = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // The request is not read: closing with unread data may reset the
+    // connection, so shut the write side down first and let the client read.
+    if stream.write_all(reply.as_bytes()).await.is_ok() {
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        // Drain what the client sent (bounded by the handshake timeout above).
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
     }
 }
 
