@@ -14,6 +14,7 @@ use crate::plan::{Diagnostic, Diagnostics};
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    public_url: Option<String>,
     state_database: Option<String>,
     backup_dir: Option<String>,
     #[serde(default)]
@@ -189,6 +190,9 @@ struct RawTarget {
 pub struct Config {
     pub path: PathBuf,
     pub listen: Option<String>,
+    /// The address users reach the daemon at (`public_url`, no trailing `/`):
+    /// notices link a run's own pages under it.
+    pub public_url: Option<String>,
     pub state_database: Option<Dsn>,
     pub backup_dir: Option<PathBuf>,
     pub targets: BTreeMap<String, Dsn>,
@@ -277,13 +281,20 @@ impl Config {
                 None
             }
         };
+        let public_url = raw.public_url.as_deref().and_then(|u| {
+            check_public_url(u)
+                .map_err(|m| errors.push(Diagnostic::new(path, 0, 0, format!("public_url: {m}"))))
+                .ok()
+        });
         let mut notify_errors = Vec::new();
-        let notify = crate::notify::config::resolve(
+        let mut notify = crate::notify::config::resolve(
             &raw.channels,
             &raw.escalation,
             raw.notifications.as_ref(),
             &mut notify_errors,
         );
+        // Notices are built from the notification settings alone.
+        notify.delivery.public_url = public_url.clone();
         errors.extend(
             notify_errors
                 .into_iter()
@@ -397,6 +408,7 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             listen,
+            public_url,
             state_database,
             backup_dir,
             targets,
@@ -465,6 +477,31 @@ fn resolve_retention(
     settings
 }
 
+/// `public_url`: an absolute `http(s)` URL (a path prefix is fine: the daemon
+/// may sit behind a proxy under `/pgshepherd`) without query, fragment or
+/// credentials, since run paths are appended to it. Returned without a
+/// trailing `/`.
+fn check_public_url(u: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(u.trim()).map_err(|e| {
+        format!("not an absolute URL ({e}); write e.g. https://pgshepherd.example.com")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "must be an http or https URL, not {}:",
+            url.scheme()
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(
+            "must have no query (`?`) or fragment (`#`): run paths are appended to it".into(),
+        );
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials: it is written into messages".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or(s).to_string()
 }
@@ -520,7 +557,33 @@ pub fn expand_env(s: &str) -> Result<String, EnvError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{RawRetention, RetentionSettings, expand_env, resolve_retention};
+    use super::{RawRetention, RetentionSettings, check_public_url, expand_env, resolve_retention};
+
+    #[test]
+    fn public_url_is_an_http_url_without_query() {
+        assert_eq!(
+            check_public_url("https://pgshepherd.example.com/").unwrap(),
+            "https://pgshepherd.example.com"
+        );
+        assert_eq!(
+            check_public_url("http://ops.internal:8750/pgshepherd").unwrap(),
+            "http://ops.internal:8750/pgshepherd"
+        );
+        for bad in [
+            "pgshepherd.example.com",
+            "ftp://x.example.com",
+            "https://x.example.com/?a=1",
+            "https://x.example.com/#top",
+            "https://u:pw@x.example.com",
+        ] {
+            assert!(check_public_url(bad).is_err(), "{bad}");
+        }
+        assert!(
+            !check_public_url("https://u:pw@x")
+                .unwrap_err()
+                .contains("pw")
+        );
+    }
 
     #[test]
     fn retention_has_defaults_never_and_refuses_zero() {

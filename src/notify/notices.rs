@@ -55,9 +55,21 @@ pub fn is_notable(kind: &EventKind) -> bool {
     )
 }
 
+/// Where the runbook links of breach, rollback-failed and needs-human notices
+/// point (every notice of the outbox is about a daemon run).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunbookLinks<'a> {
+    /// `notifications.runbook_url`: the generic runbook, linked as `{url}#{section}`.
+    pub generic: Option<&'a str>,
+    /// The daemon's `public_url`: when set, notices link the run's own runbook
+    /// page (`{public_url}/runs/{id}/runbook`) instead of the generic one, since
+    /// the person paged needs the rollback plan of *this* change.
+    pub public_url: Option<&'a str>,
+}
+
 /// The notices one event gives rise to (usually none or one; a submission that
 /// needs approval gives two).
-pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<Notice> {
+pub fn from_event(event: &Event, run: &RunMeta, runbook: RunbookLinks<'_>) -> Vec<Notice> {
     use EventKind::*;
     let n = |kind, severity, title: String, summary: String| Notice {
         kind,
@@ -209,7 +221,7 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
             );
             b.facts = verdict_facts(verdict);
             b.facts.push(Fact::new("measured by", source.clone()));
-            b.runbook = runbook_link(runbook, "breach");
+            link_runbook(&mut b, runbook, "breach");
             out.push(b);
         }
         // A query that fails the EXPLAIN gate is a breach like any check's.
@@ -228,7 +240,7 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
                 ),
             );
             b.facts = explain_facts(result);
-            b.runbook = runbook_link(runbook, "breach");
+            link_runbook(&mut b, runbook, "breach");
             out.push(b);
         }
         RollbackStarted {
@@ -307,7 +319,7 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
             f.next_step = Some(format!(
                 "Acknowledge with `pgshepherd ack {id}`, inspect with `pgshepherd status {id}` and `pgshepherd logs {id}`, and restore {target} by hand."
             ));
-            f.runbook = runbook_link(runbook, "rollback-failed");
+            link_runbook(&mut f, runbook, "rollback-failed");
             out.push(f);
         }
         RunFinished {
@@ -359,7 +371,7 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
                     h.next_step = Some(format!(
                         "Acknowledge with `pgshepherd ack {id}`, then read `pgshepherd status {id}` and `pgshepherd logs {id}`."
                     ));
-                    h.runbook = runbook_link(runbook, "needs-human");
+                    link_runbook(&mut h, runbook, "needs-human");
                     out.push(h);
                 }
             }
@@ -768,11 +780,22 @@ impl ProgressPoint {
     }
 }
 
-fn runbook_link(base: Option<&str>, section: &str) -> Option<String> {
-    Some(match base {
-        Some(b) => format!("{}#{section}", b.trim_end_matches('#')),
-        None => format!("pgshepherd docs/runbook.md#{section}"),
-    })
+/// Point a notice that needs a person at a runbook: the run's own page when
+/// the daemon knows its public address, else the generic runbook's `section`
+/// plus where this run's runbook can be read (the API or the CLI).
+fn link_runbook(notice: &mut Notice, links: RunbookLinks<'_>, section: &str) {
+    let id = &notice.run_id;
+    notice.runbook = Some(match (links.public_url, links.generic) {
+        (Some(public), _) => format!("{}/runs/{id}/runbook", public.trim_end_matches('/')),
+        (None, Some(b)) => format!("{}#{section}", b.trim_end_matches('#')),
+        (None, None) => format!("pgshepherd docs/runbook.md#{section}"),
+    });
+    if links.public_url.is_none() {
+        notice.facts.push(Fact::new(
+            "this run's runbook",
+            format!("`GET /v1/runs/{id}/runbook` or `pgshepherd runbook PLAN --run {id}`"),
+        ));
+    }
 }
 
 fn short(sha: &str) -> String {
@@ -850,7 +873,14 @@ mod tests {
                 verdict,
             },
         );
-        let n = from_event(&e, &run(), Some("https://wiki/runbook"));
+        let n = from_event(
+            &e,
+            &run(),
+            RunbookLinks {
+                generic: Some("https://wiki/runbook"),
+                public_url: None,
+            },
+        );
         assert_eq!(n.len(), 1);
         let b = &n[0];
         assert_eq!(b.kind, NoticeKind::Breach);
@@ -872,6 +902,54 @@ mod tests {
             Some("sql: SELECT p99 FROM latency")
         );
         assert_eq!(b.runbook.as_deref(), Some("https://wiki/runbook#breach"));
+        assert_eq!(
+            fact("this run's runbook").as_deref(),
+            Some(
+                "`GET /v1/runs/0123456789ab/runbook` or `pgshepherd runbook PLAN --run 0123456789ab`"
+            )
+        );
+    }
+
+    #[test]
+    fn with_a_public_url_pages_link_the_runs_own_runbook_page() {
+        let links = RunbookLinks {
+            generic: Some("https://wiki/runbook"),
+            public_url: Some("https://pgshepherd.example.com/"),
+        };
+        let page = "https://pgshepherd.example.com/runs/0123456789ab/runbook";
+        let finished = |outcome| {
+            event(
+                None,
+                EventKind::RunFinished {
+                    outcome,
+                    reason: Some("rollback strategy hold".into()),
+                    exit_code: 4,
+                    applied: vec![1],
+                    backup: None,
+                    journal: None,
+                },
+            )
+        };
+        let failed = event(
+            Some(Step::Rollback),
+            EventKind::RollbackFailed {
+                reason: "down script failed".into(),
+            },
+        );
+        let breach = crate::run::event::samples::events()
+            .into_iter()
+            .find(|e| e.kind.name() == "check_verdict")
+            .unwrap();
+        for e in [finished(Outcome::NeedsHuman), failed, breach] {
+            let n = from_event(&e, &run(), links);
+            assert_eq!(n.len(), 1, "{:?}", e.kind.name());
+            assert_eq!(n[0].runbook.as_deref(), Some(page), "{:?}", n[0].kind);
+            // The page is the run's runbook: no second pointer to it.
+            assert!(n[0].facts.iter().all(|f| f.label != "this run's runbook"));
+        }
+        // Notices that need nobody carry no runbook.
+        let ok = from_event(&finished(Outcome::Succeeded), &run(), links);
+        assert_eq!(ok[0].runbook, None);
     }
 
     #[test]
@@ -880,7 +958,11 @@ mod tests {
             .into_iter()
             .find(|k| k.name() == "explain_checked")
             .unwrap();
-        let n = from_event(&event(Some(Step::Explain), kind.clone()), &run(), None);
+        let n = from_event(
+            &event(Some(Step::Explain), kind.clone()),
+            &run(),
+            RunbookLinks::default(),
+        );
         assert_eq!(n.len(), 1);
         let b = &n[0];
         assert_eq!(
@@ -920,7 +1002,14 @@ mod tests {
             result,
             decision: None,
         };
-        assert!(from_event(&event(Some(Step::Explain), passed), &run(), None).is_empty());
+        assert!(
+            from_event(
+                &event(Some(Step::Explain), passed),
+                &run(),
+                RunbookLinks::default()
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -936,7 +1025,7 @@ mod tests {
                 journal: None,
             },
         );
-        let n = from_event(&e, &run(), None);
+        let n = from_event(&e, &run(), RunbookLinks::default());
         assert_eq!(n[0].kind, NoticeKind::NeedsHuman);
         assert!(
             n[0].next_step
@@ -959,7 +1048,7 @@ mod tests {
                 requires_approval: true,
             },
         );
-        let kinds: Vec<NoticeKind> = from_event(&s, &run(), None)
+        let kinds: Vec<NoticeKind> = from_event(&s, &run(), RunbookLinks::default())
             .iter()
             .map(|n| n.kind)
             .collect();
@@ -975,7 +1064,7 @@ mod tests {
             .find(|e| e.kind.name() == "backup_restored")
             .unwrap();
         assert!(is_notable(&e.kind));
-        let n = from_event(&e, &run(), None);
+        let n = from_event(&e, &run(), RunbookLinks::default());
         assert_eq!(n.len(), 1);
         let r = &n[0];
         assert_eq!(
