@@ -182,6 +182,7 @@ impl Default for RetentionSettings {
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     dsn: String,
+    rehearsal_dsn: Option<String>,
     #[serde(default)]
     require_approval: bool,
 }
@@ -199,6 +200,11 @@ pub struct Config {
     /// Targets whose runs always need a second person's approval, whatever the
     /// submitted plan says (`targets.NAME.require_approval: true`).
     pub approval_required: std::collections::BTreeSet<String>,
+    /// Where the daemon makes the scratch databases of a target's rehearsals
+    /// (`targets.NAME.rehearsal_dsn`): a server it may `CREATE DATABASE` on.
+    /// A target without one is rehearsed on its own server. Secret-bearing
+    /// like `targets`.
+    pub rehearsal_servers: BTreeMap<String, Dsn>,
     pub tokens: Vec<Token>,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
@@ -272,6 +278,14 @@ impl Config {
             .iter()
             .filter_map(|(name, t)| {
                 dsn(&format!("targets.{name}.dsn"), &t.dsn).map(|d| (name.clone(), d))
+            })
+            .collect();
+        let rehearsal_servers = raw
+            .targets
+            .iter()
+            .filter_map(|(name, t)| {
+                let d = t.rehearsal_dsn.as_deref()?;
+                dsn(&format!("targets.{name}.rehearsal_dsn"), d).map(|d| (name.clone(), d))
             })
             .collect();
         let backup_dir = match raw.backup_dir.as_deref().map(expand_env).transpose() {
@@ -418,6 +432,7 @@ impl Config {
                 .filter(|(_, t)| t.require_approval)
                 .map(|(name, _)| name.clone())
                 .collect(),
+            rehearsal_servers,
             tokens,
             log,
             daemon,

@@ -42,6 +42,10 @@ pub fn is_notable(kind: &EventKind) -> bool {
             | RollbackFailed { .. }
             | RunFinished { .. }
             | Acknowledged { .. }
+            | RehearsalFinished {
+                requires_approval: Some(_),
+                ..
+            }
             | UndoRequested { .. }
             | UndoApproved { .. }
             | UndoStarted {
@@ -94,18 +98,28 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: RunbookLinks<'_>) -> Ve
             submitted_by,
             requires_approval,
             bundle_sha256,
+            rehearsal_required,
             ..
         } => {
             let mut s = n(
                 NoticeKind::Submitted,
                 Severity::Info,
                 format!("Plan {plan} submitted for {target}"),
-                format!("{submitted_by} submitted plan {plan} for {target} as run {id}."),
+                format!(
+                    "{submitted_by} submitted plan {plan} for {target} as run {id}.{}",
+                    if *rehearsal_required {
+                        " It is rehearsed on a scratch copy of the target first (up, down, up)."
+                    } else {
+                        ""
+                    }
+                ),
             );
             s.facts
                 .push(Fact::new("bundle sha256", short(bundle_sha256)));
             out.push(s);
-            if *requires_approval {
+            // A run to be rehearsed asks for approval once it passed, with
+            // the rehearsal's result (`rehearsal_finished` below).
+            if *requires_approval && !*rehearsal_required {
                 let mut a = n(
                     NoticeKind::ApprovalNeeded,
                     Severity::Warning,
@@ -119,6 +133,64 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: RunbookLinks<'_>) -> Ve
                     "Review with `pgshepherd status {id}`, then `pgshepherd approve {id}` (or `pgshepherd abort {id}`)."
                 ));
                 out.push(a);
+            }
+        }
+        // Through the daemon (`requires_approval` set): the result decides
+        // whether anyone is asked to approve.
+        RehearsalFinished {
+            passed,
+            differences,
+            reason,
+            requires_approval: Some(requires_approval),
+        } => {
+            if *passed && *requires_approval {
+                let mut a = n(
+                    NoticeKind::ApprovalNeeded,
+                    Severity::Warning,
+                    format!("Approval needed: {plan} on {target}"),
+                    format!(
+                        "Run {id} waits for approval before it may change {target}; {}. \
+                         The approver must hold the approve role and must not be its submitter.",
+                        crate::rehearse::rehearsal::PASSED
+                    ),
+                );
+                a.next_step = Some(format!(
+                    "Review with `pgshepherd status {id}`, then `pgshepherd approve {id}` (or `pgshepherd abort {id}`)."
+                ));
+                out.push(a);
+            } else if !*passed {
+                let mut f = n(
+                    NoticeKind::ApprovalNeeded,
+                    Severity::Warning,
+                    format!("Rehearsal failed: {plan} on {target}; approval refused"),
+                    format!(
+                        "Run {id} was rehearsed on a scratch copy of {target}: up, down, up. {}. \
+                         It cannot be approved; {target} was not touched.",
+                        if differences.is_empty() {
+                            "The rehearsal did not complete".to_string()
+                        } else {
+                            format!(
+                                "The down scripts do not give back what the migrations took \
+                                 ({} difference(s))",
+                                differences.len()
+                            )
+                        }
+                    ),
+                );
+                for d in differences {
+                    f.facts.push(Fact::new(
+                        "difference",
+                        d.describe(crate::rehearse::diff::AFTER_DOWN),
+                    ));
+                }
+                if let Some(r) = reason {
+                    f.facts.push(Fact::new("reason", r.clone()));
+                }
+                f.next_step = Some(format!(
+                    "Abort it with `pgshepherd abort {id}`, fix the down scripts and submit the plan again \
+                     (`pgshepherd rehearse PLAN` tries it on a copy first)."
+                ));
+                out.push(f);
             }
         }
         RunApproved { approved_by } => out.push(n(
@@ -1046,6 +1118,7 @@ mod tests {
                 submitted_by: "alice".into(),
                 bundle_sha256: "ab".repeat(32),
                 requires_approval: true,
+                rehearsal_required: false,
             },
         );
         let kinds: Vec<NoticeKind> = from_event(&s, &run(), RunbookLinks::default())
@@ -1055,6 +1128,76 @@ mod tests {
         assert_eq!(kinds, [NoticeKind::Submitted, NoticeKind::ApprovalNeeded]);
         // Check samples are never notable on their own.
         assert!(!is_notable(&EventKind::LockAcquired { waited_ms: 1 }));
+    }
+
+    #[test]
+    fn a_rehearsed_run_asks_for_approval_with_the_rehearsals_result() {
+        let submitted = event(
+            None,
+            EventKind::RunSubmitted {
+                plan_name: "add-index".into(),
+                target: "orders".into(),
+                submitted_by: "alice".into(),
+                bundle_sha256: "ab".repeat(32),
+                requires_approval: true,
+                rehearsal_required: true,
+            },
+        );
+        // Not at submission: the rehearsal comes first.
+        let kinds: Vec<NoticeKind> = from_event(&submitted, &run(), RunbookLinks::default())
+            .iter()
+            .map(|n| n.kind)
+            .collect();
+        assert_eq!(kinds, [NoticeKind::Submitted]);
+
+        let finished = |passed, differences| {
+            event(
+                None,
+                EventKind::RehearsalFinished {
+                    passed,
+                    differences,
+                    reason: None,
+                    requires_approval: Some(passed),
+                },
+            )
+        };
+        let n = from_event(&finished(true, vec![]), &run(), RunbookLinks::default());
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].kind, NoticeKind::ApprovalNeeded);
+        assert!(
+            n[0].summary
+                .contains("rehearsal passed on a scratch copy: up, down, up, catalog identical"),
+            "{}",
+            n[0].summary
+        );
+
+        let forgot = crate::rehearse::Difference {
+            kind: crate::rehearse::ObjectKind::Index,
+            object: "idx_rental_return_date".into(),
+            change: crate::rehearse::Change::Left,
+            changed_by: Some("V2__return_date_index".into()),
+        };
+        let n = from_event(&finished(false, vec![forgot]), &run(), RunbookLinks::default());
+        assert_eq!(n.len(), 1);
+        let f = &n[0];
+        assert_eq!((f.kind, f.severity), (NoticeKind::ApprovalNeeded, Severity::Warning));
+        assert!(f.title.contains("approval refused"), "{}", f.title);
+        assert_eq!(
+            f.facts[0].value,
+            "index `idx_rental_return_date` still exists after V2__return_date_index's down script"
+        );
+        assert!(f.next_step.as_deref().unwrap().contains("pgshepherd abort 0123456789ab"));
+        // `pgshepherd rehearse` (no daemon) sends no message.
+        let cli = event(
+            None,
+            EventKind::RehearsalFinished {
+                passed: false,
+                differences: Vec::new(),
+                reason: None,
+                requires_approval: None,
+            },
+        );
+        assert!(!is_notable(&cli.kind));
     }
 
     #[test]

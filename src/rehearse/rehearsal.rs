@@ -26,6 +26,9 @@ use crate::rehearse::fingerprint::{self, Fingerprint, FingerprintError};
 /// `application_name` of the rehearsal's session on the scratch database.
 pub const APPLICATION_NAME: &str = "pgshepherd rehearse";
 
+/// How messages and the run view say that a rehearsal passed.
+pub const PASSED: &str = "rehearsal passed on a scratch copy: up, down, up, catalog identical";
+
 /// What a rehearsal that got to its comparison found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rehearsal {
