@@ -35,7 +35,10 @@ fn plan(dir: &Path, forget_index: bool) -> (PathBuf, PathBuf) {
     let migrations: &[(&str, &str)] = &[
         ("V1__t.sql", "CREATE TABLE t (id int);\n"),
         ("V1__t.down.sql", "DROP TABLE t;\n"),
-        ("V2__seed_index.sql", "CREATE INDEX idx_seed_id ON seed (id);\n"),
+        (
+            "V2__seed_index.sql",
+            "CREATE INDEX idx_seed_id ON seed (id);\n",
+        ),
         ("V2__seed_index.down.sql", down),
     ];
     let tail = format!(
@@ -117,9 +120,7 @@ async fn a_good_change_is_rehearsed_then_approved_and_runs() {
     );
     holder.batch_execute("COMMIT").await.unwrap();
 
-    let finished = env
-        .wait_for_event(&run, "rehearsal_finished", MINUTE)
-        .await;
+    let finished = env.wait_for_event(&run, "rehearsal_finished", MINUTE).await;
     assert_eq!(finished["passed"], true, "{finished}");
     assert_untouched(&env).await;
     let (_, view) = api.get(READER, &format!("/v1/runs/{run}")).await;
@@ -134,7 +135,9 @@ async fn a_good_change_is_rehearsed_then_approved_and_runs() {
     hooks
         .wait_delivered("the approval request", MINUTE, |r| {
             r.kind() == "run.approval_needed"
-                && r.body_contains("rehearsal passed on a scratch copy: up, down, up, catalog identical")
+                && r.body_contains(
+                    "rehearsal passed on a scratch copy: up, down, up, catalog identical",
+                )
         })
         .await;
     // No scratch database is left on the server.
@@ -164,9 +167,7 @@ async fn a_down_script_that_forgets_an_index_is_refused_approval_with_the_differ
     let api = Api::new(&daemon);
     let run = api.submit(SUBMITTER, &plan, &set).await;
 
-    let finished = env
-        .wait_for_event(&run, "rehearsal_finished", MINUTE)
-        .await;
+    let finished = env.wait_for_event(&run, "rehearsal_finished", MINUTE).await;
     assert_eq!(finished["passed"], false, "{finished}");
     let forgot = "index `idx_seed_id` still exists after V2__seed_index's down script";
 
@@ -184,7 +185,10 @@ async fn a_down_script_that_forgets_an_index_is_refused_approval_with_the_differ
     let (status, body) = approve(&api, &run).await;
     assert_eq!(status, 409, "{body}");
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains(forgot) && error.contains("Abort it"), "{error}");
+    assert!(
+        error.contains(forgot) && error.contains("Abort it"),
+        "{error}"
+    );
 
     // The approval message names it.
     let message = hooks
@@ -192,14 +196,24 @@ async fn a_down_script_that_forgets_an_index_is_refused_approval_with_the_differ
             r.kind() == "run.approval_needed"
         })
         .await;
-    assert!(message.body_contains("approval refused"), "{}", message.json());
+    assert!(
+        message.body_contains("approval refused"),
+        "{}",
+        message.json()
+    );
     assert!(message.body_contains("idx_seed_id"), "{}", message.json());
 
     // `pgshepherd status` shows it.
     let out = common::output_within(
         "pgshepherd status",
-        std::process::Command::new(common::pgshepherd_bin())
-            .args(["status", &run, "--server", &daemon.url, "--token", READER]),
+        std::process::Command::new(common::pgshepherd_bin()).args([
+            "status",
+            &run,
+            "--server",
+            &daemon.url,
+            "--token",
+            READER,
+        ]),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");

@@ -142,7 +142,9 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
         .await
         .is_err()
     {
-        warn!("shutdown timeout: rehearsals still stopping; their leases expire and they are redone");
+        warn!(
+            "shutdown timeout: rehearsals still stopping; their leases expire and they are redone"
+        );
     }
 }
 
@@ -425,7 +427,11 @@ async fn release(shared: &SharedRef, c: &Claimed) {
 /// current one and the run still waits for it: the checkpoint moves through
 /// the lifecycle, the phase follows, and `rehearsal_finished` (with the
 /// approval request it gives rise to) is written in the same transaction.
-async fn record(shared: &SharedRef, c: &Claimed, outcome: &RehearsalResult) -> Result<bool, StoreError> {
+async fn record(
+    shared: &SharedRef,
+    c: &Claimed,
+    outcome: &RehearsalResult,
+) -> Result<bool, StoreError> {
     let mut client = shared.pool.get().await?;
     let tx = client.transaction().await?;
     let Some(row) = tx

@@ -1177,16 +1177,28 @@ mod tests {
             change: crate::rehearse::Change::Left,
             changed_by: Some("V2__return_date_index".into()),
         };
-        let n = from_event(&finished(false, vec![forgot]), &run(), RunbookLinks::default());
+        let n = from_event(
+            &finished(false, vec![forgot]),
+            &run(),
+            RunbookLinks::default(),
+        );
         assert_eq!(n.len(), 1);
         let f = &n[0];
-        assert_eq!((f.kind, f.severity), (NoticeKind::ApprovalNeeded, Severity::Warning));
+        assert_eq!(
+            (f.kind, f.severity),
+            (NoticeKind::ApprovalNeeded, Severity::Warning)
+        );
         assert!(f.title.contains("approval refused"), "{}", f.title);
         assert_eq!(
             f.facts[0].value,
             "index `idx_rental_return_date` still exists after V2__return_date_index's down script"
         );
-        assert!(f.next_step.as_deref().unwrap().contains("pgshepherd abort 0123456789ab"));
+        assert!(
+            f.next_step
+                .as_deref()
+                .unwrap()
+                .contains("pgshepherd abort 0123456789ab")
+        );
         // `pgshepherd rehearse` (no daemon) sends no message.
         let cli = event(
             None,

@@ -6,6 +6,7 @@
 //! `pgshepherd rehearse` and the daemon alike.
 
 pub mod copy;
+pub mod data;
 pub mod diff;
 pub mod fingerprint;
 pub mod rehearsal;

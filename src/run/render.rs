@@ -438,8 +438,11 @@ pub fn text(event: &Event) -> String {
         } => format!(
             "rehearsal {}{}{}",
             match (passed, differences.len(), requires_approval) {
-                (true, _, Some(true)) => "passed: the down scripts gave back the catalog as it was; waiting for approval".to_string(),
-                (true, _, _) => "passed: the down scripts gave back the catalog as it was".to_string(),
+                (true, _, Some(true)) =>
+                    "passed: the down scripts gave back the catalog as it was; waiting for approval"
+                        .to_string(),
+                (true, _, _) =>
+                    "passed: the down scripts gave back the catalog as it was".to_string(),
                 (false, 0, _) => "failed".to_string(),
                 (false, n, _) => format!("failed: {n} difference(s)"),
             },
