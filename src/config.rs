@@ -575,6 +575,58 @@ mod tests {
     use super::{RawRetention, RetentionSettings, check_public_url, expand_env, resolve_retention};
 
     #[test]
+    fn a_targets_rehearsal_dsn_is_read_expanded_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        // SAFETY: tests in this module are the only users of this variable name.
+        unsafe { std::env::set_var("PGSHEPHERD_TEST_REHEARSE_PW", "s3cret-rehearse") };
+        std::fs::write(
+            &path,
+            concat!(
+                "public_url: https://pgshepherd.example.com/\n",
+                "targets:\n",
+                "  main:\n",
+                "    dsn: postgres://u@db/main\n",
+                "    rehearsal_dsn: \"postgres://r:${PGSHEPHERD_TEST_REHEARSE_PW}@scratch/postgres\"\n",
+                "  other:\n",
+                "    dsn: postgres://u@db/other\n",
+            ),
+        )
+        .unwrap();
+        let c = super::Config::load(&path).unwrap();
+        assert_eq!(c.rehearsal_servers.len(), 1);
+        let server = &c.rehearsal_servers["main"];
+        assert_eq!(server.dbname(), "postgres");
+        assert!(!format!("{server} {c:?}").contains("s3cret-rehearse"));
+        assert_eq!(
+            c.public_url.as_deref(),
+            Some("https://pgshepherd.example.com")
+        );
+        assert_eq!(
+            c.notify.delivery.public_url.as_deref(),
+            Some("https://pgshepherd.example.com")
+        );
+        std::fs::write(
+            &path,
+            concat!(
+                "public_url: https://x.example.com/?a=1\n",
+                "targets:\n",
+                "  main:\n",
+                "    dsn: postgres://u@db/main\n",
+                "    rehearsal_dsn: \"postgres://r:${PGSHEPHERD_TEST_NOT_SET_REHEARSE}@scratch/postgres\"\n",
+            ),
+        )
+        .unwrap();
+        let errors = super::Config::load(&path).unwrap_err().to_string();
+        assert!(
+            errors.contains("targets.main.rehearsal_dsn")
+                && errors.contains("PGSHEPHERD_TEST_NOT_SET_REHEARSE")
+                && errors.contains("public_url: must have no query"),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn public_url_is_an_http_url_without_query() {
         assert_eq!(
             check_public_url("https://pgshepherd.example.com/").unwrap(),

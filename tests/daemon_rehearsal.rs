@@ -232,3 +232,52 @@ async fn a_down_script_that_forgets_an_index_is_refused_approval_with_the_differ
     assert_eq!(row["outcome"], "stopped", "{row}");
     assert_untouched(&env).await;
 }
+
+/// A daemon that dies during a rehearsal leaves it to be redone: the same
+/// daemon restarted under its name takes it back at once and rehearses again
+/// from the start (attempt 2), in a fresh scratch database.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rehearsal_cut_off_by_a_crash_is_redone_after_the_restart() {
+    let hooks = Receiver::start().await;
+    let env = env_with_hooks(&hooks).await;
+    let work = common::scratch_dir();
+    let (plan, set) = plan(work.path(), false);
+    let holder = env.target("main").client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE seed IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut daemon = env.start("d1").await;
+    let api = Api::new(&daemon);
+    let run = api.submit(SUBMITTER, &plan, &set).await;
+    env.wait_for_event(&run, "rehearsal_started", MINUTE).await;
+    let waiting = "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database() \
+                   AND application_name LIKE 'pgshepherd%' AND wait_event_type = 'Lock')";
+    env.target("main")
+        .wait_for("the first attempt's pg_dump waiting for the lock", waiting)
+        .await;
+    daemon.kill9();
+
+    let daemon = env.start("d1").await;
+    let api = Api::new(&daemon);
+    env.wait_for_events(&run, "a second rehearsal attempt", |events| {
+        events
+            .iter()
+            .any(|e| e["event"] == "rehearsal_started" && e["attempt"] == 2)
+    })
+    .await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let finished = env.wait_for_event(&run, "rehearsal_finished", MINUTE).await;
+    assert_eq!(finished["passed"], true, "{finished}");
+    let (_, view) = api.get(READER, &format!("/v1/runs/{run}")).await;
+    assert_eq!(view["phase"], "pending_approval", "{view}");
+    assert_eq!(view["rehearsal"]["attempts"], 2, "{view}");
+    // One result, recorded once.
+    let names = env.event_names(&run).await;
+    assert_eq!(
+        names.iter().filter(|n| *n == "rehearsal_finished").count(),
+        1,
+        "{names:?}"
+    );
+    assert_untouched(&env).await;
+}
