@@ -13,6 +13,9 @@
 //!   there to `rolling_back`, `confirming` or an `Undo` effect; and `stopped`
 //!   (which promises "the target is exactly as it was") is only reachable from
 //!   those states.
+//! - A run in `rehearsing` (its rehearsal on a scratch copy not passed yet) or
+//!   `rehearsal_failed` goes nowhere but to the rehearsal's result or to a stop:
+//!   it never reaches its window, let alone the target.
 //! - An illegal pair is a typed [`IllegalTransition`]; [`next`] turns it into
 //!   `needs_human` with the reason, never a line on stderr while the side effect
 //!   goes ahead.
