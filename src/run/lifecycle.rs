@@ -1303,7 +1303,7 @@ mod tests {
             let mut state = states().swap_remove(start);
             for input in inputs {
                 let before = state.clone();
-                let (t, _) = next(&before, input, rules);
+                let (t, illegal) = next(&before, input, rules);
                 // A finished run stays finished, and nothing more happens.
                 if before.outcome().is_some() {
                     prop_assert_eq!(&t.next, &before);
@@ -1334,6 +1334,24 @@ mod tests {
                     prop_assert!(!after_change, "{:?} from {:?}", t.next, before);
                     let undoes = t.effects.iter().any(|e| matches!(e, Effect::Undo { .. }));
                     prop_assert!(!undoes, "undo from {:?}", before);
+                }
+                // A run not yet proved on a scratch copy goes only to the
+                // rehearsal's result or to a stop, and nothing takes it back.
+                let unproved = |s: &RunState| {
+                    matches!(s, RunState::Rehearsing | RunState::RehearsalFailed { .. })
+                };
+                if unproved(&before) && illegal.is_none() {
+                    let allowed = unproved(&t.next)
+                        || (t.next == RunState::Created && before == RunState::Rehearsing)
+                        || t.next.outcome().is_some_and(|(o, _)| o == Outcome::Stopped);
+                    prop_assert!(allowed, "{:?} from {:?}", t.next, before);
+                    let quiet = t
+                        .effects
+                        .iter()
+                        .all(|e| matches!(e, Effect::Finish { .. } | Effect::Relinquish));
+                    prop_assert!(quiet, "{:?} from {:?}", t.effects, before);
+                } else if !unproved(&before) {
+                    prop_assert!(!unproved(&t.next), "{:?} from {:?}", t.next, before);
                 }
                 // `stopped` promises an untouched target: only from before the change.
                 if let Some((Outcome::Stopped, _)) = t.next.outcome() && before.outcome().is_none() {
