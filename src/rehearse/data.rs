@@ -7,7 +7,7 @@
 //! migration that captures the wrong table, or a down script that also
 //! damages data, changes a table nobody named. Each table's sum is one
 //! sequential scan in constant memory:
-//! - a row's hash is `md5` of the row's text (`t::text`), which tells a NULL
+//! - a row's hash is `md5` of the row's text (`ROW(r.*)::text`), which tells a NULL
 //!   (an empty field) from an empty string (`""`) and covers every column the
 //!   table has now;
 //! - the table's checksum is `count(*)` and the `numeric` sum of the first 64
@@ -57,6 +57,12 @@ const TABLES: &str = "SELECT format('%I.%I', n.nspname, c.relname),
                        AND d.deptype = 'e')
   ORDER BY 1";
 
+/// The row hashes `h` of table `name` (quoted). `ROW(alias.*)`, not a bare
+/// alias: a column named like the alias would win over the whole row.
+fn hashes_of(name: &str) -> String {
+    format!("SELECT md5(ROW(pgshepherd_row.*)::text) AS h FROM ONLY {name} pgshepherd_row")
+}
+
 /// The sum of a set of row hashes `h` (see the module documentation).
 const SUM: &str =
     "count(*)::bigint, coalesce(sum(('x' || left(h, 16))::bit(64)::bigint::numeric), 0)::text";
@@ -78,14 +84,15 @@ pub async fn record(
             client
                 .batch_execute(&format!(
                     "DROP TABLE IF EXISTS {kept};
-                     CREATE TABLE {kept} AS SELECT md5(t::text) AS h FROM ONLY {name} t"
+                     CREATE TABLE {kept} AS {}",
+                    hashes_of(&name)
                 ))
                 .await?;
             (Some(kept.clone()), kept)
         } else {
             (
                 None,
-                format!("(SELECT md5(t::text) AS h FROM ONLY {name} t) r"),
+                format!("({}) r", hashes_of(&name)),
             )
         };
         let sums = client
@@ -140,7 +147,7 @@ pub async fn compare(
         if !exists {
             continue;
         }
-        let now = format!("(SELECT md5(t::text) AS h FROM ONLY {} t) r", t.name);
+        let now = format!("({}) r", hashes_of(&t.name));
         let sums = client
             .query_one(&format!("SELECT {SUM} FROM {now}"), &[])
             .await?;
