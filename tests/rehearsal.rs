@@ -681,6 +681,59 @@ mod the_command {
     }
 
     #[tokio::test]
+    async fn a_captured_migration_whose_down_script_damages_a_row_exits_4_naming_the_rows() {
+        let db = common::fresh_db().await;
+        db.execute(
+            "CREATE TABLE account (id int PRIMARY KEY, balance int, note text);
+             INSERT INTO account SELECT g, g * 10, CASE WHEN g % 2 = 0 THEN NULL ELSE '' END
+               FROM generate_series(1, 100) g;",
+        )
+        .await;
+        let dir = common::scratch_dir();
+        let plan = plan(
+            dir.path(),
+            &[
+                (
+                    "V1__reset.sql",
+                    "-- pgshepherd:capture public.account\nUPDATE account SET balance = 0, note = NULL WHERE id <= 5;\n",
+                ),
+                // Runs after the rows were given back: row 1 is off by one.
+                (
+                    "V1__reset.down.sql",
+                    "UPDATE account SET balance = balance + 1 WHERE id = 1;\n",
+                ),
+            ],
+        );
+        let (code, events, stderr) = rehearse(&db, &plan, &[]);
+        assert_eq!(code, 4, "{stderr}");
+        let last = events.last().expect("events");
+        assert_eq!(last["event"], "rehearsal_finished");
+        let d = &last["differences"][0];
+        assert_eq!(
+            (&d["kind"], &d["object"], &d["change"], &d["differ"]),
+            (
+                &Value::from("table"),
+                &Value::from("public.account"),
+                &Value::from("rows"),
+                &Value::from(1)
+            ),
+            "{last}"
+        );
+        assert!(
+            stderr
+                .contains("table `public.account`: 1 row differs after undoing V1 (captured data)"),
+            "{stderr}"
+        );
+        // The target itself was only read.
+        assert_eq!(
+            db.query_i64("SELECT sum(balance)::bigint FROM account")
+                .await,
+            50_500
+        );
+        assert_eq!(scratch_databases(&db).await, 0);
+    }
+
+    #[tokio::test]
     async fn a_scratch_url_naming_the_target_is_refused() {
         let db = schema_db().await;
         let dir = common::scratch_dir();

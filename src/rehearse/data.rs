@@ -90,10 +90,7 @@ pub async fn record(
                 .await?;
             (Some(kept.clone()), kept)
         } else {
-            (
-                None,
-                format!("({}) r", hashes_of(&name)),
-            )
+            (None, format!("({}) r", hashes_of(&name)))
         };
         let sums = client
             .query_one(&format!("SELECT {SUM} FROM {source}"), &[])
