@@ -455,4 +455,40 @@ mod tests {
         assert!(created.applied.is_none() && created.progress.is_none());
         assert_eq!(created.facts, json!({}));
     }
+
+    #[test]
+    fn a_rehearsal_reads_as_pending_running_passed_or_failed() {
+        assert!(RehearsalView::read(false, None, 0, None, false).is_none());
+        let pending = RehearsalView::read(true, None, 0, None, false).unwrap();
+        assert_eq!((pending.status.as_str(), pending.owner), ("pending", None));
+        // A lease that ran out: to be redone, not running.
+        let lapsed = RehearsalView::read(true, None, 1, Some("d1".into()), false).unwrap();
+        assert_eq!(lapsed.status, "pending");
+        let running = RehearsalView::read(true, None, 1, Some("d1".into()), true).unwrap();
+        assert_eq!(
+            (running.status.as_str(), running.owner.as_deref()),
+            ("running", Some("d1"))
+        );
+        let failed = json!({
+            "passed": false,
+            "differences": [{"kind": "index", "object": "idx_t", "change": "left",
+                             "changed_by": "V2__idx"}],
+            "reason": null, "scratch": "db_rehearsal_0123456789ab", "attempt": 2
+        });
+        let failed = RehearsalView::read(true, Some(failed), 2, None, false).unwrap();
+        assert_eq!(failed.status, "failed");
+        assert_eq!(failed.attempts, 2);
+        let d = &failed.differences[0];
+        assert_eq!((d.kind.as_str(), d.change.as_str()), ("index", "left"));
+        assert_eq!(
+            d.message,
+            "index `idx_t` still exists after V2__idx's down script"
+        );
+        assert!(
+            failed
+                .summary
+                .unwrap()
+                .starts_with("rehearsal failed on a scratch copy: index")
+        );
+    }
 }
