@@ -14,6 +14,7 @@ use crate::plan::{Diagnostic, Diagnostics};
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    public_url: Option<String>,
     state_database: Option<String>,
     backup_dir: Option<String>,
     #[serde(default)]
@@ -212,6 +213,7 @@ impl std::fmt::Debug for TlsSettings {
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     dsn: String,
+    rehearsal_dsn: Option<String>,
     #[serde(default)]
     require_approval: bool,
 }
@@ -220,12 +222,20 @@ struct RawTarget {
 pub struct Config {
     pub path: PathBuf,
     pub listen: Option<String>,
+    /// The address users reach the daemon at (`public_url`, no trailing `/`):
+    /// notices link a run's own pages under it.
+    pub public_url: Option<String>,
     pub state_database: Option<Dsn>,
     pub backup_dir: Option<PathBuf>,
     pub targets: BTreeMap<String, Dsn>,
     /// Targets whose runs always need a second person's approval, whatever the
     /// submitted plan says (`targets.NAME.require_approval: true`).
     pub approval_required: std::collections::BTreeSet<String>,
+    /// Where the daemon makes the scratch databases of a target's rehearsals
+    /// (`targets.NAME.rehearsal_dsn`): a server it may `CREATE DATABASE` on.
+    /// A target without one is rehearsed on its own server. Secret-bearing
+    /// like `targets`.
+    pub rehearsal_servers: BTreeMap<String, Dsn>,
     pub tokens: Vec<Token>,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
@@ -308,6 +318,14 @@ impl Config {
                 dsn(&format!("targets.{name}.dsn"), &t.dsn).map(|d| (name.clone(), d))
             })
             .collect();
+        let rehearsal_servers = raw
+            .targets
+            .iter()
+            .filter_map(|(name, t)| {
+                let d = t.rehearsal_dsn.as_deref()?;
+                dsn(&format!("targets.{name}.rehearsal_dsn"), d).map(|d| (name.clone(), d))
+            })
+            .collect();
         let backup_dir = match raw.backup_dir.as_deref().map(expand_env).transpose() {
             Ok(d) => d.map(PathBuf::from),
             Err(e) => {
@@ -315,13 +333,20 @@ impl Config {
                 None
             }
         };
+        let public_url = raw.public_url.as_deref().and_then(|u| {
+            check_public_url(u)
+                .map_err(|m| errors.push(Diagnostic::new(path, 0, 0, format!("public_url: {m}"))))
+                .ok()
+        });
         let mut notify_errors = Vec::new();
-        let notify = crate::notify::config::resolve(
+        let mut notify = crate::notify::config::resolve(
             &raw.channels,
             &raw.escalation,
             raw.notifications.as_ref(),
             &mut notify_errors,
         );
+        // Notices are built from the notification settings alone.
+        notify.delivery.public_url = public_url.clone();
         errors.extend(
             notify_errors
                 .into_iter()
@@ -439,6 +464,7 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             listen,
+            public_url,
             state_database,
             backup_dir,
             targets,
@@ -448,6 +474,7 @@ impl Config {
                 .filter(|(_, t)| t.require_approval)
                 .map(|(name, _)| name.clone())
                 .collect(),
+            rehearsal_servers,
             tokens,
             log,
             daemon,
@@ -543,6 +570,31 @@ fn resolve_retention(
     settings
 }
 
+/// `public_url`: an absolute `http(s)` URL (a path prefix is fine: the daemon
+/// may sit behind a proxy under `/pgshepherd`) without query, fragment or
+/// credentials, since run paths are appended to it. Returned without a
+/// trailing `/`.
+fn check_public_url(u: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(u.trim()).map_err(|e| {
+        format!("not an absolute URL ({e}); write e.g. https://pgshepherd.example.com")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "must be an http or https URL, not {}:",
+            url.scheme()
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(
+            "must have no query (`?`) or fragment (`#`): run paths are appended to it".into(),
+        );
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials: it is written into messages".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or(s).to_string()
 }
@@ -598,7 +650,85 @@ pub fn expand_env(s: &str) -> Result<String, EnvError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{RawRetention, RetentionSettings, expand_env, resolve_retention};
+    use super::{RawRetention, RetentionSettings, check_public_url, expand_env, resolve_retention};
+
+    #[test]
+    fn a_targets_rehearsal_dsn_is_read_expanded_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        // SAFETY: tests in this module are the only users of this variable name.
+        unsafe { std::env::set_var("PGSHEPHERD_TEST_REHEARSE_PW", "s3cret-rehearse") };
+        std::fs::write(
+            &path,
+            concat!(
+                "public_url: https://pgshepherd.example.com/\n",
+                "targets:\n",
+                "  main:\n",
+                "    dsn: postgres://u@db/main\n",
+                "    rehearsal_dsn: \"postgres://r:${PGSHEPHERD_TEST_REHEARSE_PW}@scratch/postgres\"\n",
+                "  other:\n",
+                "    dsn: postgres://u@db/other\n",
+            ),
+        )
+        .unwrap();
+        let c = super::Config::load(&path).unwrap();
+        assert_eq!(c.rehearsal_servers.len(), 1);
+        let server = &c.rehearsal_servers["main"];
+        assert_eq!(server.dbname(), "postgres");
+        assert!(!format!("{server} {c:?}").contains("s3cret-rehearse"));
+        assert_eq!(
+            c.public_url.as_deref(),
+            Some("https://pgshepherd.example.com")
+        );
+        assert_eq!(
+            c.notify.delivery.public_url.as_deref(),
+            Some("https://pgshepherd.example.com")
+        );
+        std::fs::write(
+            &path,
+            concat!(
+                "public_url: https://x.example.com/?a=1\n",
+                "targets:\n",
+                "  main:\n",
+                "    dsn: postgres://u@db/main\n",
+                "    rehearsal_dsn: \"postgres://r:${PGSHEPHERD_TEST_NOT_SET_REHEARSE}@scratch/postgres\"\n",
+            ),
+        )
+        .unwrap();
+        let errors = super::Config::load(&path).unwrap_err().to_string();
+        assert!(
+            errors.contains("targets.main.rehearsal_dsn")
+                && errors.contains("PGSHEPHERD_TEST_NOT_SET_REHEARSE")
+                && errors.contains("public_url: must have no query"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn public_url_is_an_http_url_without_query() {
+        assert_eq!(
+            check_public_url("https://pgshepherd.example.com/").unwrap(),
+            "https://pgshepherd.example.com"
+        );
+        assert_eq!(
+            check_public_url("http://ops.internal:8750/pgshepherd").unwrap(),
+            "http://ops.internal:8750/pgshepherd"
+        );
+        for bad in [
+            "pgshepherd.example.com",
+            "ftp://x.example.com",
+            "https://x.example.com/?a=1",
+            "https://x.example.com/#top",
+            "https://u:pw@x.example.com",
+        ] {
+            assert!(check_public_url(bad).is_err(), "{bad}");
+        }
+        assert!(
+            !check_public_url("https://u:pw@x")
+                .unwrap_err()
+                .contains("pw")
+        );
+    }
 
     #[test]
     fn retention_has_defaults_never_and_refuses_zero() {

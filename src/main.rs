@@ -125,7 +125,7 @@ enum Command {
     },
     /// List runs, newest first.
     List {
-        /// Only runs in these phases (comma-separated: pending_approval, queued,
+        /// Only runs in these phases (comma-separated: rehearsing, pending_approval, queued,
         /// active, finished; `open` for all but finished).
         #[arg(long)]
         phase: Option<String>,

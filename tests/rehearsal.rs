@@ -400,6 +400,126 @@ mod through_the_migrations {
         assert!(reapply.contains("customer_email_key"), "{reapply}");
     }
 
+    /// 1000 customers, of which a captured migration updates 3 and deletes 3
+    /// (the rentals of the deleted ones go with them, in the same capture).
+    const CUSTOMERS: &str = "
+INSERT INTO customer (email) SELECT 'c' || g || '@example.com' FROM generate_series(1, 998) g;
+INSERT INTO rental (customer_id, return_date) SELECT customer_id, NULL FROM customer WHERE customer_id % 100 = 0;
+";
+    const MERGE_UP: &str = "-- pgshepherd:capture public.customer, public.rental
+UPDATE customer SET loyalty_tier = 'gold', email = upper(email) WHERE customer_id IN (11, 12, 13);
+DELETE FROM rental WHERE customer_id IN (100, 200, 300);
+DELETE FROM customer WHERE customer_id IN (100, 200, 300);
+";
+
+    async fn customers_db() -> TestDb {
+        let db = schema_db().await;
+        db.execute(CUSTOMERS).await;
+        db
+    }
+
+    #[tokio::test]
+    async fn a_captured_update_and_delete_undone_from_their_captured_rows_passes() {
+        let db = customers_db().await;
+        let dir = common::scratch_dir();
+        // No down script: the captured rows are the undo, as in a rollback.
+        let set = set(
+            dir.path(),
+            &[
+                ("V1__merge.sql", MERGE_UP),
+                ("V2__late_fee.sql", SECOND_UP),
+                ("V2__late_fee.down.sql", SECOND_DOWN),
+            ],
+        );
+        let r = rehearsed(&db, &set).await;
+        assert_eq!(r.versions, [1, 2]);
+        assert!(r.passed(), "{r:#?}");
+        // The copy is left with the migrations applied again.
+        assert_eq!(db.query_i64("SELECT count(*) FROM customer").await, 997);
+    }
+
+    #[tokio::test]
+    async fn a_down_script_that_also_damages_data_is_named_with_the_rows() {
+        let db = customers_db().await;
+        let dir = common::scratch_dir();
+        let set = set(
+            dir.path(),
+            &[
+                ("V1__merge.sql", MERGE_UP),
+                // Runs after the rows were given back, and breaks three of them.
+                (
+                    "V1__merge.down.sql",
+                    "UPDATE customer SET active = false WHERE customer_id IN (1, 2, 3);",
+                ),
+            ],
+        );
+        let r = rehearsed(&db, &set).await;
+        assert!(!r.passed());
+        let said: Vec<String> = r.differences.iter().map(|d| d.describe(PHASE)).collect();
+        assert_eq!(
+            said,
+            ["table `public.customer`: 3 rows differ after undoing V1 (captured data)"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_capture_of_the_wrong_table_is_named_with_the_row_count() {
+        let db = customers_db().await;
+        let dir = common::scratch_dir();
+        // Captures the rentals, deletes customers: nothing gives them back.
+        let set = set(
+            dir.path(),
+            &[(
+                "V1__prune.sql",
+                "-- pgshepherd:capture public.rental
+DELETE FROM customer WHERE customer_id IN (301, 302, 303);
+",
+            )],
+        );
+        let r = rehearsed(&db, &set).await;
+        assert!(!r.passed());
+        let said: Vec<String> = r.differences.iter().map(|d| d.describe(PHASE)).collect();
+        assert_eq!(
+            said,
+            [
+                "table `public.customer`: rows differ after undoing V1 (captured data; it does not capture this table); row count 1000 → 997"
+            ]
+        );
+        // What the data comparison left in the copy is pgshepherd's own.
+        assert_eq!(
+            db.query_i64(
+                "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'rehearsal_rows%' AND schemaname <> 'pgshepherd'"
+            )
+            .await,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_down_script_that_deletes_rows_is_named_with_the_row_counts() {
+        let db = customers_db().await;
+        let dir = common::scratch_dir();
+        let set = set(
+            dir.path(),
+            &[
+                ("V1__merge.sql", MERGE_UP),
+                (
+                    "V1__merge.down.sql",
+                    "DELETE FROM rental WHERE customer_id = 400; DELETE FROM customer WHERE customer_id = 400;",
+                ),
+            ],
+        );
+        let r = rehearsed(&db, &set).await;
+        let said: Vec<String> = r.differences.iter().map(|d| d.describe(PHASE)).collect();
+        assert_eq!(
+            said,
+            [
+                "table `public.customer`: 1 row differs after undoing V1 (captured data); row count 1000 → 999",
+                "table `public.rental`: 1 row differs after undoing V1 (captured data); row count 10 → 9",
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn a_migration_without_a_down_script_is_refused_before_anything_changes() {
         let db = schema_db().await;
@@ -556,6 +676,59 @@ mod the_command {
                 .unwrap()
                 .contains("needs a down script"),
             "{last}"
+        );
+        assert_eq!(scratch_databases(&db).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_captured_migration_whose_down_script_damages_a_row_exits_4_naming_the_rows() {
+        let db = common::fresh_db().await;
+        db.execute(
+            "CREATE TABLE account (id int PRIMARY KEY, balance int, note text);
+             INSERT INTO account SELECT g, g * 10, CASE WHEN g % 2 = 0 THEN NULL ELSE '' END
+               FROM generate_series(1, 100) g;",
+        )
+        .await;
+        let dir = common::scratch_dir();
+        let plan = plan(
+            dir.path(),
+            &[
+                (
+                    "V1__reset.sql",
+                    "-- pgshepherd:capture public.account\nUPDATE account SET balance = 0, note = NULL WHERE id <= 5;\n",
+                ),
+                // Runs after the rows were given back: row 1 is off by one.
+                (
+                    "V1__reset.down.sql",
+                    "UPDATE account SET balance = balance + 1 WHERE id = 1;\n",
+                ),
+            ],
+        );
+        let (code, events, stderr) = rehearse(&db, &plan, &[]);
+        assert_eq!(code, 4, "{stderr}");
+        let last = events.last().expect("events");
+        assert_eq!(last["event"], "rehearsal_finished");
+        let d = &last["differences"][0];
+        assert_eq!(
+            (&d["kind"], &d["object"], &d["change"], &d["differ"]),
+            (
+                &Value::from("table"),
+                &Value::from("public.account"),
+                &Value::from("rows"),
+                &Value::from(1)
+            ),
+            "{last}"
+        );
+        assert!(
+            stderr
+                .contains("table `public.account`: 1 row differs after undoing V1 (captured data)"),
+            "{stderr}"
+        );
+        // The target itself was only read.
+        assert_eq!(
+            db.query_i64("SELECT sum(balance)::bigint FROM account")
+                .await,
+            50_500
         );
         assert_eq!(scratch_databases(&db).await, 0);
     }

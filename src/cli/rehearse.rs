@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use crate::config::Config;
-use crate::migrations::apply::Limits;
 use crate::pg::Dsn;
 use crate::pg::cluster::PgBinaries;
-use crate::rehearse::{rehearse, scratch};
+use crate::rehearse::copy::{Place, on_copy};
+use crate::rehearse::scratch;
 use crate::run::EventKind;
 use crate::run::journal::Emitter;
 use crate::steps::backup::Backup;
@@ -53,6 +53,7 @@ pub async fn rehearse_plan(args: RehearseArgs) -> i32 {
                 passed,
                 differences,
                 reason,
+                requires_approval: None,
             },
         );
         exit
@@ -88,58 +89,34 @@ pub async fn rehearse_plan(args: RehearseArgs) -> i32 {
         Ok(b) => b,
         Err(e) => return finish(1, false, Vec::new(), Some(e.to_string())),
     };
-    let created = given.is_none();
-    let scratch = match given {
-        Some(d) => d,
-        None => {
-            let name = scratch::scratch_name(&target, &run_id);
-            match scratch::create(&target, &name).await {
-                Ok(d) => d,
-                Err(e) => return finish(1, false, Vec::new(), Some(e.to_string())),
-            }
-        }
+    let name = scratch::scratch_name(&target, &run_id);
+    let place = match &given {
+        Some(d) => Place::Given(d),
+        None => Place::New {
+            server: &target,
+            name: &name,
+            keep: args.keep,
+        },
     };
-    let limits = Limits {
-        lock: plan.lock.clone(),
-        statement_timeout: plan.statement_timeout,
-    };
-    let copied = match &from_backup {
-        Some(b) => scratch::restore(&bins, &scratch, b, plan.lock.lock_timeout).await,
-        None => {
-            scratch::copy(
-                &bins,
-                &target,
-                &scratch,
-                &plan.target,
-                &run_id,
-                plan.lock.lock_timeout,
-            )
-            .await
-        }
-    };
-    let result = match copied {
-        Ok(()) => Ok(rehearse(
-            &scratch,
-            &plan.migrations,
-            &limits,
-            plan.lock.acquire_timeout,
-        )
-        .await),
-        Err(e) => Err(e),
-    };
-    // Dropped whatever happened above: a failed copy or rehearsal leaves
-    // nothing behind on the server either.
-    if created {
-        if args.keep {
-            crate::output::note(format!("scratch database kept: {}", scratch.dbname()));
-        } else if let Err(e) = scratch::drop(&target, scratch.dbname()).await {
-            crate::output::note(format!("warning: {e}"));
-        }
+    let done = on_copy(
+        &bins,
+        &target,
+        &plan.target,
+        &plan,
+        place,
+        &run_id,
+        from_backup.as_ref(),
+    )
+    .await;
+    if let (Some(kept), true) = (&done.scratch, args.keep) {
+        crate::output::note(format!("scratch database kept: {kept}"));
     }
-    match result {
-        Err(e) => finish(1, false, Vec::new(), Some(e.to_string())),
-        Ok(Err(e)) => finish(e.exit_code(), false, Vec::new(), Some(e.to_string())),
-        Ok(Ok(r)) => {
+    if let Some(e) = done.drop_failed {
+        crate::output::note(format!("warning: {e}"));
+    }
+    match done.result {
+        Err(e) => finish(e.exit_code(), false, Vec::new(), Some(e.to_string())),
+        Ok(r) => {
             let passed = r.passed();
             finish(
                 if passed { 0 } else { 4 },

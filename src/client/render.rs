@@ -99,6 +99,23 @@ pub fn run_status(v: &Value) -> String {
         "submitted",
         format!("{} by {}", when(&v["submitted_at"]), s(&v["submitted_by"])),
     );
+    if let Some(r) = v["rehearsal"].as_object() {
+        let attempts = match r["attempts"].as_i64() {
+            Some(a) if a > 1 => format!(" (attempt {a})"),
+            _ => String::new(),
+        };
+        line(
+            "rehearsal",
+            match r["status"].as_str() {
+                Some("pending") => "required; waiting for a daemon to rehearse it".into(),
+                Some("running") => format!("running on a scratch copy{attempts}"),
+                _ => s(&r["summary"]).to_string(),
+            },
+        );
+        for d in r["differences"].as_array().into_iter().flatten() {
+            line("", format!("- {}", s(&d["message"])));
+        }
+    }
     if v["requires_approval"].as_bool() == Some(true) {
         line(
             "approval",

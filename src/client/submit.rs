@@ -59,6 +59,9 @@ pub async fn submit(options: &ClientOptions, plan_path: &Path) -> i32 {
                             "waiting for approval by someone other than you (pgshepherd approve RUN)"
                         }
                         Some("queued") => "queued",
+                        Some("rehearsing") => {
+                            "being rehearsed on a scratch copy first (pgshepherd status RUN)"
+                        }
                         Some(other) => other,
                         None => "?",
                     }

@@ -7,6 +7,8 @@
 //! - [`worker`]: drives one claimed run from its persisted checkpoint.
 //! - [`name_lock`]: which live process is daemon `name` (its runs are taken back
 //!   at once after a restart).
+//! - [`rehearsal`]: rehearses runs whose plan says `rehearsal: required`
+//!   before they may be approved.
 //! - [`undo`]: undos of runs' captured data changes asked for through the API.
 //! - [`retention`]: prunes old events, samples, notifications and audit rows.
 //! - [`api`]: the HTTP API (axum), its auth and its audit trail.
@@ -19,6 +21,7 @@ pub mod deadline;
 pub mod https;
 pub mod metrics;
 pub mod name_lock;
+pub mod rehearsal;
 pub mod retention;
 pub mod scheduler;
 pub mod shared;
@@ -110,6 +113,7 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
     ));
     background.spawn(retention::run(shared.clone(), shutdown.clone()));
     background.spawn(undo::worker::run(shared.clone(), shutdown.clone()));
+    background.spawn(rehearsal::run(shared.clone(), shutdown.clone()));
     background.close();
     let certificate = shared
         .config

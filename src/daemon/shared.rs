@@ -24,6 +24,9 @@ pub struct Shared {
     /// worker looks at once (a `Notify` of its own: `notify_one` wakes one
     /// waiter, and the scheduler waits on `wake`).
     pub undo_wake: Notify,
+    /// Poked by the API after a submission to be rehearsed, so the rehearsal
+    /// worker looks at once.
+    pub rehearsal_wake: Notify,
     /// How many times the scheduler has taken this daemon name's lock (see
     /// [`crate::daemon::name_lock`]): each time, the work leased to the name
     /// by a previous process is taken back at once, the undos too.
@@ -72,6 +75,7 @@ impl Shared {
             metrics: Metrics::new(),
             wake: Notify::new(),
             undo_wake: Notify::new(),
+            rehearsal_wake: Notify::new(),
             name_taken: AtomicU64::new(0),
             scheduler_beat: AtomicU64::new(now_ms()),
             unauthenticated: Default::default(),

@@ -516,7 +516,8 @@ pub async fn finish_unclaimed(
     let row = tx
         .query_opt(
             "SELECT checkpoint FROM runs
-              WHERE id = $1 AND phase IN ('queued', 'pending_approval') AND owner IS NULL
+              WHERE id = $1 AND phase IN ('queued', 'pending_approval', 'rehearsing')
+                AND owner IS NULL
               FOR UPDATE",
             &[&run_id],
         )

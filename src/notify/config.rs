@@ -115,6 +115,9 @@ pub struct DeliverySettings {
     pub poll_interval: Duration,
     /// A base URL for the runbook; notices link `{runbook_url}#{section}`.
     pub runbook_url: Option<String>,
+    /// The daemon's top-level `public_url` (set by the config's loader):
+    /// notices link `{public_url}/runs/{id}/runbook` instead.
+    pub public_url: Option<String>,
 }
 
 impl Default for DeliverySettings {
@@ -125,6 +128,7 @@ impl Default for DeliverySettings {
             max_backoff: Duration::from_secs(300),
             poll_interval: Duration::from_millis(500),
             runbook_url: None,
+            public_url: None,
         }
     }
 }

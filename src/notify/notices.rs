@@ -42,6 +42,10 @@ pub fn is_notable(kind: &EventKind) -> bool {
             | RollbackFailed { .. }
             | RunFinished { .. }
             | Acknowledged { .. }
+            | RehearsalFinished {
+                requires_approval: Some(_),
+                ..
+            }
             | UndoRequested { .. }
             | UndoApproved { .. }
             | UndoStarted {
@@ -55,9 +59,21 @@ pub fn is_notable(kind: &EventKind) -> bool {
     )
 }
 
+/// Where the runbook links of breach, rollback-failed and needs-human notices
+/// point (every notice of the outbox is about a daemon run).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunbookLinks<'a> {
+    /// `notifications.runbook_url`: the generic runbook, linked as `{url}#{section}`.
+    pub generic: Option<&'a str>,
+    /// The daemon's `public_url`: when set, notices link the run's own runbook
+    /// page (`{public_url}/runs/{id}/runbook`) instead of the generic one, since
+    /// the person paged needs the rollback plan of *this* change.
+    pub public_url: Option<&'a str>,
+}
+
 /// The notices one event gives rise to (usually none or one; a submission that
 /// needs approval gives two).
-pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<Notice> {
+pub fn from_event(event: &Event, run: &RunMeta, runbook: RunbookLinks<'_>) -> Vec<Notice> {
     use EventKind::*;
     let n = |kind, severity, title: String, summary: String| Notice {
         kind,
@@ -82,18 +98,28 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
             submitted_by,
             requires_approval,
             bundle_sha256,
+            rehearsal_required,
             ..
         } => {
             let mut s = n(
                 NoticeKind::Submitted,
                 Severity::Info,
                 format!("Plan {plan} submitted for {target}"),
-                format!("{submitted_by} submitted plan {plan} for {target} as run {id}."),
+                format!(
+                    "{submitted_by} submitted plan {plan} for {target} as run {id}.{}",
+                    if *rehearsal_required {
+                        " It is rehearsed on a scratch copy of the target first (up, down, up)."
+                    } else {
+                        ""
+                    }
+                ),
             );
             s.facts
                 .push(Fact::new("bundle sha256", short(bundle_sha256)));
             out.push(s);
-            if *requires_approval {
+            // A run to be rehearsed asks for approval once it passed, with
+            // the rehearsal's result (`rehearsal_finished` below).
+            if *requires_approval && !*rehearsal_required {
                 let mut a = n(
                     NoticeKind::ApprovalNeeded,
                     Severity::Warning,
@@ -107,6 +133,64 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
                     "Review with `pgshepherd status {id}`, then `pgshepherd approve {id}` (or `pgshepherd abort {id}`)."
                 ));
                 out.push(a);
+            }
+        }
+        // Through the daemon (`requires_approval` set): the result decides
+        // whether anyone is asked to approve.
+        RehearsalFinished {
+            passed,
+            differences,
+            reason,
+            requires_approval: Some(requires_approval),
+        } => {
+            if *passed && *requires_approval {
+                let mut a = n(
+                    NoticeKind::ApprovalNeeded,
+                    Severity::Warning,
+                    format!("Approval needed: {plan} on {target}"),
+                    format!(
+                        "Run {id} waits for approval before it may change {target}; {}. \
+                         The approver must hold the approve role and must not be its submitter.",
+                        crate::rehearse::rehearsal::PASSED
+                    ),
+                );
+                a.next_step = Some(format!(
+                    "Review with `pgshepherd status {id}`, then `pgshepherd approve {id}` (or `pgshepherd abort {id}`)."
+                ));
+                out.push(a);
+            } else if !*passed {
+                let mut f = n(
+                    NoticeKind::ApprovalNeeded,
+                    Severity::Warning,
+                    format!("Rehearsal failed: {plan} on {target}; approval refused"),
+                    format!(
+                        "Run {id} was rehearsed on a scratch copy of {target}: up, down, up. {}. \
+                         It cannot be approved; {target} was not touched.",
+                        if differences.is_empty() {
+                            "The rehearsal did not complete".to_string()
+                        } else {
+                            format!(
+                                "The down scripts do not give back what the migrations took \
+                                 ({} difference(s))",
+                                differences.len()
+                            )
+                        }
+                    ),
+                );
+                for d in differences {
+                    f.facts.push(Fact::new(
+                        "difference",
+                        d.describe(crate::rehearse::diff::AFTER_DOWN),
+                    ));
+                }
+                if let Some(r) = reason {
+                    f.facts.push(Fact::new("reason", r.clone()));
+                }
+                f.next_step = Some(format!(
+                    "Abort it with `pgshepherd abort {id}`, fix the down scripts and submit the plan again \
+                     (`pgshepherd rehearse PLAN` tries it on a copy first)."
+                ));
+                out.push(f);
             }
         }
         RunApproved { approved_by } => out.push(n(
@@ -209,7 +293,7 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
             );
             b.facts = verdict_facts(verdict);
             b.facts.push(Fact::new("measured by", source.clone()));
-            b.runbook = runbook_link(runbook, "breach");
+            link_runbook(&mut b, runbook, "breach");
             out.push(b);
         }
         // A query that fails the EXPLAIN gate is a breach like any check's.
@@ -228,7 +312,7 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
                 ),
             );
             b.facts = explain_facts(result);
-            b.runbook = runbook_link(runbook, "breach");
+            link_runbook(&mut b, runbook, "breach");
             out.push(b);
         }
         RollbackStarted {
@@ -307,7 +391,7 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
             f.next_step = Some(format!(
                 "Acknowledge with `pgshepherd ack {id}`, inspect with `pgshepherd status {id}` and `pgshepherd logs {id}`, and restore {target} by hand."
             ));
-            f.runbook = runbook_link(runbook, "rollback-failed");
+            link_runbook(&mut f, runbook, "rollback-failed");
             out.push(f);
         }
         RunFinished {
@@ -359,7 +443,7 @@ pub fn from_event(event: &Event, run: &RunMeta, runbook: Option<&str>) -> Vec<No
                     h.next_step = Some(format!(
                         "Acknowledge with `pgshepherd ack {id}`, then read `pgshepherd status {id}` and `pgshepherd logs {id}`."
                     ));
-                    h.runbook = runbook_link(runbook, "needs-human");
+                    link_runbook(&mut h, runbook, "needs-human");
                     out.push(h);
                 }
             }
@@ -768,11 +852,22 @@ impl ProgressPoint {
     }
 }
 
-fn runbook_link(base: Option<&str>, section: &str) -> Option<String> {
-    Some(match base {
-        Some(b) => format!("{}#{section}", b.trim_end_matches('#')),
-        None => format!("pgshepherd docs/runbook.md#{section}"),
-    })
+/// Point a notice that needs a person at a runbook: the run's own page when
+/// the daemon knows its public address, else the generic runbook's `section`
+/// plus where this run's runbook can be read (the API or the CLI).
+fn link_runbook(notice: &mut Notice, links: RunbookLinks<'_>, section: &str) {
+    let id = &notice.run_id;
+    notice.runbook = Some(match (links.public_url, links.generic) {
+        (Some(public), _) => format!("{}/runs/{id}/runbook", public.trim_end_matches('/')),
+        (None, Some(b)) => format!("{}#{section}", b.trim_end_matches('#')),
+        (None, None) => format!("pgshepherd docs/runbook.md#{section}"),
+    });
+    if links.public_url.is_none() {
+        notice.facts.push(Fact::new(
+            "this run's runbook",
+            format!("`GET /v1/runs/{id}/runbook` or `pgshepherd runbook PLAN --run {id}`"),
+        ));
+    }
 }
 
 fn short(sha: &str) -> String {
@@ -850,7 +945,14 @@ mod tests {
                 verdict,
             },
         );
-        let n = from_event(&e, &run(), Some("https://wiki/runbook"));
+        let n = from_event(
+            &e,
+            &run(),
+            RunbookLinks {
+                generic: Some("https://wiki/runbook"),
+                public_url: None,
+            },
+        );
         assert_eq!(n.len(), 1);
         let b = &n[0];
         assert_eq!(b.kind, NoticeKind::Breach);
@@ -872,6 +974,54 @@ mod tests {
             Some("sql: SELECT p99 FROM latency")
         );
         assert_eq!(b.runbook.as_deref(), Some("https://wiki/runbook#breach"));
+        assert_eq!(
+            fact("this run's runbook").as_deref(),
+            Some(
+                "`GET /v1/runs/0123456789ab/runbook` or `pgshepherd runbook PLAN --run 0123456789ab`"
+            )
+        );
+    }
+
+    #[test]
+    fn with_a_public_url_pages_link_the_runs_own_runbook_page() {
+        let links = RunbookLinks {
+            generic: Some("https://wiki/runbook"),
+            public_url: Some("https://pgshepherd.example.com/"),
+        };
+        let page = "https://pgshepherd.example.com/runs/0123456789ab/runbook";
+        let finished = |outcome| {
+            event(
+                None,
+                EventKind::RunFinished {
+                    outcome,
+                    reason: Some("rollback strategy hold".into()),
+                    exit_code: 4,
+                    applied: vec![1],
+                    backup: None,
+                    journal: None,
+                },
+            )
+        };
+        let failed = event(
+            Some(Step::Rollback),
+            EventKind::RollbackFailed {
+                reason: "down script failed".into(),
+            },
+        );
+        let breach = crate::run::event::samples::events()
+            .into_iter()
+            .find(|e| e.kind.name() == "check_verdict")
+            .unwrap();
+        for e in [finished(Outcome::NeedsHuman), failed, breach] {
+            let n = from_event(&e, &run(), links);
+            assert_eq!(n.len(), 1, "{:?}", e.kind.name());
+            assert_eq!(n[0].runbook.as_deref(), Some(page), "{:?}", n[0].kind);
+            // The page is the run's runbook: no second pointer to it.
+            assert!(n[0].facts.iter().all(|f| f.label != "this run's runbook"));
+        }
+        // Notices that need nobody carry no runbook.
+        let ok = from_event(&finished(Outcome::Succeeded), &run(), links);
+        assert_eq!(ok[0].runbook, None);
     }
 
     #[test]
@@ -880,7 +1030,11 @@ mod tests {
             .into_iter()
             .find(|k| k.name() == "explain_checked")
             .unwrap();
-        let n = from_event(&event(Some(Step::Explain), kind.clone()), &run(), None);
+        let n = from_event(
+            &event(Some(Step::Explain), kind.clone()),
+            &run(),
+            RunbookLinks::default(),
+        );
         assert_eq!(n.len(), 1);
         let b = &n[0];
         assert_eq!(
@@ -920,7 +1074,14 @@ mod tests {
             result,
             decision: None,
         };
-        assert!(from_event(&event(Some(Step::Explain), passed), &run(), None).is_empty());
+        assert!(
+            from_event(
+                &event(Some(Step::Explain), passed),
+                &run(),
+                RunbookLinks::default()
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -936,7 +1097,7 @@ mod tests {
                 journal: None,
             },
         );
-        let n = from_event(&e, &run(), None);
+        let n = from_event(&e, &run(), RunbookLinks::default());
         assert_eq!(n[0].kind, NoticeKind::NeedsHuman);
         assert!(
             n[0].next_step
@@ -957,9 +1118,10 @@ mod tests {
                 submitted_by: "alice".into(),
                 bundle_sha256: "ab".repeat(32),
                 requires_approval: true,
+                rehearsal_required: false,
             },
         );
-        let kinds: Vec<NoticeKind> = from_event(&s, &run(), None)
+        let kinds: Vec<NoticeKind> = from_event(&s, &run(), RunbookLinks::default())
             .iter()
             .map(|n| n.kind)
             .collect();
@@ -969,13 +1131,95 @@ mod tests {
     }
 
     #[test]
+    fn a_rehearsed_run_asks_for_approval_with_the_rehearsals_result() {
+        let submitted = event(
+            None,
+            EventKind::RunSubmitted {
+                plan_name: "add-index".into(),
+                target: "orders".into(),
+                submitted_by: "alice".into(),
+                bundle_sha256: "ab".repeat(32),
+                requires_approval: true,
+                rehearsal_required: true,
+            },
+        );
+        // Not at submission: the rehearsal comes first.
+        let kinds: Vec<NoticeKind> = from_event(&submitted, &run(), RunbookLinks::default())
+            .iter()
+            .map(|n| n.kind)
+            .collect();
+        assert_eq!(kinds, [NoticeKind::Submitted]);
+
+        let finished = |passed, differences| {
+            event(
+                None,
+                EventKind::RehearsalFinished {
+                    passed,
+                    differences,
+                    reason: None,
+                    requires_approval: Some(passed),
+                },
+            )
+        };
+        let n = from_event(&finished(true, vec![]), &run(), RunbookLinks::default());
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].kind, NoticeKind::ApprovalNeeded);
+        assert!(
+            n[0].summary
+                .contains("rehearsal passed on a scratch copy: up, down, up, catalog identical"),
+            "{}",
+            n[0].summary
+        );
+
+        let forgot = crate::rehearse::Difference {
+            kind: crate::rehearse::ObjectKind::Index,
+            object: "idx_rental_return_date".into(),
+            change: crate::rehearse::Change::Left,
+            changed_by: Some("V2__return_date_index".into()),
+        };
+        let n = from_event(
+            &finished(false, vec![forgot]),
+            &run(),
+            RunbookLinks::default(),
+        );
+        assert_eq!(n.len(), 1);
+        let f = &n[0];
+        assert_eq!(
+            (f.kind, f.severity),
+            (NoticeKind::ApprovalNeeded, Severity::Warning)
+        );
+        assert!(f.title.contains("approval refused"), "{}", f.title);
+        assert_eq!(
+            f.facts[0].value,
+            "index `idx_rental_return_date` still exists after V2__return_date_index's down script"
+        );
+        assert!(
+            f.next_step
+                .as_deref()
+                .unwrap()
+                .contains("pgshepherd abort 0123456789ab")
+        );
+        // `pgshepherd rehearse` (no daemon) sends no message.
+        let cli = event(
+            None,
+            EventKind::RehearsalFinished {
+                passed: false,
+                differences: Vec::new(),
+                reason: None,
+                requires_approval: None,
+            },
+        );
+        assert!(!is_notable(&cli.kind));
+    }
+
+    #[test]
     fn a_restore_says_what_it_discarded_and_where_the_snapshot_is() {
         let e = crate::run::event::samples::events()
             .into_iter()
             .find(|e| e.kind.name() == "backup_restored")
             .unwrap();
         assert!(is_notable(&e.kind));
-        let n = from_event(&e, &run(), None);
+        let n = from_event(&e, &run(), RunbookLinks::default());
         assert_eq!(n.len(), 1);
         let r = &n[0];
         assert_eq!(

@@ -108,7 +108,10 @@ pub async fn enqueue_for_events(
 
     let mut out: Vec<Outgoing<'_>> = Vec::new();
     let mut triggers: Vec<Notice> = Vec::new();
-    let runbook = config.delivery.runbook_url.as_deref();
+    let runbook = notices::RunbookLinks {
+        generic: config.delivery.runbook_url.as_deref(),
+        public_url: config.delivery.public_url.as_deref(),
+    };
     for (i, event) in events.iter().enumerate() {
         for (_, name, point) in due.iter().filter(|d| d.0 == i) {
             let notice = point.notice(&run);

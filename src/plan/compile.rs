@@ -43,6 +43,7 @@ pub const TOP_KEYS: &[&str] = &[
     "rollback",
     "notify",
     "approval",
+    "rehearsal",
     "gate",
     "explain",
 ];
@@ -191,6 +192,12 @@ fn compile_plan(
     );
     let window = compile_window(sink, &top);
     let approval = compile_approval(sink, &top);
+    let rehearsal = if top.has("rehearsal") {
+        top.choice(sink, "rehearsal", &["required", "optional"])
+            .map(|c| c.value == "required")
+    } else {
+        Some(false)
+    };
     let gate = compile_gate(sink, &top, window.window.as_ref().and_then(|w| w.as_ref()));
     let backup = compile_backup(sink, &top);
     top.require(sink, "soak");
@@ -252,6 +259,7 @@ fn compile_plan(
         rollback: rollback?.0,
         notify: notify?,
         approval: approval?,
+        rehearsal_required: rehearsal?,
         gate: gate?,
         explain: explain?,
     })
@@ -901,6 +909,19 @@ mod tests {
             11,
             26,
             "keep_captured_changes",
+        );
+    }
+
+    #[test]
+    fn rehearsal_is_required_optional_or_absent() {
+        assert!(!compile("").unwrap().rehearsal_required);
+        assert!(!compile("rehearsal: optional\n").unwrap().rehearsal_required);
+        assert!(compile("rehearsal: required\n").unwrap().rehearsal_required);
+        assert_only_error(
+            "rehearsal: requried\n",
+            10,
+            12,
+            "`rehearsal` must be one of required, optional, found `requried`; did you mean `required`?",
         );
     }
 

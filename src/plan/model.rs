@@ -29,6 +29,10 @@ pub struct Plan {
     pub notify: NotifySettings,
     /// Whether a second person must approve a submitted run before it starts.
     pub approval: ApprovalSettings,
+    /// `rehearsal: required`: the daemon rehearses a submitted run on a
+    /// scratch copy (up, down, up, catalog compared) and refuses its approval
+    /// until the rehearsal passed. `run` (no daemon) ignores it.
+    pub rehearsal_required: bool,
     /// Give up (stopped) if the migration has not started by then. Written as
     /// `window.deadline`, always with a UTC offset.
     pub deadline: Option<chrono::DateTime<chrono::Utc>>,

@@ -42,6 +42,17 @@ pub enum Change {
         before: Option<String>,
         after: Option<String>,
     },
+    /// A table's rows are not as they were after the captured data was given
+    /// back (see `rehearse::data`): `differ` rows (known for a captured table),
+    /// and its row count before and after. `undone` names the migrations
+    /// undone ("V4"); `captured`: whether they capture this table.
+    Rows {
+        differ: Option<u64>,
+        rows_before: u64,
+        rows_after: u64,
+        undone: String,
+        captured: bool,
+    },
 }
 
 /// One object that is not as it was.
@@ -79,6 +90,30 @@ impl Difference {
             None => phase,
         };
         match change {
+            Change::Rows {
+                differ,
+                rows_before,
+                rows_after,
+                undone,
+                captured,
+            } => {
+                let rows = match differ {
+                    Some(1) => "1 row differs".to_string(),
+                    Some(n) => format!("{n} rows differ"),
+                    None => "rows differ".to_string(),
+                };
+                let data = if *captured {
+                    "captured data"
+                } else {
+                    "captured data; it does not capture this table"
+                };
+                let count = if rows_before != rows_after {
+                    format!("; row count {rows_before} → {rows_after}")
+                } else {
+                    String::new()
+                };
+                format!("{kind} `{object}`: {rows} after undoing {undone} ({data}){count}")
+            }
             Change::Missing => format!("{kind} `{object}` is missing {phase}"),
             Change::Left => format!("{kind} `{object}` still exists {phase}"),
             Change::Changed {
@@ -210,6 +245,8 @@ pub fn attribute(
                         now.is_none() || value(was) != value(now)
                     }
                     Change::Missing | Change::Left => was != now,
+                    // Named by `undone` already.
+                    Change::Rows { .. } => false,
                 }
             })
             .map(|(label, _)| label.clone());

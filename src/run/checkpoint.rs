@@ -52,6 +52,19 @@ impl Checkpoint {
             facts: RunFacts::default(),
         }
     }
+
+    /// The checkpoint of a run the daemon accepted: waiting for its
+    /// rehearsal when the plan requires one, else new.
+    pub fn submitted(rehearsal_required: bool) -> Checkpoint {
+        Checkpoint {
+            state: if rehearsal_required {
+                RunState::Rehearsing
+            } else {
+                RunState::Created
+            },
+            facts: RunFacts::default(),
+        }
+    }
 }
 
 impl Default for Checkpoint {

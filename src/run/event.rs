@@ -339,6 +339,10 @@ pub enum EventKind {
         submitted_by: String,
         bundle_sha256: String,
         requires_approval: bool,
+        /// `rehearsal: required`: the daemon rehearses the run on a scratch
+        /// copy before it may be approved (or queued).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rehearsal_required: bool,
     },
     RunApproved {
         approved_by: String,
@@ -440,6 +444,13 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         attempt: Option<u32>,
     },
+    /// The daemon started a run's rehearsal (`rehearsal: required`) in the
+    /// scratch database `scratch` (a new one per attempt; `attempt` > 1 when a
+    /// daemon stopped during an earlier one, which is redone from the start).
+    RehearsalStarted {
+        scratch: String,
+        attempt: u32,
+    },
     /// `pgshepherd rehearse`: the plan's pending migrations were run up and
     /// down on a scratch copy and its catalog compared with the original.
     RehearsalFinished {
@@ -451,6 +462,10 @@ pub enum EventKind {
         /// it (a migration that does not re-apply).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// Through the daemon: whether the run now waits for someone's
+        /// approval (a passed rehearsal), absent from `pgshepherd rehearse`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requires_approval: Option<bool>,
     },
     RunFinished {
         outcome: Outcome,
@@ -508,6 +523,7 @@ impl EventKind {
             EventKind::UndoApproved { .. } => "undo_approved",
             EventKind::UndoStarted { .. } => "undo_started",
             EventKind::UndoFinished { .. } => "undo_finished",
+            EventKind::RehearsalStarted { .. } => "rehearsal_started",
             EventKind::RehearsalFinished { .. } => "rehearsal_finished",
             EventKind::RunFinished { .. } => "run_finished",
         }

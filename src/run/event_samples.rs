@@ -327,6 +327,7 @@ pub fn kinds() -> Vec<EventKind> {
             submitted_by: s("alice"),
             bundle_sha256: s("abc"),
             requires_approval: true,
+            rehearsal_required: true,
         },
         RunApproved {
             approved_by: s("bob"),
@@ -434,6 +435,11 @@ pub fn kinds() -> Vec<EventKind> {
                 },
             ],
             reason: None,
+            requires_approval: Some(true),
+        },
+        RehearsalStarted {
+            scratch: s("rental_rehearsal_0123456789ab"),
+            attempt: 1,
         },
         RunFinished {
             outcome: Outcome::RolledBack,

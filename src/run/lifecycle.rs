@@ -13,6 +13,9 @@
 //!   there to `rolling_back`, `confirming` or an `Undo` effect; and `stopped`
 //!   (which promises "the target is exactly as it was") is only reachable from
 //!   those states.
+//! - A run in `rehearsing` (its rehearsal on a scratch copy not passed yet) or
+//!   `rehearsal_failed` goes nowhere but to the rehearsal's result or to a stop:
+//!   it never reaches its window, let alone the target.
 //! - An illegal pair is a typed [`IllegalTransition`]; [`next`] turns it into
 //!   `needs_human` with the reason, never a line on stderr while the side effect
 //!   goes ahead.
@@ -133,6 +136,13 @@ pub enum Input {
     },
     /// Another daemon holds the run now: this process stops touching it.
     LeaseLost,
+    /// `rehearsal: required`: up, down and up again on a scratch copy gave
+    /// back an identical catalog. The run may be approved (or is queued).
+    RehearsalPassed,
+    /// The rehearsal found differences or could not be completed.
+    RehearsalFailed {
+        reason: String,
+    },
 }
 
 /// What the runner does after the next state is persisted.
@@ -222,6 +232,8 @@ impl Input {
             Input::Stop { .. } => "stop",
             Input::Failure { .. } => "failure",
             Input::LeaseLost => "lease_lost",
+            Input::RehearsalPassed => "rehearsal_passed",
+            Input::RehearsalFailed { .. } => "rehearsal_failed",
         }
     }
 }
@@ -312,6 +324,23 @@ fn decide(state: &RunState, input: Input, rules: Rules) -> Option<Transition> {
         )
     };
 
+    // A run still to be proved on a scratch copy (or proved wrong) goes
+    // nowhere but to its rehearsal's result or to a stop: it never reaches its
+    // window, let alone the target.
+    if matches!(state, S::Rehearsing | S::RehearsalFailed { .. })
+        && !matches!(
+            input,
+            I::Abort { .. } | I::Stop { .. } | I::Failure { .. } | I::LeaseLost
+        )
+    {
+        return match (state, input) {
+            (S::Rehearsing, I::RehearsalPassed) => go(S::Created, Vec::new()),
+            (S::Rehearsing, I::RehearsalFailed { reason }) => {
+                go(S::RehearsalFailed { reason }, Vec::new())
+            }
+            _ => None,
+        };
+    }
     match (state, input) {
         (_, I::LeaseLost) => same(vec![Effect::Relinquish]),
         (S::Created, I::Restarted) => go(S::Created, vec![Effect::StartOver]),
@@ -555,6 +584,12 @@ fn advice(from: &RunState) -> &'static str {
         RunState::RollingBack { .. } | RunState::Confirming { .. } => {
             "a rollback in progress can only finish or be confirmed; wait for it"
         }
+        RunState::Rehearsing => {
+            "the run is being rehearsed on a scratch copy; wait for the result, or abort it"
+        }
+        RunState::RehearsalFailed { .. } => {
+            "the run's rehearsal failed; it can only be aborted (fix the change and submit it again)"
+        }
         s if s.before_change() => {
             "nothing has been changed yet; the run can only go forward or stop"
         }
@@ -577,6 +612,8 @@ mod tests {
     fn states() -> Vec<RunState> {
         vec![
             RunState::Created,
+            RunState::Rehearsing,
+            RunState::RehearsalFailed { reason: "x".into() },
             RunState::WaitingForWindow,
             RunState::Locking,
             RunState::MeasuringBaseline,
@@ -658,6 +695,8 @@ mod tests {
                 invalid_input: false,
             },
             Input::LeaseLost,
+            Input::RehearsalPassed,
+            Input::RehearsalFailed { reason: s() },
         ]
     }
 
@@ -762,6 +801,15 @@ mod tests {
                 "failure",
                 "lease_lost",
             ],
+            "rehearsing" => &[
+                "abort",
+                "stop",
+                "failure",
+                "lease_lost",
+                "rehearsal_passed",
+                "rehearsal_failed",
+            ],
+            "rehearsal_failed" => &["abort", "stop", "failure", "lease_lost"],
             "finished" => &[],
             _ => BEFORE,
         }
@@ -819,7 +867,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 10 * 27);
+        assert_eq!(checked, 12 * 29);
     }
 
     fn run(state: RunState, inputs: Vec<Input>, rules: Rules) -> (RunState, Vec<Effect>) {
@@ -972,6 +1020,31 @@ mod tests {
             ))
         );
         assert!(!t.effects.iter().any(Effect::changes_target));
+    }
+
+    #[test]
+    fn a_rehearsed_run_starts_only_after_its_rehearsal_passed() {
+        // Passed: the run is new, as if submitted without a rehearsal.
+        let t = transition(&RunState::Rehearsing, Input::RehearsalPassed, DOWN).unwrap();
+        assert_eq!((t.next, t.effects), (RunState::Created, vec![]));
+        // Failed: nothing but a stop, which leaves the target as it was.
+        let failed = transition(
+            &RunState::Rehearsing,
+            Input::RehearsalFailed {
+                reason: "index `i` still exists after V2's down script".into(),
+            },
+            DOWN,
+        )
+        .unwrap()
+        .next;
+        for input in [Input::WindowOpen, Input::Restarted, Input::RehearsalPassed] {
+            let e = transition(&failed, input, DOWN).unwrap_err();
+            assert!(e.advice.contains("aborted"), "{e}");
+        }
+        let t = transition(&failed, Input::Abort { reason: "x".into() }, DOWN).unwrap();
+        assert_eq!(t.next.outcome(), Some((Outcome::Stopped, Some("x"))));
+        // A run waiting for its rehearsal never reaches its window.
+        assert!(transition(&RunState::Rehearsing, Input::WindowOpen, DOWN).is_err());
     }
 
     #[test]
@@ -1201,6 +1274,10 @@ mod tests {
                 invalid_input
             }),
             Just(Input::LeaseLost),
+            Just(Input::RehearsalPassed),
+            Just(Input::RehearsalFailed {
+                reason: "differences".into()
+            }),
         ]
     }
 
@@ -1219,14 +1296,14 @@ mod tests {
         /// Random input sequences, illegal ones included, from any state.
         #[test]
         fn the_lifecycle_invariants_hold_for_any_input_sequence(
-            start in 0usize..10,
+            start in 0usize..12,
             inputs in proptest::collection::vec(any_input(), 1..40),
             rules in any_rules(),
         ) {
             let mut state = states().swap_remove(start);
             for input in inputs {
                 let before = state.clone();
-                let (t, _) = next(&before, input, rules);
+                let (t, illegal) = next(&before, input, rules);
                 // A finished run stays finished, and nothing more happens.
                 if before.outcome().is_some() {
                     prop_assert_eq!(&t.next, &before);
@@ -1257,6 +1334,24 @@ mod tests {
                     prop_assert!(!after_change, "{:?} from {:?}", t.next, before);
                     let undoes = t.effects.iter().any(|e| matches!(e, Effect::Undo { .. }));
                     prop_assert!(!undoes, "undo from {:?}", before);
+                }
+                // A run not yet proved on a scratch copy goes only to the
+                // rehearsal's result or to a stop, and nothing takes it back.
+                let unproved = |s: &RunState| {
+                    matches!(s, RunState::Rehearsing | RunState::RehearsalFailed { .. })
+                };
+                if unproved(&before) && illegal.is_none() {
+                    let allowed = unproved(&t.next)
+                        || (t.next == RunState::Created && before == RunState::Rehearsing)
+                        || t.next.outcome().is_some_and(|(o, _)| o == Outcome::Stopped);
+                    prop_assert!(allowed, "{:?} from {:?}", t.next, before);
+                    let quiet = t
+                        .effects
+                        .iter()
+                        .all(|e| matches!(e, Effect::Finish { .. } | Effect::Relinquish));
+                    prop_assert!(quiet, "{:?} from {:?}", t.effects, before);
+                } else if !unproved(&before) {
+                    prop_assert!(!unproved(&t.next), "{:?} from {:?}", t.next, before);
                 }
                 // `stopped` promises an untouched target: only from before the change.
                 if let Some((Outcome::Stopped, _)) = t.next.outcome() && before.outcome().is_none() {

@@ -273,13 +273,15 @@ pub fn text(event: &Event) -> String {
             target,
             submitted_by,
             requires_approval,
+            rehearsal_required,
             ..
         } => format!(
             "submitted plan {plan_name} for {target} by {submitted_by}{}",
-            if *requires_approval {
-                "; waiting for approval"
-            } else {
-                ""
+            match (rehearsal_required, requires_approval) {
+                (true, true) => "; rehearsing on a scratch copy, then waiting for approval",
+                (true, false) => "; rehearsing on a scratch copy first",
+                (false, true) => "; waiting for approval",
+                (false, false) => "",
             }
         ),
         RunApproved { approved_by } => format!("approved by {approved_by}"),
@@ -420,16 +422,29 @@ pub fn text(event: &Event) -> String {
                     .unwrap_or_default()
             )
         }
+        RehearsalStarted { scratch, attempt } => format!(
+            "rehearsing on the scratch copy {scratch}{}",
+            if *attempt > 1 {
+                format!(" (attempt {attempt}: the earlier one was interrupted)")
+            } else {
+                String::new()
+            }
+        ),
         RehearsalFinished {
             passed,
             differences,
             reason,
+            requires_approval,
         } => format!(
             "rehearsal {}{}{}",
-            match (passed, differences.len()) {
-                (true, _) => "passed: the down scripts gave back the catalog as it was".to_string(),
-                (false, 0) => "failed".to_string(),
-                (false, n) => format!("failed: {n} difference(s)"),
+            match (passed, differences.len(), requires_approval) {
+                (true, _, Some(true)) =>
+                    "passed: the down scripts gave back the catalog as it was; waiting for approval"
+                        .to_string(),
+                (true, _, _) =>
+                    "passed: the down scripts gave back the catalog as it was".to_string(),
+                (false, 0, _) => "failed".to_string(),
+                (false, n, _) => format!("failed: {n} difference(s)"),
             },
             reason
                 .as_ref()

@@ -10,6 +10,16 @@ use crate::steps::soak::SoakProgress;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RunState {
+    /// Submitted to the daemon with `rehearsal: required`: the pending
+    /// migrations must first be proved on a scratch copy (up, down, up, catalog
+    /// compared). Not started, running, or to be redone after a restart: the
+    /// rehearsal's own progress is not persisted, only its result.
+    Rehearsing,
+    /// The rehearsal found differences, or could not be completed: the run can
+    /// only be aborted (fix the change, submit it again).
+    RehearsalFailed {
+        reason: String,
+    },
     Created,
     WaitingForWindow,
     Locking,
@@ -42,6 +52,8 @@ pub enum RunState {
 impl RunState {
     pub fn name(&self) -> &'static str {
         match self {
+            RunState::Rehearsing => "rehearsing",
+            RunState::RehearsalFailed { .. } => "rehearsal_failed",
             RunState::Created => "created",
             RunState::WaitingForWindow => "waiting_for_window",
             RunState::Locking => "locking",
@@ -60,7 +72,9 @@ impl RunState {
     pub fn before_change(&self) -> bool {
         matches!(
             self,
-            RunState::Created
+            RunState::Rehearsing
+                | RunState::RehearsalFailed { .. }
+                | RunState::Created
                 | RunState::WaitingForWindow
                 | RunState::Locking
                 | RunState::MeasuringBaseline

@@ -14,7 +14,7 @@ use crate::steps::backup::{self, Backup, BackupError};
 use crate::steps::context::StepContext;
 use crate::steps::migrate::limits;
 use crate::undo::outcome::UndoOutcome;
-use crate::undo::revert::{self, Mode, Request, UndoError};
+use crate::undo::revert::{self, Mode, UndoError};
 
 /// Why a rollback could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -258,36 +258,22 @@ async fn give_back(
     m: &crate::migrations::Migration,
 ) -> Result<(), RollbackError> {
     let mode = ctx.plan.rollback.data_conflicts;
-    let request = Request {
-        run_id: ctx.run_id.to_string(),
-        versions: vec![m.version],
+    let given = revert::give_back(
+        lock.client(),
+        ctx.run_id,
+        &ctx.plan.migrations.name,
+        m,
         mode,
-        predicate: None,
-        dry_run: false,
-        who: "pgshepherd rollback".into(),
-        lock_timeout: ctx.plan.lock.lock_timeout,
-        forget: m.down.is_none(),
-    };
-    let report = match revert::undo(lock.client(), &request).await {
-        Ok(report) => report,
-        // The migration changed no captured row: nothing to give back.
-        Err(UndoError::NothingCaptured { .. } | UndoError::NoSuchVersion { .. }) => {
-            if m.down.is_none() {
-                history::remove(lock.client(), &ctx.plan.migrations.name, m.version)
-                    .await
-                    .map_err(|e| RollbackError::GiveBack {
-                        label: m.label(),
-                        source: UndoError::Query(e),
-                    })?;
-            }
-            return Ok(());
-        }
-        Err(source) => {
-            return Err(RollbackError::GiveBack {
-                label: m.label(),
-                source,
-            });
-        }
+        ctx.plan.lock.lock_timeout,
+        "pgshepherd rollback",
+    )
+    .await
+    .map_err(|source| RollbackError::GiveBack {
+        label: m.label(),
+        source,
+    })?;
+    let Some(report) = given else {
+        return Ok(());
     };
     let conflicts = report.conflicts.len();
     let file = report

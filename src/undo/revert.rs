@@ -165,6 +165,45 @@ fn list(versions: &[i64]) -> String {
         .join(", ")
 }
 
+/// Give back the rows that migration `m` (of the set `set`), applied by run
+/// `run_id`, changed in its captured tables, in `mode`, as a rollback does
+/// before the migration's down script: without a down script the version's
+/// history row goes too, in the same transaction (the version is no longer
+/// applied). `None` when the migration changed no captured row. The caller
+/// holds the database's lock on `client`; `who` is recorded with the undo.
+/// What the rollback under `strategy: down` and a rehearsal both run.
+pub async fn give_back(
+    client: &Client,
+    run_id: &str,
+    set: &str,
+    m: &crate::migrations::Migration,
+    mode: Mode,
+    lock_timeout: std::time::Duration,
+    who: &str,
+) -> Result<Option<Report>, UndoError> {
+    let request = Request {
+        run_id: run_id.to_string(),
+        versions: vec![m.version],
+        mode,
+        predicate: None,
+        dry_run: false,
+        who: who.to_string(),
+        lock_timeout,
+        forget: m.down.is_none(),
+    };
+    match undo(client, &request).await {
+        Ok(report) => Ok(Some(report)),
+        // The migration changed no captured row: nothing to give back.
+        Err(UndoError::NothingCaptured { .. } | UndoError::NoSuchVersion { .. }) => {
+            if m.down.is_none() {
+                crate::migrations::history::remove(client, set, m.version).await?;
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Undo on `client` (which holds the target's lock), in one transaction.
 pub async fn undo(client: &Client, req: &Request) -> Result<Report, UndoError> {
     // The joins of a large undo want memory rather than disk; JIT only adds its

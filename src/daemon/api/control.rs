@@ -77,7 +77,7 @@ pub async fn approve(
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
-            "SELECT submitted_by, phase, approved_by FROM runs WHERE id = $1 FOR UPDATE",
+            "SELECT submitted_by, phase, approved_by, rehearsal FROM runs WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .await?
@@ -124,6 +124,25 @@ pub async fn approve(
             "four eyes: {submitted_by} submitted run {id} and cannot also approve it; \
              someone else with the approve role must"
         )));
+    }
+    if phase == "rehearsing" {
+        // `rehearsal: required`: nobody approves a change before it was
+        // proved on a copy, and never one that failed there.
+        let result: Option<serde_json::Value> = row.get(3);
+        let why = match result.and_then(|r| {
+            serde_json::from_value::<crate::daemon::rehearsal::RehearsalResult>(r).ok()
+        }) {
+            Some(r) => format!(
+                "run {id} cannot be approved: its {}. Abort it (`pgshepherd abort {id}`), fix the \
+                 change and submit it again",
+                r.summary()
+            ),
+            None => format!(
+                "run {id} is being rehearsed on a scratch copy (`rehearsal: required`); it can be \
+                 approved once the rehearsal has passed (`pgshepherd status {id}`)"
+            ),
+        };
+        return Err(ApiError::conflict(why));
     }
     if phase != "pending_approval" {
         let why = match approved_by {

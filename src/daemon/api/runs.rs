@@ -16,14 +16,20 @@ use crate::daemon::shared::SharedRef;
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
-const PHASES: &[&str] = &["pending_approval", "queued", "active", "finished"];
+const PHASES: &[&str] = &[
+    "rehearsing",
+    "pending_approval",
+    "queued",
+    "active",
+    "finished",
+];
 
 /// The query of `GET /v1/runs`. Numbers are read as text so that a bad one is
 /// refused with a message of ours.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Comma-separated phases (pending_approval, queued, active, finished);
+    /// Comma-separated phases (rehearsing, pending_approval, queued, active, finished);
     /// `open` means every phase but finished.
     pub phase: Option<String>,
     pub target: Option<String>,
@@ -53,11 +59,11 @@ impl ListQuery {
         for p in self.phase.iter().flat_map(|p| p.split(',')) {
             match p.trim() {
                 "" => {}
-                "open" => phases.extend(PHASES[..3].iter().map(|s| s.to_string())),
+                "open" => phases.extend(PHASES[..4].iter().map(|s| s.to_string())),
                 p if PHASES.contains(&p) => phases.push(p.to_string()),
                 p => {
                     return Err(ApiError::bad_request(format!(
-                        "unknown phase {p:?}; use pending_approval, queued, active, finished or open"
+                        "unknown phase {p:?}; use rehearsing, pending_approval, queued, active, finished or open"
                     )));
                 }
             }
@@ -160,7 +166,11 @@ mod tests {
         assert_eq!(q(None, Some("5000")).unwrap().limit, MAX_LIMIT);
         assert!(q(None, Some("0")).is_err());
         assert!(q(None, Some("ten")).is_err());
-        assert_eq!(q(Some("open"), None).unwrap().phases.len(), 3);
+        // Every phase but finished, a run waiting for its rehearsal included.
+        assert_eq!(
+            q(Some("open"), None).unwrap().phases,
+            ["rehearsing", "pending_approval", "queued", "active"]
+        );
         assert_eq!(
             q(Some("queued,finished"), None).unwrap().phases,
             ["queued", "finished"]

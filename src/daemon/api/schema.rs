@@ -107,7 +107,21 @@ fn one_of(values: &[&str], nullable: bool) -> Object {
 
 /// `runs.phase`.
 pub fn phase() -> Object {
-    one_of(&["pending_approval", "queued", "active", "finished"], false)
+    one_of(
+        &[
+            "rehearsing",
+            "pending_approval",
+            "queued",
+            "active",
+            "finished",
+        ],
+        false,
+    )
+}
+
+/// A run's rehearsal status (see `RehearsalView`).
+pub fn rehearsal_status() -> Object {
+    one_of(&["pending", "running", "passed", "failed"], false)
 }
 
 /// `runs.outcome`: null until the run finishes.

@@ -55,8 +55,9 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
 /// defined in the daemon's config. Any problem, and a bundle that breaks its
 /// limits (too many files, a file name with a directory, a duplicate, a sha256
 /// that does not match), is a 422 listing every problem with its file, line and
-/// column. A valid bundle becomes a run: `pending_approval` when approval is
-/// required, else `queued`.
+/// column. A valid bundle becomes a run: `rehearsing` when the plan says
+/// `rehearsal: required` (approval, if required, follows a passed rehearsal),
+/// else `pending_approval` when approval is required, else `queued`.
 #[utoipa::path(
     post,
     path = SUBMIT.path,
@@ -89,15 +90,22 @@ pub async fn submit(
     // The daemon's config may require approval for a target whatever the plan says.
     let requires_approval =
         plan.approval.required || shared.config.approval_required.contains(&plan.target);
-    let phase = if requires_approval {
+    // A run to be rehearsed waits for its rehearsal first (see
+    // `crate::daemon::rehearsal`), then for approval or its turn.
+    let rehearsal_required = plan.rehearsal_required;
+    let phase = if rehearsal_required {
+        "rehearsing"
+    } else if requires_approval {
         "pending_approval"
     } else {
         "queued"
     };
     let bundle_json =
         serde_json::to_value(&bundle).map_err(|e| ApiError::internal(e.to_string()))?;
+    let checkpoint = Checkpoint::submitted(rehearsal_required);
+    let state_name = checkpoint.state.name();
     let checkpoint =
-        serde_json::to_value(Checkpoint::new()).map_err(|e| ApiError::internal(e.to_string()))?;
+        serde_json::to_value(checkpoint).map_err(|e| ApiError::internal(e.to_string()))?;
     let notify = serde_json::to_value(RunNotify::from_plan(&plan))
         .map_err(|e| ApiError::internal(e.to_string()))?;
 
@@ -119,8 +127,8 @@ pub async fn submit(
             .query_opt(
                 "INSERT INTO runs (id, target, plan_name, plan_path, bundle, bundle_sha256,
                                    submitted_by, requires_approval, phase, checkpoint, state_name,
-                                   notify)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'created', $11)
+                                   notify, rehearsal_required)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $11, $13)
                  ON CONFLICT (id) DO NOTHING
                  RETURNING id",
                 &[
@@ -135,6 +143,8 @@ pub async fn submit(
                     &phase,
                     &checkpoint,
                     &notify,
+                    &state_name,
+                    &rehearsal_required,
                 ],
             )
             .await?;
@@ -154,11 +164,15 @@ pub async fn submit(
             submitted_by: caller.name.clone(),
             bundle_sha256: sha.clone(),
             requires_approval,
+            rehearsal_required,
         },
     };
     store::append_events(&tx, &id, &[event], &shared.config.notify, None).await?;
     tx.commit().await?;
     shared.wake.notify_one();
+    if rehearsal_required {
+        shared.rehearsal_wake.notify_one();
+    }
     shared.outbox.poke();
 
     let view = view::load(&client, &id)
@@ -174,11 +188,7 @@ pub async fn submit(
         plan.name,
         bundle.plan.path,
         plan.target,
-        if requires_approval {
-            "pending approval"
-        } else {
-            "queued"
-        }
+        phase.replace('_', " ")
     )));
     Ok(response)
 }

@@ -39,7 +39,8 @@ pub struct RunSummary {
     pub target: String,
     #[schema(schema_with = schema::phase)]
     pub phase: String,
-    /// The run state machine's state: created, waiting_for_window, locking,
+    /// The run state machine's state: rehearsing, rehearsal_failed, created,
+    /// waiting_for_window, locking,
     /// measuring_baseline, backing_up, migrating, soaking, rolling_back,
     /// confirming, finished.
     pub state: String,
@@ -122,6 +123,103 @@ pub struct RunDetail {
     /// Undos of the run's captured data changes asked for through the API
     /// (`POST /v1/runs/{id}/undo`), oldest first, with their outcome.
     pub undos: Vec<crate::daemon::undo::store::UndoView>,
+    /// `rehearsal: required`: the run's rehearsal on a scratch copy, which
+    /// must pass before the run may be approved. Null for other plans.
+    pub rehearsal: Option<RehearsalView>,
+}
+
+/// A run's rehearsal: up, down and up again on a scratch copy of the target.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RehearsalView {
+    /// pending (no daemon has it yet, or it is to be redone), running, passed
+    /// or failed.
+    #[schema(schema_with = schema::rehearsal_status)]
+    pub status: String,
+    /// How many times a daemon started it (more than one: a daemon stopped
+    /// during an earlier attempt, which was redone from the start).
+    pub attempts: i32,
+    /// The daemon rehearsing it, while it runs.
+    pub owner: Option<String>,
+    /// "rehearsal passed on a scratch copy: up, down, up, catalog identical",
+    /// or the differences in words; null until it finished.
+    pub summary: Option<String>,
+    /// What the down scripts did not give back, object by object.
+    pub differences: Vec<RehearsalDifference>,
+    /// Why it did not get to a comparison, or what failed after it.
+    pub reason: Option<String>,
+}
+
+/// One object that is not as it was after the down scripts.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RehearsalDifference {
+    /// table, column, constraint, index, trigger, function, view, sequence, ...
+    pub kind: String,
+    pub object: String,
+    /// missing (dropped by the down scripts), left (created by the
+    /// migrations and left behind) or changed.
+    pub change: String,
+    /// For `changed`: which attribute, and its values before and after.
+    pub attribute: Option<String>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// The migration whose down script should give it back, when known.
+    pub changed_by: Option<String>,
+    /// The difference in words.
+    pub message: String,
+}
+
+impl RehearsalView {
+    fn read(
+        required: bool,
+        result: Option<Value>,
+        attempts: i32,
+        owner: Option<String>,
+        lease_live: bool,
+    ) -> Option<RehearsalView> {
+        if !required {
+            return None;
+        }
+        let result = result.and_then(|r| {
+            serde_json::from_value::<crate::daemon::rehearsal::RehearsalResult>(r).ok()
+        });
+        let Some(r) = result else {
+            let running = owner.is_some() && lease_live;
+            return Some(RehearsalView {
+                status: if running { "running" } else { "pending" }.into(),
+                attempts,
+                owner: owner.filter(|_| running),
+                summary: None,
+                differences: Vec::new(),
+                reason: None,
+            });
+        };
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let differences = r
+            .differences
+            .iter()
+            .map(|d| {
+                let v = serde_json::to_value(d).unwrap_or_default();
+                RehearsalDifference {
+                    kind: text(&v, "kind").unwrap_or_default(),
+                    object: d.object.clone(),
+                    change: text(&v, "change").unwrap_or_default(),
+                    attribute: text(&v, "attribute"),
+                    before: text(&v, "before"),
+                    after: text(&v, "after"),
+                    changed_by: d.changed_by.clone(),
+                    message: d.describe(crate::rehearse::diff::AFTER_DOWN),
+                }
+            })
+            .collect();
+        Some(RehearsalView {
+            status: if r.passed { "passed" } else { "failed" }.into(),
+            attempts,
+            owner: None,
+            summary: Some(r.summary()),
+            differences,
+            reason: r.reason.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -162,7 +260,8 @@ const DETAIL: &str = "(SELECT coalesce(jsonb_agg(jsonb_build_object('name', f->>
        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.bundle->'migrations'->'files') = 'array'
                                       THEN r.bundle->'migrations'->'files' ELSE '[]'::jsonb END)
             WITH ORDINALITY AS x(f, n)),
-    r.checkpoint";
+    r.checkpoint, r.rehearsal_required, r.rehearsal, r.rehearsal_attempts,
+    r.rehearsal_owner, coalesce(r.rehearsal_lease_until > now(), false)";
 
 fn compact(row: &Row) -> RunSummary {
     RunSummary {
@@ -249,6 +348,13 @@ pub async fn load(client: &impl GenericClient, id: &str) -> Result<Option<RunVie
     d.notifications = crate::notify::outbox::for_run(client, id).await?;
     d.escalation = crate::notify::escalation::for_run(client, id).await?;
     d.undos = crate::daemon::undo::store::for_run(client, id).await?;
+    d.rehearsal = RehearsalView::read(
+        row.get(29),
+        row.get(30),
+        row.get(31),
+        row.get(32),
+        row.get(33),
+    );
     Ok(Some(RunView { summary, detail: d }))
 }
 
@@ -286,6 +392,7 @@ fn detail(files: Value, checkpoint: &Value, checks: Vec<Value>) -> RunDetail {
         notifications: Vec::new(),
         escalation: None,
         undos: Vec::new(),
+        rehearsal: None,
     }
 }
 
@@ -347,5 +454,41 @@ mod tests {
         let created = detail(json!([]), &json!({"state": {"state": "created"}}), vec![]);
         assert!(created.applied.is_none() && created.progress.is_none());
         assert_eq!(created.facts, json!({}));
+    }
+
+    #[test]
+    fn a_rehearsal_reads_as_pending_running_passed_or_failed() {
+        assert!(RehearsalView::read(false, None, 0, None, false).is_none());
+        let pending = RehearsalView::read(true, None, 0, None, false).unwrap();
+        assert_eq!((pending.status.as_str(), pending.owner), ("pending", None));
+        // A lease that ran out: to be redone, not running.
+        let lapsed = RehearsalView::read(true, None, 1, Some("d1".into()), false).unwrap();
+        assert_eq!(lapsed.status, "pending");
+        let running = RehearsalView::read(true, None, 1, Some("d1".into()), true).unwrap();
+        assert_eq!(
+            (running.status.as_str(), running.owner.as_deref()),
+            ("running", Some("d1"))
+        );
+        let failed = json!({
+            "passed": false,
+            "differences": [{"kind": "index", "object": "idx_t", "change": "left",
+                             "changed_by": "V2__idx"}],
+            "reason": null, "scratch": "db_rehearsal_0123456789ab", "attempt": 2
+        });
+        let failed = RehearsalView::read(true, Some(failed), 2, None, false).unwrap();
+        assert_eq!(failed.status, "failed");
+        assert_eq!(failed.attempts, 2);
+        let d = &failed.differences[0];
+        assert_eq!((d.kind.as_str(), d.change.as_str()), ("index", "left"));
+        assert_eq!(
+            d.message,
+            "index `idx_t` still exists after V2__idx's down script"
+        );
+        assert!(
+            failed
+                .summary
+                .unwrap()
+                .starts_with("rehearsal failed on a scratch copy: index")
+        );
     }
 }
