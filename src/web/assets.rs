@@ -78,6 +78,25 @@ mod tests {
         assert!(find("../Cargo.toml").is_none());
     }
 
+    /// The run page listens for events by name (EventSource hands a named
+    /// event only to a listener of that name): it must know every kind.
+    #[test]
+    fn web_run_page_listens_to_every_event_kind() {
+        let (run, _) = find("run.js").unwrap();
+        let js = std::str::from_utf8(run.body).unwrap();
+        let list = js
+            .split("const EVENT_NAMES = [")
+            .nth(1)
+            .and_then(|rest| rest.split("];").next())
+            .expect("run.js declares EVENT_NAMES");
+        for name in crate::run::event::samples::all_names() {
+            assert!(
+                list.contains(&format!("\"{name}\"")),
+                "run.js EVENT_NAMES lacks {name}"
+            );
+        }
+    }
+
     /// The page's JS and CSS stay small: under 150 KB gzipped together (the
     /// budget of issue 13), measured with the system's `gzip -9`.
     #[test]
