@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{TestDb, fresh_db, pgshepherd_bin, scratch_dir};
+use super::{TestDb, free_port, fresh_db, pgshepherd_bin, scratch_dir};
 
 /// Plain tokens (the config stores their sha256 for most of them).
 pub const SUBMITTER: &str = "alice-submit-token-0001";
@@ -360,14 +360,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The submission body for the plan at `plan` and its migration directory

@@ -16,13 +16,13 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::cluster;
+use super::{cluster, free_port};
 
 /// How many times a start is tried with a new port (another process may bind
 /// the free port between our probe and PgBouncer's bind).
@@ -194,13 +194,6 @@ fn wait_ready(child: &mut Child, port: u16) -> bool {
         std::thread::sleep(READY_PAUSE);
     }
     false
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("finding a free loopback port")
 }
 
 /// The `postgres` user's uid and gid when running as root (PgBouncer refuses
