@@ -243,12 +243,17 @@ pub fn check_forgery(parts: &Parts, session: &Session) -> Result<(), String> {
     Ok(())
 }
 
-/// A browser's request from another site is refused: `Sec-Fetch-Site` other
-/// than `same-origin` or `none`, or an `Origin` whose host and port are not the
-/// request's `Host`. Requests without either header (curl, the CLI) pass. The
-/// scheme is not compared: behind a proxy that terminates TLS the daemon sees
-/// plain HTTP (the proxy must pass `Host` on: docs/web.md).
+/// A browser's request from another site is refused. Browsers say where a
+/// request comes from in `Sec-Fetch-Site`, which no page can set: when it is
+/// there it decides (`same-origin` or `none` pass). `Origin`, when it names an
+/// origin, must also name the request's `Host`; it may be `null` only when
+/// `Sec-Fetch-Site` vouches for the request (a form posted from a page served
+/// with `Referrer-Policy: no-referrer` carries `Origin: null`). Requests with
+/// neither header (curl, the CLI) pass. The scheme is not compared: behind a
+/// proxy that terminates TLS the daemon sees plain HTTP (the proxy must pass
+/// `Host` on: docs/web.md).
 pub fn same_origin(headers: &HeaderMap) -> Result<(), String> {
+    let mut vouched = false;
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or_default();
         if !matches!(site, "same-origin" | "none") {
@@ -257,11 +262,15 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), String> {
                 printable(site)
             ));
         }
+        vouched = true;
     }
     let Some(origin) = headers.get(ORIGIN) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or_default();
+    if origin == "null" && vouched {
+        return Ok(());
+    }
     let host = headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
@@ -513,5 +522,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(ORIGIN, HeaderValue::from_static("http://a"));
         assert!(same_origin(&h).is_err(), "no Host header: refused");
+        // `Origin: null` passes only when the browser vouches for the request.
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("a"));
+        h.insert(ORIGIN, HeaderValue::from_static("null"));
+        assert!(same_origin(&h).is_err());
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&h).is_ok());
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
+        assert!(same_origin(&h).is_err());
     }
 }
