@@ -490,7 +490,7 @@ async fn a_run_page_charts_each_check_and_follows_new_samples_live() {
         let label = browser
             .find(&format!("figure.chart[data-check='{name}'] text.threshold-label"))
             .await;
-        assert_eq!(label.text().await, format!("max {limit}"));
+        assert_eq!(label.text().await, format!("max {limit}.0"));
     }
     // A new sample arrives through the event stream, without a reload.
     let marker = browser
@@ -658,20 +658,28 @@ async fn plan_names_and_sql_render_as_text_never_as_markup() {
 async fn a_breached_run_shows_its_verdict_marks_and_rollback() {
     let (env, daemon, api) = start().await;
     let work = common::scratch_dir();
-    // While the migration's table exists, a sawtooth 0..6 stepping every
-    // 500 ms: above 5 for two samples in a row once every 3.5 s (before the
-    // change and after the rollback, 0: the confirmation passes). A steady
-    // companion check stays within its threshold.
+    // While the migration's table exists, a wave between 10 and 90 with a
+    // period of about 5 s, above 85 for about 0.8 s of it: two samples in a
+    // row at 250 ms breach on its first crest (before the change and after
+    // the rollback, 0: the baseline is low and the confirmation passes). A
+    // companion check within its threshold has a sample without a value in
+    // every 9 quarter-seconds (never two in a row: not a verdict).
     let checks = format!(
         "{}{}",
         check(
             "queue_depth",
             "SELECT CASE WHEN to_regclass('public.t') IS NULL THEN 0 \
-             ELSE floor(extract(epoch from clock_timestamp()) * 2)::bigint % 7 END",
-            5,
+             ELSE round((50 + 40 * sin(extract(epoch from clock_timestamp()) * 1.2))::numeric, 1) END",
+            85,
             2
         ),
-        check("replication_lag_s", "SELECT 0.4 + random() * 0.3", 2, 3)
+        check(
+            "replication_lag_s",
+            "SELECT CASE WHEN floor(extract(epoch from clock_timestamp()) * 4)::bigint % 9 = 0 \
+             THEN NULL ELSE 0.4 + random() * 0.3 END",
+            2,
+            3
+        )
     );
     let (plan_path, set) = plan(work.path(), "jobs", "10m", "250ms", &checks, true);
     let run = api.submit(SUBMITTER, &plan_path, &set).await;
@@ -684,7 +692,7 @@ async fn a_breached_run_shows_its_verdict_marks_and_rollback() {
     let chart = browser.find("figure.chart.breached[data-check=queue_depth]").await;
     let verdict = browser.find("figure.chart[data-check=queue_depth] .verdict").await;
     let text = verdict.text().await;
-    assert!(text.contains("queue_depth breached max 5 with 6"), "{text}");
+    assert!(text.contains("queue_depth breached max 85.0 with"), "{text}");
     assert!(text.contains("2 in a row, consecutive 2"), "{text}");
     let marks = browser
         .find_all("figure.chart[data-check=queue_depth] path.breach.mark")
@@ -694,6 +702,7 @@ async fn a_breached_run_shows_its_verdict_marks_and_rollback() {
     assert!(browser.find_all("figure.chart.breached[data-check=replication_lag_s]").await.is_empty());
     browser.find("#timeline li[data-step=soak][data-state=failed]").await;
     browser.find("#timeline li[data-step=rollback][data-state=done]").await;
+    browser.find("#timeline li[data-step=confirm][data-state=done]").await;
     browser.find("#timeline li[data-step=outcome][data-state=rolled_back]").await;
     // The verified backup.
     let backup = browser.find("#backup").await.text().await;

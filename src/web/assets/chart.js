@@ -24,6 +24,13 @@ const PGChart = (() => {
     return m + ":" + String(s % 60).padStart(2, "0");
   }
 
+  function niceStep(raw) {
+    if (!(raw > 0) || !isFinite(raw)) return 1;
+    const power = Math.pow(10, Math.floor(Math.log10(raw)));
+    const f = raw / power;
+    return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * power;
+  }
+
   function legendItem(cls, label) {
     const icon = svg("svg", { width: 22, height: 12, viewBox: "0 0 22 12", "aria-hidden": "true" });
     if (cls === "breach") icon.appendChild(svg("path", { class: "breach", d: "M11 1 L16 11 L6 11 Z" }));
@@ -46,6 +53,9 @@ const PGChart = (() => {
       this.lastSeq = 0;
       this.through = info.through || 0;
       this.pending = false;
+      // While the soak runs the time axis is the planned soak, so the chart
+      // shows how far it has got; once it is over, the time it actually ran.
+      this.ended = false;
 
       this.title = el("h3", {}, info.check);
       this.sourceEl = el("p", { class: "source" });
@@ -96,6 +106,12 @@ const PGChart = (() => {
       this.schedule();
     }
 
+    setEnded(ended) {
+      if (this.ended === ended) return;
+      this.ended = ended;
+      this.schedule();
+    }
+
     setVerdict(message, decision) {
       if (!message) return;
       fill(this.verdictEl, el("strong", {}, "Verdict: "), message, decision ? " → " + decision.replace(/_/g, " ") : "");
@@ -124,20 +140,23 @@ const PGChart = (() => {
         lo -= d;
         hi += d;
       }
-      const pad = (hi - lo) * 0.08;
-      lo -= pad;
-      hi += pad;
-      const tEnd = Math.max(this.duration || 0, pts.length ? pts[pts.length - 1].t : 0, 1);
+      // Round ticks (1, 2 or 5 times a power of ten) that enclose everything.
+      const step = niceStep((hi - lo) / 4);
+      lo = Math.floor(lo / step) * step;
+      hi = Math.ceil(hi / step) * step;
+      if (hi - lo < step * 2) hi = lo + step * 2;
+      const lastT = pts.length ? pts[pts.length - 1].t : 0;
+      const tEnd = Math.max(this.ended ? lastT : this.duration || 0, lastT, 1);
       const x = (t) => M.left + (t / tEnd) * (W - M.left - M.right);
       const y = (v) => M.top + (1 - (v - lo) / (hi - lo)) * (H - M.top - M.bottom);
       const bottom = H - M.bottom;
 
       const g = [];
       // Axes and grid.
-      for (let i = 0; i <= 4; i++) {
-        const v = lo + ((hi - lo) * i) / 4;
+      for (let i = 0; lo + i * step <= hi + step / 2; i++) {
+        const v = lo + i * step;
         g.push(svg("line", { class: "grid", x1: M.left, x2: W - M.right, y1: y(v), y2: y(v) }));
-        g.push(svg("text", { class: "tick", x: M.left - 6, y: y(v) + 4, "text-anchor": "end" }, num(v)));
+        g.push(svg("text", { class: "tick", x: M.left - 6, y: y(v) + 4, "text-anchor": "end" }, num(Number(v.toPrecision(12)))));
       }
       for (const t of [0, tEnd / 2, tEnd]) {
         g.push(svg("text", { class: "tick", x: x(t), y: H - 10, "text-anchor": t === 0 ? "start" : t === tEnd ? "end" : "middle" }, mmss(t)));
@@ -149,11 +168,11 @@ const PGChart = (() => {
       for (const b of this.bounds || []) {
         if (!isFinite(b.limit)) continue;
         g.push(svg("line", { class: "threshold", "data-limit": b.limit, "data-rule": b.rule, x1: M.left, x2: W - M.right, y1: y(b.limit), y2: y(b.limit) }));
-        g.push(svg("text", { class: "label threshold-label", x: W - M.right - 4, y: y(b.limit) - 4, "text-anchor": "end" }, b.text));
+        g.push(svg("text", { class: "label threshold-label", x: M.left + 4, y: y(b.limit) - 4 }, b.text));
       }
       if (this.baseline !== null && this.baseline !== undefined && isFinite(this.baseline)) {
         g.push(svg("line", { class: "baseline", x1: M.left, x2: W - M.right, y1: y(this.baseline), y2: y(this.baseline) }));
-        g.push(svg("text", { class: "label baseline-label", x: M.left + 4, y: y(this.baseline) - 4 }, "baseline " + num(this.baseline)));
+        g.push(svg("text", { class: "label baseline-label", x: W - M.right - 4, y: y(this.baseline) - 4, "text-anchor": "end" }, "baseline " + num(this.baseline)));
       }
 
       // The value: one line, broken where a sample had none.

@@ -56,17 +56,20 @@
   const logEl = el("ol", { class: "log", id: "log" });
   const liveEl = el("span", { class: "live muted", id: "live", role: "status" });
 
+  // What the on-call looks at first comes first: the run, what can be done
+  // about it, the checks; then how it got here.
   fill(root,
     headEl,
     el("section", { "aria-label": "Actions" }, actionsEl, actionResult),
-    el("section", { "aria-labelledby": "h-timeline" }, el("h2", { id: "h-timeline" }, "Lifecycle"), timelineEl),
     el("section", { "aria-labelledby": "h-checks" }, el("h2", { id: "h-checks" }, "Soak checks ", liveEl), noCharts, chartsEl),
     el("div", { class: "two" },
-      el("section", { "aria-labelledby": "h-backup" }, el("h2", { id: "h-backup" }, "Backup"), backupEl),
-      el("section", { "aria-labelledby": "h-notify" }, el("h2", { id: "h-notify" }, "Notifications and escalation"), notifyEl)),
-    el("section", { "aria-labelledby": "h-runbook" }, el("h2", { id: "h-runbook" }, "Runbook"),
-      el("p", {}, el("a", { href: "/runs/" + id + "/runbook", id: "runbook-link" }, "The runbook of this run"),
-        ": what changes, how to tell it is unhealthy, how to undo it by hand, who gets paged.")),
+      el("section", { "aria-labelledby": "h-timeline" }, el("h2", { id: "h-timeline" }, "Lifecycle"), timelineEl),
+      el("div", {},
+        el("section", { "aria-labelledby": "h-backup" }, el("h2", { id: "h-backup" }, "Backup"), backupEl),
+        el("section", { "aria-labelledby": "h-notify" }, el("h2", { id: "h-notify" }, "Notifications and escalation"), notifyEl),
+        el("section", { "aria-labelledby": "h-runbook" }, el("h2", { id: "h-runbook" }, "Runbook"),
+          el("p", {}, el("a", { href: "/runs/" + id + "/runbook", id: "runbook-link" }, "The runbook of this run"),
+            ": what changes, how to tell it is unhealthy, how to undo it by hand, who gets paged.")))),
     el("section", { "aria-labelledby": "h-log" }, el("h2", { id: "h-log" }, "Events"), logEl));
 
   let view = null;
@@ -93,7 +96,7 @@
   }
 
   function row(label, ...value) {
-    return [el("dt", {}, label), el("dd", {}, ...value)];
+    return el("div", {}, el("dt", {}, label), el("dd", {}, ...value));
   }
 
   function renderHead() {
@@ -123,8 +126,17 @@
 
   // ---- actions --------------------------------------------------------------
 
-  function renderActions() {
+  // Re-rendered only when what decides them changes, and never under an open
+  // confirmation (a live update must not pull a button from under a click).
+  let actionsKey = null;
+  let confirming = false;
+
+  function renderActions(force) {
     const v = view;
+    const key = JSON.stringify([v.phase, v.acked_by, v.submitted_by, !!v.started_at]);
+    if (!force && (confirming || key === actionsKey)) return;
+    actionsKey = key;
+    confirming = false;
     const items = [];
     const mine = v.submitted_by === me.user;
     if (v.phase === "pending_approval") {
@@ -153,20 +165,31 @@
           : "Before the change it stops; during the change or the soak, the plan's rollback runs."),
       el("button", { type: "button", id: "abort-confirm", class: "danger", onclick: () => act("abort", "Abort requested.") }, "Yes, abort the run"),
       " ",
-      el("button", { type: "button", id: "abort-cancel", onclick: () => { renderActions(); document.getElementById("abort")?.focus(); } }, "Keep it running"));
+      el("button", { type: "button", id: "abort-cancel", onclick: () => { renderActions(true); document.getElementById("abort")?.focus(); } }, "Keep it running"));
+    confirming = true;
     fill(actionsEl, dialog);
     document.getElementById("abort-cancel").focus();
   }
 
   async function act(action, done) {
     for (const b of actionsEl.querySelectorAll("button")) b.disabled = true;
+    let outcome;
     try {
+      // The answer is the run's view as the action left it.
       view = await api("POST", "/v1/runs/" + id + "/" + action);
-      say(done, "ok");
+      outcome = [done, "ok"];
     } catch (e) {
-      say(action + " refused (" + e.status + "): " + e.message, "error");
+      outcome = [action + " refused (" + e.status + "): " + e.message, "error"];
+      try {
+        view = await api("GET", "/v1/runs/" + id);
+      } catch (_) {
+        // Keep the view we had.
+      }
     }
-    await loadView().catch(showError);
+    renderHead();
+    renderActions(true);
+    renderNotifications();
+    say(...outcome);
   }
 
   function say(text, kind) {
@@ -185,6 +208,12 @@
       if (!byStep.has(e.step)) byStep.set(e.step, []);
       byStep.get(e.step).push(e);
     }
+    // A healthy confirmation writes only samples, which the log leaves out:
+    // it ran from the end of the rollback to the end of the run.
+    const rolledBack = events.find((e) => e.event === "rollback_finished");
+    if (rolledBack && !byStep.has("confirm") && (finished || (view && view.step === "confirm"))) {
+      byStep.set("confirm", [rolledBack, finished].filter(Boolean).map((e) => ({ ts: e.ts, event: "confirm", step: "confirm" })));
+    }
     const reached = STAGES.map((s) => byStep.has(s.step));
     const lastReached = reached.lastIndexOf(true);
     const items = [];
@@ -194,6 +223,7 @@
       let state;
       if (!evs.length) state = finished ? "skipped" : "pending";
       else if (evs.some((e) => FAILURES.has(e.event) || (e.event === "soak_finished" && !e.passed) || e.event === "check_verdict")) state = "failed";
+      else if (s.step === "confirm" && finished && finished.outcome !== "rolled_back") state = "failed";
       else if (i < lastReached || finished) state = "done";
       else state = "running";
       const first = evs[0];
@@ -265,15 +295,15 @@
     }
     const rows = [];
     if (written) {
-      rows.push(...row("File", el("code", {}, written.path)));
-      rows.push(...row("Size", bytes(written.size_bytes)));
-      rows.push(...row("sha256", el("code", { class: "hash" }, written.sha256)));
+      rows.push(row("File", el("code", {}, written.path)));
+      rows.push(row("Size", bytes(written.size_bytes)));
+      rows.push(row("sha256", el("code", { class: "hash" }, written.sha256)));
     }
-    rows.push(...row("Verified", verified
+    rows.push(row("Verified", verified
       ? [badge("verified", "ok"), " read back in full, " + verified.tables + " tables, " + duration(verified.duration_ms)]
       : failed ? [badge("failed"), " ", failed.reason] : [badge("pending"), " not yet"]));
-    if (restored) rows.push(...row("Restored", timeEl(restored.ts), " · " + duration(restored.duration_ms)));
-    fill(backupEl, el("dl", { class: "facts" }, rows));
+    if (restored) rows.push(row("Restored", timeEl(restored.ts), " · " + duration(restored.duration_ms)));
+    fill(backupEl, el("dl", { class: "facts narrow" }, rows));
   }
 
   // ---- notifications and escalation ----------------------------------------
@@ -375,6 +405,15 @@
     return events.find((e) => e.event === "soak_started" && e.step === "soak");
   }
 
+  function soakOver() {
+    return events.some((e) => (e.event === "soak_finished" && e.step === "soak") || e.event === "rollback_started" || e.event === "run_finished");
+  }
+
+  function markSoakOver() {
+    const over = soakOver();
+    for (const c of charts.values()) c.setEnded(over);
+  }
+
   function chartFor(name, info) {
     let c = charts.get(name);
     if (!c) {
@@ -383,6 +422,7 @@
         check: name, source: plan.source, baseline: plan.baseline, consecutive: plan.consecutive,
         soak_duration_s: soakStarted()?.duration_s, points: [], samples: 0, through: 0,
       }, info || {}));
+      c.setEnded(soakOver());
       charts.set(name, c);
       chartsEl.appendChild(c.root);
       noCharts.hidden = true;
@@ -419,6 +459,7 @@
     if (e.event === "check_verdict" && e.step === "soak") chartFor(e.check).setVerdict(e.message, e.decision);
     renderTimeline();
     renderBackup();
+    markSoakOver();
     refreshViewSoon();
     if (e.event === "run_finished") stopLive("finished");
   }
