@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use common::browser::Browser;
 use common::daemon::{
-    ADMIN, APPROVER, Api, Daemon, Env, ONE_TABLE, READER, SUBMITTER, plan_dir,
+    ADMIN, APPROVER, Api, Daemon, Env, ONE_TABLE, READER, SUBMITTER, SUBMITTER2, plan_dir,
 };
 
 const SETTINGS: &str = "lease_timeout: 5s\npoll_interval: 200ms";
@@ -26,13 +26,35 @@ const SETTINGS: &str = "lease_timeout: 5s\npoll_interval: 200ms";
 /// A plan on `target` creating table `t`, without a backup unless `backup`,
 /// soaking `soak` every `interval` with the checks `checks` (YAML list items,
 /// indented for `soak.checks`), rolled back by its down script.
-fn plan(dir: &Path, target: &str, soak: &str, interval: &str, checks: &str, backup: bool) -> (PathBuf, PathBuf) {
-    let backup = if backup { "" } else { "backup:\n  enabled: false\n" };
+fn plan(
+    dir: &Path,
+    target: &str,
+    soak: &str,
+    interval: &str,
+    checks: &str,
+    backup: bool,
+) -> (PathBuf, PathBuf) {
+    let backup = if backup {
+        ""
+    } else {
+        "backup:\n  enabled: false\n"
+    };
     let tail = format!(
         "{backup}soak:\n  duration: {soak}\n  interval: {interval}\n  baseline_samples: 1\n  checks:\n{checks}\
          rollback:\n  strategy: down\n  confirm: 500ms\n"
     );
     plan_dir(dir, target, ONE_TABLE, &tail)
+}
+
+/// Give the plan at `path` the name `name`.
+fn named(path: PathBuf, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("name: daemon-test", &format!("name: {name}"), 1),
+    )
+    .unwrap();
+    path
 }
 
 /// One SQL check, as a `soak.checks` item.
@@ -45,7 +67,14 @@ fn check(name: &str, sql: &str, max: u32, consecutive: u32) -> String {
 /// A plan that waits for approval (targets named `guarded*` require it) and
 /// never gets further in these tests unless approved.
 fn pending_plan(dir: &Path) -> (PathBuf, PathBuf) {
-    plan(dir, "guarded", "1s", "250ms", &check("one", "SELECT 1", 1, 1), false)
+    plan(
+        dir,
+        "guarded",
+        "1s",
+        "250ms",
+        &check("one", "SELECT 1", 1, 1),
+        false,
+    )
 }
 
 async fn start() -> (Env, Daemon, Api) {
@@ -166,10 +195,12 @@ async fn sign_in_sessions_csrf_and_headers_over_http() {
     assert_eq!(header(&r, "location"), "/");
     let set = header(&r, "set-cookie");
     let (id, attributes) = set.split_once(';').unwrap();
-    assert!(id.starts_with("pgshepherd_session=") && id.len() == 19 + 43, "{set}");
+    assert!(
+        id.starts_with("pgshepherd_session=") && id.len() == 19 + 43,
+        "{set}"
+    );
     assert_eq!(
-        attributes,
-        " HttpOnly; SameSite=Strict; Path=/; Max-Age=43200",
+        attributes, " HttpOnly; SameSite=Strict; Path=/; Max-Age=43200",
         "{set}"
     );
 
@@ -206,7 +237,10 @@ async fn sign_in_sessions_csrf_and_headers_over_http() {
     let r = post(vec![]).await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("x-csrf-token"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("x-csrf-token"),
+        "{body}"
+    );
     let r = post(vec![("x-csrf-token", "forged".into())]).await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = post(vec![
@@ -255,7 +289,10 @@ async fn sign_in_sessions_csrf_and_headers_over_http() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(header(&r, "cache-control"), "public, max-age=31536000, immutable");
+    assert_eq!(
+        header(&r, "cache-control"),
+        "public, max-age=31536000, immutable"
+    );
     assert_eq!(header(&r, "etag"), format!("\"{css}\""));
     assert!(header(&r, "content-type").starts_with("text/css"));
     let r = http()
@@ -266,7 +303,11 @@ async fn sign_in_sessions_csrf_and_headers_over_http() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(header(&r, "cache-control"), "no-cache");
-    let r = http().get(format!("{base}/assets/nope.js")).send().await.unwrap();
+    let r = http()
+        .get(format!("{base}/assets/nope.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // Signing out ends the session for good.
@@ -288,7 +329,10 @@ async fn sign_in_sessions_csrf_and_headers_over_http() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("sign in again"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("sign in again"),
+        "{body}"
+    );
 
     // The audit trail: sign-ins and the approval by their actor, the failed
     // sign-in counted anonymously; no token and no session id anywhere.
@@ -300,13 +344,31 @@ async fn sign_in_sessions_csrf_and_headers_over_http() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert!(audit.contains(&("anonymous".into(), "signin".into(), 401)), "{audit:?}");
-    assert!(audit.contains(&("dave".into(), "signin".into(), 303)), "{audit:?}");
-    assert!(audit.contains(&("bob".into(), "approve".into(), 200)), "{audit:?}");
-    assert!(audit.contains(&("bob".into(), "approve".into(), 403)), "{audit:?}");
-    assert!(audit.contains(&("dave".into(), "signout".into(), 303)), "{audit:?}");
+    assert!(
+        audit.contains(&("anonymous".into(), "signin".into(), 401)),
+        "{audit:?}"
+    );
+    assert!(
+        audit.contains(&("dave".into(), "signin".into(), 303)),
+        "{audit:?}"
+    );
+    assert!(
+        audit.contains(&("bob".into(), "approve".into(), 200)),
+        "{audit:?}"
+    );
+    assert!(
+        audit.contains(&("bob".into(), "approve".into(), 403)),
+        "{audit:?}"
+    );
+    assert!(
+        audit.contains(&("dave".into(), "signout".into(), 303)),
+        "{audit:?}"
+    );
     let dump: String = client
-        .query_one("SELECT coalesce(string_agg(a::text, ' '), '') FROM audit a", &[])
+        .query_one(
+            "SELECT coalesce(string_agg(a::text, ' '), '') FROM audit a",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -317,7 +379,10 @@ async fn sign_in_sessions_csrf_and_headers_over_http() {
     }
     for cookie in [&reader.cookie, &bob.cookie] {
         let id = cookie.split_once('=').unwrap().1;
-        assert!(!dump.contains(id) && !log.contains(id), "a session id was written");
+        assert!(
+            !dump.contains(id) && !log.contains(id),
+            "a session id was written"
+        );
     }
 }
 
@@ -336,7 +401,10 @@ async fn the_series_route_serves_a_soaking_check_with_its_thresholds() {
     let run = api.submit(SUBMITTER, &plan_path, &set).await;
     env.wait_finished(&run, common::PATIENCE).await;
     let (status, series) = api
-        .get(READER, &format!("/v1/runs/{run}/checks/steady/series?points=4"))
+        .get(
+            READER,
+            &format!("/v1/runs/{run}/checks/steady/series?points=4"),
+        )
         .await;
     assert_eq!(status, 200, "{series}");
     assert_eq!(series["check"], "steady");
@@ -348,7 +416,11 @@ async fn the_series_route_serves_a_soaking_check_with_its_thresholds() {
     let points = series["points"].as_array().unwrap();
     assert!(samples > 4, "{series}");
     assert!(!points.is_empty() && points.len() <= 4, "{series}");
-    assert!(points.iter().all(|p| p["kind"] == "ok" && p["value"] == 3.0));
+    assert!(
+        points
+            .iter()
+            .all(|p| p["kind"] == "ok" && p["value"] == 3.0)
+    );
     assert!(series["through"].as_i64().unwrap() >= points.last().unwrap()["seq"].as_i64().unwrap());
 
     let (status, _) = api
@@ -356,12 +428,18 @@ async fn the_series_route_serves_a_soaking_check_with_its_thresholds() {
         .await;
     assert_eq!(status, 404);
     let (status, _) = api
-        .get(READER, &format!("/v1/runs/{run}/checks/steady/series?points=1"))
+        .get(
+            READER,
+            &format!("/v1/runs/{run}/checks/steady/series?points=1"),
+        )
         .await;
     assert_eq!(status, 400);
     // Events without the samples: what the page's log reads.
     let (_, events) = api
-        .get(READER, &format!("/v1/runs/{run}/events?exclude=check_sample"))
+        .get(
+            READER,
+            &format!("/v1/runs/{run}/events?exclude=check_sample"),
+        )
         .await;
     let names: Vec<&str> = events
         .as_array()
@@ -369,9 +447,14 @@ async fn the_series_route_serves_a_soaking_check_with_its_thresholds() {
         .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"soak_finished") && !names.contains(&"check_sample"), "{names:?}");
+    assert!(
+        names.contains(&"soak_finished") && !names.contains(&"check_sample"),
+        "{names:?}"
+    );
     let (_, view) = api.get(READER, &format!("/v1/runs/{run}")).await;
-    let last = events.as_array().unwrap().last().unwrap()["seq"].as_i64().unwrap();
+    let last = events.as_array().unwrap().last().unwrap()["seq"]
+        .as_i64()
+        .unwrap();
     assert_eq!(view["last_seq"].as_i64().unwrap(), last);
 }
 
@@ -381,7 +464,11 @@ async fn the_series_route_serves_a_soaking_check_with_its_thresholds() {
 async fn sign_in(browser: &Browser, base: &str, token: &str) {
     browser.goto(&format!("{base}/signin")).await;
     browser.find("#token").await.send_keys(token).await;
-    browser.find("form.card button[type=submit]").await.click().await;
+    browser
+        .find("form.card button[type=submit]")
+        .await
+        .click()
+        .await;
     browser.find("body[data-page=runs] #runs-table").await;
 }
 
@@ -417,18 +504,45 @@ async fn a_reader_signs_in_and_sees_the_runs_and_a_wrong_token_is_refused() {
     // Sent to the sign-in form.
     browser.find("body[data-page=signin] #token").await;
     assert!(browser.url().await.contains("/signin?next=%2F"));
-    browser.find("#token").await.send_keys("wrong-token-0000000").await;
-    browser.find("form.card button[type=submit]").await.click().await;
+    browser
+        .find("#token")
+        .await
+        .send_keys("wrong-token-0000000")
+        .await;
+    browser
+        .find("form.card button[type=submit]")
+        .await
+        .click()
+        .await;
     let error = browser.find("#signin-error").await;
     assert_eq!(error.text().await, "That token is not valid.");
-    assert!(browser.cookies().await.iter().all(|c| c["name"] != "pgshepherd_session"));
+    assert!(
+        browser
+            .cookies()
+            .await
+            .iter()
+            .all(|c| c["name"] != "pgshepherd_session")
+    );
 
     sign_in(&browser, &daemon.url, READER).await;
     let row = browser.find(&format!("tr[data-run='{run}']")).await;
     let text = row.text().await;
-    assert!(text.contains("daemon-test") && text.contains("guarded"), "{text}");
-    assert!(text.contains("pending approval") && text.contains("alice"), "{text}");
-    assert!(browser.find("header .who").await.text().await.contains("dave"));
+    assert!(
+        text.contains("daemon-test") && text.contains("guarded"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pending approval") && text.contains("alice"),
+        "{text}"
+    );
+    assert!(
+        browser
+            .find("header .who")
+            .await
+            .text()
+            .await
+            .contains("dave")
+    );
     let cookie = browser
         .cookies()
         .await
@@ -437,7 +551,10 @@ async fn a_reader_signs_in_and_sees_the_runs_and_a_wrong_token_is_refused() {
         .expect("the session cookie");
     assert_eq!(cookie["httpOnly"], json!(true));
     assert_eq!(cookie["sameSite"], json!("Strict"));
-    assert_eq!(browser.execute("return document.cookie", json!([])).await, json!(""));
+    assert_eq!(
+        browser.execute("return document.cookie", json!([])).await,
+        json!("")
+    );
 
     // Filtering by phase keeps it in the address.
     browser
@@ -451,17 +568,6 @@ async fn a_reader_signs_in_and_sees_the_runs_and_a_wrong_token_is_refused() {
     assert!(browser.url().await.ends_with("/?phase=finished"));
     browser.goto(&format!("{}/?phase=open", daemon.url)).await;
     browser.find(&format!("tr[data-run='{run}']")).await;
-    // Two more runs so the screenshot shows a list.
-    for _ in 0..2 {
-        let dir = common::scratch_dir();
-        let (p, s) = pending_plan(dir.path());
-        api.submit(ADMIN, &p, &s).await;
-    }
-    browser.goto(&format!("{}/", daemon.url)).await;
-    browser
-        .wait_for("three runs listed", "return document.querySelectorAll('#runs-table tbody tr').length >= 3")
-        .await;
-    publish(&browser.screenshot("runs-list").await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -475,7 +581,8 @@ async fn a_run_page_charts_each_check_and_follows_new_samples_live() {
     );
     let (plan_path, set) = plan(work.path(), "jobs", "10m", "250ms", &checks, false);
     let run = api.submit(SUBMITTER, &plan_path, &set).await;
-    env.wait_for_event(&run, "check_sample", common::PATIENCE).await;
+    env.wait_for_event(&run, "check_sample", common::PATIENCE)
+        .await;
 
     let browser = Browser::start().await;
     sign_in(&browser, &daemon.url, READER).await;
@@ -484,11 +591,15 @@ async fn a_run_page_charts_each_check_and_follows_new_samples_live() {
     assert_eq!(charts.len(), 2);
     for (name, limit) in [("latency_ms", "100"), ("errors", "5")] {
         let line = browser
-            .find(&format!("figure.chart[data-check='{name}'] svg line.threshold"))
+            .find(&format!(
+                "figure.chart[data-check='{name}'] svg line.threshold"
+            ))
             .await;
         assert_eq!(line.attribute("data-limit").await.as_deref(), Some(limit));
         let label = browser
-            .find(&format!("figure.chart[data-check='{name}'] text.threshold-label"))
+            .find(&format!(
+                "figure.chart[data-check='{name}'] text.threshold-label"
+            ))
             .await;
         assert_eq!(label.text().await, format!("max {limit}.0"));
     }
@@ -504,13 +615,24 @@ async fn a_run_page_charts_each_check_and_follows_new_samples_live() {
             &format!("return Number(document.querySelector(\"figure.chart[data-check='errors']\").dataset.samples) > {marker}"),
         )
         .await;
-    assert_eq!(browser.execute("return window.__notReloaded === true", json!([])).await, json!(true));
+    assert_eq!(
+        browser
+            .execute("return window.__notReloaded === true", json!([]))
+            .await,
+        json!(true)
+    );
     assert_eq!(browser.find("#live").await.text().await, "● live");
     // The lifecycle so far: the soak running after a migration.
     let soak = browser.find("#timeline li[data-step=soak]").await;
-    assert_eq!(soak.attribute("data-state").await.as_deref(), Some("running"));
+    assert_eq!(
+        soak.attribute("data-state").await.as_deref(),
+        Some("running")
+    );
     let migrate = browser.find("#timeline li[data-step=migrate]").await;
-    assert_eq!(migrate.attribute("data-state").await.as_deref(), Some("done"));
+    assert_eq!(
+        migrate.attribute("data-state").await.as_deref(),
+        Some("done")
+    );
     assert!(migrate.text().await.contains("applied V1"));
     browser.find("#runbook-link").await;
     browser.find_text("#log li", "soak 10m").await;
@@ -535,11 +657,18 @@ async fn roles_and_four_eyes_decide_on_the_page_as_in_the_api() {
     let forge = |csrf: &str| {
         format!(
             "return fetch('/v1/runs/{run}/approve', {{method: 'POST', credentials: 'same-origin', headers: {}}}).then(r => r.status)",
-            if csrf.is_empty() { "{}".to_string() } else { format!("{{'X-CSRF-Token': '{csrf}'}}") }
+            if csrf.is_empty() {
+                "{}".to_string()
+            } else {
+                format!("{{'X-CSRF-Token': '{csrf}'}}")
+            }
         )
     };
     assert_eq!(browser.execute(&forge(""), json!([])).await, json!(403));
-    assert_eq!(browser.execute(&forge("forged"), json!([])).await, json!(403));
+    assert_eq!(
+        browser.execute(&forge("forged"), json!([])).await,
+        json!(403)
+    );
     // With the page's own token the API still refuses a reader.
     let own = "document.querySelector('meta[name=csrf-token]').content";
     let with_own = format!(
@@ -547,7 +676,11 @@ async fn roles_and_four_eyes_decide_on_the_page_as_in_the_api() {
     );
     assert_eq!(browser.execute(&with_own, json!([])).await, json!(403));
     // And a plain POST with neither cookie nor token.
-    let plain = http().post(format!("{base}/v1/runs/{run}/approve")).send().await.unwrap();
+    let plain = http()
+        .post(format!("{base}/v1/runs/{run}/approve"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
     sign_out(&browser).await;
 
@@ -566,8 +699,10 @@ async fn roles_and_four_eyes_decide_on_the_page_as_in_the_api() {
     open_run(&browser, &base, &run).await;
     browser.find("#approve").await.click().await;
     browser.find_text("#action-result", "Approved.").await;
-    env.wait_for_event(&run, "run_approved", common::PATIENCE).await;
-    env.wait_for_event(&run, "run_started", common::PATIENCE).await;
+    env.wait_for_event(&run, "run_approved", common::PATIENCE)
+        .await;
+    env.wait_for_event(&run, "run_started", common::PATIENCE)
+        .await;
     // The page follows it without a reload.
     browser
         .wait_for(
@@ -600,11 +735,15 @@ async fn abort_with_a_confirmation_and_acknowledge_from_the_page() {
     browser.find("#abort-cancel").await.click().await;
     browser.find("#abort").await.click().await;
     browser.find("#abort-confirm").await.click().await;
-    browser.find_text("#action-result", "Abort requested.").await;
+    browser
+        .find_text("#action-result", "Abort requested.")
+        .await;
     let row = env.wait_finished(&run, common::PATIENCE).await;
     assert_eq!(row["outcome"], "stopped");
     assert_eq!(row["abort_requested_by"], "bob");
-    browser.find_text("#run-title + .status-line", "stopped").await;
+    browser
+        .find_text("#run-title + .status-line", "stopped")
+        .await;
     browser
         .find("#timeline li[data-step=outcome][data-state=stopped]")
         .await;
@@ -616,15 +755,26 @@ async fn plan_names_and_sql_render_as_text_never_as_markup() {
     let (env, daemon, api) = start().await;
     let work = common::scratch_dir();
     let sql = "SELECT length('<script>window.__pwned = 1</script>') * 0";
-    let (plan_path, set) = plan(work.path(), "jobs", "10m", "250ms", &check("tags", sql, 1, 1), false);
+    let (plan_path, set) = plan(
+        work.path(),
+        "jobs",
+        "10m",
+        "250ms",
+        &check("tags", sql, 1, 1),
+        false,
+    );
     let run = api.submit(SUBMITTER, &plan_path, &set).await;
-    env.wait_for_event(&run, "check_sample", common::PATIENCE).await;
+    env.wait_for_event(&run, "check_sample", common::PATIENCE)
+        .await;
     // Plan names are validated on submit; the page must not rely on it.
     let evil = "<img src=x onerror=alert(1)>";
     env.state
         .client()
         .await
-        .execute("UPDATE runs SET plan_name = $1 WHERE id = $2", &[&evil, &run])
+        .execute(
+            "UPDATE runs SET plan_name = $1 WHERE id = $2",
+            &[&evil, &run],
+        )
         .await
         .unwrap();
 
@@ -633,13 +783,23 @@ async fn plan_names_and_sql_render_as_text_never_as_markup() {
     let cell = browser.find(&format!("tr[data-run='{run}'] td.plan")).await;
     assert_eq!(cell.text().await, evil);
     open_run(&browser, &daemon.url, &run).await;
-    assert_eq!(browser.find("#run-title .plan-name").await.text().await, evil);
+    assert_eq!(
+        browser.find("#run-title .plan-name").await.text().await,
+        evil
+    );
     let source = browser.find("figure.chart[data-check=tags] .source").await;
     assert_eq!(source.text().await, format!("sql: {sql}"));
-    browser.goto(&format!("{}/runs/{run}/runbook", daemon.url)).await;
-    browser.find_text("article.runbook", "<script>window.__pwned").await;
+    browser
+        .goto(&format!("{}/runs/{run}/runbook", daemon.url))
+        .await;
+    browser
+        .find_text("article.runbook", "<script>window.__pwned")
+        .await;
 
-    for page in [format!("{}/", daemon.url), format!("{}/runs/{run}", daemon.url)] {
+    for page in [
+        format!("{}/", daemon.url),
+        format!("{}/runs/{run}", daemon.url),
+    ] {
         browser.goto(&page).await;
         browser.find_text("body", evil).await;
         // No dialog opened, no element injected, no script ran.
@@ -682,6 +842,7 @@ async fn a_breached_run_shows_its_verdict_marks_and_rollback() {
         )
     );
     let (plan_path, set) = plan(work.path(), "jobs", "10m", "250ms", &checks, true);
+    let plan_path = named(plan_path, "jobs-partition-by-day");
     let run = api.submit(SUBMITTER, &plan_path, &set).await;
     let row = env.wait_finished(&run, common::PATIENCE).await;
     assert_eq!(row["outcome"], "rolled_back", "{row}");
@@ -689,25 +850,92 @@ async fn a_breached_run_shows_its_verdict_marks_and_rollback() {
     let browser = Browser::start().await;
     sign_in(&browser, &daemon.url, READER).await;
     open_run(&browser, &daemon.url, &run).await;
-    let chart = browser.find("figure.chart.breached[data-check=queue_depth]").await;
-    let verdict = browser.find("figure.chart[data-check=queue_depth] .verdict").await;
+    let chart = browser
+        .find("figure.chart.breached[data-check=queue_depth]")
+        .await;
+    let verdict = browser
+        .find("figure.chart[data-check=queue_depth] .verdict")
+        .await;
     let text = verdict.text().await;
-    assert!(text.contains("queue_depth breached max 85.0 with"), "{text}");
+    assert!(
+        text.contains("queue_depth breached max 85.0 with"),
+        "{text}"
+    );
     assert!(text.contains("2 in a row, consecutive 2"), "{text}");
     let marks = browser
         .find_all("figure.chart[data-check=queue_depth] path.breach.mark")
         .await;
     assert!(marks.len() >= 2, "{} breach marks", marks.len());
     assert!(chart.text().await.contains("verdict at 2"));
-    assert!(browser.find_all("figure.chart.breached[data-check=replication_lag_s]").await.is_empty());
-    browser.find("#timeline li[data-step=soak][data-state=failed]").await;
-    browser.find("#timeline li[data-step=rollback][data-state=done]").await;
-    browser.find("#timeline li[data-step=confirm][data-state=done]").await;
-    browser.find("#timeline li[data-step=outcome][data-state=rolled_back]").await;
+    assert!(
+        browser
+            .find_all("figure.chart.breached[data-check=replication_lag_s]")
+            .await
+            .is_empty()
+    );
+    browser
+        .find("#timeline li[data-step=soak][data-state=failed]")
+        .await;
+    browser
+        .find("#timeline li[data-step=rollback][data-state=done]")
+        .await;
+    browser
+        .find("#timeline li[data-step=confirm][data-state=done]")
+        .await;
+    browser
+        .find("#timeline li[data-step=outcome][data-state=rolled_back]")
+        .await;
     // The verified backup.
     let backup = browser.find("#backup").await.text().await;
-    assert!(backup.contains("sha256") && backup.contains("verified"), "{backup}");
-    let written = env.wait_for_event(&run, "backup_written", common::PATIENCE).await;
-    assert!(backup.contains(written["sha256"].as_str().unwrap()), "{backup}");
+    assert!(
+        backup.contains("sha256") && backup.contains("verified"),
+        "{backup}"
+    );
+    let written = env
+        .wait_for_event(&run, "backup_written", common::PATIENCE)
+        .await;
+    assert!(
+        backup.contains(written["sha256"].as_str().unwrap()),
+        "{backup}"
+    );
     publish(&browser.screenshot("breached-run").await);
+
+    // The runs list with a run in each state, for its screenshot.
+    let dir = common::scratch_dir();
+    let (p, s) = pending_plan(dir.path());
+    let done = api
+        .submit(SUBMITTER, &named(p, "add-invoice-index"), &s)
+        .await;
+    let (status, _) = api
+        .post(APPROVER, &format!("/v1/runs/{done}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    env.wait_finished(&done, common::PATIENCE).await;
+    let dir = common::scratch_dir();
+    let (p, s) = plan(
+        dir.path(),
+        "jobs",
+        "10m",
+        "250ms",
+        &check("errors", "SELECT 0", 5, 2),
+        false,
+    );
+    let soaking = api
+        .submit(SUBMITTER2, &named(p, "orders-status-not-null"), &s)
+        .await;
+    env.wait_for_event(&soaking, "check_sample", common::PATIENCE)
+        .await;
+    let dir = common::scratch_dir();
+    let (p, s) = pending_plan(dir.path());
+    api.submit(SUBMITTER, &named(p, "drop-legacy-sessions"), &s)
+        .await;
+    browser.goto(&format!("{}/", daemon.url)).await;
+    browser
+        .wait_for(
+            "four runs listed",
+            "return document.querySelectorAll('#runs-table tbody tr').length === 4",
+        )
+        .await;
+    browser.find_text("#runs-table", "soak").await;
+    publish(&browser.screenshot("runs-list").await);
 }

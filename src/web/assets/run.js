@@ -502,8 +502,10 @@
     const since = view.last_seq;
     await loadLog();
     // Soak checks only (a gate or a confirmation samples too).
-    const names = new Set(view.checks.filter((c) => c.step === "soak").map((c) => c.check));
-    for (const c of soakStarted()?.checks || []) names.add(c.check);
+    const names = new Set((soakStarted()?.checks || []).map((c) => c.check));
+    for (const c of view.checks.filter((c) => c.step === "soak")) names.add(c.check);
+    // Placed in the plan's order first, whichever series answers first.
+    for (const name of names) chartFor(name);
     await Promise.all([...names].map(loadSeries));
     renderTimeline();
     renderBackup();
