@@ -166,9 +166,10 @@ pub fn runs(viewer: Viewer<'_>) -> String {
 
 /// One run (`id` is a valid run id).
 pub fn run(viewer: Viewer<'_>, id: &str) -> String {
+    let title = format!("Run {id}");
     let id = html_escape(id);
     Shell {
-        title: &format!("Run {id}"),
+        title: &title,
         page: "run",
         viewer: Some(viewer),
         data: format!(" data-run=\"{id}\""),
@@ -182,9 +183,10 @@ pub fn run(viewer: Viewer<'_>, id: &str) -> String {
 
 /// A run's runbook: `body` is the runbook's own HTML (escaped by it).
 pub fn runbook(viewer: Viewer<'_>, id: &str, body: &str) -> String {
+    let title = format!("Runbook of run {id}");
     let id = html_escape(id);
     Shell {
-        title: &format!("Runbook of run {id}"),
+        title: &title,
         page: "runbook",
         viewer: Some(viewer),
         data: String::new(),

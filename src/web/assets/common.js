@@ -77,13 +77,12 @@ const PG = (() => {
     }
   }
 
+  // The session ended (expired, signed out elsewhere, daemon restarted): say
+  // so, with the way back to this very page.
   function signedOut() {
-    const b = banner("", "error");
-    const n = document.getElementById("banner");
-    fill(n, "Your session has ended (it expired, you signed out elsewhere, or the daemon restarted). ",
-      el("a", { href: "/signin?next=" + encodeURIComponent(location.pathname + location.search) }, "Sign in again"), ".");
-    n.hidden = false;
-    return b;
+    banner("Your session has ended (it expired, you signed out elsewhere, or the daemon restarted). ", "error");
+    const back = "/signin?next=" + encodeURIComponent(location.pathname + location.search);
+    append(document.getElementById("banner"), el("a", { href: back, id: "signin-again" }, "Sign in again"), ".");
   }
 
   class ApiError extends Error {
