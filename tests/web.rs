@@ -729,9 +729,16 @@ async fn abort_with_a_confirmation_and_acknowledge_from_the_page() {
     assert_eq!(env.run_row(&run).await["acked_by"], "bob");
     assert!(browser.find_all("#ack").await.is_empty());
 
-    // Abort asks first; "keep it running" keeps it.
+    // Abort asks first, with the keyboard on the safe choice; "keep it
+    // running" keeps it.
     browser.find("#abort").await.click().await;
     browser.find("#abort-confirmation").await;
+    assert_eq!(
+        browser
+            .execute("return document.activeElement.id", json!([]))
+            .await,
+        json!("abort-cancel")
+    );
     browser.find("#abort-cancel").await.click().await;
     browser.find("#abort").await.click().await;
     browser.find("#abort-confirm").await.click().await;
