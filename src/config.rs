@@ -28,6 +28,16 @@ struct RawConfig {
     log: Option<RawLog>,
     daemon: Option<RawDaemon>,
     retention: Option<RawRetention>,
+    tls: Option<RawTls>,
+}
+
+/// `tls: {cert, key}`: positions kept, so that a file that cannot serve is
+/// reported at the value naming it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: serde_saphyr::Spanned<String>,
+    key: serde_saphyr::Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +187,27 @@ impl Default for RetentionSettings {
     }
 }
 
+/// The certificate and key the daemon serves HTTPS with (`tls:`), loaded and
+/// checked when the config is; the daemon re-reads the same files on SIGHUP.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// PEM: the server's certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM: its private key (unencrypted).
+    pub key: PathBuf,
+    /// The pair as loaded with the config.
+    pub loaded: std::sync::Arc<rustls::sign::CertifiedKey>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTarget {
@@ -202,6 +233,8 @@ pub struct Config {
     pub retention: RetentionSettings,
     /// Channels, escalation policies and delivery settings.
     pub notify: crate::notify::config::NotifyConfig,
+    /// HTTPS on `listen` (the API and the web page); `None`: plain HTTP.
+    pub tls: Option<TlsSettings>,
 }
 
 /// A target name the config does not define.
@@ -219,6 +252,11 @@ pub struct UnknownTarget {
 }
 
 impl Config {
+    /// Whether the daemon serves HTTPS (so a session cookie can be `Secure`).
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The connection string of target `name`.
     pub fn target(&self, name: &str) -> Result<Dsn, UnknownTarget> {
         self.targets
@@ -391,6 +429,10 @@ impl Config {
             }
         }
         let retention = resolve_retention(path, raw.retention.as_ref(), &mut errors);
+        let tls = raw
+            .tls
+            .as_ref()
+            .and_then(|t| resolve_tls(path, t, &mut errors));
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
@@ -411,7 +453,43 @@ impl Config {
             daemon,
             retention,
             notify,
+            tls,
         })
+    }
+}
+
+/// `tls:`: both files read and checked now, so that a daemon never starts (or
+/// a config check never passes) with a pair that cannot serve.
+fn resolve_tls(path: &Path, raw: &RawTls, errors: &mut Vec<Diagnostic>) -> Option<TlsSettings> {
+    let at = |spanned: &serde_saphyr::Spanned<String>, msg: String| {
+        let l = spanned.referenced;
+        Diagnostic::new(path, l.line() as u32, l.column() as u32, msg)
+    };
+    let mut file =
+        |key: &str, spanned: &serde_saphyr::Spanned<String>| match expand_env(&spanned.value) {
+            Ok(p) if !p.trim().is_empty() => Some(PathBuf::from(p)),
+            Ok(_) => {
+                errors.push(at(spanned, format!("tls.{key} must name a PEM file")));
+                None
+            }
+            Err(e) => {
+                errors.push(at(spanned, format!("tls.{key}: {e}")));
+                None
+            }
+        };
+    let (cert, key) = (file("cert", &raw.cert), file("key", &raw.key));
+    let (cert, key) = (cert?, key?);
+    match crate::tls::load_server_key(&cert, &key) {
+        Ok(loaded) => Some(TlsSettings { cert, key, loaded }),
+        Err(e) => {
+            let (name, spanned) = if e.in_key_file() {
+                ("key", &raw.key)
+            } else {
+                ("cert", &raw.cert)
+            };
+            errors.push(at(spanned, format!("tls.{name}: {e}")));
+            None
+        }
     }
 }
 
@@ -542,6 +620,33 @@ mod tests {
         let raw: RawRetention = serde_saphyr::from_str("events: 0s\ninterval: never").unwrap();
         resolve_retention(path, Some(&raw), &mut errors);
         assert_eq!(errors.len(), 2);
+    }
+
+    #[test]
+    fn a_tls_file_that_cannot_be_read_is_reported_at_its_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        let missing = dir.path().join("missing.pem");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:0\ntls:\n  cert: {m}\n  key: {m}\n",
+                m = missing.display()
+            ),
+        )
+        .unwrap();
+        let errors = super::Config::load(&path).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert_eq!((e.line, e.column), (3, 9), "{e}");
+        assert!(
+            e.message
+                .starts_with("tls.cert: cannot read the certificate file"),
+            "{e}"
+        );
+        let plain = dir.path().join("plain.yaml");
+        std::fs::write(&plain, "listen: 127.0.0.1:0\n").unwrap();
+        assert!(!super::Config::load(&plain).unwrap().serves_tls());
     }
 
     #[test]

@@ -191,6 +191,10 @@ struct ClientArgs {
     /// other users of the machine).
     #[arg(long, env = "PGSHEPHERD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// An https:// daemon's certificate authority (PEM): trusted instead of the
+    /// system's roots.
+    #[arg(long, env = "PGSHEPHERD_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Print the daemon's JSON on stdout (JSON lines for `logs`).
     #[arg(long)]
     json: bool,
@@ -201,6 +205,7 @@ impl ClientArgs {
         client::ClientOptions {
             server: self.server,
             token: self.token,
+            ca_cert: self.ca_cert,
             json: self.json,
         }
     }

@@ -1,5 +1,7 @@
-//! TLS: rustls with the `ring` provider, for outgoing HTTPS (HTTP checks, later
-//! webhooks) and for connections to PostgreSQL targets.
+//! TLS: rustls with the `ring` provider, for outgoing HTTPS (HTTP checks,
+//! webhooks), for connections to PostgreSQL targets, and the certificate and key
+//! the daemon serves HTTPS with ([`load_server_key`]; the listener is
+//! `daemon::https`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,8 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -40,6 +43,160 @@ pub fn postgres_connector(verification: Option<&ServerVerification>) -> MakeRust
     }
     .with_no_client_auth();
     MakeRustlsConnect::new(config)
+}
+
+/// Why a server certificate and key (`tls: {cert, key}` of the daemon's config)
+/// cannot serve. Names the files and the problem, never their content.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerKeyError {
+    #[error("cannot read the certificate file {}: {source}", path.display())]
+    ReadCert {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the private key file {}: {source}", path.display())]
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the certificate file {} is not valid PEM: {problem}", path.display())]
+    CertPem {
+        path: PathBuf,
+        problem: &'static str,
+    },
+    #[error("the certificate file {} holds no certificate (no BEGIN CERTIFICATE block)", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("the certificate in {} cannot be parsed: {message}", path.display())]
+    BadCertificate { path: PathBuf, message: String },
+    #[error("the private key file {} is not valid PEM: {problem}", path.display())]
+    KeyPem {
+        path: PathBuf,
+        problem: &'static str,
+    },
+    #[error(
+        "the private key file {} holds no private key (no BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)",
+        path.display()
+    )]
+    NoKey { path: PathBuf },
+    #[error(
+        "the private key in {} is encrypted: give an unencrypted key (`openssl pkey -in KEY -out KEY.plain`), readable only by the daemon's user",
+        path.display()
+    )]
+    EncryptedKey { path: PathBuf },
+    #[error("the private key in {} is not supported (RSA, ECDSA P-256/P-384 and Ed25519 are): {message}", path.display())]
+    UnsupportedKey { path: PathBuf, message: String },
+    #[error("the private key in {} does not match the certificate in {}", key.display(), cert.display())]
+    Mismatch { cert: PathBuf, key: PathBuf },
+}
+
+impl ServerKeyError {
+    /// Whether the problem lies in the key file (else in the certificate file):
+    /// the config error points at that key's value.
+    pub fn in_key_file(&self) -> bool {
+        matches!(
+            self,
+            ServerKeyError::ReadKey { .. }
+                | ServerKeyError::KeyPem { .. }
+                | ServerKeyError::NoKey { .. }
+                | ServerKeyError::EncryptedKey { .. }
+                | ServerKeyError::UnsupportedKey { .. }
+                | ServerKeyError::Mismatch { .. }
+        )
+    }
+}
+
+/// What is wrong with a PEM file, without quoting any of it (a key file's
+/// lines are secret).
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> &'static str {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a block has no END line",
+        Error::IllegalSectionStart { .. } => "a BEGIN line is malformed",
+        Error::Base64Decode(_) => "a block is not valid base64",
+        Error::SectionTooLarge => "a block is too large",
+        _ => "unreadable",
+    }
+}
+
+/// The certificate chain of `cert` (PEM: the server's certificate first, then
+/// any intermediates) with the private key of `key` (PEM: PKCS#8, PKCS#1 or
+/// SEC1), checked to belong together. Both may name one file holding both.
+pub fn load_server_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, ServerKeyError> {
+    let cert_pem = std::fs::read(cert).map_err(|source| ServerKeyError::ReadCert {
+        path: cert.to_path_buf(),
+        source,
+    })?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServerKeyError::CertPem {
+            path: cert.to_path_buf(),
+            problem: pem_problem(&e),
+        })?;
+    if chain.is_empty() {
+        return Err(ServerKeyError::NoCertificate {
+            path: cert.to_path_buf(),
+        });
+    }
+    let key_pem = std::fs::read(key).map_err(|source| ServerKeyError::ReadKey {
+        path: key.to_path_buf(),
+        source,
+    })?;
+    let private = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(k) => k,
+        // rustls-pki-types reads unencrypted keys only; an encrypted one is
+        // simply "not found", which would send the operator looking elsewhere.
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => {
+            let text = String::from_utf8_lossy(&key_pem);
+            return Err(
+                if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED")
+                {
+                    ServerKeyError::EncryptedKey {
+                        path: key.to_path_buf(),
+                    }
+                } else {
+                    ServerKeyError::NoKey {
+                        path: key.to_path_buf(),
+                    }
+                },
+            );
+        }
+        Err(e) => {
+            return Err(ServerKeyError::KeyPem {
+                path: key.to_path_buf(),
+                problem: pem_problem(&e),
+            });
+        }
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| ServerKeyError::UnsupportedKey {
+            path: key.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    // Every key type the ring provider loads knows its public key, so
+    // "unknown" never hides a mismatch here.
+    match certified.keys_match() {
+        Ok(()) => Ok(Arc::new(certified)),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(ServerKeyError::Mismatch {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        }),
+        Err(e) => Err(ServerKeyError::BadCertificate {
+            path: cert.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// The SHA-256 fingerprint of the end-entity certificate, as hex: what
+/// `openssl x509 -noout -fingerprint -sha256` prints (without its colons), so an
+/// operator can tell which certificate is being served.
+pub fn fingerprint(key: &CertifiedKey) -> String {
+    let der = key.cert.first().map(|c| c.as_ref()).unwrap_or_default();
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der))
 }
 
 /// How a PostgreSQL server's certificate is authenticated (libpq's

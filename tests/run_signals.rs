@@ -2,65 +2,10 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use chrono::Timelike;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-struct Run {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    events: Vec<Value>,
-}
-
-impl Run {
-    fn start(plan: &std::path::Path, url: &str, backups: &std::path::Path, now: bool) -> Run {
-        let mut cmd = tokio::process::Command::new(common::pgshepherd_bin());
-        cmd.arg("run")
-            .arg(plan)
-            .args(["--database-url", url, "--json", "--backup-dir"])
-            .arg(backups);
-        if now {
-            cmd.arg("--now");
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Run {
-            child,
-            lines,
-            events: Vec::new(),
-        }
-    }
-
-    async fn wait_for(&mut self, event: &str) -> Value {
-        while let Some(line) = self.lines.next_line().await.unwrap() {
-            let v: Value = serde_json::from_str(&line).unwrap();
-            self.events.push(v.clone());
-            if v["event"] == event {
-                return v;
-            }
-        }
-        panic!("the run ended without {event}: {:#?}", self.events);
-    }
-
-    fn terminate(&self) {
-        let pid = self.child.id().unwrap() as i32;
-        // SAFETY: sending a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    }
-
-    async fn finish(mut self) -> (i32, Value) {
-        let last = self.wait_for("run_finished").await;
-        let status = self.child.wait().await.unwrap();
-        (status.code().unwrap_or(-1), last)
-    }
-}
+use common::live_run::LiveRun as Run;
 
 /// The one-table plan with a soak long enough to be interrupted.
 fn scenario(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
@@ -77,7 +22,7 @@ async fn sigterm_during_the_soak_cuts_it_short_and_rolls_back() {
     let db = common::fresh_db().await;
     let dir = common::scratch_dir();
     let plan = scenario(dir.path(), "");
-    let mut run = Run::start(&plan, &db.url, &dir.path().join("backups"), true);
+    let mut run = Run::start(&plan, &db.url, &dir.path().join("backups"));
     let soak = run.wait_for("soak_started").await;
     assert!(db.table_exists("t").await);
     // The persisted state says where the run is, what it applied, and (from the
@@ -107,8 +52,9 @@ async fn sigterm_during_the_soak_cuts_it_short_and_rolls_back() {
             >= 1,
         "{state}"
     );
-    run.terminate();
-    let (code, last) = run.finish().await;
+    run.signal(libc::SIGTERM);
+    let (code, events) = run.finish().await;
+    let last = events.last().unwrap();
     assert_eq!(code, 3, "{last}");
     assert!(
         last["reason"].as_str().unwrap().contains("cut short"),
@@ -128,12 +74,13 @@ async fn sigterm_while_waiting_for_the_window_stops_with_nothing_changed() {
     let hour = (chrono::Utc::now().hour() + 12) % 24;
     let window = format!("window:\n  cron: \"0 {hour} * * *\"\n  timezone: UTC\n  duration: 1h\n");
     let plan = scenario(dir.path(), &window);
-    let mut run = Run::start(&plan, &db.url, &dir.path().join("backups"), false);
+    let mut run = Run::in_window(&plan, &db.url, &dir.path().join("backups"));
     let waiting = run.wait_for("waiting_for_window").await;
     let opens = waiting["opens_at"].as_str().unwrap();
     assert!(opens.contains(&format!("T{hour:02}:00:00")), "{waiting}");
-    run.terminate();
-    let (code, last) = run.finish().await;
+    run.signal(libc::SIGTERM);
+    let (code, events) = run.finish().await;
+    let last = events.last().unwrap();
     assert_eq!(code, 5, "{last}");
     assert_eq!(last["outcome"], "stopped");
     assert!(!db.table_exists("t").await);
@@ -152,7 +99,7 @@ async fn sigterm_during_the_backup_kills_pg_dump_and_leaves_nothing_behind() {
         .await
         .unwrap();
     let backups = dir.path().join("backups");
-    let mut run = Run::start(&plan, &db.url, &backups, true);
+    let mut run = Run::start(&plan, &db.url, &backups);
     run.wait_for("backup_started").await;
     // Until pg_dump is really waiting on the lock.
     db.wait_for(
@@ -161,8 +108,9 @@ async fn sigterm_during_the_backup_kills_pg_dump_and_leaves_nothing_behind() {
            AND wait_event_type = 'Lock')",
     )
     .await;
-    run.terminate();
-    let (code, last) = run.finish().await;
+    run.signal(libc::SIGTERM);
+    let (code, events) = run.finish().await;
+    let last = events.last().unwrap();
     assert_eq!(code, 5, "{last}");
     assert!(
         last["reason"]

@@ -92,6 +92,9 @@ fn the_unit_declares_what_the_daemon_relies_on() {
         "{}",
         one("ExecStart")
     );
+    // The daemon handles SIGHUP (re-reads its TLS certificate); without a
+    // handler SIGHUP would end it.
+    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert!(
         one("EnvironmentFile").starts_with('-'),
         "the env file is optional"

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -12,102 +12,10 @@ use pgshepherd::daemon::store;
 use pgshepherd::pg::Dsn;
 use pgshepherd::pg::cluster::TempCluster;
 
-/// Run openssl with `args`, failing the test with its error output.
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl (the TLS tests need the openssl command)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::certs::{make_ca, path, sign_server_cert};
 
-fn path(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 path")
-}
-
-/// A test certificate authority in `dir`: `NAME.crt` and `NAME.key`.
-fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    let (crt, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        &format!("/CN=pgshepherd test {name}"),
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout",
-        path(&key),
-        "-out",
-        path(&crt),
-    ]);
-    crt
-}
-
-/// A server certificate for `san` (openssl's subjectAltName syntax) signed by
-/// the CA `ca` (its `.crt`, next to its `.key`), written as the cluster's
-/// `server.crt` / `server.key`.
-fn sign_server_cert(data: &Path, ca: &Path, san: &str) {
-    let scratch = common::scratch_dir();
-    let csr = scratch.path().join("server.csr");
-    let ext = scratch.path().join("server.ext");
-    std::fs::write(
-        &ext,
-        format!(
-            "subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
-        ),
-    )
-    .unwrap();
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        "/CN=pgshepherd test server",
-        "-keyout",
-        path(&data.join("server.key")),
-        "-out",
-        path(&csr),
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        path(&csr),
-        "-CA",
-        path(ca),
-        "-CAkey",
-        path(&ca.with_extension("key")),
-        "-CAcreateserial",
-        "-CAserial",
-        path(&scratch.path().join("ca.srl")),
-        "-days",
-        "1",
-        "-extfile",
-        path(&ext),
-        "-out",
-        path(&data.join("server.crt")),
-    ]);
-}
+/// The common name of the clusters' certificates.
+const SERVER_CN: &str = "pgshepherd test server";
 
 /// A cluster of its own refusing plain TCP, with the certificate `make_cert`
 /// writes into its data directory (`server.crt`, `server.key`).
@@ -204,8 +112,10 @@ async fn runs_against_a_tls_only_target_and_refuses_plain_connections() {
     let dir = common::scratch_dir();
     let ca = make_ca(dir.path(), "ca");
     // The server's certificate is signed by the test CA for 127.0.0.1.
-    let cluster =
-        tls_only_cluster(|data| sign_server_cert(data, &ca, "IP:127.0.0.1,DNS:localhost")).await;
+    let cluster = tls_only_cluster(|data| {
+        sign_server_cert(data, &ca, "IP:127.0.0.1,DNS:localhost", SERVER_CN)
+    })
+    .await;
     let plan = common::one_table_plan(dir.path(), "db", "1s", "");
     let backups = dir.path().join("backups");
     let plain = run(
@@ -280,7 +190,8 @@ async fn refuses_a_server_whose_certificate_does_not_verify() {
     // An impostor: a certificate from another CA, and for another name.
     let other_ca = make_ca(dir.path(), "other-ca");
     let cluster =
-        tls_only_cluster(|data| sign_server_cert(data, &other_ca, "DNS:other.example")).await;
+        tls_only_cluster(|data| sign_server_cert(data, &other_ca, "DNS:other.example", SERVER_CN))
+            .await;
     let url = |mode: &str, root: &Path| {
         format!(
             "{}?sslmode={mode}&sslrootcert={}",

@@ -17,8 +17,9 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, ORIGIN, SET_COOKIE};
 use serde_json::{Value, json};
 
 use common::browser::Browser;
+use common::certs::{make_ca, sign_server_cert};
 use common::daemon::{
-    ADMIN, APPROVER, Api, Daemon, Env, ONE_TABLE, READER, SUBMITTER, SUBMITTER2, plan_dir,
+    ADMIN, APPROVER, Api, Daemon, Env, Https, ONE_TABLE, READER, SUBMITTER, SUBMITTER2, plan_dir,
 };
 
 const SETTINGS: &str = "lease_timeout: 5s\npoll_interval: 200ms";
@@ -384,6 +385,56 @@ async fn sign_in_sessions_csrf_and_headers_over_http() {
             "a session id was written"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_https_the_session_cookie_is_secure() {
+    let work = common::scratch_dir();
+    let ca = make_ca(work.path(), "ca");
+    sign_server_cert(
+        work.path(),
+        &ca,
+        "IP:127.0.0.1,DNS:localhost",
+        "pgshepherd web",
+    );
+    let mut env = Env::new(&["jobs"], SETTINGS).await;
+    let https = Https {
+        cert: work.path().join("server.crt"),
+        key: work.path().join("server.key"),
+        ca,
+    };
+    env.serve_https(https.clone());
+    let daemon = env.start("web").await;
+    assert!(daemon.url.starts_with("https://"), "{}", daemon.url);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_certs_only(
+            reqwest::Certificate::from_pem_bundle(&std::fs::read(&https.ca).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let form = client
+        .get(format!("{}/signin", daemon.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!form.contains("Not encrypted"), "{form}");
+    let r = client
+        .post(format!("{}/signin", daemon.url))
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("token={READER}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = header(&r, "set-cookie");
+    assert!(
+        set.ends_with("; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200; Secure"),
+        "{set}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

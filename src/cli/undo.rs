@@ -69,6 +69,10 @@ pub struct UndoArgs {
     /// Bearer token for the daemon (prefer the environment variable).
     #[arg(long, env = "PGSHEPHERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Through an https:// daemon: its certificate authority (PEM), trusted
+    /// instead of the system's roots.
+    #[arg(long, env = "PGSHEPHERD_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Through the daemon: return once the undo is accepted instead of
     /// following it to its end.
     #[arg(long)]
@@ -145,6 +149,7 @@ async fn through_daemon(args: UndoArgs) -> i32 {
     let options = crate::client::ClientOptions {
         server: args.server,
         token: args.token,
+        ca_cert: args.ca_cert,
         json: args.json,
     };
     let ask = crate::client::undo::UndoAsk {

@@ -61,6 +61,25 @@ impl Failure {
     }
 }
 
+/// The certificates of `--ca-cert FILE`. Only they authenticate the daemon
+/// then, as with curl's `--cacert`: a private CA is not mixed with the
+/// hundreds of public ones.
+fn ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Failure> {
+    let pem = std::fs::read(path)
+        .map_err(|e| Failure::Usage(format!("cannot read --ca-cert {}: {e}", path.display())))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(Failure::Usage(format!(
+            "--ca-cert {} holds no certificate (no BEGIN CERTIFICATE block)",
+            path.display()
+        ))),
+        Err(e) => Err(Failure::Usage(format!(
+            "--ca-cert {} is not a PEM certificate file: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// The daemon at `--server`, with `--token`.
 pub struct Api {
     base: String,
@@ -87,10 +106,14 @@ impl Api {
             )));
         }
         crate::tls::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("pgshepherd/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            .read_timeout(READ_TIMEOUT);
+        if let Some(ca) = &options.ca_cert {
+            builder = builder.tls_certs_only(ca_certificates(ca)?);
+        }
+        let client = builder
             .build()
             .map_err(|e| Failure::Unreachable(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Api {
@@ -249,6 +272,7 @@ mod tests {
         let opts = |s: &str| ClientOptions {
             server: s.into(),
             token: None,
+            ca_cert: None,
             json: false,
         };
         assert!(Api::new(&opts("http://127.0.0.1:8750/")).is_ok());

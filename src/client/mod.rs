@@ -33,6 +33,9 @@ pub struct ClientOptions {
     pub server: String,
     /// The bearer token; `None` sends none (and the daemon answers 401).
     pub token: Option<String>,
+    /// PEM certificates (a private CA) that alone authenticate an `https://`
+    /// daemon, instead of the system's trusted roots (`--ca-cert`).
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Print the daemon's JSON on stdout instead of human-readable text.
     pub json: bool,
 }

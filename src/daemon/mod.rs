@@ -10,11 +10,13 @@
 //! - [`undo`]: undos of runs' captured data changes asked for through the API.
 //! - [`retention`]: prunes old events, samples, notifications and audit rows.
 //! - [`api`]: the HTTP API (axum), its auth and its audit trail.
+//! - [`https`]: HTTPS on the same listener (`tls:`), its certificate reloaded on SIGHUP.
 //! - [`metrics`]: Prometheus text for `GET /metrics`.
 //! - [`systemd`]: `sd_notify` readiness, watchdog and stopping messages.
 
 pub mod api;
 pub mod deadline;
+pub mod https;
 pub mod metrics;
 pub mod name_lock;
 pub mod retention;
@@ -28,6 +30,8 @@ pub mod worker;
 pub use shared::Shared;
 
 use std::future::IntoFuture;
+
+use axum::serve::ListenerExt;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -107,15 +111,52 @@ pub async fn run(config_path: &std::path::Path) -> i32 {
     background.spawn(retention::run(shared.clone(), shutdown.clone()));
     background.spawn(undo::worker::run(shared.clone(), shutdown.clone()));
     background.close();
-    let router = api::router_until(shared.clone(), shutdown.clone());
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future(),
-    );
+    let certificate = shared
+        .config
+        .tls
+        .as_ref()
+        .map(https::CurrentCertificate::new);
+    let router = api::router_until(shared.clone(), shutdown.clone())
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = match &certificate {
+        None => tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        ),
+        Some(certificate) => {
+            let listener = match https::TlsListener::new(
+                listener,
+                https::server_config(certificate.clone()),
+            ) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {local}: {e}");
+                    return 1;
+                }
+            };
+            tracing::info!(
+                cert = %certificate.cert_path().display(),
+                sha256 = %certificate.fingerprint(),
+                "serving HTTPS"
+            );
+            // `tap_io` does nothing to a connection: axum derives `ConnectInfo`
+            // (the peer address the API logs and audits) from any listener
+            // wrapped so, and from no other listener but its own TCP one.
+            tokio::spawn(
+                axum::serve(listener.tap_io(|_| ()), router)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .into_future(),
+            )
+        }
+    };
+    let _reloader = match https::reload_on_sighup(certificate, shutdown.clone()) {
+        Ok(task) => task,
+        Err(e) => {
+            eprintln!("error: cannot handle SIGHUP: {e}");
+            return 1;
+        }
+    };
     systemd::ready();
     // A scheduler that stopped turning (wedged on something) gets the daemon
     // restarted by systemd; a slow state database alone does not (the loop

@@ -235,19 +235,42 @@ pub async fn holder(client: &Client) -> Result<Option<Holder>, tokio_postgres::E
 /// target that does not answer must not hold up the caller's retries): without
 /// the privilege, the lock wait still works once the server notices the old
 /// client is gone. Returns how many were ended.
+///
+/// A terminated backend lingers while it rolls back; this waits (within the
+/// same bound) until those sessions are gone, so that the caller's new session
+/// is the only one of that name from then on.
 pub async fn end_stale_sessions(dsn: &Dsn, application_name: &str) -> usize {
     let end = async {
         let client = dsn.connect("pgshepherd takeover", &[]).await?;
-        client
+        let rows = client
             .query(
+                // In the select list, not the WHERE clause: the filter must be
+                // applied before anything is terminated.
                 "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
                   WHERE application_name = $1 AND pid <> pg_backend_pid()",
                 &[&application_name],
             )
-            .await
+            .await?;
+        let pids: Vec<i32> = rows
+            .iter()
+            .filter(|r| r.get::<_, bool>(1))
+            .map(|r| r.get(0))
+            .collect();
+        while !pids.is_empty()
+            && client
+                .query_one(
+                    "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = ANY($1))",
+                    &[&pids],
+                )
+                .await?
+                .get::<_, bool>(0)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok::<_, tokio_postgres::Error>(pids.len())
     };
     match tokio::time::timeout(ANSWER_TIMEOUT, end).await {
-        Ok(Ok(rows)) => rows.len(),
+        Ok(Ok(ended)) => ended,
         _ => 0,
     }
 }

@@ -6,10 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::daemon::shared::Shared;
 
-/// The daemon's own listener speaks TLS.
-// The daemon serves plain HTTP until `tls: {cert, key}` is wired in here.
-pub fn secure_transport(_shared: &Shared) -> bool {
-    false
+/// The daemon's own listener speaks TLS (`tls: {cert, key}` in the config).
+/// Behind a proxy that terminates TLS it does not: see docs/web.md for HSTS.
+pub fn secure_transport(shared: &Shared) -> bool {
+    shared.config.serves_tls()
 }
 
 /// The page is served over plain HTTP on an address other hosts can reach: a

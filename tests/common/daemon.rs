@@ -33,6 +33,28 @@ pub struct Env {
     state_url: Option<String>,
     /// Targets reached at another URL than their database's (through a proxy).
     target_urls: Vec<(String, String)>,
+    /// The daemons serve HTTPS with this certificate; clients trust its CA.
+    https: Option<Https>,
+}
+
+/// `tls: {cert, key}` of the daemons' configs, and the CA clients trust.
+#[derive(Clone)]
+pub struct Https {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl Https {
+    /// A client that trusts only the CA (no system roots).
+    pub fn client(&self) -> reqwest::Client {
+        pgshepherd::tls::install_crypto_provider();
+        let pem = std::fs::read(&self.ca).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+            .build()
+            .unwrap()
+    }
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -56,6 +78,7 @@ impl Env {
             extra_config: String::new(),
             state_url: None,
             target_urls: Vec::new(),
+            https: None,
         }
     }
 
@@ -77,6 +100,12 @@ impl Env {
             yaml.push('\n');
         }
         self.extra_config = yaml;
+    }
+
+    /// The daemons started from now on serve HTTPS (`tls:` in their config)
+    /// and are spoken to over it.
+    pub fn serve_https(&mut self, https: Https) {
+        self.https = Some(https);
     }
 
     pub fn target(&self, name: &str) -> &TestDb {
@@ -115,7 +144,7 @@ impl Env {
              \x20 - {{name: dave, sha256: {d}, roles: [read]}}\n\
              \x20 - {{name: erin, token: {e}, roles: [admin]}}\n\
              log: {{format: json, level: \"info,pgshepherd=debug\"}}\n\
-             {extra}\
+             {extra}{tls}\
              daemon:\n  name: {name}\n{settings}",
             state = self.state_url.as_deref().unwrap_or(&self.state.url),
             backups = self.backups().display(),
@@ -125,6 +154,11 @@ impl Env {
             d = sha256_hex(READER),
             e = ADMIN,
             extra = self.extra_config,
+            tls = self.https.as_ref().map_or(String::new(), |h| format!(
+                "tls: {{cert: \"{}\", key: \"{}\"}}\n",
+                h.cert.display(),
+                h.key.display()
+            )),
             settings = self
                 .daemon_settings
                 .lines()
@@ -160,11 +194,16 @@ impl Env {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("starting pgshepherd daemon");
+        let (scheme, client) = match &self.https {
+            Some(h) => ("https", h.client()),
+            None => ("http", reqwest::Client::new()),
+        };
         let daemon = Daemon {
             child,
             name: name.to_string(),
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             log,
+            client,
         };
         daemon.wait_healthy().await;
         daemon
@@ -292,14 +331,19 @@ pub struct Daemon {
     pub name: String,
     pub url: String,
     pub log: PathBuf,
+    /// Speaks to this daemon (trusting its CA when it serves HTTPS).
+    pub client: reqwest::Client,
 }
 
 impl Daemon {
     async fn wait_healthy(&self) {
-        let client = reqwest::Client::new();
         let started = Instant::now();
         loop {
-            if let Ok(r) = client.get(format!("{}/healthz", self.url)).send().await
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/healthz", self.url))
+                .send()
+                .await
                 && r.status().is_success()
             {
                 return;
@@ -399,7 +443,7 @@ impl Api {
     pub fn new(daemon: &Daemon) -> Api {
         Api {
             url: daemon.url.clone(),
-            client: reqwest::Client::new(),
+            client: daemon.client.clone(),
         }
     }
 

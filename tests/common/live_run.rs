@@ -16,11 +16,25 @@ pub struct LiveRun {
 
 impl LiveRun {
     pub fn start(plan: &Path, url: &str, backups: &Path) -> LiveRun {
-        let mut child = tokio::process::Command::new(super::pgshepherd_bin())
+        Self::spawn(plan, url, backups, true)
+    }
+
+    /// A run without `--now`: it waits for the plan's window first.
+    pub fn in_window(plan: &Path, url: &str, backups: &Path) -> LiveRun {
+        Self::spawn(plan, url, backups, false)
+    }
+
+    fn spawn(plan: &Path, url: &str, backups: &Path, now: bool) -> LiveRun {
+        let mut command = tokio::process::Command::new(super::pgshepherd_bin());
+        command
             .arg("run")
             .arg(plan)
-            .args(["--database-url", url, "--json", "--now", "--backup-dir"])
-            .arg(backups)
+            .args(["--database-url", url, "--json", "--backup-dir"])
+            .arg(backups);
+        if now {
+            command.arg("--now");
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)

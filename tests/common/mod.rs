@@ -29,6 +29,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod certs;
 pub mod daemon;
 pub mod live_run;
 pub mod pgbouncer;
