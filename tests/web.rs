@@ -619,6 +619,22 @@ async fn a_reader_signs_in_and_sees_the_runs_and_a_wrong_token_is_refused() {
     assert!(browser.url().await.ends_with("/?phase=finished"));
     browser.goto(&format!("{}/?phase=open", daemon.url)).await;
     browser.find(&format!("tr[data-run='{run}']")).await;
+
+    // The session ends (signed out from elsewhere): the page says so at its
+    // next refresh and offers the way back to where it was.
+    let signed_out = browser
+        .execute(
+            "return fetch('/signout', {method: 'POST', headers: {'X-CSRF-Token': \
+             document.querySelector('meta[name=csrf-token]').content}}).then(r => r.status)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(signed_out, json!(200), "the redirect to /signin, followed");
+    let again = browser.find("#banner #signin-again").await;
+    assert_eq!(
+        again.attribute("href").await.as_deref(),
+        Some("/signin?next=%2F%3Fphase%3Dopen")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

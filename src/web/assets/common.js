@@ -82,7 +82,7 @@ const PG = (() => {
   function signedOut() {
     banner("Your session has ended (it expired, you signed out elsewhere, or the daemon restarted). ", "error");
     const back = "/signin?next=" + encodeURIComponent(location.pathname + location.search);
-    append(document.getElementById("banner"), el("a", { href: back, id: "signin-again" }, "Sign in again"), ".");
+    append(document.getElementById("banner"), [el("a", { href: back, id: "signin-again" }, "Sign in again"), "."]);
   }
 
   class ApiError extends Error {
