@@ -19,6 +19,8 @@
 //! - [`private_fs`]: backups and journals are created 0600 in 0700 directories.
 //! - [`runbook`]: the on-call document of a plan and its run (`pgshepherd runbook`).
 //! - [`undo`]: capturing the rows a migration changes and giving them back.
+//! - [`web`]: the status page the daemon serves at `/`: sign-in sessions, pages,
+//!   built-in assets, chart downsampling.
 //! - [`rehearse`]: catalog fingerprints and their differences, for proving a change's
 //!   down scripts on a copy.
 
@@ -42,4 +44,5 @@ pub mod runbook;
 pub mod steps;
 pub mod tls;
 pub mod undo;
+pub mod web;
 pub mod window;

@@ -440,6 +440,18 @@ async fn every_route_answers_as_the_served_document_says() {
     );
     let events = api.get("reader", &run("/events")).await;
     assert_eq!(events.status, StatusCode::OK);
+    // No soak has started (no run executes here): an empty series.
+    let series = api
+        .get("reader", &run("/checks/one/series?points=100"))
+        .await;
+    assert_eq!(series.status, StatusCode::OK);
+    assert_eq!(series.body["samples"], 0);
+    assert_eq!(
+        api.get("reader", &run("/checks/one/series?points=x"))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
     for format in ["", "?format=html"] {
         let runbook = api.get("reader", &run(&format!("/runbook{format}"))).await;
         assert_eq!(runbook.status, StatusCode::OK, "{format}");

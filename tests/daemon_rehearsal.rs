@@ -222,6 +222,18 @@ async fn a_down_script_that_forgets_an_index_is_refused_approval_with_the_differ
         "{text}"
     );
 
+    // The run's page shows the difference and offers no approval.
+    let browser = common::browser::Browser::start().await;
+    browser.sign_in(&daemon.url, APPROVER).await;
+    browser.open_run(&daemon.url, &run).await;
+    browser.find_text("#rehearsal-differences li", forgot).await;
+    browser.find("#rehearsal-failed").await;
+    browser
+        .find_text("#timeline [data-step=rehearsal]", "1 difference")
+        .await;
+    assert!(browser.find_all("#approve").await.is_empty());
+    browser.screenshot("rehearsal-failed").await;
+
     // The target was never touched; the run can only be aborted.
     assert_untouched(&env).await;
     let (status, body) = api

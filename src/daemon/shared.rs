@@ -36,6 +36,8 @@ pub struct Shared {
     pub scheduler_beat: AtomicU64,
     /// Notifications: the delivery workers' view of the config and their wake-up.
     pub outbox: Arc<Outbox>,
+    /// The web page's signed-in sessions (in memory only).
+    pub web: crate::web::session::Sessions,
     /// The open audit rows of unauthenticated requests, by source address.
     pub unauthenticated: crate::daemon::api::audit::Unauthenticated,
     /// The deadline of one state-database operation
@@ -78,6 +80,7 @@ impl Shared {
             rehearsal_wake: Notify::new(),
             name_taken: AtomicU64::new(0),
             scheduler_beat: AtomicU64::new(now_ms()),
+            web: Default::default(),
             unauthenticated: Default::default(),
             op_timeout,
             scheduler_view: Mutex::new(SchedulerView::default()),

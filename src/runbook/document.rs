@@ -82,9 +82,16 @@ impl Document {
     /// A complete HTML page (no scripts, no external resources).
     pub fn html(&self) -> String {
         let title = html_escape(&self.title);
-        let mut out = format!(
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{title}</title>\n</head>\n<body>\n<h1>{title}</h1>\n"
-        );
+        format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{title}</title>\n</head>\n<body>\n{}</body>\n</html>\n",
+            self.html_body()
+        )
+    }
+
+    /// The title (`<h1>`) and the blocks as HTML, for a page of someone else's
+    /// making (the web page's `/runs/{id}/runbook`).
+    pub fn html_body(&self) -> String {
+        let mut out = format!("<h1>{}</h1>\n", html_escape(&self.title));
         for block in &self.blocks {
             match block {
                 Block::Heading(level, line) => {
@@ -110,7 +117,6 @@ impl Document {
                 }
             }
         }
-        out.push_str("</body>\n</html>\n");
         out
     }
 }
@@ -169,7 +175,9 @@ fn html_line(line: &Line) -> String {
         .collect()
 }
 
-fn html_escape(s: &str) -> String {
+/// `s` as HTML text: every character that could start markup or end an
+/// attribute value written as an entity. (Also used by the web page.)
+pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {

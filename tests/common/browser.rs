@@ -340,6 +340,30 @@ impl Browser {
         path
     }
 
+    /// pgshepherd's page: sign in through the form at `base` as `token`;
+    /// waits for the runs list.
+    pub async fn sign_in(&self, base: &str, token: &str) {
+        self.goto(&format!("{base}/signin")).await;
+        self.find("#token").await.send_keys(token).await;
+        self.find("form.card button[type=submit]")
+            .await
+            .click()
+            .await;
+        self.find("body[data-page=runs] #runs-table").await;
+    }
+
+    /// pgshepherd's page: sign out; waits for the sign-in form.
+    pub async fn sign_out(&self) {
+        self.find(".signout button").await.click().await;
+        self.find("body[data-page=signin]").await;
+    }
+
+    /// pgshepherd's page: open run `id` and wait until it has loaded its data.
+    pub async fn open_run(&self, base: &str, id: &str) {
+        self.goto(&format!("{base}/runs/{id}")).await;
+        self.find("#run[data-loaded=true]").await;
+    }
+
     fn element(&self, reply: &Value) -> Element<'_> {
         let id = reply[ELEMENT_KEY]
             .as_str()

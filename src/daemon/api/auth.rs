@@ -2,6 +2,14 @@
 //! hashed and compared with every configured digest in constant time, so neither
 //! the position of the first differing byte nor which token matched shows in the
 //! response time. The token itself is never logged, stored or echoed.
+//!
+//! A request without an `Authorization` header may instead carry the web page's
+//! session cookie (see [`crate::web::session`]): it authenticates as the token
+//! that signed in, with the same roles. A cookie is sent by the browser on its
+//! own, so every request it authenticates that could change something must also
+//! prove it comes from the page: the session's CSRF token in `X-CSRF-Token`, and
+//! no foreign `Origin`. A bearer token is never sent by a browser unasked and
+//! needs neither.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Role, Token};
 use crate::daemon::api::error::ApiError;
 use crate::daemon::shared::SharedRef;
+use crate::web::session::SessionAuth;
 
 /// The authenticated caller of one request.
 #[derive(Debug, Clone)]
@@ -87,6 +96,9 @@ pub enum Unauthenticated {
     Missing,
     Malformed,
     Unknown,
+    /// A session cookie that is unknown, expired, signed out, or whose token is
+    /// no longer configured.
+    SessionEnded,
 }
 
 impl Unauthenticated {
@@ -97,6 +109,9 @@ impl Unauthenticated {
             }
             Unauthenticated::Malformed => "the Authorization header must be `Bearer <token>`",
             Unauthenticated::Unknown => "the bearer token is not valid",
+            Unauthenticated::SessionEnded => {
+                "the web session has ended (expired, signed out or the daemon restarted); sign in again at /signin"
+            }
         }
     }
 }
@@ -127,31 +142,60 @@ pub fn identify<'a>(tokens: &'a [Token], presented: &str) -> Option<&'a Token> {
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     let mut found = None;
     for token in tokens {
-        let diff = token
-            .sha256
-            .iter()
-            .zip(digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if std::hint::black_box(diff) == 0 {
+        if constant_time_eq(&token.sha256, &digest) {
             found = Some(token);
         }
     }
     found
 }
 
+/// `a == b`, in a time that depends only on the lengths: every byte is
+/// compared, with no early exit. The one comparison of secrets in the daemon
+/// (token digests here, session CSRF tokens in [`crate::web::session`]).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 impl FromRequestParts<SharedRef> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, shared: &SharedRef) -> Result<Caller, ApiError> {
-        let token = bearer(&parts.headers)
-            .and_then(|t| identify(&shared.config.tokens, t).ok_or(Unauthenticated::Unknown))
-            .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, why.message()))?;
+        let unauthorized =
+            |why: Unauthenticated| ApiError::new(StatusCode::UNAUTHORIZED, why.message());
+        let token = match bearer(&parts.headers) {
+            Ok(t) => identify(&shared.config.tokens, t)
+                .ok_or(Unauthenticated::Unknown)
+                .map_err(unauthorized)?
+                .clone(),
+            // No Authorization header at all: the web page's session, if any.
+            Err(Unauthenticated::Missing) => {
+                match crate::web::session::from_request(parts, shared) {
+                    SessionAuth::None => return Err(unauthorized(Unauthenticated::Missing)),
+                    SessionAuth::Ended => return Err(unauthorized(Unauthenticated::SessionEnded)),
+                    SessionAuth::Valid(session) => {
+                        if let Some(slot) = parts.extensions.get::<ActorSlot>() {
+                            slot.set(&session.token.name);
+                        }
+                        // Checked after the actor is known, so that the audit
+                        // row of a forged request names whose session it rode.
+                        crate::web::session::check_forgery(parts, &session)
+                            .map_err(ApiError::forbidden)?;
+                        session.token
+                    }
+                }
+            }
+            Err(why) => return Err(unauthorized(why)),
+        };
         if let Some(slot) = parts.extensions.get::<ActorSlot>() {
             slot.set(&token.name);
         }
         Ok(Caller {
             name: token.name.clone(),
-            token: token.clone(),
+            token,
         })
     }
 }
@@ -202,6 +246,14 @@ mod tests {
         assert!(identify(&tokens, "bob-secret-012345678").is_none());
         assert!(identify(&tokens, "").is_none());
         assert!(identify(&[], "x").is_none());
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

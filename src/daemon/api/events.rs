@@ -71,6 +71,27 @@ pub struct EventsQuery {
     /// JSON only; at most 10000.
     #[param(value_type = Option<i64>, minimum = 1, default = json!(DEFAULT_LIMIT))]
     pub limit: Option<String>,
+    /// Comma-separated event names to leave out, e.g. `check_sample` (the
+    /// bulk of a soak's events: a chart reads them through the series route).
+    pub exclude: Option<String>,
+}
+
+/// The event names of `exclude`, validated as snake_case names.
+fn parse_exclude(value: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let mut names = Vec::new();
+    for name in value.into_iter().flat_map(|v| v.split(',')) {
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(ApiError::bad_request(format!(
+                "`exclude` lists event names (snake_case), not {name:?}"
+            )));
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
 }
 
 fn parse_cursor(what: &str, value: &str) -> Result<i64, ApiError> {
@@ -108,11 +129,14 @@ async fn fetch(
     id: &str,
     after: i64,
     limit: i64,
+    exclude: &[String],
 ) -> Result<Vec<Row>, ApiError> {
     let rows = client
         .query(
-            "SELECT id, name, event FROM events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-            &[&id, &after, &limit],
+            "SELECT id, name, event FROM events
+              WHERE run_id = $1 AND id > $2 AND NOT (name = ANY($4))
+              ORDER BY id LIMIT $3",
+            &[&id, &after, &limit, &exclude],
         )
         .await?;
     Ok(rows
@@ -172,6 +196,7 @@ pub async fn events(
     caller.require(Role::Read)?;
     let id = run_id(path)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let exclude = parse_exclude(query.exclude.as_deref())?;
     let mut after = match query.after.as_deref() {
         Some(a) if !a.is_empty() => parse_cursor("after", a)?,
         _ => 0,
@@ -206,12 +231,12 @@ pub async fn events(
         return Err(ApiError::no_such_run(&id));
     }
     if !streaming {
-        let rows = fetch(&client, &id, after, limit).await?;
+        let rows = fetch(&client, &id, after, limit, &exclude).await?;
         let events: Vec<Value> = rows.into_iter().map(Row::json).collect();
         return Ok(Json(events).into_response());
     }
     drop(client);
-    let stream = event_stream(shared, id, after, stop);
+    let stream = event_stream(shared, id, after, exclude, stop);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -222,6 +247,7 @@ struct Cursor {
     stop: StopSignal,
     id: String,
     after: i64,
+    exclude: Vec<String>,
     buffer: VecDeque<Row>,
     done: bool,
 }
@@ -242,7 +268,7 @@ impl Cursor {
         let finished = phase(&client, &self.id)
             .await?
             .is_none_or(|p| p == "finished");
-        let rows = fetch(&client, &self.id, self.after, STREAM_BATCH).await?;
+        let rows = fetch(&client, &self.id, self.after, STREAM_BATCH, &self.exclude).await?;
         Ok(if !rows.is_empty() {
             Poll::Rows(rows)
         } else if finished {
@@ -272,6 +298,7 @@ fn event_stream(
     shared: SharedRef,
     id: String,
     after: i64,
+    exclude: Vec<String>,
     stop: StopSignal,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
     let cursor = Cursor {
@@ -279,6 +306,7 @@ fn event_stream(
         stop,
         id,
         after,
+        exclude,
         buffer: VecDeque::new(),
         done: false,
     };

@@ -13,11 +13,15 @@
 //! - [`undo`]: `POST /v1/runs/{id}/undo`.
 //! - [`runbook`](mod@runbook): `GET /v1/runs/{id}/runbook`, the run's on-call document.
 //! - [`events`]: a run's events as JSON or Server-Sent Events.
+//! - [`series`]: one soak check's samples for a chart, downsampled.
 //! - [`health`]: `GET /healthz`, `GET /metrics`.
 //! - [`openapi`]: `GET /openapi.json`, derived from the handlers and their types;
 //!   [`schema`]: the few schemas no type derives (a run event, text enums).
 //! - [`error`]: every failure as JSON `{"error": ...}` with its status (and
 //!   `errors`, every problem located, with a 422).
+//!
+//! The web page ([`crate::web`]) is mounted into the same router; its session
+//! cookie authenticates API requests too (see [`auth`]).
 //!
 //! The full reference for users is docs/api.md.
 
@@ -33,6 +37,7 @@ pub mod routes;
 pub mod runbook;
 pub mod runs;
 pub mod schema;
+pub mod series;
 pub mod submit;
 pub mod undo;
 pub mod view;

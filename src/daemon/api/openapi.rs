@@ -24,12 +24,13 @@ use crate::daemon::api::error::{
     Unauthorized, Unavailable, ValidationError,
 };
 use crate::daemon::api::routes::OPENAPI;
-use crate::daemon::api::{control, events, health, runbook, runs, submit, undo};
+use crate::daemon::api::{control, events, health, runbook, runs, series, submit, undo};
 
 const DESCRIPTION: &str = "Submit PostgreSQL deployment plans, approve, abort and \
     acknowledge runs, undo their captured data changes, and follow their events. Every route but /healthz and /openapi.json \
     needs `Authorization: Bearer <token>`; tokens are defined (as sha256 digests) in the \
-    daemon config with roles read, submit, approve and admin. Every error is JSON \
+    daemon config with roles read, submit, approve and admin. The web page's session cookie \
+    authenticates too (a POST then needs the session's `X-CSRF-Token`; see docs/web.md). Every error is JSON \
     `{\"error\": \"...\"}`; a 422 adds `errors`, every problem located. See docs/api.md.";
 
 #[derive(OpenApi)]
@@ -48,6 +49,7 @@ const DESCRIPTION: &str = "Submit PostgreSQL deployment plans, approve, abort an
         control::ack,
         undo::undo,
         runbook::runbook,
+        series::series,
     ),
     components(
         // Named by the error responses, which refer to their schemas by name.

@@ -32,7 +32,7 @@ use crate::daemon::api::auth::ActorSlot;
 use crate::daemon::api::error::{ApiError, AuditDetail, AuditRun};
 use crate::daemon::api::events::StopSignal;
 use crate::daemon::api::{
-    audit, control, events, health, openapi, runbook, runs, submit, undo, view,
+    audit, control, events, health, openapi, runbook, runs, series, submit, undo, view,
 };
 use crate::daemon::shared::SharedRef;
 
@@ -60,7 +60,7 @@ pub struct RouteSpec {
     pub mutating: bool,
 }
 
-const fn spec(method: &'static str, path: &'static str, action: &'static str) -> RouteSpec {
+pub const fn spec(method: &'static str, path: &'static str, action: &'static str) -> RouteSpec {
     RouteSpec {
         method,
         path,
@@ -81,10 +81,13 @@ pub const ABORT: RouteSpec = spec("POST", "/v1/runs/{id}/abort", "abort");
 pub const ACK: RouteSpec = spec("POST", "/v1/runs/{id}/ack", "ack");
 pub const UNDO: RouteSpec = spec("POST", "/v1/runs/{id}/undo", "undo");
 pub const RUNBOOK: RouteSpec = spec("GET", "/v1/runs/{id}/runbook", "runbook");
+pub const SERIES: RouteSpec = spec("GET", "/v1/runs/{id}/checks/{name}/series", "check_series");
 
-/// Every route the API serves (the OpenAPI document must describe each).
+/// Every route the API serves (the OpenAPI document must describe each). The
+/// web page's routes are [`crate::web::PAGES`].
 pub const ROUTES: &[RouteSpec] = &[
     HEALTHZ, METRICS, OPENAPI, SUBMIT, LIST, SHOW, EVENTS, APPROVE, ABORT, ACK, UNDO, RUNBOOK,
+    SERIES,
 ];
 
 /// The whole API, ready for `axum::serve` (with
@@ -115,6 +118,8 @@ fn router_with(shared: SharedRef, stop: StopSignal) -> Router {
         .route(ACK.path, post(control::ack))
         .route(UNDO.path, post(undo::undo))
         .route(RUNBOOK.path, get(runbook::runbook))
+        .route(SERIES.path, get(series::series))
+        .merge(crate::web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     // An event stream stays open until its run finishes or the daemon stops.
@@ -200,14 +205,18 @@ struct Matched {
 fn classify(method: &Method, path: &str) -> Matched {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let fits = |template: &str| {
-        let parts: Vec<&str> = template.split('/').collect();
+        let parts: Vec<&str> = template.trim_end_matches('/').split('/').collect();
         parts.len() == segments.len()
             && parts
                 .iter()
                 .zip(&segments)
                 .all(|(t, s)| t == s || (t.starts_with('{') && !s.is_empty()))
     };
-    let same_path: Vec<&RouteSpec> = ROUTES.iter().filter(|r| fits(r.path)).collect();
+    let same_path: Vec<&RouteSpec> = ROUTES
+        .iter()
+        .chain(crate::web::PAGES)
+        .filter(|r| fits(r.path))
+        .collect();
     let spec = same_path
         .iter()
         .find(|r| r.method == method.as_str())

@@ -18,7 +18,7 @@ use crate::daemon::api::routes::RUNBOOK;
 use crate::daemon::api::runs::{RunPath, run_id};
 use crate::daemon::shared::SharedRef;
 use crate::run::checkpoint::Checkpoint;
-use crate::runbook::{Input, RunRecord};
+use crate::runbook::{Document, Input, RunRecord};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -62,12 +62,23 @@ pub async fn runbook(
             )));
         }
     };
+    let document = document(&shared, &id).await?;
+    let (content_type, body) = if html {
+        ("text/html; charset=utf-8", document.html())
+    } else {
+        ("text/markdown; charset=utf-8", document.markdown())
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// Run `id`'s runbook (also shown by the web page at `/runs/{id}/runbook`).
+pub async fn document(shared: &SharedRef, id: &str) -> Result<Document, ApiError> {
     let client = shared.pool.get().await?;
     let Some(row) = client
         .query_opt("SELECT bundle, checkpoint FROM runs WHERE id = $1", &[&id])
         .await?
     else {
-        return Err(ApiError::no_such_run(&id));
+        return Err(ApiError::no_such_run(id));
     };
     let bundle: Bundle = serde_json::from_value(row.get(0))
         .map_err(|e| ApiError::internal(format!("the run's bundle cannot be read: {e}")))?;
@@ -79,16 +90,10 @@ pub async fn runbook(
     let facts = serde_json::from_value::<Checkpoint>(row.get(1))
         .map(|cp| cp.facts)
         .unwrap_or_default();
-    let run = RunRecord::from_facts(&id, &facts);
-    let document = crate::runbook::compose(&Input {
+    let run = RunRecord::from_facts(id, &facts);
+    Ok(crate::runbook::compose(&Input {
         plan: &plan,
         run: Some(&run),
         policies: Some(&shared.config.notify.policies),
-    });
-    let (content_type, body) = if html {
-        ("text/html; charset=utf-8", document.html())
-    } else {
-        ("text/markdown; charset=utf-8", document.markdown())
-    };
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    }))
 }

@@ -100,6 +100,10 @@ pub struct PlanRef {
 /// What only the full view carries.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunDetail {
+    /// The `seq` of the run's newest event when this view was read (0 before
+    /// any): follow the events after it (`?after=`, `Last-Event-ID`) to miss
+    /// nothing that happened since.
+    pub last_seq: i64,
     pub files: Vec<FileRef>,
     /// Versions this run has applied so far (while migrating, soaking or rolling back).
     pub applied: Option<Vec<i64>>,
@@ -261,7 +265,8 @@ const DETAIL: &str = "(SELECT coalesce(jsonb_agg(jsonb_build_object('name', f->>
                                       THEN r.bundle->'migrations'->'files' ELSE '[]'::jsonb END)
             WITH ORDINALITY AS x(f, n)),
     r.checkpoint, r.rehearsal_required, r.rehearsal, r.rehearsal_attempts,
-    r.rehearsal_owner, coalesce(r.rehearsal_lease_until > now(), false)";
+    r.rehearsal_owner, coalesce(r.rehearsal_lease_until > now(), false),
+    (SELECT coalesce(max(e.id), 0) FROM events e WHERE e.run_id = r.id)";
 
 fn compact(row: &Row) -> RunSummary {
     RunSummary {
@@ -309,6 +314,7 @@ pub async fn load(client: &impl GenericClient, id: &str) -> Result<Option<RunVie
     let summary = compact(&row);
     let files: Value = row.get(27);
     let checkpoint: Value = row.get(28);
+    let last_seq: i64 = row.get(34);
     let latest = client
         .prepare_cached(
             // A skip scan over events_check_samples: the first check name,
@@ -345,6 +351,7 @@ pub async fn load(client: &impl GenericClient, id: &str) -> Result<Option<RunVie
         })
         .collect();
     let mut d = detail(files, &checkpoint, checks);
+    d.last_seq = last_seq;
     d.notifications = crate::notify::outbox::for_run(client, id).await?;
     d.escalation = crate::notify::escalation::for_run(client, id).await?;
     d.undos = crate::daemon::undo::store::for_run(client, id).await?;
@@ -380,6 +387,7 @@ fn detail(files: Value, checkpoint: &Value, checks: Vec<Value>) -> RunDetail {
         samples_planned: Some(p.samples_planned.into()),
     });
     RunDetail {
+        last_seq: 0,
         files,
         applied: state.and_then(|s| s.applied()).map(<[i64]>::to_vec),
         cause: state.and_then(|s| s.cause()).map(str::to_owned),
