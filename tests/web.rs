@@ -990,3 +990,96 @@ async fn a_breached_run_shows_its_verdict_marks_and_rollback() {
     browser.find_text("#runs-table", "soak").await;
     publish(&browser.screenshot("runs-list").await);
 }
+
+/// `benches/web.sh` (ignored in the suite: it reports figures, asserts no
+/// time): an hour's soak at a 1 s interval with four checks (3,600 samples
+/// each, a breach every 500), written into the state database after a real
+/// short run; then the series route's latency, and the run page's time from
+/// navigation until every chart is drawn, in headless Chromium.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: run benches/web.sh"]
+async fn chart_benchmark() {
+    const SAMPLES: i32 = 3600;
+    const ROUNDS: usize = 7;
+    let (env, daemon, api) = start().await;
+    let work = common::scratch_dir();
+    let names = ["latency_ms", "errors", "locks", "replication_lag_s"];
+    let checks: String = names.iter().map(|n| check(n, "SELECT 1", 100, 3)).collect();
+    let (plan_path, set) = plan(work.path(), "jobs", "1s", "250ms", &checks, false);
+    let run = api.submit(SUBMITTER, &plan_path, &set).await;
+    env.wait_finished(&run, common::PATIENCE).await;
+    // Each check's first real sample, copied SAMPLES times a second apart.
+    let inserted = env
+        .state
+        .client()
+        .await
+        .execute(
+            "WITH first AS (
+                 SELECT DISTINCT ON (event->>'check') run_id, ts, name, event FROM events
+                  WHERE run_id = $1 AND name = 'check_sample' ORDER BY event->>'check', id)
+             INSERT INTO events (run_id, ts, name, event)
+             SELECT run_id, ts + g * interval '1 second', name,
+                    event || jsonb_build_object(
+                        'elapsed_s', g::float8,
+                        'value', 50 + 20 * sin(g / 60.0) + CASE WHEN g % 500 = 0 THEN 200 ELSE 0 END,
+                        'breaching', g % 500 = 0)
+               FROM first, generate_series(1, $2) AS g",
+            &[&run, &SAMPLES],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, (SAMPLES as u64) * names.len() as u64);
+
+    let mut series_ms = Vec::new();
+    for _ in 0..ROUNDS {
+        for name in names {
+            let started = std::time::Instant::now();
+            let (status, body) = api
+                .get(
+                    READER,
+                    &format!("/v1/runs/{run}/checks/{name}/series?points=600"),
+                )
+                .await;
+            series_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+
+    let browser = Browser::start().await;
+    browser.sign_in(&daemon.url, READER).await;
+    let mut page_ms = Vec::new();
+    let mut points = 0;
+    for _ in 0..ROUNDS {
+        browser.open_run(&daemon.url, &run).await;
+        let loaded = browser
+            .execute(
+                "return performance.getEntriesByName('pgshepherd:loaded')[0].startTime",
+                json!([]),
+            )
+            .await;
+        page_ms.push(loaded.as_f64().unwrap());
+        points = browser
+            .execute(
+                "return document.querySelectorAll('figure.chart svg .breach').length",
+                json!([]),
+            )
+            .await
+            .as_u64()
+            .unwrap();
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "web bench: {} checks x {SAMPLES} samples; series route (points=600) median {:.1} ms, \
+         max {:.1} ms over {} calls; run page navigation -> every chart drawn: median {:.0} ms, \
+         max {:.0} ms over {ROUNDS} loads; breach marks drawn: {points}",
+        names.len(),
+        median(&mut series_ms),
+        series_ms.last().unwrap(),
+        series_ms.len(),
+        median(&mut page_ms),
+        page_ms.last().unwrap(),
+    );
+}

@@ -544,6 +544,8 @@
     renderTimeline();
     renderBackup();
     if (view.phase !== "finished") startLive(since);
+    // For benches/web.sh: the page is drawn (view, log, every chart).
+    performance.mark("pgshepherd:loaded");
     root.dataset.loaded = "true";
   }
 
