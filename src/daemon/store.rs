@@ -15,8 +15,8 @@ use deadpool_postgres::{
 use serde_json::Value;
 
 use crate::notify::config::NotifyConfig;
-use crate::notify::notices::Progress;
 use crate::notify::outbox;
+use crate::notify::progress::Progress;
 use crate::pg::Dsn;
 use crate::plan::RollbackStrategy;
 use crate::run::checkpoint::Checkpoint;

@@ -13,6 +13,7 @@ pub mod deliver;
 pub mod escalation;
 pub mod notices;
 pub mod outbox;
+pub mod progress;
 pub mod render;
 pub mod sign;
 

@@ -27,7 +27,8 @@ use tracing::{error, info, warn};
 use crate::daemon::deadline::bounded;
 use crate::notify::config::{Channel, NotifyConfig};
 use crate::notify::deliver::{self, Attempt, Delivery};
-use crate::notify::notices::{self, Progress, ProgressPoint, RunMeta};
+use crate::notify::notices::{self, RunMeta};
+use crate::notify::progress::{Progress, ProgressPoint};
 use crate::notify::{Notice, NoticeKind, render, sign};
 use crate::run::event::Event;
 
