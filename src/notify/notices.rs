@@ -758,12 +758,12 @@ pub(crate) fn secs(s: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checks::verdict::Rule;
     use crate::run::event::Step;
 
-    fn run() -> RunMeta {
+    pub(crate) fn run() -> RunMeta {
         RunMeta {
             run_id: "0123456789ab".into(),
             target: "orders".into(),
@@ -771,7 +771,7 @@ mod tests {
         }
     }
 
-    fn event(step: Option<Step>, kind: EventKind) -> Event {
+    pub(crate) fn event(step: Option<Step>, kind: EventKind) -> Event {
         Event {
             ts: Utc::now(),
             run_id: "0123456789ab".into(),

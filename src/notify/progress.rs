@@ -153,24 +153,8 @@ impl ProgressPoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::notices::tests::{event, run};
     use crate::run::event::Step;
-
-    fn run() -> RunMeta {
-        RunMeta {
-            run_id: "0123456789ab".into(),
-            target: "orders".into(),
-            plan: "add-index".into(),
-        }
-    }
-
-    fn event(step: Option<Step>, kind: EventKind) -> Event {
-        Event {
-            ts: Utc::now(),
-            run_id: "0123456789ab".into(),
-            step,
-            kind,
-        }
-    }
 
     #[test]
     fn progress_comes_once_per_cadence_per_channel() {
