@@ -36,6 +36,26 @@ fn der_of(crt: &Path) -> Vec<u8> {
 /// A new TLS connection to `addr` trusting only `ca`: the end-entity
 /// certificate the server presented (DER).
 async fn presented_certificate(addr: &str, ca: &Path) -> Vec<u8> {
+    presented_certificate_over(TcpStream::connect(addr).await.unwrap(), ca).await
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (any of
+/// 127.0.0.0/8 works on Linux: a second client address for the tests).
+async fn from_address(from: &str, addr: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// The certificate the daemon presents on `tcp`.
+async fn presented_certificate_over(tcp: TcpStream, ca: &Path) -> Vec<u8> {
+    try_handshake(tcp, ca)
+        .await
+        .expect("a TLS handshake with the daemon")
+}
+
+/// The certificate the daemon presents on `tcp`, if the handshake completes.
+async fn try_handshake(tcp: TcpStream, ca: &Path) -> Option<Vec<u8>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&std::fs::read(ca).unwrap()) {
         roots.add(cert.unwrap()).unwrap();
@@ -47,14 +67,15 @@ async fn presented_certificate(addr: &str, ca: &Path) -> Vec<u8> {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
         .await
-        .expect("a TLS handshake with the daemon");
-    tls.get_ref().1.peer_certificates().expect("a certificate")[0]
-        .as_ref()
-        .to_vec()
+        .ok()?;
+    Some(
+        tls.get_ref().1.peer_certificates().expect("a certificate")[0]
+            .as_ref()
+            .to_vec(),
+    )
 }
 
 /// Wait until the daemon's log holds `needle`; returns the log.
@@ -142,6 +163,29 @@ async fn serves_https_and_takes_a_new_certificate_on_sighup_while_a_run_goes_on(
     assert_eq!(status, 200, "{body}");
     assert_eq!(presented_certificate(&addr, &ca).await, first);
     drop(silent);
+    // One address holding eight silent handshakes gets its ninth connection
+    // closed at once; another address is served meanwhile.
+    {
+        use tokio::io::AsyncReadExt;
+        let mut silent = Vec::new();
+        for _ in 0..8 {
+            silent.push(from_address("127.0.0.1", &addr).await);
+        }
+        // Accepted in the order they connected (one listening socket's
+        // queue): the ninth meets eight handshakes in progress.
+        let mut ninth = from_address("127.0.0.1", &addr).await;
+        let mut byte = [0u8; 1];
+        assert!(matches!(ninth.read(&mut byte).await, Ok(0) | Err(_)));
+        log_shows(&daemon, "from this address at their limit").await;
+        let other = from_address("127.0.0.2", &addr).await;
+        assert_eq!(presented_certificate_over(other, &ca).await, first);
+        drop(silent);
+        // Once the daemon has seen them go, 127.0.0.1 is served again.
+        common::eventually("a handshake from 127.0.0.1 again", || async {
+            try_handshake(from_address("127.0.0.1", &addr).await, &ca).await
+        })
+        .await;
+    }
 
     // A run held in its migration for as long as the rotation takes.
     let (plan, set) = plan_dir(

@@ -4,7 +4,10 @@
 //!
 //! Invariants:
 //! - One client's handshake never delays another's: each runs in its own task,
-//!   bounded by [`HANDSHAKE_TIMEOUT`]; only finished handshakes reach axum. A
+//!   bounded by [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES_PER_PEER`] per
+//!   client address and [`MAX_HANDSHAKES`] in all (a connection past either is
+//!   closed at once, never queued behind the others); only finished
+//!   handshakes reach axum. A
 //!   failed one is logged at debug (port scanners and plain-HTTP clients would
 //!   flood a higher level) with the peer address and rustls's reason, nothing
 //!   the client sent.
@@ -31,8 +34,13 @@ use crate::tls::ServerKeyError;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handshakes in progress at once (each holds a task and a descriptor until
-/// it completes or [`HANDSHAKE_TIMEOUT`] passes).
+/// it completes or [`HANDSHAKE_TIMEOUT`] passes). A connection past it is
+/// closed at once rather than left to wait.
 const MAX_HANDSHAKES: usize = 512;
+
+/// Handshakes in progress at once from one address: one host that opens
+/// connections and never completes them cannot take the others' share.
+const MAX_HANDSHAKES_PER_PEER: usize = 8;
 
 /// Handshaken connections waiting for axum to take them.
 const ACCEPTED_BACKLOG: usize = 64;
@@ -148,6 +156,7 @@ async fn accept_loop(
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let per_peer = PerPeer::default();
     loop {
         let accepted = tokio::select! {
             _ = tx.closed() => return,
@@ -160,14 +169,14 @@ async fn accept_loop(
                 continue;
             }
         };
-        // At most MAX_HANDSHAKES at once: past that, connections wait in the
-        // kernel's backlog instead of each holding a task and a descriptor.
-        let permit = tokio::select! {
-            _ = tx.closed() => return,
-            permit = Arc::clone(&handshakes).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
+        // Dropping the stream closes the connection.
+        let Some(peer_slot) = per_peer.take(peer.ip()) else {
+            tracing::debug!(%peer, "TLS handshakes in progress from this address at their limit; closed");
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+            tracing::warn!(%peer, "{MAX_HANDSHAKES} TLS handshakes in progress; connection closed");
+            continue;
         };
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
@@ -179,7 +188,7 @@ async fn accept_loop(
                 Some(acceptor.accept(stream).await)
             };
             let handshaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
-            drop(permit);
+            drop((permit, peer_slot));
             match handshaken {
                 Ok(Some(Ok(tls))) => {
                     // Err: the server is shutting down; the connection closes.
@@ -190,6 +199,43 @@ async fn accept_loop(
                 Err(_) => tracing::debug!(%peer, "TLS handshake not completed in time"),
             }
         });
+    }
+}
+
+/// Handshakes in progress per client address.
+#[derive(Default, Clone)]
+struct PerPeer(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One handshake of one address in progress; released when dropped.
+struct PeerSlot {
+    table: PerPeer,
+    ip: std::net::IpAddr,
+}
+
+impl PerPeer {
+    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = table.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut table = self.table.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = table.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                table.remove(&self.ip);
+            }
+        }
     }
 }
 
