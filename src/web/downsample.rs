@@ -2,9 +2,13 @@
 //! a 1 s interval is 3,600 samples per check, more than a chart has pixels.
 //!
 //! Pure, no I/O. Invariants:
-//! - every breaching and every inconclusive sample is kept, whatever `target`:
-//!   they are what the on-call looks for, and a min/max envelope would hide an
-//!   inconclusive sample (it has no value) and could hide a breach;
+//! - every breaching sample is kept, whatever `target`: it is what the on-call
+//!   looks for, and a min/max envelope could hide one;
+//! - every inconclusive sample is kept too (a min/max envelope would hide it:
+//!   it has no value), except inside a stretch of them: of consecutive
+//!   inconclusive samples the first and the last are kept, which draws the
+//!   stretch, so that a target down for hours does not send every one of its
+//!   samples (the series reports how many there were);
 //! - of the other samples at most `target` are kept: the samples are cut into
 //!   `target / 2` buckets of consecutive samples, and of each bucket the lowest
 //!   and the highest value are kept (so the envelope of the line, spikes
@@ -42,8 +46,9 @@ pub struct Point {
     pub in_a_row: u32,
 }
 
-/// At most `target` ok samples of `points` (min and max per bucket) and every
-/// breach and inconclusive sample, in order. `target` below 2 is taken as 2.
+/// At most `target` ok samples of `points` (min and max per bucket), every
+/// breach, and the inconclusive samples but for the inside of a stretch of
+/// them, in order. `target` below 2 is taken as 2.
 pub fn downsample(points: &[Point], target: usize) -> Vec<Point> {
     let target = target.max(2);
     if points.len() <= target {
@@ -68,15 +73,26 @@ pub fn downsample(points: &[Point], target: usize) -> Vec<Point> {
             }
         }
         let (low, high) = (low.map(|l| l.0), high.map(|h| h.0));
+        let start = b * n / buckets;
         kept.extend(
             bucket
                 .iter()
                 .enumerate()
-                .filter(|(i, p)| p.kind != Kind::Ok || Some(*i) == low || Some(*i) == high)
+                .filter(|(i, p)| match p.kind {
+                    Kind::Ok => Some(*i) == low || Some(*i) == high,
+                    Kind::Breach => true,
+                    Kind::Inconclusive => !inside_inconclusive_stretch(points, start + i),
+                })
                 .map(|(_, p)| p.clone()),
         );
     }
     kept
+}
+
+/// Whether `points[i]` has an inconclusive sample on both sides.
+fn inside_inconclusive_stretch(points: &[Point], i: usize) -> bool {
+    let inconclusive = |j: usize| points.get(j).is_some_and(|p| p.kind == Kind::Inconclusive);
+    i > 0 && inconclusive(i - 1) && inconclusive(i + 1)
 }
 
 #[cfg(test)]
@@ -112,7 +128,7 @@ mod tests {
     }
 
     #[test]
-    fn web_downsampling_keeps_every_breach_and_inconclusive_sample() {
+    fn web_downsampling_keeps_every_breach_and_scattered_inconclusive_sample() {
         let all = hour();
         let special = all.iter().filter(|p| p.kind != Kind::Ok).count();
         let breaches = all.iter().filter(|p| p.kind == Kind::Breach).count();
@@ -129,6 +145,29 @@ mod tests {
             // Every point kept is a real sample.
             assert!(kept.iter().all(|p| all.contains(p)));
         }
+    }
+
+    #[test]
+    fn web_downsampling_draws_a_long_inconclusive_stretch_by_its_ends() {
+        // A target down for most of a day at 1 s, a breach in the middle of it.
+        let mut all = hour();
+        for (i, p) in all.iter_mut().enumerate().skip(1000).take(2000) {
+            p.kind = if i == 2500 {
+                Kind::Breach
+            } else {
+                Kind::Inconclusive
+            };
+            p.value = (i == 2500).then_some(900.0);
+        }
+        let kept = downsample(&all, 300);
+        let inside: Vec<&Point> = kept
+            .iter()
+            .filter(|p| (1000..3000).contains(&(p.t as usize)))
+            .collect();
+        // The ends of both stretches around the breach, and the breach.
+        let ts: Vec<usize> = inside.iter().map(|p| p.t as usize).collect();
+        assert_eq!(ts, [1000, 2499, 2500, 2501, 2999], "{ts:?}");
+        assert!(kept.len() <= 300 + 80, "{}", kept.len());
     }
 
     #[test]

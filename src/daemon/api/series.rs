@@ -85,6 +85,10 @@ pub struct CheckSeries {
     pub interval_s: Option<f64>,
     /// Samples taken so far (before downsampling).
     pub samples: u64,
+    /// Of those, how many breached and how many were inconclusive (before
+    /// downsampling, which thins long inconclusive stretches).
+    pub breaching: u64,
+    pub inconclusive: u64,
     /// Every sample with a `seq` up to this one is represented here: follow the
     /// run's events after it for new samples.
     pub through: i64,
@@ -261,6 +265,8 @@ async fn load(
         soak_duration_s: soak["duration_s"].as_f64(),
         interval_s: soak["interval_s"].as_f64(),
         samples: all.len() as u64,
+        breaching: all.iter().filter(|p| p.kind == Kind::Breach).count() as u64,
+        inconclusive: all.iter().filter(|p| p.kind == Kind::Inconclusive).count() as u64,
         through,
         points: downsample::downsample(&all, target),
         verdict,

@@ -68,7 +68,7 @@ const PGChart = (() => {
       this.root = el("figure", { class: "chart", "data-check": info.check },
         this.title, this.sourceEl, this.plot, this.legend, this.summary, this.verdictEl);
       this.update(info);
-      this.setPoints(info.points || [], info.samples || 0);
+      this.setPoints(info.points || [], info);
     }
 
     // What the chart draws around the points (from the series or a sample).
@@ -83,11 +83,16 @@ const PGChart = (() => {
       if (info.verdict) this.setVerdict(info.verdict.message, info.verdict.decision);
     }
 
-    setPoints(points, samples) {
-      this.points = points.slice();
-      this.samples = samples;
-      this.breaches = points.filter((p) => p.kind === "breach").length;
-      this.inconclusive = points.filter((p) => p.kind === "inconclusive").length;
+    // A series from the server: its points (downsampled) and its counts
+    // (before downsampling).
+    // Live samples newer than the series (`through`) are kept after it.
+    setPoints(points, s) {
+      const through = s.through === undefined ? Infinity : s.through;
+      const newer = this.points ? this.points.filter((p) => p.seq > through) : [];
+      this.points = points.concat(newer);
+      this.samples = (s.samples || 0) + newer.length;
+      this.breaches = (s.breaching || 0) + newer.filter((p) => p.kind === "breach").length;
+      this.inconclusive = (s.inconclusive || 0) + newer.filter((p) => p.kind === "inconclusive").length;
       for (const p of points) this.lastSeq = Math.max(this.lastSeq, p.seq);
       this.schedule();
     }
@@ -133,8 +138,14 @@ const PGChart = (() => {
       const values = pts.filter((p) => p.value !== null && p.value !== undefined).map((p) => p.value);
       const limits = (this.bounds || []).map((b) => b.limit).filter((v) => isFinite(v));
       const refs = values.concat(limits, this.baseline !== null && this.baseline !== undefined ? [this.baseline] : []);
-      let lo = refs.length ? Math.min(...refs) : 0;
-      let hi = refs.length ? Math.max(...refs) : 1;
+      // A loop, not Math.min(...refs): spreading a long array overflows the
+      // engine's argument limit.
+      let lo = refs.length ? Infinity : 0;
+      let hi = refs.length ? -Infinity : 1;
+      for (const v of refs) {
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
       if (hi === lo) {
         const d = Math.abs(hi) * 0.1 || 1;
         lo -= d;

@@ -476,14 +476,27 @@
     }
     const c = chartFor(name, s);
     c.through = Math.max(c.through, s.through);
-    c.setPoints(s.points, s.samples);
+    c.setPoints(s.points, s);
+  }
+
+  // A page left open on a long soak appends every live sample: once a chart
+  // holds twice what the server sends, it is fetched again, thinned there.
+  const rethinning = new Set();
+  function rethinIfLong(name) {
+    const c = chartFor(name);
+    if (c.points.length <= 2 * SERIES_POINTS || rethinning.has(name)) return;
+    rethinning.add(name);
+    loadSeries(name).finally(() => rethinning.delete(name));
   }
 
   // ---- live ------------------------------------------------------------------
 
   function onEvent(e) {
     if (e.event === "check_sample") {
-      if (e.step === "soak") chartFor(e.check).addSample(e);
+      if (e.step === "soak") {
+        chartFor(e.check).addSample(e);
+        rethinIfLong(e.check);
+      }
       return;
     }
     if (!addEvent(e)) return;
