@@ -505,6 +505,48 @@ async fn anonymous_requests_are_counted_and_another_site_cannot_sign_out() {
     );
 }
 
+/// An event stream opened with a session cookie ends once the session does:
+/// signing out (or expiry) ends what the browser can read, not only new
+/// requests. The run is still open, so nothing else would end it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_event_stream_ends_with_its_session() {
+    let (_env, daemon, api) = start().await;
+    let base = daemon.url.clone();
+    let work = common::scratch_dir();
+    let (plan_path, set) = pending_plan(work.path());
+    let run = api.submit(SUBMITTER, &plan_path, &set).await;
+    let dave = session(&base, READER).await;
+    let mut stream = http()
+        .get(format!("{base}/v1/runs/{run}/events"))
+        .header(COOKIE, &dave.cookie)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    // The run's first event (submitted) arrives: the stream is open.
+    let first = stream.chunk().await.unwrap().expect("an event");
+    assert!(String::from_utf8_lossy(&first).contains("id: "), "{first:?}");
+
+    let r = http()
+        .post(format!("{base}/signout"))
+        .header(COOKIE, &dave.cookie)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("csrf={}", dave.csrf))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // What is left of the stream (the rest of the run's events so far), then
+    // its end.
+    while stream.chunk().await.unwrap().is_some() {}
+    assert_eq!(
+        api.get(READER, &format!("/v1/runs/{run}")).await.1["phase"],
+        "pending_approval",
+        "the run is still open: the session's end ended the stream"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn over_https_the_session_cookie_is_secure() {
     let work = common::scratch_dir();

@@ -180,7 +180,17 @@ impl Sessions {
 
     /// The live session whose id is `id`, against the configured `tokens`.
     pub fn find(&self, tokens: &[Token], id: &str) -> Option<Session> {
-        let key = key_of(id);
+        self.find_key(tokens, key_of(id))
+    }
+
+    /// `session` still authenticates: not signed out, expired, dropped to
+    /// make room, nor its token gone from `tokens`. An open event stream asks
+    /// this at each poll, so that it does not outlive its session.
+    pub fn is_live(&self, tokens: &[Token], session: &Session) -> bool {
+        self.find_key(tokens, session.key).is_some()
+    }
+
+    fn find_key(&self, tokens: &[Token], key: [u8; 32]) -> Option<Session> {
         let mut entries = self.lock();
         let entry = entries.get(&key)?.clone();
         let now = Instant::now();
@@ -443,7 +453,9 @@ mod tests {
                 .is_none()
         );
         let live = sessions.create(&dave).unwrap();
+        assert!(sessions.is_live(std::slice::from_ref(&dave), &live.session));
         sessions.remove(&live.session);
+        assert!(!sessions.is_live(std::slice::from_ref(&dave), &live.session));
         assert!(
             sessions
                 .find(std::slice::from_ref(&dave), &live.id)
