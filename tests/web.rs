@@ -488,21 +488,12 @@ async fn anonymous_requests_are_counted_and_another_site_cannot_sign_out() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
-    let total = |status: i32| -> i32 {
-        audit
-            .iter()
-            .filter(|a| a.2 == status)
-            .map(|a| a.3)
-            .sum()
-    };
+    let total = |status: i32| -> i32 { audit.iter().filter(|a| a.2 == status).map(|a| a.3).sum() };
     // One row per status, or two if the loop straddled a minute.
     assert!(audit.len() <= 4, "{audit:#?}");
     assert_eq!(total(403), 50 + 2, "{audit:#?}");
     assert_eq!(total(400), 50, "{audit:#?}");
-    assert!(
-        audit.iter().all(|a| a.2 == 403 || a.2 == 400),
-        "{audit:#?}"
-    );
+    assert!(audit.iter().all(|a| a.2 == 403 || a.2 == 400), "{audit:#?}");
 }
 
 /// An event stream opened with a session cookie ends once the session does:
@@ -526,7 +517,10 @@ async fn an_open_event_stream_ends_with_its_session() {
     assert_eq!(stream.status(), StatusCode::OK);
     // The run's first event (submitted) arrives: the stream is open.
     let first = stream.chunk().await.unwrap().expect("an event");
-    assert!(String::from_utf8_lossy(&first).contains("id: "), "{first:?}");
+    assert!(
+        String::from_utf8_lossy(&first).contains("id: "),
+        "{first:?}"
+    );
 
     let r = http()
         .post(format!("{base}/signout"))

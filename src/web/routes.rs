@@ -76,7 +76,10 @@ pub fn router() -> Router<SharedRef> {
 
 /// The headers of every answer (see the module comment); the API's router
 /// applies this outermost, so 404s, 405s, panics and timeouts get them too.
-pub async fn protective_headers(State(shared): State<SharedRef>, mut response: Response) -> Response {
+pub async fn protective_headers(
+    State(shared): State<SharedRef>,
+    mut response: Response,
+) -> Response {
     let headers = response.headers_mut();
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));

@@ -3,11 +3,11 @@
 //! line. Rows name the actor by token name; no token text ever reaches them.
 //!
 //! Requests without an authenticated actor (a 401, a sign-in refused as
-//! cross-site or malformed, a submit to a path that does not exist) are counted,
-//! not written one by one: anyone can send thousands, and each would have been
-//! a row. Each source address and status gets at most one row per minute (per
-//! daemon), whose `count` says how many requests it stands for; the action and
-//! detail are those of the first. Every one is still a log line.
+//! cross-site or malformed) are counted, not written one by one: anyone can
+//! send thousands, and each would have been a row. Each source address and
+//! status gets at most one row per minute (per daemon), whose `count` says how
+//! many requests it stands for; the action and detail are those of the first.
+//! Every one is still a log line.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -178,9 +178,10 @@ pub async fn record_unauthenticated(
                         .map_err(WriteError::Query)
                 })
                 .await;
-                let next = shared
-                    .unauthenticated
-                    .inserted(&source, status, row.as_ref().ok().copied());
+                let next =
+                    shared
+                        .unauthenticated
+                        .inserted(&source, status, row.as_ref().ok().copied());
                 let result = row.map(|_| ());
                 flush = next;
                 result

@@ -283,12 +283,10 @@ async fn observe(State(shared): State<SharedRef>, mut request: Request, next: Ne
             Some(actor) => {
                 audit::record(&shared, &actor, action, run_id.as_deref(), status, &detail).await
             }
-            // No actor (a 401, a sign-in refused, a submit to nowhere):
+            // No actor (a 401, a refused or malformed sign-in):
             // anyone can send these without limit, so they are counted per
             // source address, status and minute, not written one by one.
-            None => {
-                audit::record_unauthenticated(&shared, source, action, status, &detail).await
-            }
+            None => audit::record_unauthenticated(&shared, source, action, status, &detail).await,
         }
     }
     response
