@@ -387,6 +387,160 @@ async fn sign_in_sessions_csrf_and_headers_over_http() {
     }
 }
 
+/// What anyone can send without a token leaves no audit row per request:
+/// sign-outs without a session are not audited, refused sign-ins are counted
+/// per source, status and minute like the API's 401s, and a path with a
+/// trailing slash is no route (not a submit). Another site cannot sign a
+/// browser out. Every answer, JSON and errors included, carries `no-store` and
+/// `nosniff`.
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_requests_are_counted_and_another_site_cannot_sign_out() {
+    let (env, daemon, _api) = start().await;
+    let base = daemon.url.clone();
+    let dave = session(&base, READER).await;
+    let signout = |cookie: Option<&str>, extra: &[(&'static str, &str)]| {
+        let mut r = http()
+            .post(format!("{base}/signout"))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body("csrf=");
+        if let Some(c) = cookie {
+            r = r.header(COOKIE, c);
+        }
+        for (k, v) in extra {
+            r = r.header(*k, *v);
+        }
+        r.send()
+    };
+    for _ in 0..50 {
+        let r = signout(None, &[]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let r = post_signin(&base, READER, &[("origin", "http://evil.example")]).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = http()
+            .post(format!("{base}/signin"))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body("next=%2F")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = http()
+            .post(format!("{base}/v1/runs/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    // Another site's form (no cookie: SameSite=Strict) and a forged one with
+    // the cookie: refused, and the cookie is not cleared.
+    for cookie in [None, Some(dave.cookie.as_str())] {
+        for extra in [
+            ("origin", "http://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+        ] {
+            let r = signout(cookie, &[extra]).await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{cookie:?} {extra:?}");
+            assert!(header(&r, "set-cookie").is_empty(), "{cookie:?} {extra:?}");
+        }
+    }
+    let r = http()
+        .get(format!("{base}/v1/runs"))
+        .header(COOKIE, &dave.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "still signed in");
+    // The JSON the page fetches with its cookie is per user: never cached.
+    assert_eq!(header(&r, "cache-control"), "no-store");
+    assert_eq!(header(&r, "x-content-type-options"), "nosniff");
+    // Nor are errors, on page paths or not.
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/runs/0123456789ab/nope", 404),
+        (reqwest::Method::DELETE, "/signin", 405),
+        (reqwest::Method::GET, "/v1/nothing", 404),
+    ] {
+        let r = http()
+            .request(method, format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        assert_eq!(header(&r, "cache-control"), "no-store", "{path}");
+        assert_eq!(header(&r, "x-content-type-options"), "nosniff", "{path}");
+        assert!(!header(&r, "content-security-policy").is_empty(), "{path}");
+        // Plain HTTP: no HSTS.
+        assert!(header(&r, "strict-transport-security").is_empty());
+    }
+
+    // The audit trail: no sign-out without a session, no 404; the refused
+    // sign-ins (and cookie-less forged sign-outs) in a few counted rows.
+    let audit: Vec<(String, String, i32, i32)> = env
+        .state
+        .client()
+        .await
+        .query(
+            "SELECT actor, action, status, count FROM audit WHERE actor = 'anonymous' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let total = |status: i32| -> i32 { audit.iter().filter(|a| a.2 == status).map(|a| a.3).sum() };
+    // One row per status, or two if the loop straddled a minute.
+    assert!(audit.len() <= 4, "{audit:#?}");
+    assert_eq!(total(403), 50 + 2, "{audit:#?}");
+    assert_eq!(total(400), 50, "{audit:#?}");
+    assert!(audit.iter().all(|a| a.2 == 403 || a.2 == 400), "{audit:#?}");
+}
+
+/// An event stream opened with a session cookie ends once the session does:
+/// signing out (or expiry) ends what the browser can read, not only new
+/// requests. The run is still open, so nothing else would end it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_event_stream_ends_with_its_session() {
+    let (_env, daemon, api) = start().await;
+    let base = daemon.url.clone();
+    let work = common::scratch_dir();
+    let (plan_path, set) = pending_plan(work.path());
+    let run = api.submit(SUBMITTER, &plan_path, &set).await;
+    let dave = session(&base, READER).await;
+    let mut stream = http()
+        .get(format!("{base}/v1/runs/{run}/events"))
+        .header(COOKIE, &dave.cookie)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    // The run's first event (submitted) arrives: the stream is open.
+    let first = stream.chunk().await.unwrap().expect("an event");
+    assert!(
+        String::from_utf8_lossy(&first).contains("id: "),
+        "{first:?}"
+    );
+
+    let r = http()
+        .post(format!("{base}/signout"))
+        .header(COOKIE, &dave.cookie)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("csrf={}", dave.csrf))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // What is left of the stream (the rest of the run's events so far), then
+    // its end.
+    while stream.chunk().await.unwrap().is_some() {}
+    assert_eq!(
+        api.get(READER, &format!("/v1/runs/{run}")).await.1["phase"],
+        "pending_approval",
+        "the run is still open: the session's end ended the stream"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn over_https_the_session_cookie_is_secure() {
     let work = common::scratch_dir();
@@ -430,11 +584,32 @@ async fn over_https_the_session_cookie_is_secure() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // Over TLS the daemon says so for a year, on every answer.
+    assert_eq!(header(&r, "strict-transport-security"), "max-age=31536000");
+    // A `__Host-` cookie: Secure, Path=/ and no Domain, or browsers drop it,
+    // so no other host of the domain can set or shadow it.
     let set = header(&r, "set-cookie");
-    assert!(
-        set.ends_with("; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200; Secure"),
+    let (id, attributes) = set.split_once(';').unwrap();
+    assert!(id.starts_with("__Host-pgshepherd_session="), "{set}");
+    assert_eq!(
+        attributes, " HttpOnly; SameSite=Strict; Path=/; Max-Age=43200; Secure",
         "{set}"
     );
+    let r = client
+        .get(format!("{}/v1/runs", daemon.url))
+        .header(COOKIE, id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the cookie signs in");
+    assert_eq!(header(&r, "strict-transport-security"), "max-age=31536000");
+    let r = client
+        .get(format!("{}/nope", daemon.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(header(&r, "strict-transport-security"), "max-age=31536000");
 }
 
 #[tokio::test(flavor = "multi_thread")]

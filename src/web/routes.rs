@@ -7,19 +7,22 @@
 //! - `GET /signin`, `POST /signin` (form field `token`), `POST /signout`.
 //! - `GET /assets/{file}`: the built-in scripts and styles.
 //!
-//! Every answer carries a Content-Security-Policy that allows scripts, styles
-//! and connections from this origin only (no inline code at all) and no
-//! framing, plus `nosniff` and `no-referrer`. Pages are `no-store`: each holds
-//! its session's CSRF token.
+//! Every answer of the daemon, the API's JSON and errors included
+//! ([`protective_headers`], the router's outermost layer), carries a
+//! Content-Security-Policy that allows scripts, styles and connections from
+//! this origin only (no inline code at all) and no framing, plus `nosniff` and
+//! `no-referrer`, and is `no-store` unless it says otherwise (assets): pages
+//! hold their session's CSRF token, and the JSON the page fetches with its
+//! cookie is per user while a shared cache keys on the URL alone. Over TLS,
+//! HSTS too.
 
 use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION, REFERRER_POLICY, SET_COOKIE,
-    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
@@ -27,7 +30,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use crate::daemon::api::auth::{ActorSlot, identify};
-use crate::daemon::api::error::AuditDetail;
+use crate::daemon::api::error::{AuditDetail, NotAudited};
 use crate::daemon::api::routes::{RouteSpec, spec};
 use crate::daemon::api::view::valid_run_id;
 use crate::daemon::shared::SharedRef;
@@ -69,10 +72,14 @@ pub fn router() -> Router<SharedRef> {
         .route(RUN_PAGE.path, get(run_page))
         .route(RUNBOOK_PAGE.path, get(runbook_page))
         .route(ASSET.path, get(asset))
-        .layer(map_response(protective_headers))
 }
 
-async fn protective_headers(mut response: Response) -> Response {
+/// The headers of every answer (see the module comment); the API's router
+/// applies this outermost, so 404s, 405s, panics and timeouts get them too.
+pub async fn protective_headers(
+    State(shared): State<SharedRef>,
+    mut response: Response,
+) -> Response {
     let headers = response.headers_mut();
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));
@@ -87,6 +94,12 @@ async fn protective_headers(mut response: Response) -> Response {
     set(headers, X_FRAME_OPTIONS, "DENY");
     if !headers.contains_key(CACHE_CONTROL) {
         set(headers, CACHE_CONTROL, "no-store");
+    }
+    // Served over TLS by the daemon itself: the browser must not try plain
+    // HTTP for this host again (where the cookie would not be sent, but a
+    // man in the middle could serve a page of its own).
+    if transport::secure_transport(&shared) {
+        set(headers, STRICT_TRANSPORT_SECURITY, "max-age=31536000");
     }
     response
 }
@@ -331,49 +344,63 @@ async fn signout(
     form: Result<Form<SignoutForm>, FormRejection>,
 ) -> Response {
     let secure = transport::secure_transport(&shared);
-    if let SessionAuth::Valid(session) = session::from_headers(&shared, &headers) {
-        if let Some(Extension(slot)) = &actor {
-            slot.set(&session.token.name);
-        }
-        // The form carries the CSRF token as a field; a script may send the
-        // header instead. Either way the same check as the API's.
-        let presented = form
-            .as_ref()
-            .ok()
-            .and_then(|Form(f)| f.csrf.clone())
-            .or_else(|| {
-                headers
-                    .get(CSRF_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        let forged = session::same_origin(&headers).err().or_else(|| {
-            (!crate::daemon::api::auth::constant_time_eq(
-                presented.as_bytes(),
-                session.csrf.as_bytes(),
-            ))
-            .then(|| "sign-out without this session's CSRF token".to_string())
-        });
-        if let Some(why) = forged {
-            let mut r = html(
-                StatusCode::FORBIDDEN,
-                pages::error(
-                    Some(Viewer { session: &session }),
-                    403,
-                    "This sign-out did not come from this page and was refused.",
-                ),
-            );
-            r.extensions_mut().insert(AuditDetail(why));
-            return r;
-        }
-        shared.web.remove(&session);
+    let session = session_of(&shared, &headers);
+    if let (Some(session), Some(Extension(slot))) = (&session, &actor) {
+        slot.set(&session.token.name);
+    }
+    let refuse = |why: String| {
+        let mut r = html(
+            StatusCode::FORBIDDEN,
+            pages::error(
+                session.as_ref().map(|session| Viewer { session }),
+                403,
+                "This sign-out did not come from this page and was refused.",
+            ),
+        );
+        r.extensions_mut().insert(AuditDetail(why));
+        r
+    };
+    // First, whether or not there is a session: another site's form posted
+    // here carries no cookie (SameSite=Strict), and the answer's cookie
+    // clearing would still sign the browser out.
+    if let Err(why) = session::same_origin(&headers) {
+        return refuse(why);
     }
     let mut r = see_other("/signin");
+    match &session {
+        Some(session) => {
+            // The form carries the CSRF token as a field; a script may send
+            // the header instead. Either way the same check as the API's.
+            let presented = form
+                .as_ref()
+                .ok()
+                .and_then(|Form(f)| f.csrf.clone())
+                .or_else(|| {
+                    headers
+                        .get(CSRF_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            if !crate::daemon::api::auth::constant_time_eq(
+                presented.as_bytes(),
+                session.csrf.as_bytes(),
+            ) {
+                return refuse("sign-out without this session's CSRF token".into());
+            }
+            shared.web.remove(session);
+            r.extensions_mut().insert(AuditDetail("signed out".into()));
+        }
+        // Nothing to end (the cookie is gone, expired or from before a
+        // restart): the browser forgets it, and nothing is audited, since
+        // anyone may send this as often as they like.
+        None => {
+            r.extensions_mut().insert(NotAudited);
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(secure)) {
         r.headers_mut().insert(SET_COOKIE, v);
     }
-    r.extensions_mut().insert(AuditDetail("signed out".into()));
     r
 }
 

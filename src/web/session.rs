@@ -37,13 +37,32 @@ use crate::daemon::shared::Shared;
 /// How long a session lasts after sign-in, whatever is done with it.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 
-/// Sessions kept at once. Only a valid token creates one, so this bounds
-/// what a leaked token (or a script signing in in a loop) can make the daemon
-/// hold; past it, the session closest to its expiry is dropped.
+/// Sessions kept at once for one token (by name): past it, that token's
+/// oldest session is dropped. A token signing in in a loop (a script, or a
+/// leaked read token) thus ends only its own sessions, never another token's.
+pub const MAX_SESSIONS_PER_TOKEN: usize = 32;
+
+/// Sessions kept at once, all tokens together: a backstop (many tokens, each
+/// at its cap) on what the daemon holds; past it, the session closest to its
+/// expiry is dropped.
 pub const MAX_SESSIONS: usize = 10_000;
 
-/// The cookie's name.
+/// The cookie's name over plain HTTP.
 pub const COOKIE_NAME: &str = "pgshepherd_session";
+
+/// The cookie's name when the daemon serves TLS: browsers accept a `__Host-`
+/// cookie only with `Secure`, `Path=/` and no `Domain`, so no other host of
+/// the domain, nor plain HTTP, can set or shadow it.
+pub const SECURE_COOKIE_NAME: &str = "__Host-pgshepherd_session";
+
+/// The cookie's name over TLS (`secure`) or not.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_COOKIE_NAME
+    } else {
+        COOKIE_NAME
+    }
+}
 
 /// The header that carries a session's CSRF token on requests that change
 /// something.
@@ -128,11 +147,22 @@ impl Sessions {
         let mut entries = self.lock();
         let now = Instant::now();
         entries.retain(|_, e| e.expires > now);
-        if entries.len() >= MAX_SESSIONS
-            && let Some(oldest) = entries
+        let own = entries.values().filter(|e| e.name == token.name).count();
+        // Every session lives as long after its sign-in, so the one closest
+        // to its expiry is the oldest.
+        let oldest = |entries: &HashMap<[u8; 32], Entry>, own_only: bool| {
+            entries
                 .iter()
+                .filter(|(_, e)| !own_only || e.name == token.name)
                 .min_by_key(|(_, e)| e.expires)
                 .map(|(k, _)| *k)
+        };
+        if own >= MAX_SESSIONS_PER_TOKEN
+            && let Some(oldest) = oldest(&entries, true)
+        {
+            entries.remove(&oldest);
+        } else if entries.len() >= MAX_SESSIONS
+            && let Some(oldest) = oldest(&entries, false)
         {
             entries.remove(&oldest);
         }
@@ -150,7 +180,17 @@ impl Sessions {
 
     /// The live session whose id is `id`, against the configured `tokens`.
     pub fn find(&self, tokens: &[Token], id: &str) -> Option<Session> {
-        let key = key_of(id);
+        self.find_key(tokens, key_of(id))
+    }
+
+    /// `session` still authenticates: not signed out, expired, dropped to
+    /// make room, nor its token gone from `tokens`. An open event stream asks
+    /// this at each poll, so that it does not outlive its session.
+    pub fn is_live(&self, tokens: &[Token], session: &Session) -> bool {
+        self.find_key(tokens, session.key).is_some()
+    }
+
+    fn find_key(&self, tokens: &[Token], key: [u8; 32]) -> Option<Session> {
         let mut entries = self.lock();
         let entry = entries.get(&key)?.clone();
         let now = Instant::now();
@@ -201,9 +241,11 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.trim())
 }
 
-/// The session the request's cookie names, if any.
+/// The session the request's cookie names, if any (the cookie's name is the
+/// one [`set_cookie`] gives it on this transport).
 pub fn from_headers(shared: &Shared, headers: &HeaderMap) -> SessionAuth {
-    let Some(id) = cookie(headers, COOKIE_NAME).filter(|id| !id.is_empty()) else {
+    let name = cookie_name(super::transport::secure_transport(shared));
+    let Some(id) = cookie(headers, name).filter(|id| !id.is_empty()) else {
         return SessionAuth::None;
     };
     match shared.web.find(&shared.config.tokens, id) {
@@ -318,10 +360,12 @@ fn printable(s: &str) -> String {
 }
 
 /// The `Set-Cookie` value that gives the browser session `id`, for `max_age`.
-/// `Secure` when the page is served over TLS ([`super::transport`]).
+/// `Secure`, and named [`SECURE_COOKIE_NAME`], when the page is served over
+/// TLS ([`super::transport`]).
 pub fn set_cookie(id: &str, max_age: Duration, secure: bool) -> String {
     format!(
-        "{COOKIE_NAME}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        cookie_name(secure),
         max_age.as_secs(),
         if secure { "; Secure" } else { "" }
     )
@@ -409,7 +453,9 @@ mod tests {
                 .is_none()
         );
         let live = sessions.create(&dave).unwrap();
+        assert!(sessions.is_live(std::slice::from_ref(&dave), &live.session));
         sessions.remove(&live.session);
+        assert!(!sessions.is_live(std::slice::from_ref(&dave), &live.session));
         assert!(
             sessions
                 .find(std::slice::from_ref(&dave), &live.id)
@@ -419,23 +465,56 @@ mod tests {
     }
 
     #[test]
-    fn web_sessions_are_bounded() {
+    fn web_sessions_are_bounded_per_token() {
         let sessions = Sessions::default();
+        let bob = token("bob", 2, &[Role::Approve]);
+        let bobs = sessions.create(&bob).unwrap();
         let dave = token("dave", 1, &[Role::Read]);
         let first = sessions.create_for(&dave, Duration::from_secs(10)).unwrap();
-        for _ in 1..MAX_SESSIONS {
+        for _ in 1..MAX_SESSIONS_PER_TOKEN {
             sessions.create(&dave).unwrap();
         }
+        assert_eq!(sessions.len(), 1 + MAX_SESSIONS_PER_TOKEN);
+        // A reader signing in again and again ends only its own oldest
+        // sessions, never the approver's.
+        let mut last = None;
+        for _ in 0..3 * MAX_SESSIONS_PER_TOKEN {
+            last = Some(sessions.create(&dave).unwrap());
+        }
+        assert_eq!(sessions.len(), 1 + MAX_SESSIONS_PER_TOKEN);
+        let tokens = [bob, dave];
+        assert!(sessions.find(&tokens, &first.id).is_none());
+        assert!(sessions.find(&tokens, &last.unwrap().id).is_some());
+        assert!(sessions.find(&tokens, &bobs.id).is_some());
+    }
+
+    #[test]
+    fn web_sessions_are_bounded() {
+        let sessions = Sessions::default();
+        // As many tokens as it takes, each under its own cap.
+        let tokens: Vec<Token> = (0..MAX_SESSIONS.div_ceil(MAX_SESSIONS_PER_TOKEN - 1))
+            .map(|i| token(&format!("t{i}"), 1, &[Role::Read]))
+            .collect();
+        let first = sessions
+            .create_for(&tokens[0], Duration::from_secs(10))
+            .unwrap();
+        let mut made = 1;
+        'fill: for t in &tokens {
+            for _ in 0..MAX_SESSIONS_PER_TOKEN - 1 {
+                if made == MAX_SESSIONS {
+                    break 'fill;
+                }
+                sessions.create(t).unwrap();
+                made += 1;
+            }
+        }
         assert_eq!(sessions.len(), MAX_SESSIONS);
-        let last = sessions.create(&dave).unwrap();
+        let extra = token("extra", 9, &[Role::Read]);
+        let last = sessions.create(&extra).unwrap();
         assert_eq!(sessions.len(), MAX_SESSIONS);
         // The one closest to its expiry made room.
-        assert!(
-            sessions
-                .find(std::slice::from_ref(&dave), &first.id)
-                .is_none()
-        );
-        assert!(sessions.find(&[dave], &last.id).is_some());
+        assert!(sessions.find(&tokens, &first.id).is_none());
+        assert!(sessions.find(&[extra], &last.id).is_some());
     }
 
     #[test]
@@ -453,7 +532,10 @@ mod tests {
             c,
             "pgshepherd_session=abc; HttpOnly; SameSite=Strict; Path=/; Max-Age=60"
         );
-        assert!(set_cookie("abc", Duration::from_secs(60), true).ends_with("; Secure"));
+        assert_eq!(
+            set_cookie("abc", Duration::from_secs(60), true),
+            "__Host-pgshepherd_session=abc; HttpOnly; SameSite=Strict; Path=/; Max-Age=60; Secure"
+        );
         assert!(clear_cookie(false).contains("Max-Age=0"));
     }
 

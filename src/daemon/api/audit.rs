@@ -2,11 +2,12 @@
 //! its outcome, and every refused request (403), as one `audit` row and one log
 //! line. Rows name the actor by token name; no token text ever reaches them.
 //!
-//! Unauthenticated requests (401) are counted, not written one by one: a scan
-//! sends thousands, and each would have been a row. Each source address gets at
-//! most one row per minute (per daemon), whose `count` says how many 401s it
-//! stands for; the action and detail are those of the first. Every 401 is still
-//! one log line.
+//! Requests without an authenticated actor (a 401, a sign-in refused as
+//! cross-site or malformed) are counted, not written one by one: anyone can
+//! send thousands, and each would have been a row. Each source address and
+//! status gets at most one row per minute (per daemon), whose `count` says how
+//! many requests it stands for; the action and detail are those of the first.
+//! Every one is still a log line.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::daemon::shared::Shared;
 
-/// One audit row of 401s per source address stands for this long at most.
+/// One audit row of anonymous requests per source address and status stands
+/// for this long at most.
 pub const UNAUTHENTICATED_WINDOW: Duration = Duration::from_secs(60);
 /// Addresses tracked at once; past this, the rest share the source `other`
 /// (a scan from a whole network must not grow the map without bound).
@@ -55,10 +57,10 @@ pub async fn record(
     }
 }
 
-/// The open 401 rows of this daemon, by source address.
+/// The open anonymous rows of this daemon, by source address and status.
 #[derive(Default)]
 pub struct Unauthenticated {
-    windows: Mutex<HashMap<String, Window>>,
+    windows: Mutex<HashMap<(String, u16), Window>>,
 }
 
 struct Window {
@@ -80,20 +82,22 @@ enum Flush {
 }
 
 impl Unauthenticated {
-    /// Count one 401 from `source`; the caller writes what it is told to.
-    fn count(&self, source: &str) -> Flush {
+    /// Count one request from `source` answered `status`; the caller writes
+    /// what it is told to.
+    fn count(&self, source: &str, status: u16) -> Flush {
         let Ok(mut windows) = self.windows.lock() else {
             return Flush::Insert(1);
         };
-        if windows.len() >= MAX_SOURCES && !windows.contains_key(source) {
+        let key = (source.to_string(), status);
+        if windows.len() >= MAX_SOURCES && !windows.contains_key(&key) {
             windows.retain(|_, w| w.inserting || w.started.elapsed() < UNAUTHENTICATED_WINDOW);
         }
-        let key = if windows.len() >= MAX_SOURCES && !windows.contains_key(source) {
-            "other"
+        let key = if windows.len() >= MAX_SOURCES && !windows.contains_key(&key) {
+            ("other".to_string(), status)
         } else {
-            source
+            key
         };
-        let window = windows.entry(key.to_string()).or_insert_with(Window::new);
+        let window = windows.entry(key).or_insert_with(Window::new);
         // A window whose row is still being inserted is not replaced: the
         // inserter adds what it counted.
         if !window.inserting && window.started.elapsed() >= UNAUTHENTICATED_WINDOW {
@@ -103,13 +107,14 @@ impl Unauthenticated {
         window.take()
     }
 
-    /// The row of `source`'s window was inserted (`row`) or could not be
-    /// (`None`): what else to add to it.
-    fn inserted(&self, source: &str, row: Option<i64>) -> Flush {
+    /// The row of `source`'s window for `status` was inserted (`row`) or could
+    /// not be (`None`): what else to add to it.
+    fn inserted(&self, source: &str, status: u16, row: Option<i64>) -> Flush {
         let Ok(mut windows) = self.windows.lock() else {
             return Flush::Nothing;
         };
-        let Some(window) = windows.get_mut(source).filter(|w| w.inserting) else {
+        let key = (source.to_string(), status);
+        let Some(window) = windows.get_mut(&key).filter(|w| w.inserting) else {
             return Flush::Nothing;
         };
         window.inserting = false;
@@ -143,17 +148,19 @@ impl Window {
     }
 }
 
-/// Record one unauthenticated request from `source` (see the module comment).
+/// Record one request from `source` that no actor was authenticated for,
+/// answered `status` (see the module comment).
 pub async fn record_unauthenticated(
     shared: &Shared,
     source: Option<IpAddr>,
     action: &str,
+    status: u16,
     detail: &str,
 ) {
     let source = source.map_or_else(|| "unknown".to_string(), |a| a.to_string());
     let detail = truncate(detail, MAX_DETAIL);
-    tracing::info!(actor = "anonymous", action, status = 401, %source, detail, "api audit");
-    let mut flush = shared.unauthenticated.count(&source);
+    tracing::info!(actor = "anonymous", action, status, %source, detail, "api audit");
+    let mut flush = shared.unauthenticated.count(&source, status);
     loop {
         let written = match flush {
             Flush::Nothing => return,
@@ -163,17 +170,18 @@ pub async fn record_unauthenticated(
                     client
                         .query_one(
                             "INSERT INTO audit (actor, action, status, detail, source, count)
-                             VALUES ('anonymous', $1, 401, $2, $3, $4) RETURNING id",
-                            &[&action, &detail, &source, &n],
+                             VALUES ('anonymous', $1, $5, $2, $3, $4) RETURNING id",
+                            &[&action, &detail, &source, &n, &i32::from(status)],
                         )
                         .await
                         .map(|r| r.get::<_, i64>(0))
                         .map_err(WriteError::Query)
                 })
                 .await;
-                let next = shared
-                    .unauthenticated
-                    .inserted(&source, row.as_ref().ok().copied());
+                let next =
+                    shared
+                        .unauthenticated
+                        .inserted(&source, status, row.as_ref().ok().copied());
                 let result = row.map(|_| ());
                 flush = next;
                 result
@@ -195,7 +203,7 @@ pub async fn record_unauthenticated(
             }
         };
         if let Err(error) = written {
-            tracing::error!(actor = "anonymous", action, status = 401, %source, %error, "could not write the audit row");
+            tracing::error!(actor = "anonymous", action, status, %source, %error, "could not write the audit row");
         }
     }
 }
@@ -237,17 +245,19 @@ mod tests {
     #[test]
     fn one_insert_per_source_then_counts_added_to_it() {
         let u = Unauthenticated::default();
-        assert!(matches!(u.count("a"), Flush::Insert(1)));
+        assert!(matches!(u.count("a", 401), Flush::Insert(1)));
         // While the row is being inserted, others only count.
-        assert!(matches!(u.count("a"), Flush::Nothing));
-        assert!(matches!(u.count("a"), Flush::Nothing));
-        assert!(matches!(u.count("b"), Flush::Insert(1)));
+        assert!(matches!(u.count("a", 401), Flush::Nothing));
+        assert!(matches!(u.count("a", 401), Flush::Nothing));
+        assert!(matches!(u.count("b", 401), Flush::Insert(1)));
         // The inserter adds what was counted meanwhile.
-        assert!(matches!(u.inserted("a", Some(7)), Flush::Add(7, 2)));
-        assert!(matches!(u.count("a"), Flush::Add(7, 1)));
+        assert!(matches!(u.inserted("a", 401, Some(7)), Flush::Add(7, 2)));
+        assert!(matches!(u.count("a", 401), Flush::Add(7, 1)));
         // A failed insert is retried by the next request, with its count only.
-        assert!(matches!(u.inserted("b", None), Flush::Nothing));
-        assert!(matches!(u.count("b"), Flush::Insert(1)));
+        assert!(matches!(u.inserted("b", 401, None), Flush::Nothing));
+        assert!(matches!(u.count("b", 401), Flush::Insert(1)));
+        // Another status from the same source is a row of its own.
+        assert!(matches!(u.count("a", 403), Flush::Insert(1)));
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct Caller {
     /// The token's name: the actor in the audit trail and in `submitted_by` etc.
     pub name: String,
     token: Token,
+    /// The web session that authenticated the request, if one did (not a
+    /// bearer token).
+    session: Option<crate::web::session::Session>,
 }
 
 impl Caller {
@@ -51,6 +54,14 @@ impl Caller {
         }
     }
 
+    /// Still signed in: always for a bearer token (checked per request); for
+    /// a web session, while it lives (not signed out, expired or dropped).
+    pub fn still_signed_in(&self, shared: &crate::daemon::shared::Shared) -> bool {
+        self.session
+            .as_ref()
+            .is_none_or(|s| shared.web.is_live(&shared.config.tokens, s))
+    }
+
     #[cfg(test)]
     pub fn for_tests(name: &str, roles: &[Role]) -> Caller {
         Caller {
@@ -60,6 +71,7 @@ impl Caller {
                 sha256: [0; 32],
                 roles: roles.to_vec(),
             },
+            session: None,
         }
     }
 }
@@ -166,6 +178,7 @@ impl FromRequestParts<SharedRef> for Caller {
     async fn from_request_parts(parts: &mut Parts, shared: &SharedRef) -> Result<Caller, ApiError> {
         let unauthorized =
             |why: Unauthenticated| ApiError::new(StatusCode::UNAUTHORIZED, why.message());
+        let mut web_session = None;
         let token = match bearer(&parts.headers) {
             Ok(t) => identify(&shared.config.tokens, t)
                 .ok_or(Unauthenticated::Unknown)
@@ -184,7 +197,9 @@ impl FromRequestParts<SharedRef> for Caller {
                         // row of a forged request names whose session it rode.
                         crate::web::session::check_forgery(parts, &session)
                             .map_err(ApiError::forbidden)?;
-                        session.token
+                        let token = session.token.clone();
+                        web_session = Some(session);
+                        token
                     }
                 }
             }
@@ -196,6 +211,7 @@ impl FromRequestParts<SharedRef> for Caller {
         Ok(Caller {
             name: token.name.clone(),
             token,
+            session: web_session,
         })
     }
 }

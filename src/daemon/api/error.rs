@@ -20,6 +20,11 @@ use crate::plan::Diagnostic;
 #[derive(Debug, Clone)]
 pub struct AuditDetail(pub String);
 
+/// The response is not audited although its route is mutating: a sign-out
+/// that had no session to end (anyone may send one, as often as they like).
+#[derive(Debug, Clone, Copy)]
+pub struct NotAudited;
+
 /// The run a response concerns, when the path does not name it (a submission).
 #[derive(Debug, Clone)]
 pub struct AuditRun(pub String);

@@ -4,7 +4,9 @@
 //! Every event carries `seq`, its `events.id`: the cursor for `?after=` and the
 //! SSE `id:`, so a client that reconnects with `Last-Event-ID` misses nothing
 //! and sees nothing twice. The stream polls the state database every 250 ms,
-//! sends a keep-alive comment every 15 s, and ends after `run_finished`.
+//! sends a keep-alive comment every 15 s, and ends after `run_finished`, or at
+//! the next poll once the web session that opened it has ended (signed out,
+//! expired or dropped): a session's end must end what it can read.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -236,7 +238,7 @@ pub async fn events(
         return Ok(Json(events).into_response());
     }
     drop(client);
-    let stream = event_stream(shared, id, after, exclude, stop);
+    let stream = event_stream(shared, caller, id, after, exclude, stop);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -244,6 +246,7 @@ pub async fn events(
 
 struct Cursor {
     shared: SharedRef,
+    caller: Caller,
     stop: StopSignal,
     id: String,
     after: i64,
@@ -296,6 +299,7 @@ fn sse(row: Row) -> SseEvent {
 
 fn event_stream(
     shared: SharedRef,
+    caller: Caller,
     id: String,
     after: i64,
     exclude: Vec<String>,
@@ -303,6 +307,7 @@ fn event_stream(
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
     let cursor = Cursor {
         shared,
+        caller,
         stop,
         id,
         after,
@@ -319,7 +324,9 @@ fn event_stream(
                 }
                 return Some((Ok(sse(row)), c));
             }
-            if c.done {
+            // Ended without a word: the browser reconnects, is answered 401
+            // and the page says the session ended.
+            if c.done || !c.caller.still_signed_in(&c.shared) {
                 return None;
             }
             match c.poll().await {

@@ -1,14 +1,16 @@
 //! The route table and the layers around every request, outermost first:
 //!
-//! 1. `observe`: times the request for `metrics.observe_api` (by route template,
+//! 1. `protective_headers` (crate::web::routes): `no-store`, `nosniff`, the
+//!    page's CSP and friends, HSTS under TLS, on every answer, errors included;
+//! 2. `observe`: times the request for `metrics.observe_api` (by route template,
 //!    so run ids do not explode the label set) and writes the audit row of every
-//!    mutating or refused request;
-//! 2. `CatchPanicLayer`: a panic in a handler becomes a 500 with the API's JSON
+//!    mutating or refused request (those without an actor counted per source);
+//! 3. `CatchPanicLayer`: a panic in a handler becomes a 500 with the API's JSON
 //!    error instead of a dropped connection;
-//! 3. `TimeoutLayer`: a request that has no response head after
+//! 4. `TimeoutLayer`: a request that has no response head after
 //!    [`REQUEST_TIMEOUT`] is answered 503 (an event stream's head is ready at
 //!    once and its body is not bounded; the route carries no timeout anyway);
-//! 4. a concurrency limit on submits ([`MAX_CONCURRENT_SUBMITS`]): each holds its
+//! 5. a concurrency limit on submits ([`MAX_CONCURRENT_SUBMITS`]): each holds its
 //!    body and the bundle parsed from it, so they wait their turn rather than
 //!    all at once take the memory of 8 MiB each.
 
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::{Next, from_fn_with_state, map_response};
+use axum::middleware::{Next, from_fn_with_state, map_response, map_response_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
@@ -29,7 +31,7 @@ use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
 use crate::daemon::api::auth::ActorSlot;
-use crate::daemon::api::error::{ApiError, AuditDetail, AuditRun};
+use crate::daemon::api::error::{ApiError, AuditDetail, AuditRun, NotAudited};
 use crate::daemon::api::events::StopSignal;
 use crate::daemon::api::{
     audit, control, events, health, openapi, runbook, runs, series, submit, undo, view,
@@ -132,6 +134,10 @@ fn router_with(shared: SharedRef, stop: StopSignal) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(Extension(stop))
         .layer(from_fn_with_state(shared.clone(), observe))
+        .layer(map_response_with_state(
+            shared.clone(),
+            crate::web::routes::protective_headers,
+        ))
         .with_state(shared)
 }
 
@@ -201,11 +207,13 @@ struct Matched {
 }
 
 /// The route template (and spec) that `method path` matches: `{...}` segments
-/// match any one segment.
+/// match any one non-empty segment. A trailing slash is a segment of its own,
+/// as for the router: `/v1/runs/` is no route (and so not a submit, to be
+/// audited), while `/` is the runs page.
 fn classify(method: &Method, path: &str) -> Matched {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let segments: Vec<&str> = path.split('/').collect();
     let fits = |template: &str| {
-        let parts: Vec<&str> = template.trim_end_matches('/').split('/').collect();
+        let parts: Vec<&str> = template.split('/').collect();
         parts.len() == segments.len()
             && parts
                 .iter()
@@ -259,7 +267,8 @@ async fn observe(State(shared): State<SharedRef>, mut request: Request, next: Ne
         .observe_api(matched.template, status, started.elapsed().as_secs_f64());
 
     let refused = status == 401 || status == 403;
-    if matched.spec.is_some_and(|s| s.mutating) || refused {
+    let skipped = response.extensions().get::<NotAudited>().is_some();
+    if (matched.spec.is_some_and(|s| s.mutating) || refused) && !skipped {
         let action = matched.spec.map_or("unknown", |s| s.action);
         let run_id = response
             .extensions()
@@ -274,21 +283,10 @@ async fn observe(State(shared): State<SharedRef>, mut request: Request, next: Ne
             Some(actor) => {
                 audit::record(&shared, &actor, action, run_id.as_deref(), status, &detail).await
             }
-            // Unauthenticated: counted per source address and minute.
-            None if status == 401 => {
-                audit::record_unauthenticated(&shared, source, action, &detail).await
-            }
-            None => {
-                audit::record(
-                    &shared,
-                    "anonymous",
-                    action,
-                    run_id.as_deref(),
-                    status,
-                    &detail,
-                )
-                .await
-            }
+            // No actor (a 401, a refused or malformed sign-in):
+            // anyone can send these without limit, so they are counted per
+            // source address, status and minute, not written one by one.
+            None => audit::record_unauthenticated(&shared, source, action, status, &detail).await,
         }
     }
     response
@@ -317,6 +315,15 @@ mod tests {
         assert_eq!(
             classify(&Method::GET, "/v1/runs//events").template,
             "unmatched"
+        );
+        // A trailing slash matches no route, except the page root.
+        let m = classify(&Method::POST, "/v1/runs/");
+        assert_eq!((m.template, m.spec), ("unmatched", None));
+        let m = classify(&Method::POST, "/signout/");
+        assert_eq!((m.template, m.spec), ("unmatched", None));
+        assert_eq!(
+            classify(&Method::GET, "/").spec,
+            Some(crate::web::routes::RUNS_PAGE)
         );
     }
 
