@@ -47,10 +47,22 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
-/// An element of the current page.
+/// An element of the current page. A page that re-renders (a live chart,
+/// the timeline) replaces its elements: a command that meets a stale element
+/// finds it again the way it was found, and retries.
 pub struct Element<'b> {
     browser: &'b Browser,
-    id: String,
+    id: std::sync::Mutex<String>,
+    locator: Locator,
+}
+
+/// How an element was found: the `nth` match of `css`, or the first match
+/// whose text contains `text`.
+#[derive(Clone)]
+struct Locator {
+    css: String,
+    nth: usize,
+    text: Option<String>,
 }
 
 fn tool(name: &str, package: &str) -> PathBuf {
@@ -233,7 +245,20 @@ impl Browser {
             )
             .await;
         match found {
-            Ok(Value::Array(list)) => list.iter().map(|e| self.element(e)).collect(),
+            Ok(Value::Array(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(nth, e)| {
+                    self.element(
+                        e,
+                        Locator {
+                            css: css.to_string(),
+                            nth,
+                            text: None,
+                        },
+                    )
+                })
+                .collect(),
             Ok(other) => panic!("find_all {css}: unexpected reply {other}"),
             // A page that is being replaced answers this way for a moment.
             Err(e) if e.starts_with("stale element") => Vec::new(),
@@ -255,8 +280,9 @@ impl Browser {
         super::eventually(
             &format!("an element matching `{css}` with text {text:?}"),
             || async {
-                for e in self.find_all(css).await {
+                for mut e in self.find_all(css).await {
                     if e.try_text().await.is_some_and(|t| t.contains(text)) {
+                        e.locator.text = Some(text.to_string());
                         return Some(e);
                     }
                 }
@@ -364,33 +390,66 @@ impl Browser {
         self.find("#run[data-loaded=true]").await;
     }
 
-    fn element(&self, reply: &Value) -> Element<'_> {
+    fn element(&self, reply: &Value, locator: Locator) -> Element<'_> {
         let id = reply[ELEMENT_KEY]
             .as_str()
             .unwrap_or_else(|| panic!("not an element: {reply}"));
         Element {
             browser: self,
-            id: id.to_string(),
+            id: std::sync::Mutex::new(id.to_string()),
+            locator,
         }
     }
 }
 
 impl Element<'_> {
-    fn path(&self, what: &str) -> String {
-        format!("/element/{}{what}", self.id)
+    fn id(&self) -> String {
+        self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `method` on `/element/ID{what}`; a stale element is found again by its
+    /// locator and the command retried.
+    async fn call(&self, method: reqwest::Method, what: &str, body: Value) -> Value {
+        loop {
+            let path = format!("/element/{}{what}", self.id());
+            match self
+                .browser
+                .command(method.clone(), &path, body.clone())
+                .await
+            {
+                Ok(v) => return v,
+                Err(e) if e.starts_with("stale element") => self.find_again().await,
+                Err(e) => panic!("WebDriver {path}: {e}"),
+            }
+        }
+    }
+
+    async fn find_again(&self) {
+        let Locator { css, nth, text } = &self.locator;
+        let fresh = match text {
+            Some(text) => self.browser.find_text(css, text).await.id(),
+            None => {
+                super::eventually(&format!("match {nth} of `{css}` again"), || async {
+                    self.browser.find_all(css).await.get(*nth).map(|e| e.id())
+                })
+                .await
+            }
+        };
+        *self.id.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
 
     /// The rendered text (as a user sees it).
     pub async fn text(&self) -> String {
-        self.try_text()
-            .await
-            .unwrap_or_else(|| panic!("element {} is gone from the page", self.id))
+        let v = self.call(reqwest::Method::GET, "/text", Value::Null).await;
+        v.as_str().unwrap_or_default().to_string()
     }
 
+    /// The text, or `None` if the element is gone (no retry: for filters).
     async fn try_text(&self) -> Option<String> {
+        let path = format!("/element/{}/text", self.id());
         let v = self
             .browser
-            .command(reqwest::Method::GET, &self.path("/text"), Value::Null)
+            .command(reqwest::Method::GET, &path, Value::Null)
             .await
             .ok()?;
         Some(v.as_str().unwrap_or_default().to_string())
@@ -399,10 +458,9 @@ impl Element<'_> {
     /// An attribute's value (`None` when absent).
     pub async fn attribute(&self, name: &str) -> Option<String> {
         let v = self
-            .browser
-            .must(
+            .call(
                 reqwest::Method::GET,
-                &self.path(&format!("/attribute/{name}")),
+                &format!("/attribute/{name}"),
                 Value::Null,
             )
             .await;
@@ -411,34 +469,24 @@ impl Element<'_> {
 
     /// Click it as a user would (scrolled into view; fails if covered).
     pub async fn click(&self) {
-        self.browser
-            .must(reqwest::Method::POST, &self.path("/click"), json!({}))
-            .await;
+        self.call(reqwest::Method::POST, "/click", json!({})).await;
     }
 
     /// Type `text` into it.
     pub async fn send_keys(&self, text: &str) {
-        self.browser
-            .must(
-                reqwest::Method::POST,
-                &self.path("/value"),
-                json!({ "text": text }),
-            )
+        self.call(reqwest::Method::POST, "/value", json!({ "text": text }))
             .await;
     }
 
     /// Empty an input.
     pub async fn clear(&self) {
-        self.browser
-            .must(reqwest::Method::POST, &self.path("/clear"), json!({}))
-            .await;
+        self.call(reqwest::Method::POST, "/clear", json!({})).await;
     }
 
     /// Whether it is displayed.
     pub async fn is_displayed(&self) -> bool {
         let v = self
-            .browser
-            .must(reqwest::Method::GET, &self.path("/displayed"), Value::Null)
+            .call(reqwest::Method::GET, "/displayed", Value::Null)
             .await;
         v.as_bool().unwrap_or(false)
     }
