@@ -574,25 +574,32 @@ fn resolve_retention(
 /// may sit behind a proxy under `/pgshepherd`) without query, fragment or
 /// credentials, since run paths are appended to it. Returned without a
 /// trailing `/`.
-fn check_public_url(u: &str) -> Result<String, String> {
-    let url = reqwest::Url::parse(u.trim()).map_err(|e| {
-        format!("not an absolute URL ({e}); write e.g. https://pgshepherd.example.com")
-    })?;
+fn check_public_url(u: &str) -> Result<String, PublicUrlError> {
+    let url =
+        reqwest::Url::parse(u.trim()).map_err(|e| PublicUrlError::NotAbsolute(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "must be an http or https URL, not {}:",
-            url.scheme()
-        ));
+        return Err(PublicUrlError::Scheme(url.scheme().to_string()));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(
-            "must have no query (`?`) or fragment (`#`): run paths are appended to it".into(),
-        );
+        return Err(PublicUrlError::QueryOrFragment);
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not carry credentials: it is written into messages".into());
+        return Err(PublicUrlError::Credentials);
     }
     Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// Why `public_url` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublicUrlError {
+    #[error("not an absolute URL ({0}); write e.g. https://pgshepherd.example.com")]
+    NotAbsolute(String),
+    #[error("must be an http or https URL, not {0}:")]
+    Scheme(String),
+    #[error("must have no query (`?`) or fragment (`#`): run paths are appended to it")]
+    QueryOrFragment,
+    #[error("must not carry credentials: it is written into messages")]
+    Credentials,
 }
 
 fn first_line(s: &str) -> String {
@@ -723,11 +730,9 @@ mod tests {
         ] {
             assert!(check_public_url(bad).is_err(), "{bad}");
         }
-        assert!(
-            !check_public_url("https://u:pw@x")
-                .unwrap_err()
-                .contains("pw")
-        );
+        let e = check_public_url("https://u:pw@x").unwrap_err();
+        assert_eq!(e, super::PublicUrlError::Credentials);
+        assert!(!e.to_string().contains("pw"));
     }
 
     #[test]

@@ -273,7 +273,7 @@ async fn signin(
                 Some("This sign-in came from another site and was refused."),
             ),
         );
-        r.extensions_mut().insert(AuditDetail(why));
+        r.extensions_mut().insert(AuditDetail(why.to_string()));
         return r;
     }
     let Ok(Form(form)) = form else {
@@ -364,7 +364,7 @@ async fn signout(
     // here carries no cookie (SameSite=Strict), and the answer's cookie
     // clearing would still sign the browser out.
     if let Err(why) = session::same_origin(&headers) {
-        return refuse(why);
+        return refuse(why.to_string());
     }
     let mut r = see_other("/signin");
     match &session {

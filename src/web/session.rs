@@ -262,7 +262,20 @@ pub fn from_request(parts: &Parts, shared: &Shared) -> SessionAuth {
 /// Whether a request authenticated by `session` may go on: any GET or HEAD
 /// may; anything else must come from this origin and carry the session's CSRF
 /// token. The error is the 403's message (it names no secret).
-pub fn check_forgery(parts: &Parts, session: &Session) -> Result<(), String> {
+/// Why a cookie-authenticated request was taken for a forgery.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forgery {
+    #[error("refused a cross-site request (Sec-Fetch-Site: {site})")]
+    CrossSite { site: String },
+    #[error("refused a request from origin {origin} to host {host}")]
+    ForeignOrigin { origin: String, host: String },
+    #[error("a request signed in by the web session must carry its CSRF token in `{CSRF_HEADER}`")]
+    NoCsrfToken,
+    #[error("the `{CSRF_HEADER}` header does not match this session's CSRF token")]
+    WrongCsrfToken,
+}
+
+pub fn check_forgery(parts: &Parts, session: &Session) -> Result<(), Forgery> {
     if matches!(parts.method, Method::GET | Method::HEAD) {
         return Ok(());
     }
@@ -273,14 +286,10 @@ pub fn check_forgery(parts: &Parts, session: &Session) -> Result<(), String> {
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
     if presented.is_empty() {
-        return Err(format!(
-            "a request signed in by the web session must carry its CSRF token in `{CSRF_HEADER}`"
-        ));
+        return Err(Forgery::NoCsrfToken);
     }
     if !constant_time_eq(presented, session.csrf.as_bytes()) {
-        return Err(format!(
-            "the `{CSRF_HEADER}` header does not match this session's CSRF token"
-        ));
+        return Err(Forgery::WrongCsrfToken);
     }
     Ok(())
 }
@@ -294,15 +303,14 @@ pub fn check_forgery(parts: &Parts, session: &Session) -> Result<(), String> {
 /// neither header (curl, the CLI) pass. The scheme is not compared: behind a
 /// proxy that terminates TLS the daemon sees plain HTTP (the proxy must pass
 /// `Host` on: docs/web.md).
-pub fn same_origin(headers: &HeaderMap) -> Result<(), String> {
+pub fn same_origin(headers: &HeaderMap) -> Result<(), Forgery> {
     let mut vouched = false;
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or_default();
         if !matches!(site, "same-origin" | "none") {
-            return Err(format!(
-                "refused a cross-site request (Sec-Fetch-Site: {})",
-                printable(site)
-            ));
+            return Err(Forgery::CrossSite {
+                site: printable(site),
+            });
         }
         vouched = true;
     }
@@ -320,11 +328,10 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), String> {
     if !host.is_empty() && origin_matches_host(origin, host) {
         Ok(())
     } else {
-        Err(format!(
-            "refused a request from origin {} to host {}",
-            printable(origin),
-            printable(host)
-        ))
+        Err(Forgery::ForeignOrigin {
+            origin: printable(origin),
+            host: printable(host),
+        })
     }
 }
 
@@ -550,9 +557,13 @@ mod tests {
         assert!(check_forgery(&parts("GET", &[host]), &s).is_ok());
         assert!(check_forgery(&parts("HEAD", &[]), &s).is_ok());
         // Changing does.
-        let e = check_forgery(&parts("POST", &[host]), &s).unwrap_err();
+        let e = check_forgery(&parts("POST", &[host]), &s)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x-csrf-token"), "{e}");
-        let e = check_forgery(&parts("POST", &[host, ("x-csrf-token", "nope")]), &s).unwrap_err();
+        let e = check_forgery(&parts("POST", &[host, ("x-csrf-token", "nope")]), &s)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not match"), "{e}");
         assert!(!e.contains(&csrf));
         assert!(check_forgery(&parts("POST", &[host, ("x-csrf-token", &csrf)]), &s).is_ok());
@@ -560,8 +571,9 @@ mod tests {
         let same = ("origin", "http://127.0.0.1:8750");
         assert!(check_forgery(&parts("POST", &[host, same, ("x-csrf-token", &csrf)]), &s).is_ok());
         let evil = ("origin", "http://evil.example");
-        let e =
-            check_forgery(&parts("POST", &[host, evil, ("x-csrf-token", &csrf)]), &s).unwrap_err();
+        let e = check_forgery(&parts("POST", &[host, evil, ("x-csrf-token", &csrf)]), &s)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("evil.example"), "{e}");
         let cross = ("sec-fetch-site", "cross-site");
         assert!(

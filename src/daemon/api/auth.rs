@@ -196,7 +196,7 @@ impl FromRequestParts<SharedRef> for Caller {
                         // Checked after the actor is known, so that the audit
                         // row of a forged request names whose session it rode.
                         crate::web::session::check_forgery(parts, &session)
-                            .map_err(ApiError::forbidden)?;
+                            .map_err(|forgery| ApiError::forbidden(forgery.to_string()))?;
                         let token = session.token.clone();
                         web_session = Some(session);
                         token
