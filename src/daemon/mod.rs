@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod name_lock;
 pub mod rehearsal;
 pub mod retention;
+pub mod rounds;
 pub mod scheduler;
 pub mod shared;
 pub mod store;

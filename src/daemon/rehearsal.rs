@@ -29,6 +29,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::daemon::api::bundle::Bundle;
 use crate::daemon::deadline::bounded;
+use crate::daemon::rounds;
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store::{self, StoreError};
 use crate::pg::cluster::PgBinaries;
@@ -131,21 +132,16 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
                 Err(e) => warn!(error = %e, "cannot claim rehearsals"),
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(settings.poll_interval) => {}
-            _ = shared.rehearsal_wake.notified() => {}
-            _ = shutdown.cancelled() => break,
+        if !rounds::next_round(settings.poll_interval, &shared.rehearsal_wake, &shutdown).await {
+            break;
         }
     }
-    tasks.close();
-    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            "shutdown timeout: rehearsals still stopping; their leases expire and they are redone"
-        );
-    }
+    rounds::drain(
+        tasks,
+        settings.shutdown_timeout,
+        "rehearsals still stopping; their leases expire and they are redone",
+    )
+    .await;
 }
 
 /// A poisoned lock only means a task panicked while updating the set.

@@ -26,6 +26,7 @@ use tracing::{Instrument, info, warn};
 use crate::backoff::Backoff;
 use crate::daemon::api::bundle::Bundle;
 use crate::daemon::deadline::bounded;
+use crate::daemon::rounds;
 use crate::daemon::shared::SharedRef;
 use crate::daemon::store::WriteError;
 use crate::daemon::undo::store::{self, Claimed};
@@ -110,21 +111,16 @@ pub async fn run(shared: SharedRef, shutdown: CancellationToken) {
                 .instrument(span),
             );
         }
-        tokio::select! {
-            _ = tokio::time::sleep(settings.poll_interval) => {}
-            _ = shared.undo_wake.notified() => {}
-            _ = shutdown.cancelled() => break,
+        if !rounds::next_round(settings.poll_interval, &shared.undo_wake, &shutdown).await {
+            break;
         }
     }
-    tasks.close();
-    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            "shutdown timeout: undos still running are cut off (nothing changed); they run again when taken back or their leases expire"
-        );
-    }
+    rounds::drain(
+        tasks,
+        settings.shutdown_timeout,
+        "undos still running are cut off (nothing changed); they run again when taken back or their leases expire",
+    )
+    .await;
 }
 
 /// A poisoned lock only means a task panicked while updating the set.
